@@ -1,0 +1,13 @@
+"""tritort's NumPy CPU provider: one kernel factory per (domain, op_type, since_version).
+
+Importing the package registers every kernel family, then delegates the long tail
+listed in :mod:`fallback_cpu.delegated` to onnx.reference.
+"""
+from .registry import REGISTRY, NodeContext, register  # noqa: F401
+from . import (  # noqa: F401  (imported for their registrations)
+    attention, control_flow, elementwise, image, index, linalg, ml, nn, norm, quantize,
+    random, reduce, rnn, sequence, shape, signal, strings, training,
+)
+from . import delegated as _delegated
+
+_delegated.install()

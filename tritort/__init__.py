@@ -1,0 +1,77 @@
+"""tritort: ONNX Runtime's Python API over Triton-generated kernels and a NumPy provider.
+
+``import tritort as ort`` is meant to work in code written for onnxruntime.
+"""
+from __future__ import annotations
+
+import logging
+import random as _random
+
+import numpy as _np
+
+from .errors import (  # noqa: F401
+    EngineError, EPFail, Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, ModelLoaded,
+    NoModel, NoSuchFile, NotFound, NotImplemented, OrtError, RuntimeException,
+)
+from .feeds import NodeArg  # noqa: F401
+from .iobinding import IOBinding  # noqa: F401
+from .loader import ModelMetadata  # noqa: F401
+from .options import (  # noqa: F401
+    ExecutionMode, ExecutionOrder, GraphOptimizationLevel, RunOptions, SessionOptions,
+)
+from .ortvalue import OrtValue  # noqa: F401
+from .providers import ALL_PROVIDER_NAMES as _ALL_PROVIDERS
+from .providers import available_providers as _available
+from .session import InferenceSession  # noqa: F401
+
+__version__ = "0.1.0"
+
+_log = logging.getLogger("tritort")
+# ORT severities 0..4 (verbose, info, warning, error, fatal) as logging levels.
+_SEVERITY = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR,
+             4: logging.CRITICAL}
+
+
+def get_available_providers() -> list[str]:
+    return _available()
+
+
+def get_all_providers() -> list[str]:
+    return list(_ALL_PROVIDERS)
+
+
+def get_device() -> str:
+    return "GPU" if "TritonExecutionProvider" in _available() else "CPU"
+
+
+def get_version_string() -> str:
+    return __version__
+
+
+def get_build_info() -> str:
+    import onnx
+
+    return (f"tritort {__version__}, onnx {onnx.__version__}, numpy {_np.__version__}, "
+            f"providers {_available()}")
+
+
+def set_seed(seed: int) -> None:
+    """Seeds the random ops of the NumPy provider (and Python's and numpy's generators)."""
+    from fallback_cpu import random as _random_ops
+
+    _random.seed(seed)
+    _np.random.seed(seed)
+    if hasattr(_random_ops, "set_seed"):
+        _random_ops.set_seed(seed)
+
+
+def set_default_logger_severity(severity: int) -> None:
+    if severity not in _SEVERITY:
+        raise InvalidArgument(f"logger severity must be 0..4, got {severity}")
+    _log.setLevel(_SEVERITY[severity])
+
+
+def set_default_logger_verbosity(verbosity: int) -> None:
+    if not isinstance(verbosity, int) or verbosity < 0:
+        raise InvalidArgument(f"logger verbosity must be an int >= 0, got {verbosity!r}")
+    _log.verbosity = verbosity  # type: ignore[attr-defined]

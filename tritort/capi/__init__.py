@@ -1,0 +1,1 @@
+"""Import paths that code written for onnxruntime uses (``onnxruntime.capi...``)."""

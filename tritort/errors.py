@@ -1,0 +1,80 @@
+"""ONNX Runtime's exception classes, by the same names, in one place.
+
+Code written for onnxruntime catches ``onnxruntime.capi.onnxruntime_pybind11_state.X``;
+the same classes are reachable here as ``tritort.X`` and under ``tritort.capi``.
+"""
+from __future__ import annotations
+
+
+class OrtError(RuntimeError):
+    """Base of every error tritort raises on purpose."""
+
+
+class Fail(OrtError):
+    pass
+
+
+class InvalidArgument(OrtError):
+    pass
+
+
+class NoSuchFile(OrtError):
+    pass
+
+
+class NoModel(OrtError):
+    pass
+
+
+class EngineError(OrtError):
+    pass
+
+
+class RuntimeException(OrtError):
+    pass
+
+
+class InvalidProtobuf(OrtError):
+    pass
+
+
+class ModelLoaded(OrtError):
+    pass
+
+
+class NotImplemented(OrtError):  # noqa: A001  (ORT's name)
+    pass
+
+
+class InvalidGraph(OrtError):
+    pass
+
+
+class EPFail(OrtError):
+    pass
+
+
+class ModelLoadCanceled(OrtError):
+    pass
+
+
+class ModelRequiresCompilation(OrtError):
+    pass
+
+
+class NotFound(OrtError):
+    pass
+
+
+def node_failure(node_desc: str, op_type: str, exc: BaseException) -> RuntimeException:
+    """The error for a kernel that raised while running a node."""
+    return RuntimeException(
+        f"Non-zero status code returned while running {op_type} node. Name:'{node_desc}' "
+        f"Status Message: {type(exc).__name__}: {exc}")
+
+
+__all__ = [
+    "OrtError", "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError",
+    "RuntimeException", "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph",
+    "EPFail", "ModelLoadCanceled", "ModelRequiresCompilation", "NotFound", "node_failure",
+]

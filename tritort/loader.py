@@ -1,0 +1,202 @@
+"""Load stage: bytes or path -> checked, inlined, shape-inferred model and its Graph."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, numpy_helper
+
+from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+from .graph import Graph
+
+# Newest opset this runtime knows, per domain, taken from the onnx schemas it was built on.
+SUPPORTED_OPSETS: dict[str, int] = {}
+for _schema in onnx.defs.get_all_schemas_with_history():
+    _d = "" if _schema.domain == "ai.onnx" else _schema.domain
+    SUPPORTED_OPSETS[_d] = max(SUPPORTED_OPSETS.get(_d, 0), _schema.since_version)
+SUPPORTED_OPSETS[""] = max(SUPPORTED_OPSETS[""], onnx.defs.onnx_opset_version())
+
+
+@dataclass
+class ModelMetadata:
+    producer_name: str
+    graph_name: str
+    domain: str
+    description: str
+    graph_description: str
+    version: int
+    custom_metadata_map: dict[str, str]
+
+
+@dataclass
+class LoadedModel:
+    proto: onnx.ModelProto
+    graph: Graph
+    opsets: dict[str, int]
+    metadata: ModelMetadata
+    model_dir: Path | None
+
+
+def read_model(source: Any) -> tuple[onnx.ModelProto, Path | None]:
+    """Parse a path, PathLike, bytes or ModelProto without touching external data."""
+    if isinstance(source, onnx.ModelProto):
+        return source, None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _parse(bytes(source), "<bytes>"), None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(os.fspath(source))
+        if not path.is_file():
+            raise NoSuchFile(f"Load model from {path} failed: file does not exist")
+        return _parse(path.read_bytes(), str(path)), path.resolve().parent
+    raise InvalidArgument(f"a model is a path, bytes or onnx.ModelProto, got {type(source).__name__}")
+
+
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # protobuf's DecodeError has no stable import path
+        raise InvalidProtobuf(f"Load model from {where} failed: protobuf parsing failed ({e})") from None
+    if not model.HasField("graph"):
+        raise InvalidProtobuf(f"Load model from {where} failed: no graph in the model "
+                              f"({len(data)} bytes parsed)")
+    return model
+
+
+def opset_map(model: onnx.ModelProto) -> dict[str, int]:
+    return {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in model.opset_import}
+
+
+def check_opsets(opsets: dict[str, int]) -> None:
+    for domain, version in opsets.items():
+        newest = SUPPORTED_OPSETS.get(domain)
+        if newest is not None and version > newest:
+            raise InvalidGraph(f"the model imports opset {version} of domain "
+                               f"'{domain or 'ai.onnx'}', newer than the newest supported ({newest})")
+
+
+def resolve_external_data(model: onnx.ModelProto, model_dir: Path | None,
+                          provided: set[str]) -> None:
+    """Load external tensor data, refusing any location outside the model's folder."""
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor) or tensor.name in provided:
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        if model_dir is None:
+            raise InvalidGraph(f"initializer '{tensor.name}' stores its data in "
+                               f"'{info.location}', but the model was not loaded from a file; "
+                               "load it by path or provide the tensor with "
+                               "SessionOptions.add_external_initializers")
+        target = (model_dir / info.location).resolve()
+        if os.path.isabs(info.location) or not target.is_relative_to(model_dir):
+            raise InvalidGraph(f"initializer '{tensor.name}': external data location "
+                               f"'{info.location}' is outside the model folder {model_dir}")
+        if not target.is_file():
+            raise NoSuchFile(f"initializer '{tensor.name}': external data file {target} "
+                             "does not exist")
+        external_data_helper.load_external_data_for_tensor(tensor, str(model_dir))
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def check_node_inputs(graph: onnx.GraphProto) -> None:
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    known |= {t.values.name for t in graph.sparse_initializer}
+    known |= {o for n in graph.node for o in n.output if o}
+    for n in graph.node:
+        for name in n.input:
+            if name and name not in known:
+                raise InvalidGraph(f"{n.op_type} node '{n.name}': input '{name}' is not a graph "
+                                   "input, an initializer, or the output of any node")
+    for o in graph.output:
+        if o.name not in known:
+            raise InvalidGraph(f"graph output '{o.name}' is not produced by any node, input or "
+                               "initializer")
+
+
+def apply_free_dimension_overrides(model: onnx.ModelProto, by_name: dict[str, int],
+                                   by_denotation: dict[str, int]) -> None:
+    if not by_name and not by_denotation:
+        return
+    for vi in model.graph.input:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for dim in vi.type.tensor_type.shape.dim:
+            value = by_name.get(dim.dim_param) if dim.dim_param else None
+            if value is None and dim.denotation:
+                value = by_denotation.get(dim.denotation)
+            if value is not None:
+                dim.dim_value = value
+
+
+def load(source: Any, *, initializers: dict[str, np.ndarray] | None = None,
+         free_dims_by_name: dict[str, int] | None = None,
+         free_dims_by_denotation: dict[str, int] | None = None,
+         external_dir: str | None = None) -> LoadedModel:
+    model, model_dir = read_model(source)
+    if model_dir is None and external_dir:
+        model_dir = Path(external_dir).resolve()
+    initializers = dict(initializers or {})
+    opsets = opset_map(model)
+    check_opsets(opsets)
+    model = _copy(model)
+    resolve_external_data(model, model_dir, set(initializers))
+    if model.functions:
+        model = onnx.inliner.inline_local_functions(model)
+    check_node_inputs(model.graph)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise InvalidGraph(f"This is an invalid model. {_first_line(e)}") from None
+    apply_free_dimension_overrides(model, free_dims_by_name or {}, free_dims_by_denotation or {})
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as e:  # inference errors are model errors, whatever their class
+        raise InvalidGraph(f"shape inference failed: {_first_line(e)}") from None
+    graph_inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for name, value in initializers.items():
+        _check_override(model.graph, name, value, graph_inits)
+        graph_inits[name] = value
+    graph = Graph.from_proto(model.graph, opsets, graph_inits)
+    return LoadedModel(model, graph, opsets, _metadata(model), model_dir)
+
+
+def _check_override(graph: onnx.GraphProto, name: str, value: np.ndarray,
+                    inits: dict[str, np.ndarray]) -> None:
+    inputs = {i.name for i in graph.input}
+    if name not in inits and name not in inputs:
+        raise InvalidArgument(f"initializer '{name}' given in the session options is neither an "
+                              f"initializer nor an input of the model; those are: "
+                              f"{sorted(set(inits) | inputs)}")
+    if name in inits:
+        old = inits[name]
+        if old.dtype != value.dtype or old.shape != value.shape:
+            raise InvalidArgument(f"initializer '{name}': the model has {old.dtype}{list(old.shape)},"
+                                  f" the session options give {value.dtype}{list(value.shape)}")
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip() and not ln.startswith("==>")]
+    return " ".join(lines[:3]) if lines else type(e).__name__
+
+
+def _metadata(model: onnx.ModelProto) -> ModelMetadata:
+    return ModelMetadata(
+        producer_name=model.producer_name,
+        graph_name=model.graph.name,
+        domain=model.domain,
+        description=model.doc_string,
+        graph_description=model.graph.doc_string,
+        version=int(model.model_version),
+        custom_metadata_map={p.key: p.value for p in model.metadata_props},
+    )

@@ -1,0 +1,115 @@
+"""Execution providers: thin bridges from the runtime to an engine that runs nodes.
+
+A provider says which nodes it can take (``claim``), turns its claimed nodes into callables
+(``compile``), and moves values between host memory and its device.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from ..errors import InvalidArgument
+from ..graph import Node
+
+CPU = "CPUExecutionProvider"
+
+# Every provider name ORT knows, so code that lists them finds ours among them.
+ALL_PROVIDER_NAMES = [
+    "TritonExecutionProvider", "TensorrtExecutionProvider", "CUDAExecutionProvider",
+    "MIGraphXExecutionProvider", "ROCMExecutionProvider", "OpenVINOExecutionProvider",
+    "DnnlExecutionProvider", "VitisAIExecutionProvider", "QNNExecutionProvider",
+    "NnapiExecutionProvider", "CoreMLExecutionProvider", "ArmNNExecutionProvider",
+    "ACLExecutionProvider", "DmlExecutionProvider", "RknpuExecutionProvider",
+    "WebNNExecutionProvider", "WebGpuExecutionProvider", "XnnpackExecutionProvider",
+    "CANNExecutionProvider", "AzureExecutionProvider", CPU,
+]
+
+
+class ExecutionProvider:
+    name: str = ""
+    device: str = "cpu"
+    option_docs: dict[str, str] = {}
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        options = {str(k): str(v) for k, v in (options or {}).items()}
+        unknown = sorted(set(options) - set(self.option_docs))
+        if unknown:
+            raise InvalidArgument(f"{self.name}: unknown provider option(s) {unknown}; "
+                                  f"known options: {sorted(self.option_docs) or 'none'}")
+        self.options = options
+
+    def claim(self, node: Node, opsets: dict[str, int]) -> str | None:
+        """None if this provider takes the node, else the reason it does not."""
+        raise NotImplementedError
+
+    def compile(self, nodes: Sequence[Node], graph_info: "CompileInfo") -> dict[str, Callable]:
+        """One callable per claimed node name."""
+        raise NotImplementedError
+
+    def to_device(self, value: Any) -> Any:
+        return value
+
+    def to_host(self, value: Any) -> Any:
+        return value
+
+
+class CompileInfo:
+    """What compilation may know of the surrounding graph."""
+
+    def __init__(self, opsets: dict[str, int], value_types: dict,
+                 build_subgraph: Callable | None, providers: Sequence["ExecutionProvider"] = ()):
+        self.opsets = opsets
+        self.value_types = value_types
+        self.build_subgraph = build_subgraph
+        self.providers = list(providers)
+
+
+def _registry() -> dict[str, type[ExecutionProvider]]:
+    from .cpu import CPUExecutionProvider
+
+    return {CPU: CPUExecutionProvider}
+
+
+def available_providers() -> list[str]:
+    return list(_registry())
+
+
+def resolve(providers: Sequence[Any] | None,
+            provider_options: Sequence[dict] | None) -> list[ExecutionProvider]:
+    """Turn ORT's ``providers``/``provider_options`` arguments into provider objects.
+
+    The CPU provider is always last, as in ORT: it takes whatever the others leave.
+    """
+    registry = _registry()
+    names_opts: list[tuple[str, dict]] = []
+    providers = list(providers or [CPU])
+    if provider_options is not None:
+        if any(isinstance(p, tuple) for p in providers):
+            raise InvalidArgument("options were given both inside 'providers' and as "
+                                  "'provider_options'; use one form")
+        if len(provider_options) != len(providers):
+            raise InvalidArgument(f"'providers' has {len(providers)} entries but "
+                                  f"'provider_options' has {len(provider_options)}")
+    for i, p in enumerate(providers):
+        if isinstance(p, tuple):
+            if len(p) != 2 or not isinstance(p[1], dict):
+                raise InvalidArgument(f"provider entry {p!r} must be a name or (name, options dict)")
+            name, opts = p
+        else:
+            name, opts = p, (provider_options[i] if provider_options is not None else {})
+        if not isinstance(name, str):
+            raise InvalidArgument(f"provider names are strings, got {type(name).__name__}")
+        names_opts.append((name, dict(opts)))
+    seen: list[ExecutionProvider] = []
+    for name, opts in names_opts:
+        if name not in registry:
+            if name in ALL_PROVIDER_NAMES:
+                raise InvalidArgument(f"{name} is not available in this build; available "
+                                      f"providers: {list(registry)}")
+            raise InvalidArgument(f"unknown provider '{name}'; known providers: "
+                                  f"{ALL_PROVIDER_NAMES}")
+        if any(ep.name == name for ep in seen):
+            raise InvalidArgument(f"provider '{name}' is listed twice")
+        seen.append(registry[name](opts))
+    if not any(ep.name == CPU for ep in seen):
+        seen.append(registry[CPU]({}))
+    return seen
