@@ -66,9 +66,9 @@ class NotFound(OrtError):
     pass
 
 
-def node_failure(node_desc: str, op_type: str, exc: BaseException) -> RuntimeException:
-    """The error for a kernel that raised while running a node."""
-    return RuntimeException(
+def node_failure(node_desc: str, op_type: str, exc: BaseException) -> Fail:
+    """The error for a kernel that raised while running a node (ORT's class and wording)."""
+    return Fail(
         f"Non-zero status code returned while running {op_type} node. Name:'{node_desc}' "
         f"Status Message: {type(exc).__name__}: {exc}")
 

@@ -80,10 +80,15 @@ def check_opsets(opsets: dict[str, int]) -> None:
 
 
 def resolve_external_data(model: onnx.ModelProto, model_dir: Path | None,
-                          provided: set[str]) -> None:
-    """Load external tensor data, refusing any location outside the model's folder."""
+                          provided: dict[str, np.ndarray]) -> None:
+    """Load external tensor data, refusing any location outside the model's folder.
+
+    Tensors the session options provide are taken from there instead of from files."""
     for tensor in external_data_helper._get_all_tensors(model):
-        if not external_data_helper.uses_external_data(tensor) or tensor.name in provided:
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        if tensor.name in provided:
+            tensor.CopyFrom(numpy_helper.from_array(provided[tensor.name], tensor.name))
             continue
         info = external_data_helper.ExternalDataInfo(tensor)
         if model_dir is None:
@@ -101,6 +106,22 @@ def resolve_external_data(model: onnx.ModelProto, model_dir: Path | None,
         external_data_helper.load_external_data_for_tensor(tensor, str(model_dir))
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
+
+
+def run_checker(model: onnx.ModelProto) -> None:
+    """onnx's checker, minus its demand that graph inputs and outputs declare a shape
+    (a tensor of unknown rank is legal, and onnxruntime loads such models)."""
+    shapeless = [vi.type.tensor_type for vi in list(model.graph.input) + list(model.graph.output)
+                 if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape")]
+    for t in shapeless:
+        t.shape.SetInParent()
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise InvalidGraph(f"This is an invalid model. {_first_line(e)}") from None
+    finally:
+        for t in shapeless:
+            t.ClearField("shape")
 
 
 def check_node_inputs(graph: onnx.GraphProto) -> None:
@@ -144,14 +165,11 @@ def load(source: Any, *, initializers: dict[str, np.ndarray] | None = None,
     opsets = opset_map(model)
     check_opsets(opsets)
     model = _copy(model)
-    resolve_external_data(model, model_dir, set(initializers))
+    resolve_external_data(model, model_dir, initializers)
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     check_node_inputs(model.graph)
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        raise InvalidGraph(f"This is an invalid model. {_first_line(e)}") from None
+    run_checker(model)
     apply_free_dimension_overrides(model, free_dims_by_name or {}, free_dims_by_denotation or {})
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
