@@ -83,7 +83,8 @@ class SessionOptions(_ConfigEntries):
     enable_mem_reuse = _typed("enable_mem_reuse", bool, True, "Reuse dead buffers.")
     enable_cpu_mem_arena = _typed("enable_cpu_mem_arena", bool, True, "Arena for CPU buffers.")
     logid = _typed("logid", str, "", "Identifier in log messages.")
-    log_severity_level = _typed("log_severity_level", int, 2, "0 verbose .. 4 fatal.")
+    log_severity_level = _typed("log_severity_level", int, -1,
+                                "0 verbose .. 4 fatal; -1 uses the default logger's level.")
     log_verbosity_level = _typed("log_verbosity_level", int, 0, "Verbose log detail.")
     use_deterministic_compute = _typed("use_deterministic_compute", bool, False,
                                        "Prefer deterministic kernels.")
@@ -136,7 +137,8 @@ def _dim_value(name: str, value: int) -> int:
 
 
 class RunOptions(_ConfigEntries):
-    log_severity_level = _typed("log_severity_level", int, 2, "0 verbose .. 4 fatal.")
+    log_severity_level = _typed("log_severity_level", int, -1,
+                                "0 verbose .. 4 fatal; -1 uses the default logger's level.")
     log_verbosity_level = _typed("log_verbosity_level", int, 0, "Verbose log detail.")
     logid = _typed("logid", str, "", "Identifier in log messages.")
     only_execute_path_to_fetches = _typed("only_execute_path_to_fetches", bool, False,

@@ -1,0 +1,39 @@
+"""The command line: the demo and `run MODEL.onnx` (cross-checked with onnxruntime)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+
+from tests import models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tritort", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_demo_runs_and_reports_placement_timings_and_check():
+    r = _cli("demo", "--repeat", "3")
+    assert r.returncode == 0, r.stderr
+    assert "CPUExecutionProvider:" in r.stdout and "layer_norm(LayerNormalization)" in r.stdout
+    assert "run median" in r.stdout and "session creation" in r.stdout
+    assert "MISMATCH" not in r.stdout and r.stdout.count("-> OK") == 2
+
+
+def test_run_any_model(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(models.add_relu(), path)
+    r = _cli("run", str(path), "--shape", "A=5,3", "--shape", "B=5,3", "--repeat", "2")
+    assert r.returncode == 0, r.stderr
+    assert "output Y: float32[5, 3]" in r.stdout
+    assert r.stdout.count("-> OK") == 2
+
+
+def test_run_reports_errors_cleanly(tmp_path):
+    r = _cli("run", str(tmp_path / "missing.onnx"))
+    assert r.returncode == 1 and "NoSuchFile" in r.stderr and "Traceback" not in r.stderr
