@@ -239,19 +239,20 @@ def _reference_factory(ctx: NodeContext):
     return run
 
 
-def _since_versions(domain: str, op_type: str) -> list[int]:
-    versions = set()
+def _since_versions() -> dict[tuple[str, str], list[int]]:
+    versions: dict[tuple[str, str], set[int]] = {}
     for schema in onnx.defs.get_all_schemas_with_history():
-        if schema.name == op_type and normalize_domain(schema.domain) == normalize_domain(domain):
-            versions.add(schema.since_version)
-    return sorted(versions)
+        key = (normalize_domain(schema.domain), schema.name)
+        versions.setdefault(key, set()).add(schema.since_version)
+    return {k: sorted(v) for k, v in versions.items()}
 
 
 def install(ops: dict[tuple[str, str], str] = DELEGATED) -> None:
     """Register the delegated ops that have no hand-written kernel."""
     written = {(d, op) for d, op, _ in REGISTRY.ops()}
+    versions = _since_versions()
     for domain, op_type in ops:
         if (normalize_domain(domain), op_type) in written:
             continue
-        for since in _since_versions(domain, op_type) or [1]:
+        for since in versions.get((normalize_domain(domain), op_type), [1]):
             REGISTRY.add(domain, op_type, since, _reference_factory)
