@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
-from onnx.reference.ops import load_op
+from onnx.reference.ops import aionnx_preview, aionnx_preview_training, aionnxml
+from onnx.reference.ops import load_op as _load_onnx_op
 
 from .registry import REGISTRY, NodeContext, normalize_domain
 
@@ -221,10 +223,20 @@ DELEGATED: dict[tuple[str, str], str] = {
 }
 
 
+_LOADERS = {
+    "": _load_onnx_op,
+    "ai.onnx.ml": aionnxml.load_op,
+    "ai.onnx.preview": aionnx_preview.load_op,
+    "ai.onnx.preview.training": aionnx_preview_training.load_op,
+}
+
+
 def _reference_factory(ctx: NodeContext):
-    cls = load_op(ctx.domain, ctx.op_type, ctx.since_version)
+    cls = _LOADERS[ctx.domain](ctx.domain, ctx.op_type, ctx.since_version)
     run_params = {"log": lambda *a: None, "opsets": dict(ctx.opsets), "verbose": 0,
-                  "new_ops": None, "existing_functions": {}, "evaluator_cls": None}
+                  "new_ops": None, "existing_functions": {},
+                  # graph attributes of a delegated op are evaluated by onnx.reference too
+                  "evaluator_cls": ReferenceEvaluator}
     op: OpRun = cls(ctx.proto, run_params)
 
     def run(*inputs: Any) -> tuple:
