@@ -130,6 +130,20 @@ def test_outputs_never_alias_inputs():
     np.testing.assert_array_equal(sess.run(None, {"X": np.zeros(2, np.float32)})[0], [1, 1])
 
 
+def test_outputs_are_writeable_at_every_level():
+    const = helper.make_node("Constant", [], ["C"], value=onnx.numpy_helper.from_array(
+        np.arange(3, dtype=np.float32)))
+    model = models.make([const, helper.make_node("Identity", ["C"], ["Y"])], [],
+                        [models.vi("Y", shape=[3])])
+    for level in ort.GraphOptimizationLevel:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        sess = ort.InferenceSession(model.SerializeToString(), so)
+        y = sess.run(None, {})[0]
+        y += 1
+        np.testing.assert_array_equal(sess.run(None, {})[0], [0, 1, 2])
+
+
 def test_run_with_ort_values_and_run_async():
     import threading
 

@@ -186,8 +186,10 @@ class InferenceSession:
         return [self._detach(r, feeds) for r in results]
 
     def _detach(self, value: Any, feeds: dict[str, Any]) -> Any:
-        """Copy an output that shares memory with an input or initializer."""
+        """Copy an output that shares memory with an input or initializer, or is read-only."""
         if isinstance(value, np.ndarray):
+            if not value.flags.writeable:
+                return value.copy()
             root = id(_root(value))
             if root in self._protected_roots or any(
                     isinstance(f, np.ndarray) and root == id(_root(f)) for f in feeds.values()):
