@@ -385,12 +385,14 @@ def range_op(ctx: NodeContext):
     # Float ranges are computed as start + i * delta in float64 and rounded once, which
     # also covers v27's stash_type for float16/bfloat16.
     def run(start, limit, delta):
+        # the spec says scalars; exporters also write one-element tensors
+        start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in (start, limit, delta))
         dtype = start.dtype
         if dtype.kind in "iu":
             s, l, d = int(start), int(limit), int(delta)
             n = max(-((s - l) // d), 0)  # ceil((l - s) / d) in exact integer arithmetic
             return ((s + np.arange(n, dtype=np.int64) * d).astype(dtype),)
-        s, l, d = (float(np.asarray(v).astype(np.float64)) for v in (start, limit, delta))
+        s, l, d = (float(v) for v in (start, limit, delta))
         n = max(int(np.ceil((l - s) / d)), 0)
         return ((s + np.arange(n, dtype=np.float64) * d).astype(dtype),)
 

@@ -69,11 +69,13 @@ TABLE: tuple[DType, ...] = (
     _row(TP.FLOAT8E8M0, "float8e8m0", ml_dtypes.float8_e8m0fnu, "float8_e8m0fnu", None, None),
     _row(TP.UINT2, "uint2", ml_dtypes.uint2, None, None, None),
     _row(TP.INT2, "int2", ml_dtypes.int2, None, None, None),
+    _row(TP.FLOAT6E2M3, "float6e2m3", ml_dtypes.float6_e2m3fn, None, None, None),
+    _row(TP.FLOAT6E3M2, "float6e3m2", ml_dtypes.float6_e3m2fn, None, None, None),
 )
 
 LOW_PRECISION_FLOATS = frozenset({
     TP.BFLOAT16, TP.FLOAT8E4M3FN, TP.FLOAT8E4M3FNUZ, TP.FLOAT8E5M2, TP.FLOAT8E5M2FNUZ,
-    TP.FLOAT4E2M1, TP.FLOAT8E8M0,
+    TP.FLOAT4E2M1, TP.FLOAT8E8M0, TP.FLOAT6E2M3, TP.FLOAT6E3M2,
 })
 
 BY_ONNX = {d.onnx: d for d in TABLE}
