@@ -1,0 +1,200 @@
+"""Pooling kernels of the NumPy provider: Max/Average/Lp pooling, their Global forms, MaxUnpool.
+
+Each kernel tap is one strided view (no copy) of the padded input; reductions accumulate
+tap by tap, vectorized over batch, channels and output positions.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from .nn_util import auto_pads, int_or_list, narrow, pad_spatial, widen, windows
+from .registry import register
+
+
+class PoolParams:
+    def __init__(self, ctx):
+        self.kernel = list(ctx.attr("kernel_shape"))
+        nd = len(self.kernel)
+        self.strides = int_or_list(ctx.attr("strides"), nd, 1)
+        self.dilations = int_or_list(ctx.attr("dilations"), nd, 1)
+        self.auto_pad = ctx.attr("auto_pad", "NOTSET")
+        self.pads = ctx.attr("pads")
+        self.ceil_mode = bool(ctx.attr("ceil_mode", 0))
+
+    def layout(self, in_spatial):
+        """(begin pads, end pads incl. ceil-mode extra, explicit end pads, output shape)."""
+        pads = auto_pads(self.auto_pad, in_spatial, self.kernel, self.strides, self.dilations,
+                         self.pads)
+        nd = len(self.kernel)
+        begins, ends = pads[:nd], pads[nd:]
+        out, padded_ends = [], []
+        for i, (size, k, s, d, pb, pe) in enumerate(zip(in_spatial, self.kernel, self.strides,
+                                                        self.dilations, begins, ends)):
+            extent = (k - 1) * d + 1
+            span = size + pb + pe - extent
+            if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                o = -(-size // s)
+            elif self.ceil_mode:
+                o = -(-span // s) + 1
+                if (o - 1) * s >= size + pb:  # the last window must start inside the input
+                    o -= 1
+            else:
+                o = span // s + 1
+            out.append(max(o, 0))
+            padded_ends.append(max(pe, (o - 1) * s + extent - size - pb))
+        return begins, padded_ends, ends, out
+
+    def taps(self, x, value):
+        """Pad ``x`` with ``value``; return the layout and, per kernel tap, its strided
+        (N, C, *out) view. Reducing tap by tap keeps every numpy op large and contiguous-ish."""
+        begins, padded_ends, ends, out = self.layout(x.shape[2:])
+        xp = pad_spatial(x, begins + padded_ends, value)
+        views = []
+        for tap in itertools.product(*[range(k) for k in self.kernel]):
+            where = tuple(slice(t * d, t * d + max(s * (o - 1) + 1, 0), s)
+                          for t, d, s, o in zip(tap, self.dilations, self.strides, out))
+            views.append((tap, xp[(slice(None), slice(None)) + where]))
+        return (begins, padded_ends, ends, out), views
+
+
+def _lowest(dtype):
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+@register("MaxPool", since=[1, 8, 10, 11, 12, 22])
+def max_pool(ctx):
+    p = PoolParams(ctx)
+    storage_order = int(ctx.attr("storage_order", 0))
+    want_indices = ctx.num_outputs > 1 and bool(ctx.output_names[1])
+
+    def run(x):
+        wx = widen(x)
+        nd = len(p.kernel)
+        (begins, _, _, out), views = p.taps(wx, _lowest(wx.dtype))
+        best = views[0][1].copy()
+        if not want_indices:
+            for _, v in views[1:]:
+                np.maximum(best, v, out=best)
+            return (narrow(best, x.dtype),)
+        best_tap = np.zeros(best.shape, dtype=np.intp)
+        for t, (_, v) in enumerate(views[1:], start=1):
+            better = v > best  # strict: the first maximum wins ties
+            np.copyto(best, v, where=better)
+            best_tap[better] = t
+        # input coordinate of the winning tap, per spatial axis
+        tap_coords = np.unravel_index(best_tap, p.kernel) if nd else ()
+        in_spatial = x.shape[2:]
+        index = np.zeros(best.shape, dtype=np.int64)
+        axes = range(nd - 1, -1, -1) if storage_order == 1 else range(nd)
+        for axis in axes:
+            pos = np.arange(out[axis]) * p.strides[axis] - begins[axis]
+            pos = pos.reshape((-1,) + (1,) * (nd - 1 - axis))
+            coord = pos + tap_coords[axis] * p.dilations[axis]
+            index = index * in_spatial[axis] + coord
+        n, c = x.shape[:2]
+        base = (np.arange(n * c, dtype=np.int64) * math.prod(in_spatial)).reshape(
+            (n, c) + (1,) * nd)
+        return narrow(best, x.dtype), index + base
+
+    return run
+
+
+def _window_count(p, in_spatial, include_pad, dtype):
+    """Number of taps of each window that count in the average: (*out,)."""
+    begins, padded_ends, ends, out = p.layout(in_spatial)
+    if include_pad:  # explicit pads count, the ceil-mode overhang does not
+        mask = pad_spatial(np.ones([s + b + e for s, b, e in zip(in_spatial, begins, ends)],
+                                   dtype=dtype), [0] * len(begins)
+                           + [pe - e for pe, e in zip(padded_ends, ends)], 0)
+    else:
+        mask = pad_spatial(np.ones(in_spatial, dtype=dtype), begins + padded_ends, 0)
+    mv = windows(mask, p.kernel, p.strides, p.dilations)  # small: spatial dims only
+    mv = mv[tuple(slice(0, o) for o in out)]
+    return mv.sum(axis=tuple(range(-len(p.kernel), 0)))
+
+
+@register("AveragePool", since=[1, 7, 10, 11, 19, 22])
+def average_pool(ctx):
+    p = PoolParams(ctx)
+    include_pad = bool(ctx.attr("count_include_pad", 0))
+
+    def run(x):
+        wx = widen(x)
+        _, views = p.taps(wx, 0)
+        total = views[0][1].copy()
+        for _, v in views[1:]:
+            total += v
+        count = _window_count(p, x.shape[2:], include_pad, wx.dtype)
+        return (narrow(total / count, x.dtype),)
+
+    return run
+
+
+@register("LpPool", since=[1, 2, 11, 18, 22])
+def lp_pool(ctx):
+    p = PoolParams(ctx)
+    power = float(ctx.attr("p", 2))
+
+    def run(x):
+        _, views = p.taps(np.power(np.abs(widen(x)), power), 0)
+        total = views[0][1].copy()
+        for _, v in views[1:]:
+            total += v
+        y = np.power(total, 1 / power)
+        return (narrow(y, x.dtype),)
+
+    return run
+
+
+def _spatial_axes(x):
+    return tuple(range(2, x.ndim))
+
+
+@register("GlobalAveragePool", since=[1, 22])
+def global_average_pool(ctx):
+    return lambda x: (narrow(widen(x).mean(axis=_spatial_axes(x), keepdims=True), x.dtype),)
+
+
+@register("GlobalMaxPool", since=[1, 22])
+def global_max_pool(ctx):
+    return lambda x: (x.max(axis=_spatial_axes(x), keepdims=True),)
+
+
+@register("GlobalLpPool", since=[1, 2, 22])
+def global_lp_pool(ctx):
+    power = float(ctx.attr("p", 2))
+
+    def run(x):
+        wx = np.abs(widen(x))
+        y = np.power(np.sum(np.power(wx, power), axis=_spatial_axes(x), keepdims=True), 1 / power)
+        return (narrow(y, x.dtype),)
+
+    return run
+
+
+@register("MaxUnpool", since=[9, 11, 22])
+def max_unpool(ctx):
+    kernel = list(ctx.attr("kernel_shape"))
+    nd = len(kernel)
+    strides = int_or_list(ctx.attr("strides"), nd, 1)
+    pads = int_or_list(ctx.attr("pads"), 2 * nd, 0)
+
+    def run(x, indices, output_shape=None):
+        inferred = list(x.shape[:2]) + [
+            (i - 1) * s + k - pb - pe
+            for i, s, k, pb, pe in zip(x.shape[2:], strides, kernel, pads[:nd], pads[nd:])]
+        y = np.zeros(math.prod(inferred), dtype=x.dtype)
+        y[indices.reshape(-1)] = x.reshape(-1)
+        y = y.reshape(inferred)
+        if output_shape is None:
+            return (y,)
+        # indices address the inferred shape; a larger output_shape keeps it at the origin
+        # (what the conformance data expects)
+        out = np.zeros([int(v) for v in output_shape], dtype=x.dtype)
+        out[tuple(slice(0, i) for i in inferred)] = y
+        return (out,)
+
+    return run
