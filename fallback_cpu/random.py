@@ -17,12 +17,30 @@ from tritort.dtypes import numpy_dtype
 from .registry import NodeContext, register
 
 
+_default_seeds: np.random.SeedSequence | None = None
+_default_lock = threading.Lock()
+
+
+def set_seed(seed: int) -> None:
+    """Make the generators of unseeded nodes, in sessions created from now on, reproducible."""
+    global _default_seeds
+    with _default_lock:
+        _default_seeds = np.random.SeedSequence(seed)
+
+
+def _unseeded_rng() -> np.random.Generator:
+    with _default_lock:
+        if _default_seeds is None:
+            return np.random.default_rng()
+        return np.random.default_rng(_default_seeds.spawn(1)[0])
+
+
 class _Stream:
     """A per-node generator that concurrent runs of the session may share."""
 
     def __init__(self, seed: float | None) -> None:
         if seed is None:
-            self._rng = np.random.default_rng()
+            self._rng = _unseeded_rng()
         else:  # the float attribute's bits, so 0.5 and 0.25 give different streams
             self._rng = np.random.default_rng(struct.unpack("<I", struct.pack("<f", seed))[0])
         self._lock = threading.Lock()

@@ -285,3 +285,18 @@ def test_iobinding_cpu():
     b.clear_binding_outputs()
     with pytest.raises(ort.InvalidArgument, match="no outputs are bound"):
         sess.run_with_iobinding(b)
+
+
+def test_set_seed_makes_unseeded_random_ops_reproducible():
+    model = models.make([helper.make_node("RandomUniform", [], ["Y"], shape=[4])], [],
+                        [models.vi("Y", shape=[4])]).SerializeToString()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ort.set_seed(7)
+    a = ort.InferenceSession(model, so).run(None, {})[0]
+    ort.set_seed(7)
+    b = ort.InferenceSession(model, so).run(None, {})[0]
+    np.testing.assert_array_equal(a, b)
+    assert a.min() >= 0 and a.max() < 1 and len(set(a.tolist())) == 4
+    with pytest.raises(ort.InvalidArgument):
+        ort.set_seed("seven")

@@ -11,7 +11,7 @@ from tests.expected_failures import EXPECTED_FAILURES
 CASES = node_cases()
 
 
-def _run_case(case, providers):
+def _check_case(case, providers):
     sess = ort.InferenceSession(case.model.SerializeToString(), providers=providers)
     input_names = [i.name for i in case.model.graph.input]
     output_names = [o.name for o in case.model.graph.output]
@@ -34,7 +34,7 @@ def _params():
 @pytest.mark.parametrize("name", _params())
 def test_node_case_cpu(name):
     with np.errstate(all="ignore"):
-        _run_case(CASES[name], ["CPUExecutionProvider"])
+        _check_case(CASES[name], ["CPUExecutionProvider"])
 
 
 def test_expected_failures_are_real_cases_with_reasons():

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import logging
-import random as _random
 
 import numpy as _np
 
@@ -56,13 +55,12 @@ def get_build_info() -> str:
 
 
 def set_seed(seed: int) -> None:
-    """Seeds the random ops of the NumPy provider (and Python's and numpy's generators)."""
+    """Seeds the random ops without a seed attribute in sessions created from now on."""
     from fallback_cpu import random as _random_ops
 
-    _random.seed(seed)
-    _np.random.seed(seed)
-    if hasattr(_random_ops, "set_seed"):
-        _random_ops.set_seed(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidArgument(f"set_seed expects an int, got {seed!r}")
+    _random_ops.set_seed(seed)
 
 
 def set_default_logger_severity(severity: int) -> None:
