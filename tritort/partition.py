@@ -1,9 +1,10 @@
 """Partition stage: providers claim nodes in priority order; claimed runs become subgraphs."""
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
-from .errors import NotImplemented
+from .errors import InvalidGraph, NotImplemented
 from .graph import Graph, Node
 from .providers import ExecutionProvider
 
@@ -62,8 +63,6 @@ def topological_order(graph: Graph) -> list[Node]:
         for j in d:
             users[j].append(i)
     pending = [len(d) for d in deps]
-    import heapq
-
     ready = [i for i, c in enumerate(pending) if c == 0]
     heapq.heapify(ready)
     order = []
@@ -76,8 +75,6 @@ def topological_order(graph: Graph) -> list[Node]:
                 heapq.heappush(ready, u)
     if len(order) != len(graph.nodes):
         stuck = [graph.nodes[i].describe() for i, c in enumerate(pending) if c > 0]
-        from .errors import InvalidGraph
-
         raise InvalidGraph(f"the graph has a cycle through {', '.join(stuck[:5])}")
     return order
 

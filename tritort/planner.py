@@ -5,7 +5,7 @@ it is one loop over prepared steps.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from .graph import Graph, Node
@@ -31,7 +31,6 @@ class Plan:
     constant_slots: list[tuple[int, Any]]  # initializers, placed before each run
     input_slots: dict[str, int]
     fetch_slots: tuple[int, ...]
-    node_count: int = field(default=0)
 
 
 def _needed_nodes(order: list[Node], fetches: Sequence[str]) -> list[Node]:
@@ -85,7 +84,7 @@ def make_plan(graph: Graph, order: list[Node], part: Partition, kernels: dict[st
         fetch_names.append(f)
     fetch_slots = tuple(slot_of[f] for f in fetch_names)
     _assign_lifetimes(steps, set(fetch_slots) | {s for s, _ in constant_slots})
-    return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots, len(nodes))
+    return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots)
 
 
 def _copy_step(steps, name, ep, device_of, slot, part) -> str:

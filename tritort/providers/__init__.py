@@ -5,6 +5,7 @@ A provider says which nodes it can take (``claim``), turns its claimed nodes int
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidArgument
@@ -24,7 +25,7 @@ ALL_PROVIDER_NAMES = [
 ]
 
 
-class ExecutionProvider:
+class ExecutionProvider(abc.ABC):
     name: str = ""
     device: str = "cpu"
     option_docs: dict[str, str] = {}
@@ -37,13 +38,13 @@ class ExecutionProvider:
                                   f"known options: {sorted(self.option_docs) or 'none'}")
         self.options = options
 
+    @abc.abstractmethod
     def claim(self, node: Node, opsets: dict[str, int]) -> str | None:
         """None if this provider takes the node, else the reason it does not."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def compile(self, nodes: Sequence[Node], graph_info: "CompileInfo") -> dict[str, Callable]:
         """One callable per claimed node name."""
-        raise NotImplementedError
 
     def to_device(self, value: Any) -> Any:
         return value
