@@ -13,9 +13,20 @@ import onnx
 
 from .executor import execute
 from .graph import Graph, free_names
-from .partition import Partition, partition
-from .planner import Plan, make_plan
-from .providers import CompileInfo, ExecutionProvider
+from .errors import Fail
+from .partition import Partition, ProviderSubgraph, partition
+from .planner import Plan, PlacedUnit, make_plan, order_units
+from .providers import CompiledUnit, CompileInfo, ExecutionProvider
+
+
+def _check_cover(ep: ExecutionProvider, nodes, units: list[CompiledUnit]) -> None:
+    """A provider's units must partition exactly the nodes it claimed."""
+    claimed = [n.name for n in nodes]
+    covered = [n.name for u in units for n in u.nodes]
+    if sorted(claimed) != sorted(covered):
+        raise Fail(f"{ep.name} compiled {len(covered)} node(s) for {len(claimed)} claimed: "
+                   f"missing {sorted(set(claimed) - set(covered))[:5]}, duplicated or foreign "
+                   f"{sorted(n for n in set(covered) if covered.count(n) > 1 or n not in claimed)[:5]}")
 
 
 class Program:
@@ -23,15 +34,32 @@ class Program:
         self.graph = graph
         self.providers = list(providers)
         self.partition: Partition = partition(graph, self.providers)
-        self.order = [a.node for a in self.partition.assignments.values()]
         info = CompileInfo(graph.opsets, graph.value_types, build_subgraph, self.providers)
-        self.kernels: dict[str, Any] = {}
+        placed: list[PlacedUnit] = []
         for ep in self.providers:
             nodes = self.partition.nodes_of(ep)
             if nodes:
-                self.kernels.update(ep.compile(nodes, info))
+                units = ep.compile(nodes, info)
+                _check_cover(ep, nodes, units)
+                placed.extend(PlacedUnit(u, ep) for u in units)
+        position = {n.name: i for i, n in enumerate(a.node for a in
+                                                    self.partition.assignments.values())}
+        self.units = order_units(placed, position)
         self._plans: dict[tuple, Plan] = {}
         self._lock = threading.Lock()
+
+    def assignment_info(self) -> list[ProviderSubgraph]:
+        """One subgraph per fused kernel; runs of single-node units of one provider merge."""
+        subgraphs: list[ProviderSubgraph] = []
+        previous_was_single = False
+        for pu in self.units:
+            single = len(pu.unit.nodes) == 1
+            if single and previous_was_single and subgraphs[-1].ep_name == pu.provider.name:
+                subgraphs[-1].nodes.extend(pu.unit.nodes)
+            else:
+                subgraphs.append(ProviderSubgraph(pu.provider.name, list(pu.unit.nodes)))
+            previous_was_single = single
+        return subgraphs
 
     def plan_for(self, fetches: Sequence[str], outer_names: Sequence[str] = ()) -> Plan:
         key = (tuple(fetches), tuple(outer_names))
@@ -40,8 +68,8 @@ class Program:
             with self._lock:
                 plan = self._plans.get(key)
                 if plan is None:
-                    plan = make_plan(self.graph, self.order, self.partition, self.kernels,
-                                     fetches, outer_names=outer_names)
+                    plan = make_plan(self.graph, self.units, fetches,
+                                     outer_names=outer_names)
                     self._plans[key] = plan
         return plan
 

@@ -30,13 +30,11 @@ def execute(plan: Plan, feeds: dict[str, Any], terminate=None,
         try:
             results = step.fn(*args)
         except OrtError as e:
-            if step.node is None or step.node.subgraphs:
+            if step.runs_subgraphs:
                 raise
-            raise node_failure(step.label, step.node.op_type, e) from e
+            raise node_failure(step.label, step.op_type, e) from e
         except Exception as e:  # any kernel failure becomes ORT's error naming the node
-            if step.node is None:
-                raise
-            raise node_failure(step.label, step.node.op_type, e) from e
+            raise node_failure(step.label, step.op_type, e) from e
         if profiler is not None:
             _record(profiler, step, t0, args, results)
         for s, value in zip(step.out_slots, results):
@@ -48,10 +46,9 @@ def execute(plan: Plan, feeds: dict[str, Any], terminate=None,
 
 
 def _record(profiler: Profiler, step, t0: int, args, results) -> None:
-    node = step.node
     profiler.record(
         f"{step.label}_kernel_time", "Node", t0, time.monotonic_ns(),
-        {"op_name": node.op_type if node else "Copy", "provider": step.provider,
+        {"op_name": step.op_type, "provider": step.provider,
          "input_type_shape": [_shape(a) for a in args],
          "output_type_shape": [_shape(r) for r in results]})
 

@@ -89,7 +89,7 @@ def fold_constants(graph: Graph) -> None:
 
 def _try_fold(n: Node, graph: Graph, cpu, info) -> list[np.ndarray] | None:
     try:
-        fn = cpu.compile([n], info)[n.name]
+        fn = cpu.compile([n], info)[0].fn
         results = fn(*[graph.initializers[x] if x else None for x in n.inputs])
     except Exception:  # leave the node for run time, where its error names it
         return None

@@ -1,4 +1,4 @@
-"""Partition stage: providers claim nodes in priority order; claimed runs become subgraphs."""
+"""Partition stage: providers claim nodes in priority order, the CPU provider taking the rest."""
 from __future__ import annotations
 
 import heapq
@@ -19,7 +19,7 @@ class Assignment:
 
 @dataclass
 class ProviderSubgraph:
-    """A maximal run of consecutive (topologically ordered) nodes of one provider."""
+    """Nodes one provider runs together: a fused kernel, or a run of single-node kernels."""
 
     ep_name: str
     nodes: list[Node]
@@ -37,8 +37,7 @@ class AssignedNode:
 
 @dataclass
 class Partition:
-    assignments: dict[str, Assignment]
-    subgraphs: list[ProviderSubgraph]
+    assignments: dict[str, Assignment]  # node name -> provider, in topological order
 
     def nodes_of(self, provider: ExecutionProvider) -> list[Node]:
         return [a.node for a in self.assignments.values() if a.provider is provider]
@@ -95,10 +94,4 @@ def partition(graph: Graph, providers: list[ExecutionProvider]) -> Partition:
                 f"Could not find an implementation for {node.op_type}({opset}) node with name "
                 f"'{node.name}' (domain '{node.domain or 'ai.onnx'}'): "
                 + "; ".join(f"{k}: {v}" for k, v in declined.items()))
-    subgraphs: list[ProviderSubgraph] = []
-    for a in assignments.values():
-        if subgraphs and subgraphs[-1].ep_name == a.provider.name:
-            subgraphs[-1].nodes.append(a.node)
-        else:
-            subgraphs.append(ProviderSubgraph(a.provider.name, [a.node]))
-    return Partition(assignments, subgraphs)
+    return Partition(assignments)

@@ -5,11 +5,13 @@ it is one loop over prepared steps.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .graph import Graph, Node
-from .partition import Partition
+from .errors import Fail
+from .graph import Graph
+from .providers import CompiledUnit, ExecutionProvider
 
 
 @dataclass
@@ -18,9 +20,43 @@ class Step:
     in_slots: tuple[int, ...]  # -1 for an omitted optional input
     out_slots: tuple[int, ...]  # -1 for an omitted output
     free_slots: tuple[int, ...]  # values dead after this step
-    node: Node | None  # None for a device copy
+    op_type: str  # "Copy" for a device copy, "FusedKernel" for several nodes
     provider: str
     label: str
+    runs_subgraphs: bool = False  # errors from nested nodes already name them
+
+
+@dataclass
+class PlacedUnit:
+    unit: CompiledUnit
+    provider: ExecutionProvider
+
+
+def order_units(placed: list[PlacedUnit], position: dict[str, int]) -> list[PlacedUnit]:
+    """Units in dependency order, earliest model position first where the order is free."""
+    producer = {o: i for i, pu in enumerate(placed) for o in pu.unit.outputs if o}
+    deps = [{producer[x] for x in pu.unit.inputs if x in producer and producer[x] != i}
+            for i, pu in enumerate(placed)]
+    users: list[list[int]] = [[] for _ in placed]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    pending = [len(d) for d in deps]
+    key = [min(position[n.name] for n in pu.unit.nodes) for pu in placed]
+    ready = [(key[i], i) for i, c in enumerate(pending) if c == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(placed[i])
+        for u in users[i]:
+            pending[u] -= 1
+            if pending[u] == 0:
+                heapq.heappush(ready, (key[u], u))
+    if len(order) != len(placed):
+        stuck = [placed[i].unit.name for i, c in enumerate(pending) if c > 0]
+        raise Fail(f"compiled units depend on each other in a cycle: {stuck[:5]}")
+    return order
 
 
 @dataclass
@@ -33,24 +69,24 @@ class Plan:
     fetch_slots: tuple[int, ...]
 
 
-def _needed_nodes(order: list[Node], fetches: Sequence[str]) -> list[Node]:
-    producer = {o: n for n in order for o in n.outputs if o}
-    needed: set[str] = set()
+def _needed_units(order: list[PlacedUnit], fetches: Sequence[str]) -> list[PlacedUnit]:
+    producer = {o: i for i, pu in enumerate(order) for o in pu.unit.outputs if o}
+    needed: set[int] = set()
     stack = [producer[f] for f in fetches if f in producer]
     while stack:
-        n = stack.pop()
-        if n.name in needed:
+        i = stack.pop()
+        if i in needed:
             continue
-        needed.add(n.name)
-        stack.extend(producer[x] for x in n.all_inputs if x in producer)
-    return [n for n in order if n.name in needed]
+        needed.add(i)
+        stack.extend(producer[x] for x in order[i].unit.inputs if x in producer)
+    return [pu for i, pu in enumerate(order) if i in needed]
 
 
-def make_plan(graph: Graph, order: list[Node], part: Partition, kernels: dict[str, Callable],
-              fetches: Sequence[str], host_device: str = "cpu",
-              outer_names: Sequence[str] = ()) -> Plan:
+def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
+              host_device: str = "cpu", outer_names: Sequence[str] = ()) -> Plan:
     """``outer_names``: values a subgraph reads from enclosing scopes, fed like inputs."""
-    nodes = _needed_nodes(order, fetches)
+    needed = _needed_units(units, fetches)
+    producer_of = {o: pu.provider for pu in units for o in pu.unit.outputs if o}
     slot_of: dict[str, int] = {}
 
     def slot(name: str) -> int:
@@ -64,30 +100,30 @@ def make_plan(graph: Graph, order: list[Node], part: Partition, kernels: dict[st
     constant_slots = [(slot(k), v) for k, v in graph.initializers.items()]
     device_of = {name: host_device for name in list(input_slots) + list(graph.initializers)}
     steps: list[Step] = []
-    for node in nodes:
-        ep = part.assignments[node.name].provider
+    for pu in needed:
+        unit, ep = pu.unit, pu.provider
         ins = []
-        for name in node.inputs + node.implicit_inputs:
+        for name in unit.inputs:
             if name and device_of.get(name, host_device) != ep.device:
-                name = _copy_step(steps, name, ep, device_of, slot, part)
+                name = _copy_step(steps, name, ep, device_of, slot, producer_of)
             ins.append(slot(name))
-        outs = tuple(slot(o) for o in node.outputs)
-        for o in node.outputs:
+        outs = tuple(slot(o) for o in unit.outputs)
+        for o in unit.outputs:
             if o:
                 device_of[o] = ep.device
-        steps.append(Step(kernels[node.name], tuple(ins), outs, (), node, ep.name,
-                          node.name))
+        steps.append(Step(unit.fn, tuple(ins), outs, (), unit.op_type, ep.name, unit.name,
+                          unit.runs_subgraphs))
     fetch_names = []
     for f in fetches:
         if device_of.get(f, host_device) != host_device:
-            f = _copy_step(steps, f, None, device_of, slot, part)
+            f = _copy_step(steps, f, None, device_of, slot, producer_of)
         fetch_names.append(f)
     fetch_slots = tuple(slot_of[f] for f in fetch_names)
     _assign_lifetimes(steps, set(fetch_slots) | {s for s, _ in constant_slots})
     return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots)
 
 
-def _copy_step(steps, name, ep, device_of, slot, part) -> str:
+def _copy_step(steps, name, ep, device_of, slot, producer_of) -> str:
     """Insert a copy of ``name`` onto ``ep``'s device (or to the host when ep is None)."""
     target = ep.device if ep is not None else "cpu"
     copy_name = f"{name}@{target}"
@@ -95,10 +131,9 @@ def _copy_step(steps, name, ep, device_of, slot, part) -> str:
         if ep is not None:
             fn, label = ep.to_device, f"copy {name} to {target}"
         else:
-            src = next(a.provider for a in part.assignments.values() if name in a.node.outputs)
-            fn, label = src.to_host, f"copy {name} to host"
+            fn, label = producer_of[name].to_host, f"copy {name} to host"
         steps.append(Step(lambda x, _f=fn: (_f(x),), (slot(name),), (slot(copy_name),), (),
-                          None, "copy", label))
+                          "Copy", "copy", label))
         device_of[copy_name] = target
     return copy_name
 

@@ -121,7 +121,7 @@ class InferenceSession:
         if not enabled:
             raise Fail(f"graph assignment info was not recorded; set the session config entry "
                        f"'{RECORD_ASSIGNMENT_KEY}' to '1' before creating the session")
-        return list(self._program.partition.subgraphs)
+        return self._program.assignment_info()
 
     def placement_report(self) -> str:
         """Which provider runs each node, and why higher-priority providers passed on it."""

@@ -6,6 +6,7 @@ A provider says which nodes it can take (``claim``), turns its claimed nodes int
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidArgument
@@ -23,6 +24,29 @@ ALL_PROVIDER_NAMES = [
     "WebNNExecutionProvider", "WebGpuExecutionProvider", "XnnpackExecutionProvider",
     "CANNExecutionProvider", "AzureExecutionProvider", CPU,
 ]
+
+
+@dataclass
+class CompiledUnit:
+    """One callable covering one node, or several fused ones.
+
+    ``inputs`` are the values it reads (explicit inputs then implicit outer-scope ones; ''
+    for an omitted optional input), ``outputs`` the values it produces ('' if omitted).
+    """
+
+    name: str
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+    fn: Callable[..., tuple]
+
+    @property
+    def op_type(self) -> str:
+        return self.nodes[0].op_type if len(self.nodes) == 1 else "FusedKernel"
+
+    @property
+    def runs_subgraphs(self) -> bool:
+        return any(n.subgraphs for n in self.nodes)
 
 
 class ExecutionProvider(abc.ABC):
@@ -43,8 +67,8 @@ class ExecutionProvider(abc.ABC):
         """None if this provider takes the node, else the reason it does not."""
 
     @abc.abstractmethod
-    def compile(self, nodes: Sequence[Node], graph_info: "CompileInfo") -> dict[str, Callable]:
-        """One callable per claimed node name."""
+    def compile(self, nodes: Sequence[Node], graph_info: "CompileInfo") -> list[CompiledUnit]:
+        """Units covering exactly the claimed nodes, each node in one unit."""
 
     def to_device(self, value: Any) -> Any:
         return value

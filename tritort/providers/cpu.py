@@ -1,11 +1,11 @@
 """The NumPy CPU provider: claims every node the fallback_cpu registry has a kernel for."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 from ..errors import Fail, OrtError
 from ..graph import Node
-from . import CPU, CompileInfo, ExecutionProvider
+from . import CPU, CompiledUnit, CompileInfo, ExecutionProvider
 
 
 class CPUExecutionProvider(ExecutionProvider):
@@ -27,10 +27,10 @@ class CPUExecutionProvider(ExecutionProvider):
             return f"no NumPy kernel for {node.domain or 'ai.onnx'}::{node.op_type} at opset {opset}"
         return None
 
-    def compile(self, nodes: Sequence[Node], info: CompileInfo) -> dict[str, Callable]:
+    def compile(self, nodes: Sequence[Node], info: CompileInfo) -> list[CompiledUnit]:
         from fallback_cpu import NodeContext
 
-        kernels = {}
+        units = []
         for node in nodes:
             opset = info.opsets[node.domain]
             since, factory = self._registry.lookup(node.domain, node.op_type, opset)
@@ -43,13 +43,15 @@ class CPUExecutionProvider(ExecutionProvider):
                 proto=node.proto, opsets=info.opsets,
                 subgraph=_subgraph_builder(node, info), implicit_inputs=node.implicit_inputs)
             try:
-                kernels[node.name] = factory(ctx)
+                fn = factory(ctx)
             except OrtError:
                 raise
             except Exception as e:  # a kernel refusing its attributes is a model error
                 raise Fail(f"{node.describe()}: cannot build its kernel: "
                            f"{type(e).__name__}: {e}") from e
-        return kernels
+            units.append(CompiledUnit(node.name, [node], node.inputs + node.implicit_inputs,
+                                      node.outputs, fn))
+        return units
 
 
 def _subgraph_builder(node: Node, info: CompileInfo):
