@@ -34,7 +34,13 @@ class Program:
         self.graph = graph
         self.providers = list(providers)
         self.partition: Partition = partition(graph, self.providers)
-        info = CompileInfo(graph.opsets, graph.value_types, build_subgraph, self.providers)
+        position = {name: i for i, name in enumerate(self.partition.assignments)}
+        users: dict[str, list[str]] = {}
+        for node in graph.nodes:
+            for value in node.all_inputs:
+                users.setdefault(value, []).append(node.name)
+        info = CompileInfo(graph.opsets, graph.value_types, build_subgraph, self.providers,
+                           position, users, graph.output_names)
         placed: list[PlacedUnit] = []
         for ep in self.providers:
             nodes = self.partition.nodes_of(ep)
@@ -42,8 +48,6 @@ class Program:
                 units = ep.compile(nodes, info)
                 _check_cover(ep, nodes, units)
                 placed.extend(PlacedUnit(u, ep) for u in units)
-        position = {n.name: i for i, n in enumerate(a.node for a in
-                                                    self.partition.assignments.values())}
         self.units = order_units(placed, position)
         self._plans: dict[tuple, Plan] = {}
         self._lock = threading.Lock()

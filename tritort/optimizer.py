@@ -71,7 +71,7 @@ def fold_constants(graph: Graph) -> None:
         value_inputs = [x for x in n.inputs if x]
         foldable = (n.op_type not in _NEVER_FOLD and not n.subgraphs and not n.implicit_inputs
                     and n.domain in ("", "ai.onnx.ml") and all(x in known for x in value_inputs)
-                    and cpu.claim(n, graph.opsets) is None)
+                    and cpu.claim(n, graph) is None)
         folded = _try_fold(n, graph, cpu, info) if foldable else None
         if folded is None:
             folded = _fold_shape(n, graph)

@@ -83,7 +83,7 @@ def partition(graph: Graph, providers: list[ExecutionProvider]) -> Partition:
     for node in topological_order(graph):
         declined: dict[str, str] = {}
         for ep in providers:
-            reason = ep.claim(node, graph.opsets)
+            reason = ep.claim(node, graph)
             if reason is None:
                 assignments[node.name] = Assignment(node, ep, declined)
                 break

@@ -6,11 +6,12 @@ A provider says which nodes it can take (``claim``), turns its claimed nodes int
 from __future__ import annotations
 
 import abc
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidArgument
-from ..graph import Node
+from ..graph import Graph, Node
 
 CPU = "CPUExecutionProvider"
 
@@ -54,6 +55,11 @@ class ExecutionProvider(abc.ABC):
     device: str = "cpu"
     option_docs: dict[str, str] = {}
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this provider can run here, else why not."""
+        return None
+
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         options = {str(k): str(v) for k, v in (options or {}).items()}
         unknown = sorted(set(options) - set(self.option_docs))
@@ -63,7 +69,7 @@ class ExecutionProvider(abc.ABC):
         self.options = options
 
     @abc.abstractmethod
-    def claim(self, node: Node, opsets: dict[str, int]) -> str | None:
+    def claim(self, node: Node, graph: Graph) -> str | None:
         """None if this provider takes the node, else the reason it does not."""
 
     @abc.abstractmethod
@@ -78,24 +84,46 @@ class ExecutionProvider(abc.ABC):
 
 
 class CompileInfo:
-    """What compilation may know of the surrounding graph."""
+    """What compilation may know of the surrounding graph.
+
+    ``position``: each node's index in the partition's topological order. ``users``: the
+    nodes reading each value; ``graph_outputs``: values the graph returns.
+    """
 
     def __init__(self, opsets: dict[str, int], value_types: dict,
-                 build_subgraph: Callable | None, providers: Sequence["ExecutionProvider"] = ()):
+                 build_subgraph: Callable | None, providers: Sequence["ExecutionProvider"] = (),
+                 position: dict[str, int] | None = None,
+                 users: dict[str, list[str]] | None = None,
+                 graph_outputs: Sequence[str] = (), options: dict[str, str] | None = None):
         self.opsets = opsets
         self.value_types = value_types
         self.build_subgraph = build_subgraph
         self.providers = list(providers)
+        self.position = position or {}
+        self.users = users or {}
+        self.graph_outputs = set(graph_outputs)
+        self.options = options or {}
+
+    def escapes(self, value: str, group: set[str]) -> bool:
+        """Is ``value`` read outside the node set ``group`` (or returned by the graph)?"""
+        return value in self.graph_outputs or any(u not in group
+                                                  for u in self.users.get(value, ()))
+
+
+TRITON = "TritonExecutionProvider"
+# onnxruntime code asks for CUDA; on tritort that is the Triton provider.
+ALIASES = {"CUDAExecutionProvider": TRITON}
 
 
 def _registry() -> dict[str, type[ExecutionProvider]]:
     from .cpu import CPUExecutionProvider
+    from .triton import TritonExecutionProvider
 
-    return {CPU: CPUExecutionProvider}
+    return {TRITON: TritonExecutionProvider, CPU: CPUExecutionProvider}
 
 
 def available_providers() -> list[str]:
-    return list(_registry())
+    return [name for name, cls in _registry().items() if cls.unavailable_reason() is None]
 
 
 def resolve(providers: Sequence[Any] | None,
@@ -126,6 +154,7 @@ def resolve(providers: Sequence[Any] | None,
         names_opts.append((name, dict(opts)))
     seen: list[ExecutionProvider] = []
     for name, opts in names_opts:
+        name = ALIASES.get(name, name)
         if name not in registry:
             if name in ALL_PROVIDER_NAMES:
                 raise InvalidArgument(f"{name} is not available in this build; available "
@@ -134,6 +163,12 @@ def resolve(providers: Sequence[Any] | None,
                                   f"{ALL_PROVIDER_NAMES}")
         if any(ep.name == name for ep in seen):
             raise InvalidArgument(f"provider '{name}' is listed twice")
+        reason = registry[name].unavailable_reason()
+        if reason is not None:
+            warnings.warn(f"{name} was requested but cannot be used: {reason}. Its nodes run "
+                          f"on {CPU}; get_providers() lists only the providers in use.",
+                          RuntimeWarning, stacklevel=3)
+            continue
         seen.append(registry[name](opts))
     if not any(ep.name == CPU for ep in seen):
         seen.append(registry[CPU]({}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..errors import Fail, OrtError
-from ..graph import Node
+from ..graph import Graph, Node
 from . import CPU, CompiledUnit, CompileInfo, ExecutionProvider
 
 
@@ -19,8 +19,8 @@ class CPUExecutionProvider(ExecutionProvider):
 
         self._registry = fallback_cpu.REGISTRY
 
-    def claim(self, node: Node, opsets: dict[str, int]) -> str | None:
-        opset = opsets.get(node.domain)
+    def claim(self, node: Node, graph: Graph) -> str | None:
+        opset = graph.opsets.get(node.domain)
         if opset is None:
             return f"the model imports no opset for domain '{node.domain}'"
         if self._registry.lookup(node.domain, node.op_type, opset) is None:

@@ -1,0 +1,139 @@
+"""Tile IR -> readable Triton source: one ``@triton.jit`` kernel per fused group.
+
+Values are held in a compute type while the kernel runs (fp32 for fp16/bf16/fp8, the type
+itself otherwise) and rounded once when stored. Rounding casts inside the group
+(Cast to float16, say) round in place so later ops see the rounded value.
+"""
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+
+from tritort import dtypes
+
+from .ir import Cast, Const, Expr, Load, Op, PointwiseKernel
+
+_COMPUTE = {"float": "tl.float32", "float16": "tl.float32", "bfloat16": "tl.float32",
+            "float8e4m3fn": "tl.float32", "float8e5m2": "tl.float32", "double": "tl.float64",
+            "bool": "tl.int1"}
+_LOW_FLOATS = {"float16", "bfloat16", "float8e4m3fn", "float8e5m2"}
+_NAN_ALL = "propagate_nan=tl.PropagateNan.ALL"
+
+_TEMPLATES = {
+    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "fdiv": "{0} / {1}",
+    "idiv": "{0} // {1}", "neg": "-{0}", "abs": "tl.abs({0})", "sqrt": "tl.sqrt({0})",
+    "exp": "tl.exp({0})", "log": "tl.log({0})", "ceil": "tl.ceil({0})",
+    "floor": "tl.floor({0})", "sin": "tl.sin({0})", "cos": "tl.cos({0})",
+    "sigmoid": "tl.sigmoid({0})", "erf": "tl.erf({0})",
+    "tanh": "2.0 * tl.sigmoid(2.0 * {0}) - 1.0",
+    "where": "tl.where({0}, {1}, {2})", "eq": "{0} == {1}", "ne": "{0} != {1}",
+    "lt": "{0} < {1}", "gt": "{0} > {1}", "le": "{0} <= {1}", "ge": "{0} >= {1}",
+    "and": "{0} & {1}", "or": "{0} | {1}", "xor": "{0} ^ {1}", "not": "{0} == 0",
+}
+
+
+def compute_type(dtype: str) -> str:
+    return _COMPUTE.get(dtype, f"tl.{dtypes.BY_NAME[dtype].triton}")
+
+
+def storage_type(dtype: str) -> str:
+    return f"tl.{dtypes.BY_NAME[dtype].triton}"
+
+
+def _const(e: Const) -> str:
+    if e.dtype == "bool":
+        return "1" if e.value else "0"
+    if e.dtype in ("float", "float16", "bfloat16", "double") or isinstance(e.value, float):
+        v = float(e.value)
+        if math.isinf(v):
+            return "float('inf')" if v > 0 else "float('-inf')"
+        if math.isnan(v):
+            return "float('nan')"
+        return repr(v)
+    return str(int(e.value))
+
+
+class _Emitter:
+    def __init__(self, kernel: PointwiseKernel) -> None:
+        self.k = kernel
+        self.lines: list[str] = []
+        self.names: dict[Expr, str] = {}
+
+    def value(self, e: Expr) -> str:
+        if isinstance(e, Const):
+            return _const(e)
+        if isinstance(e, Load):
+            return f"x{e.arg}"
+        if e in self.names:
+            return self.names[e]
+        if isinstance(e, Cast):
+            text = self._cast(e)
+        else:
+            args = [self.value(a) for a in e.args]
+            if e.op in ("max", "min"):
+                fn = "tl.maximum" if e.op == "max" else "tl.minimum"
+                nan = f", {_NAN_ALL}" if e.dtype in _COMPUTE and e.dtype != "bool" else ""
+                text = f"{fn}({args[0]}, {args[1]}{nan})"
+            else:
+                text = _TEMPLATES[e.op].format(*args)
+        name = f"t{len(self.names)}"
+        self.names[e] = name
+        self.lines.append(f"    {name} = {text}")
+        return name
+
+    def _cast(self, e: Cast) -> str:
+        x = self.value(e.x)
+        src, dst = e.x.dtype, e.dtype
+        if dst == "bool":
+            return f"{x} != 0"
+        if src == dst:
+            return x
+        if dst in _LOW_FLOATS:
+            if dst.startswith("float8") and e.saturate:
+                hi = float(ml_dtypes.finfo(dtypes.BY_NAME[dst].numpy).max)
+                x = (f"tl.where({x} != {x}, {x}, tl.minimum(tl.maximum({x}.to(tl.float32), "
+                     f"-{hi}), {hi}))")
+            # round to the narrow type now, keep computing in fp32
+            return f"{x}.to({storage_type(dst)}).to(tl.float32)"
+        return f"{x}.to({compute_type(dst)})"
+
+    def render(self) -> str:
+        k = self.k
+        r = k.rank
+        ins = [f"in{i}" for i in range(len(k.inputs))]
+        outs = [f"out{i}" for i in range(len(k.outputs))]
+        dims = [f"d{j}" for j in range(r)]
+        strides = [f"s{i}_{j}" for i in range(len(k.inputs)) for j in range(r)]
+        params = ins + outs + ["numel"] + dims + strides + ["BLOCK: tl.constexpr"]
+        body = ["    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
+                "    mask = offs < numel"]
+        if r > 1:
+            body.append("    rem = offs")
+            for j in range(r - 1, 0, -1):
+                body.append(f"    i{j} = rem % d{j}")
+                body.append(f"    rem = rem // d{j}")
+            body.append("    i0 = rem")
+        else:
+            body.append("    i0 = offs")
+        for i, p in enumerate(k.inputs):
+            offset = " + ".join(f"i{j} * s{i}_{j}" for j in range(r))
+            load = f"tl.load(in{i} + ({offset}), mask=mask)"
+            if compute_type(p.dtype) != storage_type(p.dtype):
+                load += f".to({compute_type(p.dtype)})"
+            body.append(f"    x{i} = {load}")
+        self.lines = []
+        results = [self.value(e) for _, e in k.outputs]
+        body += self.lines
+        for i, ((p, _), v) in enumerate(zip(k.outputs, results)):
+            body.append(f"    tl.store(out{i} + offs, ({v}).to({storage_type(p.dtype)}), "
+                        "mask=mask)")
+        header = [f"# tritort fused kernel {k.name}",
+                  f"# ONNX nodes: {', '.join(f'{n} ({o})' for n, o in zip(k.nodes, k.node_ops))}",
+                  "import triton", "import triton.language as tl", "", "",
+                  "@triton.jit", f"def {k.name}({', '.join(params)}):"]
+        return "\n".join(header + body) + "\n"
+
+
+def emit(kernel: PointwiseKernel) -> str:
+    return _Emitter(kernel).render()

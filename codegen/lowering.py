@@ -1,0 +1,260 @@
+"""ONNX -> tile IR, one row per op. The same table tells partitioning what Triton can take.
+
+A row's builder gets the node's attributes, its input expressions (None where omitted)
+and output dtypes, and returns one expression per output. Composite ops decompose into
+the primitives of :mod:`codegen.ir` here, so the emitter only knows primitives.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .ir import Cast, Const, Expr, Op
+
+FLOATS = frozenset({"float", "float16", "bfloat16", "double"})
+INTS = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
+NUMERIC = FLOATS | INTS
+ALL = NUMERIC | {"bool"}
+# float8 values are loaded and stored (Cast only); arithmetic on them falls back
+FLOAT8 = frozenset({"float8e4m3fn", "float8e5m2"})
+
+Builder = Callable[[dict, Sequence[Expr | None], Sequence[str]], list[Expr]]
+
+
+@dataclass(frozen=True)
+class Lowering:
+    build: Builder
+    dtypes: frozenset  # accepted element types of every tensor input and output
+    min_inputs: int = 1
+
+
+LOWERINGS: dict[str, Lowering] = {}
+
+
+def lowering(op_types: str | Sequence[str], dtypes=NUMERIC, min_inputs: int = 1):
+    names = [op_types] if isinstance(op_types, str) else list(op_types)
+
+    def wrap(build: Builder) -> Builder:
+        for name in names:
+            LOWERINGS[name] = Lowering(build, frozenset(dtypes), min_inputs)
+        return build
+
+    return wrap
+
+
+def c(value, like: Expr) -> Const:
+    return Const(like.dtype, value)
+
+
+def op(name: str, *args: Expr, dtype: str | None = None) -> Op:
+    return Op(dtype or args[0].dtype, name, tuple(args))
+
+
+def _is_float(e: Expr) -> bool:
+    return e.dtype in FLOATS
+
+
+# ------------------------------------------------------------------ arithmetic and math
+
+_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul"}
+for _name, _prim in _BINARY.items():
+    lowering(_name)(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0], xs[1])])
+
+
+@lowering("Div")
+def _div(attrs, xs, outs):
+    return [op("fdiv" if _is_float(xs[0]) else "idiv", xs[0], xs[1])]
+
+
+_FLOAT_UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Ceil": "ceil", "Floor": "floor",
+                "Sin": "sin", "Cos": "cos", "Sigmoid": "sigmoid", "Erf": "erf", "Tanh": "tanh"}
+for _name, _prim in _FLOAT_UNARY.items():
+    lowering(_name, FLOATS)(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0])])
+
+lowering("Neg")(lambda attrs, xs, outs: [op("neg", xs[0])])
+lowering("Abs")(lambda attrs, xs, outs: [op("abs", xs[0])])
+lowering("Identity", ALL)(lambda attrs, xs, outs: [xs[0]])
+lowering("Reciprocal", FLOATS)(lambda attrs, xs, outs: [op("fdiv", c(1.0, xs[0]), xs[0])])
+lowering("Relu")(lambda attrs, xs, outs: [op("max", xs[0], c(0, xs[0]))])
+
+
+@lowering("Sign")
+def _sign(attrs, xs, outs):
+    x = xs[0]
+    pos = op("where", op("gt", x, c(0, x), dtype="bool"), c(1, x), c(0, x))
+    return [op("where", op("lt", x, c(0, x), dtype="bool"), c(-1, x), pos)]
+
+
+def _variadic(prim: str, mean: bool = False) -> Builder:
+    def build(attrs, xs, outs):
+        acc = xs[0]
+        for x in xs[1:]:
+            acc = op(prim, acc, x)
+        if mean:
+            acc = op("fdiv", acc, c(float(len(xs)), acc))
+        return [acc]
+
+    return build
+
+
+LOWERINGS["Max"] = Lowering(_variadic("max"), NUMERIC)
+LOWERINGS["Min"] = Lowering(_variadic("min"), NUMERIC)
+LOWERINGS["Sum"] = Lowering(_variadic("add"), NUMERIC)
+LOWERINGS["Mean"] = Lowering(_variadic("add", mean=True), FLOATS)
+
+
+@lowering("Clip")
+def _clip(attrs, xs, outs):
+    x = xs[0]
+    lo = xs[1] if len(xs) > 1 and xs[1] is not None else None
+    hi = xs[2] if len(xs) > 2 and xs[2] is not None else None
+    if "min" in attrs:  # opset 6 form
+        lo = c(attrs["min"], x)
+    if "max" in attrs:
+        hi = c(attrs["max"], x)
+    if lo is not None:
+        x = op("max", x, lo)
+    if hi is not None:
+        x = op("min", x, hi)
+    return [x]
+
+
+# ------------------------------------------------------------------------- activations
+
+def _softplus(x: Expr) -> Expr:
+    # max(x, 0) + log(1 + exp(-|x|)): no overflow for large |x|
+    return op("add", op("max", x, c(0.0, x)),
+              op("log", op("add", c(1.0, x), op("exp", op("neg", op("abs", x))))))
+
+
+@lowering("LeakyRelu", FLOATS)
+def _leaky_relu(attrs, xs, outs):
+    x = xs[0]
+    return [op("where", op("ge", x, c(0.0, x), dtype="bool"), x,
+               op("mul", x, c(attrs.get("alpha", 0.01), x)))]
+
+
+@lowering("PRelu", FLOATS, min_inputs=2)
+def _prelu(attrs, xs, outs):
+    x, slope = xs
+    return [op("where", op("lt", x, c(0.0, x), dtype="bool"), op("mul", x, slope), x)]
+
+
+def _elu_core(x: Expr, alpha: float) -> Expr:
+    neg = op("mul", c(alpha, x), op("sub", op("exp", x), c(1.0, x)))
+    return op("where", op("gt", x, c(0.0, x), dtype="bool"), x, neg)
+
+
+lowering("Elu", FLOATS)(lambda attrs, xs, outs: [_elu_core(xs[0], attrs.get("alpha", 1.0))])
+
+
+@lowering("Selu", FLOATS)
+def _selu(attrs, xs, outs):
+    alpha = attrs.get("alpha", 1.67326319217681884765625)
+    gamma = attrs.get("gamma", 1.05070102214813232421875)
+    return [op("mul", c(gamma, xs[0]), _elu_core(xs[0], alpha))]
+
+
+@lowering("Celu", FLOATS)
+def _celu(attrs, xs, outs):
+    x, alpha = xs[0], attrs.get("alpha", 1.0)
+    neg = op("mul", c(alpha, x), op("sub", op("exp", op("fdiv", x, c(alpha, x))), c(1.0, x)))
+    return [op("add", op("max", x, c(0.0, x)), op("min", c(0.0, x), neg))]
+
+
+@lowering("HardSigmoid", FLOATS)
+def _hard_sigmoid(attrs, xs, outs):
+    x = xs[0]
+    y = op("add", op("mul", x, c(attrs.get("alpha", 0.2), x)), c(attrs.get("beta", 0.5), x))
+    return [op("min", op("max", y, c(0.0, x)), c(1.0, x))]
+
+
+@lowering("HardSwish", FLOATS)
+def _hard_swish(attrs, xs, outs):
+    x = xs[0]
+    gate = op("min", op("max", op("add", op("mul", x, c(1 / 6, x)), c(0.5, x)), c(0.0, x)),
+              c(1.0, x))
+    return [op("mul", x, gate)]
+
+
+lowering("Softplus", FLOATS)(lambda attrs, xs, outs: [_softplus(xs[0])])
+lowering("Softsign", FLOATS)(
+    lambda attrs, xs, outs: [op("fdiv", xs[0], op("add", c(1.0, xs[0]), op("abs", xs[0])))])
+lowering("Mish", FLOATS)(
+    lambda attrs, xs, outs: [op("mul", xs[0], op("tanh", _softplus(xs[0])))])
+
+
+@lowering("Swish", FLOATS)
+def _swish(attrs, xs, outs):
+    x = xs[0]
+    return [op("mul", x, op("sigmoid", op("mul", x, c(attrs.get("alpha", 1.0), x))))]
+
+
+@lowering("ThresholdedRelu", FLOATS)
+def _thresholded_relu(attrs, xs, outs):
+    x = xs[0]
+    return [op("where", op("gt", x, c(attrs.get("alpha", 1.0), x), dtype="bool"), x,
+               c(0.0, x))]
+
+
+@lowering("Gelu", FLOATS)
+def _gelu(attrs, xs, outs):
+    x = xs[0]
+    half_x = op("mul", c(0.5, x), x)
+    if attrs.get("approximate", "none") == "tanh":
+        cube = op("mul", op("mul", x, x), x)
+        inner = op("mul", c(math.sqrt(2 / math.pi), x),
+                   op("add", x, op("mul", c(0.044715, x), cube)))
+        return [op("mul", half_x, op("add", c(1.0, x), op("tanh", inner)))]
+    return [op("mul", half_x,
+               op("add", c(1.0, x), op("erf", op("mul", x, c(1 / math.sqrt(2), x)))))]
+
+
+# ---------------------------------------------------------------- comparisons and logic
+
+_COMPARE = {"Equal": "eq", "Less": "lt", "Greater": "gt", "LessOrEqual": "le",
+            "GreaterOrEqual": "ge"}
+for _name, _prim in _COMPARE.items():
+    lowering(_name, ALL)(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0], xs[1], dtype="bool")])
+
+for _name, _prim in {"And": "and", "Or": "or", "Xor": "xor"}.items():
+    lowering(_name, {"bool"})(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0], xs[1])])
+lowering("Not", {"bool"})(lambda attrs, xs, outs: [op("not", xs[0])])
+lowering("IsNaN", FLOATS | {"bool"})(
+    lambda attrs, xs, outs: [op("ne", xs[0], xs[0], dtype="bool")])
+
+
+@lowering("IsInf", FLOATS | {"bool"})
+def _is_inf(attrs, xs, outs):
+    x = xs[0]
+    pos = op("eq", x, c(math.inf, x), dtype="bool")
+    neg = op("eq", x, c(-math.inf, x), dtype="bool")
+    want_pos, want_neg = attrs.get("detect_positive", 1), attrs.get("detect_negative", 1)
+    if want_pos and want_neg:
+        return [op("or", pos, neg)]
+    if want_pos:
+        return [pos]
+    if want_neg:
+        return [neg]
+    return [op("and", pos, neg)]  # detects nothing: always false
+
+
+lowering("Where", ALL, min_inputs=3)(lambda attrs, xs, outs: [op("where", *xs, dtype=xs[1].dtype)])
+
+
+# ---------------------------------------------------------------------------- casts
+
+@lowering("Cast", ALL | FLOAT8)
+def _cast(attrs, xs, outs):
+    return [Cast(outs[0], xs[0], bool(attrs.get("saturate", 1)))]
+
+
+@lowering("CastLike", ALL | FLOAT8, min_inputs=2)
+def _cast_like(attrs, xs, outs):
+    return [Cast(outs[0], xs[0], bool(attrs.get("saturate", 1)))]
+
+
+def lower_node(op_type: str, attrs: dict[str, Any], inputs: Sequence[Expr | None],
+               out_dtypes: Sequence[str]) -> list[Expr]:
+    return LOWERINGS[op_type].build(attrs, inputs, out_dtypes)

@@ -1,0 +1,82 @@
+"""Fused pointwise kernels: build the tile IR for a group, and launch the compiled kernel."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Sequence
+
+from tritort.graph import Node
+
+from .ir import Expr, Load, PointwiseKernel, TensorParam
+from .lowering import lower_node
+
+
+def build_kernel(name: str, group: Sequence[Node], dtype_of: Callable[[str], str],
+                 rank_of: Callable[[str], int], escapes: Callable[[str], bool]
+                 ) -> PointwiseKernel:
+    """Lower a fusion group; values used after the group (or graph outputs) are stored."""
+    exprs: dict[str, Expr] = {}
+    inputs: list[TensorParam] = []
+    produced: list[str] = []
+    for node in group:
+        args: list[Expr | None] = []
+        for value in node.inputs:
+            if not value:
+                args.append(None)
+                continue
+            if value not in exprs:
+                inputs.append(TensorParam(value, dtype_of(value), rank_of(value)))
+                exprs[value] = Load(dtype_of(value), len(inputs) - 1)
+            args.append(exprs[value])
+        outs = [o for o in node.outputs if o]
+        results = lower_node(node.op_type, node.attrs, args, [dtype_of(o) for o in outs])
+        for value, expr in zip(outs, results):
+            exprs[value] = expr
+            produced.append(value)
+    stored = [v for v in produced if escapes(v)]
+    rank = max([1] + [rank_of(v) for v in stored])
+    outputs = [(TensorParam(v, dtype_of(v), rank_of(v)), exprs[v]) for v in stored]
+    return PointwiseKernel(name, [n.name for n in group], inputs, outputs, rank,
+                           [n.op_type for n in group])
+
+
+def _block_size(numel: int, interpreted: bool) -> tuple[int, int]:
+    """(BLOCK, num_warps): big blocks for the interpreter (numpy underneath), 1024/4 on GPUs."""
+    if interpreted:
+        return max(16, min(1 << 16, 1 << max(0, (numel - 1).bit_length()))), 1
+    if numel <= 4096:
+        return max(128, 1 << max(0, (numel - 1).bit_length())), 4
+    return 1024, 4
+
+
+class PointwiseLauncher:
+    """Runs one fused kernel on torch tensors: broadcast, allocate, launch."""
+
+    def __init__(self, fn: Any, kernel: PointwiseKernel, torch_dtypes: list, device: Any):
+        self.fn = fn
+        self.kernel = kernel
+        self.out_dtypes = torch_dtypes
+        self.device = device
+        self.interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+
+    def __call__(self, *inputs):
+        import torch
+
+        shape = torch.broadcast_shapes(*(t.shape for t in inputs)) if inputs else ()
+        rank = self.kernel.rank
+        if max(len(shape), 1) != rank:
+            raise ValueError(f"kernel {self.kernel.name} was built for rank {rank}, the inputs "
+                             f"broadcast to {list(shape)}")
+        outs = [torch.empty(shape, dtype=dt, device=self.device) for dt in self.out_dtypes]
+        numel = math.prod(shape)
+        if numel == 0:
+            return tuple(outs)
+        dims = list(shape) or [1]
+        strides: list[int] = []
+        for t in inputs:
+            s = t.expand(shape).stride() if len(shape) else ()
+            strides.extend(s or (0,))
+        block, warps = _block_size(numel, self.interpreted)
+        grid = ((numel + block - 1) // block,)
+        self.fn[grid](*inputs, *outs, numel, *dims, *strides, BLOCK=block, num_warps=warps)
+        return tuple(outs)

@@ -1,0 +1,170 @@
+"""The Triton provider: claims what codegen can lower, fuses it, compiles it with Triton.
+
+On a CUDA machine values live in torch CUDA tensors. With ``TRITON_INTERPRET=1`` the same
+kernels run in Triton's interpreter on torch CPU tensors, which is how CI covers codegen.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import dtypes
+from ..graph import Graph, Node
+from . import TRITON, CompiledUnit, CompileInfo, ExecutionProvider
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class TritonExecutionProvider(ExecutionProvider):
+    name = TRITON
+    option_docs = {"device_id": "CUDA device ordinal to run on (default '0')"}
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import torch
+            import triton  # noqa: F401
+        except ImportError as e:
+            return f"{e.name} is not installed (pip install 'tritort[gpu]')"
+        if _interpreted():
+            return None
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device (set TRITON_INTERPRET=1 to run in Triton's " \
+                   "interpreter on the CPU)"
+        return None
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        import torch
+
+        device_id = self.options.get("device_id", "0")
+        if not device_id.isdigit():
+            raise ValueError(f"{TRITON}: device_id must be a non-negative integer, got "
+                             f"'{device_id}'")
+        self.torch_device = torch.device("cpu") if _interpreted() else \
+            torch.device("cuda", int(device_id))
+        self.device = "triton-interpreter" if _interpreted() else f"cuda:{device_id}"
+        self.kernels: list[dict[str, Any]] = []  # for the placement report
+        self._types: dict = {}
+
+    # -- claiming --------------------------------------------------------------------------
+    def claim(self, node: Node, graph: Graph) -> str | None:
+        from codegen.lowering import FLOAT8, LOWERINGS
+
+        self._types = graph.value_types
+        if node.domain != "":
+            return f"no Triton lowering for domain '{node.domain}'"
+        row = LOWERINGS.get(node.op_type)
+        if row is None:
+            return f"no Triton lowering for {node.op_type}"
+        present = [i for i in node.inputs if i]
+        if len(present) < row.min_inputs:
+            return f"{node.op_type} with {len(present)} inputs"
+        if node.op_type == "Cast" and node.attrs.get("saturate", 1) == 0 and \
+                self._dtype(node.outputs[0]) in FLOAT8:
+            return "non-saturating casts to float8 run on the CPU"
+        for value in present + [o for o in node.outputs if o]:
+            dt = self._dtype(value)
+            if dt is None:
+                return f"element type or rank of '{value}' unknown at load time"
+            if dt not in row.dtypes:
+                return f"Triton's {node.op_type} does not take {dt} ('{value}')"
+        return None
+
+    def _dtype(self, value: str) -> str | None:
+        t = self._types.get(value)
+        if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+            return None
+        elem = t.tensor_type.elem_type
+        return dtypes.BY_ONNX[elem].name if elem in dtypes.BY_ONNX else None
+
+    # -- compiling -------------------------------------------------------------------------
+    def compile(self, nodes: Sequence[Node], info: CompileInfo) -> list[CompiledUnit]:
+        import torch
+
+        from codegen import cache
+        from codegen.emit import emit
+        from codegen.fusion import fuse
+        from codegen.pointwise import PointwiseLauncher, build_kernel
+
+        self._types = info.value_types
+        groups = fuse(nodes, info.position, self._shape)
+        units = []
+        for index, group in enumerate(groups):
+            names = {n.name for n in group}
+            kernel = build_kernel(_kernel_name(group, index), group, self._dtype, self._rank,
+                                  lambda v, names=names: info.escapes(v, names))
+            source = emit(kernel)
+            fn, path, hit = cache.load(source, kernel.name, self.device)
+            _dump(kernel, source)
+            out_types = [getattr(torch, dtypes.BY_NAME[p.dtype].torch) for p, _ in kernel.outputs]
+            launcher = PointwiseLauncher(fn, kernel, out_types, self.torch_device)
+            self.kernels.append({"name": kernel.name, "nodes": kernel.nodes, "path": str(path),
+                                 "cached": hit})
+            units.append(CompiledUnit(kernel.name, list(group), [p.name for p in kernel.inputs],
+                                      [p.name for p, _ in kernel.outputs], launcher))
+        return units
+
+    def _rank(self, value: str) -> int:
+        return len(self._types[value].tensor_type.shape.dim)
+
+    def _shape(self, value: str) -> tuple | None:
+        t = self._types.get(value)
+        if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+            return None
+        dims = []
+        for d in t.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(d.dim_value)
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                return None
+        return tuple(dims)
+
+    # -- moving values ---------------------------------------------------------------------
+    def to_device(self, value: Any) -> Any:
+        import torch
+
+        if value is None:
+            return None
+        arr = np.ascontiguousarray(value)
+        dt = dtypes.from_numpy(arr.dtype)
+        if dt.onnx in dtypes.LOW_PRECISION_FLOATS:
+            raw = torch.from_numpy(arr.view(np.int16 if dt.itemsize == 2 else np.uint8))
+            tensor = raw.view(getattr(torch, dt.torch))
+        else:
+            tensor = torch.from_numpy(arr)
+        return tensor.to(self.torch_device)
+
+    def to_host(self, value: Any) -> Any:
+        import torch
+
+        if value is None:
+            return None
+        t = value.detach().cpu()
+        dt = dtypes.from_torch(t.dtype)
+        if dt.onnx in dtypes.LOW_PRECISION_FLOATS:
+            raw = torch.int16 if dt.itemsize == 2 else torch.uint8
+            return t.view(raw).numpy().view(dt.numpy)
+        return t.numpy()
+
+
+def _kernel_name(group: Sequence[Node], index: int) -> str:
+    ops = "_".join(dict.fromkeys(n.op_type.lower() for n in group))[:48]
+    return f"fused_{index}_{ops}"
+
+
+def _dump(kernel, source: str) -> None:
+    folder = os.environ.get("TRITORT_DUMP_DIR")
+    if not folder:
+        return
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / f"{kernel.name}.tileir.txt").write_text(kernel.text() + "\n")
+    (path / f"{kernel.name}.py").write_text(source)
