@@ -94,9 +94,18 @@ class _Emitter:
                 hi = float(ml_dtypes.finfo(dtypes.BY_NAME[dst].numpy).max)
                 x = (f"tl.where({x} != {x}, {x}, tl.minimum(tl.maximum({x}.to(tl.float32), "
                      f"-{hi}), {hi}))")
+            if dst == "bfloat16":
+                return self._round_bf16(x)
             # round to the narrow type now, keep computing in fp32
             return f"{x}.to({storage_type(dst)}).to(tl.float32)"
         return f"{x}.to({compute_type(dst)})"
+
+    def _round_bf16(self, x: str) -> str:
+        """fp32 -> nearest bf16 (ties to even), spelled out so every backend rounds alike."""
+        bits = f"b{len(self.lines)}"
+        self.lines.append(f"    {bits} = ({x}).to(tl.float32).to(tl.uint32, bitcast=True)")
+        self.lines.append(f"    {bits} = ({bits} + 0x7FFF + (({bits} >> 16) & 1)) & 0xFFFF0000")
+        return f"tl.where({x} != {x}, {x}, {bits}.to(tl.float32, bitcast=True))"
 
     def render(self) -> str:
         k = self.k
@@ -123,7 +132,12 @@ class _Emitter:
                 load += f".to({compute_type(p.dtype)})"
             body.append(f"    x{i} = {load}")
         self.lines = []
-        results = [self.value(e) for _, e in k.outputs]
+        results = []
+        for p, e in k.outputs:
+            v = self.value(e)
+            if p.dtype == "bfloat16" and not (isinstance(e, Cast) and e.dtype == "bfloat16"):
+                v = self._round_bf16(v)
+            results.append(v)
         body += self.lines
         for i, ((p, _), v) in enumerate(zip(k.outputs, results)):
             body.append(f"    tl.store(out{i} + offs, ({v}).to({storage_type(p.dtype)}), "

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 from tritort.graph import Node
 
-from .ir import Expr, Load, PointwiseKernel, TensorParam
+from .ir import Cast, Expr, Load, Op, PointwiseKernel, TensorParam
 from .lowering import lower_node
 
 
@@ -35,9 +35,50 @@ def build_kernel(name: str, group: Sequence[Node], dtype_of: Callable[[str], str
             produced.append(value)
     stored = [v for v in produced if escapes(v)]
     rank = max([1] + [rank_of(v) for v in stored])
-    outputs = [(TensorParam(v, dtype_of(v), rank_of(v)), exprs[v]) for v in stored]
+    inputs, results = _drop_unread_inputs(inputs, [exprs[v] for v in stored])
+    outputs = [(TensorParam(v, dtype_of(v), rank_of(v)), e) for v, e in zip(stored, results)]
     return PointwiseKernel(name, [n.name for n in group], inputs, outputs, rank,
                            [n.op_type for n in group])
+
+
+def _drop_unread_inputs(inputs: list[TensorParam], results: list[Expr]):
+    """Inputs only consulted for their type (CastLike's target) are not loaded or broadcast."""
+    read: set[int] = set()
+
+    def visit(e: Expr) -> None:
+        if isinstance(e, Load):
+            read.add(e.arg)
+        for child in _children(e):
+            visit(child)
+
+    for e in results:
+        visit(e)
+    if len(read) == len(inputs):
+        return inputs, results
+    index = {old: new for new, old in enumerate(sorted(read))}
+    memo: dict[Expr, Expr] = {}
+
+    def rewrite(e: Expr) -> Expr:
+        if e not in memo:
+            if isinstance(e, Load):
+                memo[e] = Load(e.dtype, index[e.arg])
+            elif isinstance(e, Op):
+                memo[e] = Op(e.dtype, e.op, tuple(rewrite(a) for a in e.args))
+            elif isinstance(e, Cast):
+                memo[e] = Cast(e.dtype, rewrite(e.x), e.saturate)
+            else:
+                memo[e] = e
+        return memo[e]
+
+    return [inputs[i] for i in sorted(read)], [rewrite(e) for e in results]
+
+
+def _children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Op):
+        return e.args
+    if isinstance(e, Cast):
+        return (e.x,)
+    return ()
 
 
 def _block_size(numel: int, interpreted: bool) -> tuple[int, int]:

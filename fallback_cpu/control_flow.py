@@ -123,13 +123,13 @@ def scan_v8(ctx: NodeContext):
         final_states: list[list] = [[] for _ in range(num_states)]
         batch_scans: list[list] = [[] for _ in scan_types]
         for b in range(batch):
-            states = [s[b] for s in states0]
+            states = [s[b, ...] for s in states0]
             n = int(lens[b])
             if not 0 <= n <= max_len:
                 raise ValueError(f"Scan '{ctx.name}': sequence length {n} outside [0, {max_len}]")
             per_step: list[list] = [[] for _ in scan_types]
             for t in range(n):
-                elems = [x[b, n - 1 - t] if rev else x[b, t]
+                elems = [x[b, n - 1 - t, ...] if rev else x[b, t, ...]
                          for x, rev in zip(scan_inputs, reverse_in)]
                 outs = body.run([*states, *elems], outer)
                 states = outs[:num_states]
@@ -187,7 +187,9 @@ def scan(ctx: NodeContext):
             raise ValueError(f"Scan '{ctx.name}': scan inputs have different sequence lengths")
         steps: list[list] = [[] for _ in scan_types]
         for t in range(length):
-            elems = [x[length - 1 - t] if rev else x[t] for x, rev in zip(scan_inputs, reverse_in)]
+            # [i, ...] keeps a 0-d step an array, not a numpy scalar
+            elems = [x[length - 1 - t, ...] if rev else x[t, ...]
+                     for x, rev in zip(scan_inputs, reverse_in)]
             outs = body.run([*states, *elems], outer)
             states = outs[:num_states]
             for acc, value in zip(steps, outs[num_states:]):

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -21,3 +22,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Without a GPU, every Triton kernel runs in Triton's interpreter on torch CPU tensors.
+# This must be decided before triton is imported anywhere.
+if not _cuda_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -123,17 +123,25 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
     return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots)
 
 
-def _copy_step(steps, name, ep, device_of, slot, producer_of) -> str:
-    """Insert a copy of ``name`` onto ``ep``'s device (or to the host when ep is None)."""
-    target = ep.device if ep is not None else "cpu"
+def _copy_step(steps, name, ep, device_of, slot, producer_of, host_device="cpu") -> str:
+    """Insert a copy of ``name`` onto ``ep``'s device (to the host when ep is None)."""
+    target = ep.device if ep is not None else host_device
     copy_name = f"{name}@{target}"
     if copy_name not in device_of:
-        if ep is not None:
-            fn, label = ep.to_device, f"copy {name} to {target}"
-        else:
-            fn, label = producer_of[name].to_host, f"copy {name} to host"
-        steps.append(Step(lambda x, _f=fn: (_f(x),), (slot(name),), (slot(copy_name),), (),
-                          "Copy", "copy", label))
+        source = device_of.get(name, host_device)
+        moves = []
+        if source != host_device:  # the producer brings its values home
+            moves.append(producer_of[name].to_host)
+        if target != host_device:
+            moves.append(ep.to_device)
+
+        def move(x, _moves=tuple(moves)):
+            for m in _moves:
+                x = m(x)
+            return (x,)
+
+        steps.append(Step(move, (slot(name),), (slot(copy_name),), (), "Copy", "copy",
+                          f"copy {name} from {source} to {target}"))
         device_of[copy_name] = target
     return copy_name
 

@@ -65,9 +65,8 @@ class TritonExecutionProvider(ExecutionProvider):
         present = [i for i in node.inputs if i]
         if len(present) < row.min_inputs:
             return f"{node.op_type} with {len(present)} inputs"
-        if node.op_type == "Cast" and node.attrs.get("saturate", 1) == 0 and \
-                self._dtype(node.outputs[0]) in FLOAT8:
-            return "non-saturating casts to float8 run on the CPU"
+        if any(self._dtype(v) in FLOAT8 for v in present + node.outputs if v):
+            return "float8 conversions run on the CPU until Triton's match ONNX's rounding"
         for value in present + [o for o in node.outputs if o]:
             dt = self._dtype(value)
             if dt is None:
@@ -133,7 +132,8 @@ class TritonExecutionProvider(ExecutionProvider):
 
         if value is None:
             return None
-        arr = np.ascontiguousarray(value)
+        arr = np.asarray(value)  # kernels may hand over numpy scalars
+        arr = arr if arr.flags.c_contiguous else arr.copy()  # keeps 0-d arrays 0-d
         dt = dtypes.from_numpy(arr.dtype)
         if dt.onnx in dtypes.LOW_PRECISION_FLOATS:
             raw = torch.from_numpy(arr.view(np.int16 if dt.itemsize == 2 else np.uint8))
