@@ -42,8 +42,8 @@ def load(source: str, name: str, device: str) -> tuple[Any, Path, bool]:
     folder = cache_dir()
     path = folder / f"{name}_{key[:20]}.py"
     with _lock:
-        if key in _loaded:
-            return _loaded[key], path, True
+        if str(path) in _loaded:
+            return _loaded[str(path)], path, True
         hit = path.is_file()
         if not hit:
             folder.mkdir(parents=True, exist_ok=True)
@@ -55,5 +55,5 @@ def load(source: str, name: str, device: str) -> tuple[Any, Path, bool]:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         fn = getattr(module, name)
-        _loaded[key] = fn
+        _loaded[str(path)] = fn
         return fn, path, hit

@@ -16,7 +16,7 @@ from .graph import Graph, free_names
 from .errors import Fail
 from .partition import Partition, ProviderSubgraph, partition
 from .planner import Plan, PlacedUnit, make_plan, order_units
-from .providers import CompiledUnit, CompileInfo, ExecutionProvider
+from .providers import CPU, CompiledUnit, CompileInfo, ExecutionProvider
 
 
 def _check_cover(ep: ExecutionProvider, nodes, units: list[CompiledUnit]) -> None:
@@ -53,16 +53,14 @@ class Program:
         self._lock = threading.Lock()
 
     def assignment_info(self) -> list[ProviderSubgraph]:
-        """One subgraph per fused kernel; runs of single-node units of one provider merge."""
+        """One subgraph per compiled kernel; consecutive CPU nodes form one subgraph."""
         subgraphs: list[ProviderSubgraph] = []
-        previous_was_single = False
         for pu in self.units:
-            single = len(pu.unit.nodes) == 1
-            if single and previous_was_single and subgraphs[-1].ep_name == pu.provider.name:
+            name = pu.provider.name
+            if name == CPU and subgraphs and subgraphs[-1].ep_name == CPU:
                 subgraphs[-1].nodes.extend(pu.unit.nodes)
             else:
-                subgraphs.append(ProviderSubgraph(pu.provider.name, list(pu.unit.nodes)))
-            previous_was_single = single
+                subgraphs.append(ProviderSubgraph(name, list(pu.unit.nodes)))
         return subgraphs
 
     def plan_for(self, fetches: Sequence[str], outer_names: Sequence[str] = ()) -> Plan:

@@ -1,0 +1,172 @@
+"""Codegen in Triton's interpreter: golden tile IR and source, fusion, cache, dump dir."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import onnxruntime
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper
+
+import tritort as ort
+from tests import models
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+TRITON_FIRST = ["TritonExecutionProvider", "CPUExecutionProvider"]
+
+
+def add_relu_cast():
+    nodes = [helper.make_node("Add", ["A", "B"], ["S"], name="add"),
+             helper.make_node("Relu", ["S"], ["R"], name="relu"),
+             helper.make_node("Cast", ["R"], ["Y"], name="cast", to=TP.FLOAT16)]
+    return models.make(nodes, [models.vi("A", shape=["N", 3]), models.vi("B", shape=[3])],
+                       [models.vi("Y", TP.FLOAT16, ["N", 3])])
+
+
+GOLDEN_IR = """\
+kernel fused_0_add_relu_cast rank=2 nodes=[add, relu, cast]
+  in0: A float[rank 2] (broadcast load)
+  in1: B float[rank 1] (broadcast load)
+  t0 = add(in0, in1):float
+  t1 = max(t0, 0:float):float
+  t2 = cast<float16>(t1)
+  out0: Y float16 = t2
+"""
+
+GOLDEN_BODY = """\
+    x0 = tl.load(in0 + (i0 * s0_0 + i1 * s0_1), mask=mask)
+    x1 = tl.load(in1 + (i0 * s1_0 + i1 * s1_1), mask=mask)
+    t0 = x0 + x1
+    t1 = tl.maximum(t0, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    t2 = t1.to(tl.float16).to(tl.float32)
+    tl.store(out0 + offs, (t2).to(tl.float16), mask=mask)
+"""
+
+
+@pytest.fixture()
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITORT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRITORT_DUMP_DIR", str(tmp_path / "dump"))
+    return tmp_path
+
+
+def test_golden_tile_ir_and_source(dirs):
+    sess = ort.InferenceSession(add_relu_cast().SerializeToString(), providers=TRITON_FIRST)
+    assert sess.get_providers() == TRITON_FIRST
+    dump = dirs / "dump"
+    assert (dump / "fused_0_add_relu_cast.tileir.txt").read_text() == GOLDEN_IR
+    source = (dump / "fused_0_add_relu_cast.py").read_text()
+    assert source.startswith("# tritort fused kernel fused_0_add_relu_cast\n"
+                             "# ONNX nodes: add (Add), relu (Relu), cast (Cast)\n")
+    assert source.endswith(GOLDEN_BODY)
+    a = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    b = np.float32([0.5, -1, 2])
+    ref = onnxruntime.InferenceSession(add_relu_cast().SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {"A": a, "B": b})[0],
+                                  ref.run(None, {"A": a, "B": b})[0])
+
+
+def test_second_session_reuses_cached_kernels(dirs):
+    from codegen import cache
+
+    first = ort.InferenceSession(add_relu_cast().SerializeToString(), providers=TRITON_FIRST)
+    files = sorted((dirs / "cache").glob("*.py"))
+    assert len(files) == 1
+    cache._loaded.clear()  # as a new process would start
+    second = ort.InferenceSession(add_relu_cast().SerializeToString(), providers=TRITON_FIRST)
+    ep = second._program.providers[0]
+    assert [k["cached"] for k in ep.kernels] == [True]
+    assert sorted((dirs / "cache").glob("*.py")) == files
+    x = {"A": np.ones((2, 3), np.float32), "B": np.ones(3, np.float32)}
+    np.testing.assert_array_equal(first.run(None, x)[0], second.run(None, x)[0])
+
+
+def _groups(model):
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=TRITON_FIRST)
+    return sess, [(s.ep_name, [n.name for n in s.get_nodes()])
+                  for s in sess.get_provider_graph_assignment_info()]
+
+
+def test_chain_and_siblings_of_one_shape_fuse():
+    nodes = [helper.make_node("Mul", ["X", "X"], ["sq"], name="sq"),
+             helper.make_node("Sigmoid", ["X"], ["sg"], name="sig"),
+             helper.make_node("Add", ["sq", "sg"], ["Y"], name="add"),
+             helper.make_node("Neg", ["X"], ["Z"], name="neg")]
+    model = models.make(nodes, [models.vi("X", shape=["N", 4])],
+                        [models.vi("Y", shape=["N", 4]), models.vi("Z", shape=["N", 4])])
+    sess, groups = _groups(model)
+    assert groups == [("TritonExecutionProvider", ["sq", "sig", "add", "neg"])]
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    ref = onnxruntime.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    for got, exp in zip(sess.run(None, {"X": x}), ref):
+        np.testing.assert_allclose(got, exp, rtol=1e-6, atol=1e-6)
+
+
+def test_no_fusion_across_a_cpu_node_or_a_shape_change():
+    axes = helper.make_tensor("axes", TP.INT64, [1], [1])
+    nodes = [helper.make_node("Exp", ["X"], ["e"], name="exp"),
+             helper.make_node("ReduceSum", ["e", "axes"], ["s"], name="sum", keepdims=1),
+             helper.make_node("Div", ["e", "s"], ["Y"], name="div"),
+             helper.make_node("Log", ["s"], ["L"], name="log")]
+    model = models.make(nodes, [models.vi("X", shape=[2, 5])],
+                        [models.vi("Y", shape=[2, 5]), models.vi("L", shape=[2, 1])], [axes])
+    sess, groups = _groups(model)
+    # the reduction runs on the CPU between the kernels; Log ([2, 1]) does not join Div ([2, 5])
+    assert groups == [("TritonExecutionProvider", ["exp"]), ("CPUExecutionProvider", ["sum"]),
+                      ("TritonExecutionProvider", ["div"]), ("TritonExecutionProvider", ["log"])]
+    x = np.random.default_rng(2).standard_normal((2, 5)).astype(np.float32)
+    ref = onnxruntime.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    for got, exp in zip(sess.run(None, {"X": x}), ref):
+        np.testing.assert_allclose(got, exp, rtol=1e-6)
+    report = sess.placement_report()
+    assert "sum" in report and "no Triton lowering for ReduceSum" in report
+
+
+def test_fusion_groups_partition_and_are_checked():
+    from codegen.fusion import check_partition
+    from tritort.graph import Node
+
+    a = Node("a", "Relu", "", ["x"], ["y"], {}, None)
+    b = Node("b", "Relu", "", ["y"], ["z"], {}, None)
+    check_partition([a, b], [[a], [b]])
+    with pytest.raises(AssertionError, match="partition"):
+        check_partition([a, b], [[a, b], [b]])
+    with pytest.raises(AssertionError, match="partition"):
+        check_partition([a, b], [[a]])
+
+
+def test_cuda_alias_and_unavailable_provider_warns(monkeypatch):
+    data = models.add_relu().SerializeToString()
+    sess = ort.InferenceSession(data, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert sess.get_providers() == TRITON_FIRST
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.warns(RuntimeWarning, match="TritonExecutionProvider was requested but cannot "
+                                            "be used: torch sees no CUDA device"):
+        sess = ort.InferenceSession(data, providers=TRITON_FIRST)
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    assert "TritonExecutionProvider" not in ort.get_available_providers()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "TritonExecutionProvider" in ort.get_available_providers()
+    with pytest.raises(ort.InvalidArgument, match="unknown provider option"):
+        ort.InferenceSession(data, providers=[("TritonExecutionProvider", {"bogus": "1"})])
+
+
+def test_profiling_has_one_event_per_fused_kernel(tmp_path):
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "p")
+    sess = ort.InferenceSession(add_relu_cast().SerializeToString(), so, providers=TRITON_FIRST)
+    sess.run(None, {"A": np.ones((2, 3), np.float32), "B": np.ones(3, np.float32)})
+    import json
+
+    events = json.load(open(sess.end_profiling()))
+    kernels = [e for e in events if e["args"].get("provider") == "TritonExecutionProvider"]
+    assert [e["args"]["op_name"] for e in kernels] == ["FusedKernel"]

@@ -1,0 +1,102 @@
+"""Pointwise ops on the Triton provider (interpreter mode) against onnxruntime."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper
+
+import tritort as ort
+from tests import models
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+
+NP_TO_TP = {np.float32: TP.FLOAT, np.float16: TP.FLOAT16, np.float64: TP.DOUBLE,
+            np.int32: TP.INT32, np.int64: TP.INT64}
+BINARY = ["Add", "Sub", "Mul", "Div", "Max", "Min"]
+UNARY_FLOAT = ["Relu", "Sigmoid", "Tanh", "Erf", "Exp", "Abs", "Neg", "Softplus", "Gelu"]
+SHAPES = [((2, 1, 4), (3, 1)), ((0, 3), (3,)), ((), (5,)), ((4, 5), (4, 5))]
+
+
+def _run_both(model, feeds):
+    data = model.SerializeToString()
+    sess = ort.InferenceSession(data, providers=["TritonExecutionProvider",
+                                                 "CPUExecutionProvider"])
+    assert all(a.provider.name == "TritonExecutionProvider"
+               for a in sess._program.partition.assignments.values()), sess.placement_report()
+    try:
+        ref = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except onnxruntime.capi.onnxruntime_pybind11_state.NotImplemented:
+        from onnx.reference import ReferenceEvaluator  # ORT lacks some double kernels
+
+        ref = ReferenceEvaluator(model)
+    return sess.run(None, feeds), ref.run(None, feeds)
+
+
+def _sym(shape):
+    return [f"d{i}" for i in range(len(shape))]  # symbolic dims: one kernel, any size
+
+
+@pytest.mark.parametrize("op", BINARY)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.int32, np.int64])
+@pytest.mark.parametrize("shapes", SHAPES, ids=str)
+def test_binary_broadcast(op, dtype, shapes):
+    rng = np.random.default_rng(0)
+    a_shape, b_shape = shapes
+    if np.issubdtype(dtype, np.integer):
+        a = rng.integers(-20, 20, a_shape).astype(dtype)
+        b = rng.integers(1, 7, b_shape).astype(dtype) * rng.choice([-1, 1], b_shape).astype(dtype)
+    else:
+        a = rng.standard_normal(a_shape).astype(dtype)
+        b = rng.standard_normal(b_shape).astype(dtype)
+    out_rank = len(np.broadcast_shapes(a_shape, b_shape))
+    model = models.make([helper.make_node(op, ["A", "B"], ["Y"])],
+                        [models.vi("A", NP_TO_TP[dtype], _sym(a_shape)),
+                         models.vi("B", NP_TO_TP[dtype], [f"e{i}" for i in range(len(b_shape))])],
+                        [models.vi("Y", NP_TO_TP[dtype], [f"o{i}" for i in range(out_rank)])],
+                        opset=14 if op in ("Max", "Min") else 17)
+    (got,), (exp,) = _run_both(model, {"A": a, "B": b})
+    assert got.dtype == exp.dtype and got.shape == exp.shape
+    rtol = 1e-3 if dtype == np.float16 else 1e-6
+    np.testing.assert_allclose(got, exp, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("op", UNARY_FLOAT)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_unary_on_non_contiguous_input(op, dtype):
+    x = np.random.default_rng(1).standard_normal((6, 4)).astype(dtype).T  # a transposed view
+    assert not x.flags.c_contiguous
+    model = models.make([helper.make_node(op, ["X"], ["Y"])],
+                        [models.vi("X", NP_TO_TP[dtype], ["a", "b"])],
+                        [models.vi("Y", NP_TO_TP[dtype], ["a", "b"])], opset=20)
+    (got,), (exp,) = _run_both(model, {"X": x})
+    tol = 2e-3 if dtype == np.float16 else 2e-6
+    np.testing.assert_allclose(got, exp, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("to", [TP.FLOAT16, TP.INT32, TP.BOOL, TP.DOUBLE, TP.INT8])
+def test_cast_from_float(to):
+    x = np.array([[-2.7, -0.5, 0.0, 0.49, 1.5, 3.99, 100.25]], np.float32)
+    model = models.make([helper.make_node("Cast", ["X"], ["Y"], to=to)],
+                        [models.vi("X", shape=[1, 7])], [models.vi("Y", to, [1, 7])], opset=19)
+    (got,), (exp,) = _run_both(model, {"X": x})
+    np.testing.assert_array_equal(got, exp)
+
+
+def test_where_and_comparisons_fuse_and_match():
+    nodes = [helper.make_node("Less", ["A", "B"], ["lt"]),
+             helper.make_node("Where", ["lt", "A", "B"], ["mn"]),
+             helper.make_node("Clip", ["mn", "lo", "hi"], ["Y"])]
+    inits = [helper.make_tensor("lo", TP.FLOAT, [], [-0.5]),
+             helper.make_tensor("hi", TP.FLOAT, [], [0.5])]
+    model = models.make(nodes, [models.vi("A", shape=[3, 4]), models.vi("B", shape=[4])],
+                        [models.vi("Y", shape=[3, 4])], inits)
+    rng = np.random.default_rng(3)
+    feeds = {"A": rng.standard_normal((3, 4)).astype(np.float32),
+             "B": rng.standard_normal(4).astype(np.float32)}
+    (got,), (exp,) = _run_both(model, feeds)
+    np.testing.assert_array_equal(got, exp)
