@@ -37,3 +37,19 @@ def test_run_any_model(tmp_path):
 def test_run_reports_errors_cleanly(tmp_path):
     r = _cli("run", str(tmp_path / "missing.onnx"))
     assert r.returncode == 1 and "NoSuchFile" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_inspect_reports_kernels_cache_files_and_fallback_reasons(tmp_path):
+    import os
+
+    path = tmp_path / "demo.onnx"
+    from tritort.demo_model import build_demo_model
+
+    onnx.save(build_demo_model(), path)
+    env = dict(os.environ, TRITON_INTERPRET="1", TRITORT_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "tritort", "inspect", str(path)], cwd=ROOT,
+                       text=True, capture_output=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "kernel fused_0_add_gelu: ffn_up_bias(Add), gelu(Gelu)" in r.stdout
+    assert str(tmp_path / "cache") in r.stdout
+    assert "ffn_up(MatMul)  <- TritonExecutionProvider: no Triton lowering for MatMul" in r.stdout

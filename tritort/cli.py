@@ -122,6 +122,32 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_inspect(args) -> int:
+    """Placement and fusion report: kernels with their nodes and cache files, CPU fallbacks."""
+    from . import InferenceSession, get_available_providers
+
+    providers = args.providers or [p for p in ("TritonExecutionProvider", "CPUExecutionProvider")
+                                   if p in get_available_providers()]
+    sess = InferenceSession(args.model, providers=providers)
+    program = sess._program
+    kernel_files = {k["name"]: k for ep in program.providers for k in getattr(ep, "kernels", [])}
+    print(f"model: {args.model}\nproviders: {sess.get_providers()}")
+    for pu in program.units:
+        unit = pu.unit
+        info = kernel_files.get(unit.name)
+        if info is not None:
+            state = "cached" if info["cached"] else "compiled"
+            print(f"[{pu.provider.name}] kernel {unit.name}: "
+                  + ", ".join(f"{n.name}({n.op_type})" for n in unit.nodes)
+                  + f"\n    {state}: {info['path']}")
+            continue
+        node = unit.nodes[0]
+        declined = program.partition.assignments[node.name].declined
+        why = "; ".join(f"{k}: {v}" for k, v in declined.items())
+        print(f"[{pu.provider.name}] {node.name}({node.op_type})" + (f"  <- {why}" if why else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tritort")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,11 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--repeat", type=int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--providers", nargs="*", default=None)
+    inspect = sub.add_parser("inspect", help="placement and fusion report for MODEL.onnx")
+    inspect.add_argument("model")
+    inspect.add_argument("--providers", nargs="*", default=None)
     args = parser.parse_args(argv)
     from .errors import OrtError
 
     try:
-        return {"demo": cmd_demo, "run": cmd_run}[args.command](args)
+        return {"demo": cmd_demo, "run": cmd_run, "inspect": cmd_inspect}[args.command](args)
     except OrtError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1

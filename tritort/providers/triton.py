@@ -6,6 +6,7 @@ kernels run in Triton's interpreter on torch CPU tensors, which is how CI covers
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -139,7 +140,10 @@ class TritonExecutionProvider(ExecutionProvider):
             raw = torch.from_numpy(arr.view(np.int16 if dt.itemsize == 2 else np.uint8))
             tensor = raw.view(getattr(torch, dt.torch))
         else:
-            tensor = torch.from_numpy(arr)
+            with warnings.catch_warnings():
+                # read-only arrays (initializers) are only ever read by the kernels
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+                tensor = torch.from_numpy(arr)
         return tensor.to(self.torch_device)
 
     def to_host(self, value: Any) -> Any:
