@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tritort as ort
-from tests.conformance import assert_same, node_cases, to_value
+from tests.conformance import assert_same, case_params, node_cases, to_value
 from tests.expected_failures import EXPECTED_FAILURES
 
 CASES = node_cases()
@@ -23,15 +23,7 @@ def _check_case(case, providers):
             assert_same(expected, actual, case.rtol, case.atol, name)
 
 
-def _params():
-    for name in sorted(CASES):
-        reason = EXPECTED_FAILURES.get(name)
-        # strict: a listed case that starts passing must leave the list (random ones may match)
-        marks = [pytest.mark.xfail(reason=reason, strict="bernoulli" not in name)] if reason else []
-        yield pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", case_params())
 def test_node_case_cpu(name):
     with np.errstate(all="ignore"):
         _check_case(CASES[name], ["CPUExecutionProvider"])

@@ -6,8 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conformance import node_cases
-from tests.expected_failures import EXPECTED_FAILURES
+from tests.conformance import case_params, node_cases
 from tests.test_node_conformance import _check_case
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
@@ -17,14 +16,7 @@ CASES = node_cases()
 PROVIDERS = ["TritonExecutionProvider", "CPUExecutionProvider"]
 
 
-def _params():
-    for name in sorted(CASES):
-        reason = EXPECTED_FAILURES.get(name)
-        marks = [pytest.mark.xfail(reason=reason, strict="bernoulli" not in name)] if reason else []
-        yield pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", case_params())
 def test_node_case_triton_first(name):
     with np.errstate(all="ignore"):
         _check_case(CASES[name], PROVIDERS)
