@@ -40,7 +40,8 @@ class Program:
             for value in node.all_inputs:
                 users.setdefault(value, []).append(node.name)
         info = CompileInfo(graph.opsets, graph.value_types, build_subgraph, self.providers,
-                           position, users, graph.output_names)
+                           position, users, graph.output_names,
+                           initializers=graph.initializers)
         placed: list[PlacedUnit] = []
         for ep in self.providers:
             nodes = self.partition.nodes_of(ep)

@@ -94,7 +94,8 @@ class CompileInfo:
                  build_subgraph: Callable | None, providers: Sequence["ExecutionProvider"] = (),
                  position: dict[str, int] | None = None,
                  users: dict[str, list[str]] | None = None,
-                 graph_outputs: Sequence[str] = (), options: dict[str, str] | None = None):
+                 graph_outputs: Sequence[str] = (), options: dict[str, str] | None = None,
+                 initializers: dict[str, Any] | None = None):
         self.opsets = opsets
         self.value_types = value_types
         self.build_subgraph = build_subgraph
@@ -103,6 +104,7 @@ class CompileInfo:
         self.users = users or {}
         self.graph_outputs = set(graph_outputs)
         self.options = options or {}
+        self.initializers = initializers or {}
 
     def escapes(self, value: str, group: set[str]) -> bool:
         """Is ``value`` read outside the node set ``group`` (or returned by the graph)?"""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -52,14 +51,19 @@ class TritonExecutionProvider(ExecutionProvider):
         self.device = "triton-interpreter" if _interpreted() else f"cuda:{device_id}"
         self.kernels: list[dict[str, Any]] = []  # for the placement report
         self._types: dict = {}
+        self._constants: dict = {}
 
     # -- claiming --------------------------------------------------------------------------
     def claim(self, node: Node, graph: Graph) -> str | None:
         from codegen.lowering import FLOAT8, LOWERINGS
+        from codegen.templates import TEMPLATES
 
         self._types = graph.value_types
+        self._constants = graph.initializers
         if node.domain != "":
             return f"no Triton lowering for domain '{node.domain}'"
+        if node.op_type in TEMPLATES:
+            return TEMPLATES[node.op_type].claim(node, self._template_context(graph.opsets[""]))
         row = LOWERINGS.get(node.op_type)
         if row is None:
             return f"no Triton lowering for {node.op_type}"
@@ -92,16 +96,29 @@ class TritonExecutionProvider(ExecutionProvider):
         from codegen.fusion import fuse
         from codegen.pointwise import PointwiseLauncher, build_kernel
 
+        from codegen.templates import TEMPLATES
+
         self._types = info.value_types
-        groups = fuse(nodes, info.position, self._shape)
+        self._constants = info.initializers
+        pointwise = [n for n in nodes if n.op_type not in TEMPLATES]
         units = []
+        for index, node in enumerate(n for n in nodes if n.op_type in TEMPLATES):
+            name = f"{node.op_type.lower()}_{index}"
+            compiled = TEMPLATES[node.op_type].compile(
+                node, self._template_context(info.opsets[""]), name)
+            _dump(compiled.name, compiled.ir_text, compiled.source)
+            self.kernels.append({"name": compiled.name, "nodes": [node.name],
+                                 "path": str(compiled.path), "cached": compiled.cached})
+            units.append(CompiledUnit(compiled.name, [node], compiled.inputs,
+                                      [o for o in node.outputs], compiled.fn))
+        groups = fuse(pointwise, info.position, self._shape)
         for index, group in enumerate(groups):
             names = {n.name for n in group}
             kernel = build_kernel(_kernel_name(group, index), group, self._dtype, self._rank,
                                   lambda v, names=names: info.escapes(v, names))
             source = emit(kernel)
             fn, path, hit = cache.load(source, kernel.name, self.device)
-            _dump(kernel, source)
+            _dump(kernel.name, kernel.text(), source)
             out_types = [getattr(torch, dtypes.BY_NAME[p.dtype].torch) for p, _ in kernel.outputs]
             launcher = PointwiseLauncher(fn, kernel, out_types, self.torch_device)
             self.kernels.append({"name": kernel.name, "nodes": kernel.nodes, "path": str(path),
@@ -109,6 +126,12 @@ class TritonExecutionProvider(ExecutionProvider):
             units.append(CompiledUnit(kernel.name, list(group), [p.name for p in kernel.inputs],
                                       [p.name for p, _ in kernel.outputs], launcher))
         return units
+
+    def _template_context(self, opset: int):
+        from codegen.templates import TemplateContext
+
+        return TemplateContext(self._dtype, self._shape, self._constants.get, self.device,
+                               self.torch_device, _interpreted(), opset)
 
     def _rank(self, value: str) -> int:
         return len(self._types[value].tensor_type.shape.dim)
@@ -164,11 +187,7 @@ def _kernel_name(group: Sequence[Node], index: int) -> str:
     return f"fused_{index}_{ops}"
 
 
-def _dump(kernel, source: str) -> None:
-    folder = os.environ.get("TRITORT_DUMP_DIR")
-    if not folder:
-        return
-    path = Path(folder)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / f"{kernel.name}.tileir.txt").write_text(kernel.text() + "\n")
-    (path / f"{kernel.name}.py").write_text(source)
+def _dump(name: str, ir_text: str, source: str) -> None:
+    from codegen.templates import dump
+
+    dump(name, ir_text, source)

@@ -1,0 +1,2 @@
+"""Reduction, Softmax and normalization kernel templates."""
+from __future__ import annotations

@@ -1,0 +1,90 @@
+"""Kernel templates: ops that are not pointwise (reductions, normalizations, data movement).
+
+Each op has one row in TEMPLATES. A row claims a node (or says why not) and compiles it
+into a kernel of its own: generated Triton source loaded through the cache, and a launcher
+working on torch tensors. Pointwise ops live in :mod:`codegen.lowering` instead, where
+fusion can merge them.
+"""
+from __future__ import annotations
+
+import abc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tritort.graph import Node
+
+from . import cache
+
+
+@dataclass
+class TemplateContext:
+    """What a template may know while claiming and compiling a node."""
+
+    dtype_of: Callable[[str], str | None]  # ONNX element-type name, or None if unknown
+    shape_of: Callable[[str], tuple | None]  # ints and dim_param strings, or None
+    constant_of: Callable[[str], Any]  # numpy value of an initializer, or None
+    device: str  # the cache key's device string
+    torch_device: Any
+    interpreted: bool
+    opset: int
+
+    def rank_of(self, value: str) -> int | None:
+        shape = self.shape_of(value)
+        return None if shape is None else len(shape)
+
+
+@dataclass
+class CompiledTemplate:
+    name: str
+    fn: Callable[..., tuple]  # torch tensors in, tuple of torch tensors out
+    inputs: list[str]  # the node's input values the launcher takes, in order
+    ir_text: str
+    source: str
+    path: Path | None
+    cached: bool
+
+
+class Template(abc.ABC):
+    @abc.abstractmethod
+    def claim(self, node: Node, ctx: TemplateContext) -> str | None:
+        """None to take the node, else why not."""
+
+    @abc.abstractmethod
+    def compile(self, node: Node, ctx: TemplateContext, name: str) -> CompiledTemplate:
+        """A kernel for exactly this node."""
+
+
+TEMPLATES: dict[str, Template] = {}
+
+
+def template(*op_types: str):
+    """Class decorator: register one instance for the given op types."""
+
+    def wrap(cls):
+        instance = cls()
+        for op_type in op_types:
+            TEMPLATES[op_type] = instance
+        return cls
+
+    return wrap
+
+
+def load_source(source: str, name: str, ctx: TemplateContext) -> tuple[Any, Path, bool]:
+    """Compile ``source`` (defining ``@triton.jit def name``) through the kernel cache."""
+    return cache.load(source, name, ctx.device)
+
+
+def dump(name: str, ir_text: str, source: str) -> None:
+    folder = os.environ.get("TRITORT_DUMP_DIR")
+    if not folder:
+        return
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / f"{name}.tileir.txt").write_text(ir_text + "\n")
+    (path / f"{name}.py").write_text(source)
+
+
+# The families register their rows on import; they need the names above to exist first.
+from . import movement, reductions  # noqa: E402,F401
