@@ -170,3 +170,21 @@ def test_profiling_has_one_event_per_fused_kernel(tmp_path):
     events = json.load(open(sess.end_profiling()))
     kernels = [e for e in events if e["args"].get("provider") == "TritonExecutionProvider"]
     assert [e["args"]["op_name"] for e in kernels] == ["FusedKernel"]
+
+
+def test_check_numerics_catches_a_wrong_kernel(monkeypatch, dirs):
+    from codegen import lowering
+    from codegen.lowering import Lowering, c, op
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("tritort.debug.check_numerics", "1")
+    feeds = {"A": np.float32([[-1, 2, 3]]), "B": np.float32([1, -5, 1])}
+    sess = ort.InferenceSession(add_relu_cast().SerializeToString(), so, providers=TRITON_FIRST)
+    np.testing.assert_array_equal(sess.run(None, feeds)[0], np.float16([[0, 0, 4]]))
+    wrong = Lowering(lambda attrs, xs, outs: [op("min", xs[0], c(0, xs[0]))],
+                     lowering.LOWERINGS["Relu"].dtypes)
+    monkeypatch.setitem(lowering.LOWERINGS, "Relu", wrong)
+    sess = ort.InferenceSession(add_relu_cast().SerializeToString(), so, providers=TRITON_FIRST)
+    with pytest.raises(ort.Fail, match=r"check_numerics: kernel fused_0_add_relu_cast output 'Y' "
+                                       r"differs .* first at index \[0, 1\]"):
+        sess.run(None, feeds)

@@ -30,7 +30,8 @@ def _check_cover(ep: ExecutionProvider, nodes, units: list[CompiledUnit]) -> Non
 
 
 class Program:
-    def __init__(self, graph: Graph, providers: Sequence[ExecutionProvider]) -> None:
+    def __init__(self, graph: Graph, providers: Sequence[ExecutionProvider],
+                 config: dict[str, str] | None = None) -> None:
         self.graph = graph
         self.providers = list(providers)
         self.partition: Partition = partition(graph, self.providers)
@@ -40,7 +41,7 @@ class Program:
             for value in node.all_inputs:
                 users.setdefault(value, []).append(node.name)
         info = CompileInfo(graph.opsets, graph.value_types, build_subgraph, self.providers,
-                           position, users, graph.output_names,
+                           position, users, graph.output_names, dict(config or {}),
                            initializers=graph.initializers)
         placed: list[PlacedUnit] = []
         for ep in self.providers:
@@ -81,8 +82,8 @@ class SubgraphRunner:
     """A compiled control-flow body: ``run(feeds, outer) -> outputs``."""
 
     def __init__(self, graph: Graph, providers: Sequence[ExecutionProvider],
-                 outer_names: Sequence[str]) -> None:
-        self.program = Program(graph, providers)
+                 outer_names: Sequence[str], config: dict[str, str] | None = None) -> None:
+        self.program = Program(graph, providers, config)
         self.input_names = graph.input_names
         self.output_names = graph.output_names
         self.output_types = [o.type for o in graph.outputs]
@@ -99,4 +100,5 @@ class SubgraphRunner:
 def build_subgraph(graph_proto: onnx.GraphProto, parent: CompileInfo) -> SubgraphRunner:
     graph = Graph.from_proto(graph_proto, parent.opsets)
     graph.value_types = {**parent.value_types, **graph.value_types}
-    return SubgraphRunner(graph, parent.providers, sorted(free_names(graph_proto)))
+    return SubgraphRunner(graph, parent.providers, sorted(free_names(graph_proto)),
+                          parent.options)

@@ -67,7 +67,7 @@ class InferenceSession:
         if so.optimized_model_filepath:
             self._save_optimized(graph, so.optimized_model_filepath)
         self._providers = eps.resolve(providers, provider_options)
-        self._program = Program(graph, self._providers)
+        self._program = Program(graph, self._providers, so._config)
         self._protected_roots = {id(_root(v)) for v in graph.initializers.values()
                                  if isinstance(v, np.ndarray)}
         if self._profiler is not None:

@@ -14,6 +14,7 @@ import numpy as np
 from .. import dtypes
 from ..graph import Graph, Node
 from . import TRITON, CompiledUnit, CompileInfo, ExecutionProvider
+from .numerics import checked, wants_check
 
 
 def _interpreted() -> bool:
@@ -125,6 +126,8 @@ class TritonExecutionProvider(ExecutionProvider):
                                  "cached": hit})
             units.append(CompiledUnit(kernel.name, list(group), [p.name for p in kernel.inputs],
                                       [p.name for p, _ in kernel.outputs], launcher))
+        if wants_check(info):
+            units = [checked(u, info, self.to_host) for u in units]
         return units
 
     def _template_context(self, opset: int):

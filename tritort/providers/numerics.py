@@ -1,0 +1,62 @@
+"""``tritort.debug.check_numerics = "1"``: run each compiled kernel and its NumPy reference.
+
+The reference is the NumPy provider's kernels for the same nodes, run on host copies of the
+kernel's inputs. A mismatch raises Fail naming the kernel, the output and the error.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import Fail
+from . import CompiledUnit, CompileInfo
+
+CHECK_NUMERICS_KEY = "tritort.debug.check_numerics"
+
+# (rtol, atol) by result dtype: low-precision results round once, references round per op
+_TOLERANCE = {np.dtype(np.float64): (1e-9, 1e-12), np.dtype(np.float32): (1e-4, 1e-5),
+              np.dtype(np.float16): (1e-2, 1e-3)}
+_LOW_PRECISION = (2e-2, 1e-2)
+
+
+def wants_check(info: CompileInfo) -> bool:
+    return info.options.get(CHECK_NUMERICS_KEY) == "1"
+
+
+def checked(unit: CompiledUnit, info: CompileInfo, to_host: Callable) -> CompiledUnit:
+    """The same unit, whose callable also runs and compares the NumPy reference."""
+    from .cpu import CPUExecutionProvider
+
+    reference = CPUExecutionProvider().compile(unit.nodes, info)
+    kernel = unit.fn
+
+    def run(*inputs):
+        outs = kernel(*inputs)
+        env = {name: to_host(x) for name, x in zip(unit.inputs, inputs)}
+        for ref in reference:
+            results = ref.fn(*[env.get(n) if n else None for n in ref.inputs])
+            env.update((n, r) for n, r in zip(ref.outputs, results) if n)
+        for name, out in zip(unit.outputs, outs):
+            if name:
+                _compare(unit.name, name, to_host(out), np.asarray(env[name]))
+        return outs
+
+    return CompiledUnit(unit.name, unit.nodes, unit.inputs, unit.outputs, run)
+
+
+def _compare(kernel: str, name: str, got: np.ndarray, want: np.ndarray) -> None:
+    if got.shape != want.shape or got.dtype != want.dtype:
+        raise Fail(f"check_numerics: kernel {kernel} output '{name}' is {got.dtype}"
+                   f"{list(got.shape)}, the NumPy reference {want.dtype}{list(want.shape)}")
+    if got.dtype.kind in "biu":
+        bad = got != want
+    else:
+        rtol, atol = _TOLERANCE.get(got.dtype, _LOW_PRECISION)
+        g, w = got.astype(np.float64), want.astype(np.float64)
+        bad = ~np.isclose(g, w, rtol=rtol, atol=atol, equal_nan=True)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise Fail(f"check_numerics: kernel {kernel} output '{name}' differs from the NumPy "
+                   f"reference at {int(bad.sum())} of {bad.size} elements; first at index "
+                   f"{list(index)}: kernel {got[index]!r}, reference {want[index]!r}")
