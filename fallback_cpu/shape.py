@@ -201,14 +201,26 @@ def expand(ctx: NodeContext):
 # ----------------------------------------------------------------- slicing
 
 
+def _onnx_slice(start: int, end: int, step: int, dim: int) -> slice:
+    """ONNX's clamping, which differs from Python's for negative steps and starts < -dim."""
+    if step == 0:
+        raise ValueError("Slice step cannot be 0")
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        return slice(min(max(start, 0), dim), min(max(end, 0), dim), step)
+    start = min(max(start, 0), dim - 1)
+    end = min(max(end, -1), dim - 1)
+    return slice(start, None if end < 0 else end, step)  # -1 would mean "last" to Python
+
+
 def slice_view(x: np.ndarray, starts, ends, axes=None, steps=None) -> np.ndarray:
-    # Python slices clamp exactly as ONNX specifies, including negative steps.
     starts, ends = int_list(starts), int_list(ends)
     axes = list(range(len(starts))) if axes is None else norm_axes(int_list(axes), x.ndim)
     steps = [1] * len(starts) if steps is None else int_list(steps)
     index = [slice(None)] * x.ndim
     for a, s, e, st in zip(axes, starts, ends, steps):
-        index[a] = slice(s, e, st)
+        index[a] = _onnx_slice(s, e, st, x.shape[a])
     return x[tuple(index)]
 
 

@@ -345,3 +345,26 @@ def test_adam_multiple_tensors_order():
     ins = [np.array(0.1, np.float32), np.array(3, np.int64)] + \
         [rng.uniform(0.1, 1, (2, 2)).astype(np.float32) for _ in range(8)]
     check(node, ins, opset=1, domain="ai.onnx.preview.training", rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("start,end,step", [(-10, -2**62, -1), (4, -100, -2), (10, 0, -1),
+                                            (-1, -6, -1), (-100, 100, 2), (3, 3, -1)])
+def test_slice_clamps_like_onnxruntime(start, end, step):
+    import onnxruntime
+
+    import tritort
+
+    consts = [helper.make_tensor(n, TP.INT64, [1], [v])
+              for n, v in (("s", start), ("e", end), ("a", 0), ("t", step))]
+    graph = helper.make_graph([helper.make_node("Slice", ["X", "s", "e", "a", "t"], ["Y"])], "g",
+                              [helper.make_tensor_value_info("X", TP.FLOAT, [5])],
+                              [helper.make_tensor_value_info("Y", TP.FLOAT, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = np.arange(5, dtype=np.float32)
+    so = tritort.SessionOptions()
+    so.graph_optimization_level = tritort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got = tritort.InferenceSession(model, so).run(None, {"X": x})[0]
+    ref = onnxruntime.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got, ref)
