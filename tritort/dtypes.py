@@ -14,6 +14,7 @@ from onnx import TensorProto as TP
 # DLPack type codes (dlpack.h: DLDataTypeCode).
 DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT, DL_COMPLEX, DL_BOOL = 0, 1, 2, 4, 5, 6
 DL_FLOAT8_E4M3FN, DL_FLOAT8_E4M3FNUZ, DL_FLOAT8_E5M2, DL_FLOAT8_E5M2FNUZ = 10, 11, 12, 13
+DL_FLOAT8_E8M0FNU = 14
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ TABLE: tuple[DType, ...] = (
     _row(TP.UINT4, "uint4", ml_dtypes.uint4, None, None, None),
     _row(TP.INT4, "int4", ml_dtypes.int4, None, None, None),
     _row(TP.FLOAT4E2M1, "float4e2m1", ml_dtypes.float4_e2m1fn, None, None, None),
-    _row(TP.FLOAT8E8M0, "float8e8m0", ml_dtypes.float8_e8m0fnu, "float8_e8m0fnu", None, None),
+    _row(TP.FLOAT8E8M0, "float8e8m0", ml_dtypes.float8_e8m0fnu, "float8_e8m0fnu", None,
+         (DL_FLOAT8_E8M0FNU, 8)),
     _row(TP.UINT2, "uint2", ml_dtypes.uint2, None, None, None),
     _row(TP.INT2, "int2", ml_dtypes.int2, None, None, None),
     _row(TP.FLOAT6E2M3, "float6e2m3", ml_dtypes.float6_e2m3fn, None, None, None),

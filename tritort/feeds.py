@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import dtypes
+from . import dlpack, dtypes
 from .errors import InvalidArgument
 from .ortvalue import OrtValue
 
@@ -43,27 +43,23 @@ def _shape_of(tp: onnx.TypeProto) -> list:
 
 
 def to_numpy(value: Any) -> Any:
-    """A runtime value from what a user may feed: OrtValue, torch tensor, DLPack producer."""
+    """A host value from what a user may feed: OrtValue, torch tensor, DLPack producer."""
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, OrtValue):
-        return value.numpy()
-    if type(value).__module__.startswith("torch"):
-        return _torch_to_numpy(value)
+        value = value._value
+    if dlpack.is_torch(value):
+        return dlpack.torch_to_numpy(value)
+    if hasattr(value, "__dlpack__") and not isinstance(value, np.generic):
+        return dlpack.to_host(dlpack.as_tensor(value))
     return value
 
 
-def _torch_to_numpy(t) -> np.ndarray:
-    if t.device.type != "cpu":
-        raise InvalidArgument(f"a {t.device} torch tensor was fed to a CPU run; bind it with "
-                              "IOBinding or move it to the CPU")
-    dt = dtypes.from_torch(t.dtype)
-    if t.dtype.is_floating_point and dt.onnx in dtypes.LOW_PRECISION_FLOATS:
-        import torch
-
-        raw = torch.int16 if dt.itemsize == 2 else torch.uint8
-        return np.from_dlpack(t.detach().view(raw)).view(dt.numpy)
-    return np.from_dlpack(t.detach())
+def _is_producer(value: Any) -> bool:
+    """A torch tensor or another DLPack producer (numpy scalars excepted)."""
+    return dlpack.is_torch(value) or (hasattr(value, "__dlpack__")
+                                      and not isinstance(value, np.generic)) \
+        or dlpack.is_capsule(value)
 
 
 class InputSpec:
@@ -90,8 +86,20 @@ class InputSpec:
             if elem.WhichOneof("value") == "tensor_type" and elem.tensor_type.elem_type:
                 self.dtype = dtypes.numpy_dtype(elem.tensor_type.elem_type)
 
+    # Set by the session once its providers are placed:
+    keep_device = False  # a non-host provider reads this input: torch tensors stay torch
+    devices: tuple = ()  # the CUDA devices its providers run on, as ('cuda', n)
+
     def convert(self, value: Any) -> Any:
-        value = to_numpy(value)
+        if not isinstance(value, np.ndarray) and value is not None:
+            if isinstance(value, OrtValue):
+                value = value._value
+            if _is_producer(value):
+                value = dlpack.as_tensor(value)
+                if dlpack.is_torch(value):
+                    if self.kind == "tensor_type":
+                        return self._torch_tensor(value, self.name)
+                    value = dlpack.torch_to_numpy(value)
         if value is None:
             if self.optional:
                 return None
@@ -108,6 +116,47 @@ class InputSpec:
                                       f"got {type(value).__name__}")
             return value
         return self._tensor(value, self.name)
+
+    def _torch_tensor(self, t: Any, where: str) -> Any:
+        """Check a torch tensor against the model; keep it for device consumers, else host."""
+        try:
+            dt = dtypes.from_torch(t.dtype)
+        except dtypes.UnknownDType:
+            expected = getattr(self, "dtype_text", self.type_text)
+            raise InvalidArgument(f"input '{where}': torch dtype {t.dtype} has no ONNX element "
+                                  f"type; expected {expected}") from None
+        if self.dtype is not None and dt.numpy != self.dtype:
+            raise self._type_error(where, dt.name)
+        if self.dims is not None:
+            self._check_shape(tuple(t.shape), where)
+        device = t.device
+        if device.type != "cpu" and (device.type, device.index or 0) not in self.devices:
+            runs_on = ", ".join(["cpu"] + [f"{d}:{i}" for d, i in self.devices])
+            raise InvalidArgument(
+                f"input '{where}' is a {device} tensor, but no provider of this session runs "
+                f"on {device} (it runs on: {runs_on}); move the tensor there or create the "
+                "session with TritonExecutionProvider on that device")
+        if t.requires_grad:
+            t = t.detach()
+        if self.keep_device:
+            return t
+        return dlpack.torch_to_numpy(t)
+
+    def check(self, dtype: dtypes.DType, shape: tuple, where: str | None = None) -> None:
+        """Validate an element type and shape (a bound buffer) without touching data."""
+        where = where or self.name
+        if self.kind != "tensor_type":
+            raise InvalidArgument(f"input '{where}' is {self.type_text}; only tensors can be "
+                                  "bound to a buffer")
+        if self.dtype is not None and dtype.numpy != self.dtype:
+            raise self._type_error(where, dtype.name)
+        if self.dims is not None:
+            self._check_shape(tuple(shape), where)
+
+    def _type_error(self, where: str, actual: str) -> InvalidArgument:
+        expected = self.dtype_text if self.kind == "tensor_type" else self.type_text
+        return InvalidArgument(f"Unexpected input data type for '{where}'. Actual: "
+                               f"(tensor({actual})) , expected: ({expected})")
 
     def _tensor(self, value: Any, where: str) -> np.ndarray:
         if not isinstance(value, np.ndarray):
@@ -126,9 +175,7 @@ class InputSpec:
         if self.dtype is not None and value.dtype != self.dtype:
             actual = dtypes.from_numpy(value.dtype).name if value.dtype in dtypes.BY_NUMPY \
                 else str(value.dtype)
-            raise InvalidArgument(f"Unexpected input data type for '{where}'. Actual: "
-                                  f"(tensor({actual})) , expected: "
-                                  f"({self.dtype_text if self.kind == 'tensor_type' else self.type_text})")
+            raise self._type_error(where, actual)
         if self.dims is not None and self.kind == "tensor_type":
             self._check_shape(value.shape, where)
         return value

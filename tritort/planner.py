@@ -9,6 +9,7 @@ import heapq
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .dlpack import to_host
 from .errors import Fail
 from .graph import Graph
 from .providers import CompiledUnit, ExecutionProvider
@@ -82,9 +83,26 @@ def _needed_units(order: list[PlacedUnit], fetches: Sequence[str]) -> list[Place
     return [pu for i, pu in enumerate(order) if i in needed]
 
 
+# Where a graph input read by a device provider may live: numpy on the host, or a torch tensor
+# the caller placed on a device. Each consumer reaches it through an idempotent move.
+ANYWHERE = "anywhere"
+
+
+def device_inputs(units: Sequence[PlacedUnit], host_device: str = "cpu") -> set[str]:
+    """Values read by units of providers that do not run on the host."""
+    return {x for pu in units if pu.provider.device != host_device for x in pu.unit.inputs if x}
+
+
 def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
-              host_device: str = "cpu", outer_names: Sequence[str] = ()) -> Plan:
-    """``outer_names``: values a subgraph reads from enclosing scopes, fed like inputs."""
+              host_device: str = "cpu", outer_names: Sequence[str] = (),
+              keep_on_device: bool = False) -> Plan:
+    """``outer_names``: values a subgraph reads from enclosing scopes, fed like inputs.
+
+    Graph inputs read by a device provider may arrive on that device (``ANYWHERE``): device
+    consumers get them through their provider's ``to_device``, host consumers through
+    ``dlpack.to_host``, both passing values already in place through untouched. Fetches are
+    brought to the host unless ``keep_on_device``: then each stays where its producer left it.
+    """
     needed = _needed_units(units, fetches)
     producer_of = {o: pu.provider for pu in units for o in pu.unit.outputs if o}
     slot_of: dict[str, int] = {}
@@ -99,6 +117,8 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
     input_slots = {name: slot(name) for name in list(graph.input_names) + list(outer_names)}
     constant_slots = [(slot(k), v) for k, v in graph.initializers.items()]
     device_of = {name: host_device for name in list(input_slots) + list(graph.initializers)}
+    for name in device_inputs(units, host_device).intersection(graph.input_names):
+        device_of[name] = ANYWHERE
     steps: list[Step] = []
     for pu in needed:
         unit, ep = pu.unit, pu.provider
@@ -115,7 +135,7 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
                           unit.runs_subgraphs))
     fetch_names = []
     for f in fetches:
-        if device_of.get(f, host_device) != host_device:
+        if not keep_on_device and device_of.get(f, host_device) != host_device:
             f = _copy_step(steps, f, None, device_of, slot, producer_of)
         fetch_names.append(f)
     fetch_slots = tuple(slot_of[f] for f in fetch_names)
@@ -130,10 +150,13 @@ def _copy_step(steps, name, ep, device_of, slot, producer_of, host_device="cpu")
     if copy_name not in device_of:
         source = device_of.get(name, host_device)
         moves = []
-        if source != host_device:  # the producer brings its values home
-            moves.append(producer_of[name].to_host)
-        if target != host_device:
-            moves.append(ep.to_device)
+        if source == ANYWHERE:  # a graph input: numpy or a tensor the caller placed
+            moves.append(to_host if target == host_device else ep.to_device)
+        else:
+            if source != host_device:  # the producer brings its values home
+                moves.append(producer_of[name].to_host)
+            if target != host_device:
+                moves.append(ep.to_device)
 
         def move(x, _moves=tuple(moves)):
             for m in _moves:

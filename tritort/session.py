@@ -1,6 +1,8 @@
 """InferenceSession: the public entry point, orchestrating load -> ... -> execute."""
 from __future__ import annotations
 
+import bisect
+import contextlib
 import logging
 import threading
 import time
@@ -9,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
-from . import loader, optimizer
+from . import dlpack, loader, optimizer
 from . import providers as eps
 from .compiler import Program
 from .errors import EPFail, Fail, InvalidArgument, OrtError
@@ -17,6 +19,7 @@ from .executor import execute
 from .feeds import InputSpec, NodeArg, node_arg
 from .options import RunOptions, SessionOptions
 from .ortvalue import OrtValue
+from .planner import Plan, device_inputs, make_plan
 from .profiling import Profiler
 
 log = logging.getLogger("tritort")
@@ -70,6 +73,7 @@ class InferenceSession:
         self._program = Program(graph, self._providers, so._config)
         self._protected_roots = {id(_root(v)) for v in graph.initializers.values()
                                  if isinstance(v, np.ndarray)}
+        self._prepare_devices()
         if self._profiler is not None:
             self._profiler.record("session_initialization", "Session", t0, time.monotonic_ns(),
                                   {"nodes": len(graph.nodes)})
@@ -136,6 +140,80 @@ class InferenceSession:
     def get_profiling_start_time_ns(self) -> int:
         return self._profiler.start_ns if self._profiler is not None else 0
 
+    # -- devices ------------------------------------------------------------------------------
+    def _prepare_devices(self) -> None:
+        """Which inputs may stay on a device; the CUDA device and stream runs are ordered on."""
+        self._device_plans: dict[tuple, Plan] = {}
+        self._initializer_spans: tuple | None = None
+        read_on_device = device_inputs(self._program.units)
+        cuda = [ep for ep in self._providers
+                if getattr(getattr(ep, "torch_device", None), "type", "cpu") == "cuda"]
+        devices = tuple(("cuda", ep.torch_device.index or 0) for ep in cuda)
+        for name, spec in self._specs.items():
+            spec.keep_device = name in read_on_device
+            spec.devices = devices
+        self._host_only = all(ep.device == "cpu" for ep in self._providers)
+        self._guard: tuple | None = None
+        if cuda:
+            ep = cuda[0]
+            text = ep.options.get("user_compute_stream", "").strip()
+            try:
+                stream = int(text, 0) if text else 0
+            except ValueError:
+                raise InvalidArgument(f"{ep.name}: user_compute_stream must be a stream address "
+                                      f"(an integer), got '{text}'") from None
+            self._guard = (ep.torch_device, stream or None)
+
+    def _device_plan(self, fetches: list[str]) -> Plan:
+        """A plan whose fetches stay where their producers leave them."""
+        key = tuple(fetches)
+        plan = self._device_plans.get(key)
+        if plan is None:
+            program = self._program
+            plan = make_plan(program.graph, program.units, fetches, keep_on_device=True)
+            self._device_plans[key] = plan
+        return plan
+
+    def _execute(self, plan: Plan, feeds: dict[str, Any], terminate) -> list[Any]:
+        if self._guard is None:
+            return execute(plan, feeds, terminate, self._profiler)
+        device, stream = self._guard
+        with dlpack.StreamGuard(device, stream) as guard:
+            results = execute(plan, feeds, terminate, self._profiler)
+            guard.hand_over(results)
+        return results
+
+    def _callers_stream(self) -> Callable:
+        """A context factory making this thread's current CUDA stream current in another."""
+        if self._guard is None:
+            return contextlib.nullcontext
+        import torch
+
+        stream = torch.cuda.current_stream(self._guard[0])
+        return lambda: torch.cuda.stream(stream)
+
+    def _synchronize(self) -> None:
+        """The host waits for this session's work on its CUDA device (no-op on the CPU)."""
+        if self._guard is not None:
+            dlpack.synchronize(self._guard[0])
+
+    def _aliases_initializer(self, span: tuple | None) -> bool:
+        if span is None or span[0] != "cpu":
+            return False
+        if self._initializer_spans is None:
+            spans = sorted(sp[1:] for v in self._program.graph.initializers.values()
+                           if isinstance(v, np.ndarray) and (sp := dlpack.span(v)) is not None
+                           and sp[1] != sp[2])
+            los = [lo for lo, _ in spans]
+            reach, top = [], 0
+            for _, hi in spans:
+                top = max(top, hi)
+                reach.append(top)
+            self._initializer_spans = (los, reach)
+        los, reach = self._initializer_spans
+        i = bisect.bisect_left(los, span[2]) - 1  # the last initializer starting before the end
+        return i >= 0 and reach[i] > span[1]
+
     # -- running ------------------------------------------------------------------------------
     def _fetch_names(self, output_names) -> list[str]:
         if output_names is None or (isinstance(output_names, (list, tuple)) and not output_names):
@@ -169,20 +247,26 @@ class InferenceSession:
             feeds.setdefault(vi.name, None)
         return feeds
 
-    def _run(self, fetches: list[str], feeds: dict[str, Any], run_options) -> list[Any]:
+    def _run(self, fetches: list[str], feeds: dict[str, Any], run_options,
+             on_device: bool = False) -> list[Any]:
+        """Run on converted feeds. Results are host values, or with ``on_device`` values where
+        their producers left them (torch tensors for the Triton provider)."""
         if run_options is not None and not isinstance(run_options, RunOptions):
             raise InvalidArgument(f"run_options must be a RunOptions, got "
                                   f"{type(run_options).__name__}")
         terminate = run_options._terminate if run_options is not None else None
-        plan = self._program.plan_for(fetches)
+        plan = self._device_plan(fetches) if on_device else self._program.plan_for(fetches)
         try:
-            results = execute(plan, feeds, terminate, self._profiler)
+            results = self._execute(plan, feeds, terminate)
         except EPFail:
             if not self._fallback or self.get_providers() == [eps.CPU]:
                 raise
             log.warning("a provider failed; falling back to %s for this session", eps.CPU)
             self.set_providers([eps.CPU])
-            return self._run(fetches, feeds, run_options)
+            feeds = {k: dlpack.to_host(v) for k, v in feeds.items()}
+            return self._run(fetches, feeds, run_options, on_device)
+        if on_device:
+            return [self._detach_device(r, feeds) for r in results]
         return [self._detach(r, feeds) for r in results]
 
     def _detach(self, value: Any, feeds: dict[str, Any]) -> Any:
@@ -191,14 +275,34 @@ class InferenceSession:
             if not value.flags.writeable:
                 return value.copy()
             root = id(_root(value))
-            if root in self._protected_roots or any(
-                    isinstance(f, np.ndarray) and root == id(_root(f)) for f in feeds.values()):
+            if root in self._protected_roots:
                 return value.copy()
+            span = None
+            for f in feeds.values():
+                if isinstance(f, np.ndarray):
+                    if root == id(_root(f)):
+                        return value.copy()
+                elif f is not None and dlpack.is_torch(f):  # a tensor kept for a device
+                    span = span or dlpack.span(value)
+                    if dlpack.overlaps(span, dlpack.span(f)):
+                        return value.copy()
+            if not self._host_only and self._aliases_initializer(span or dlpack.span(value)):
+                return value.copy()  # a device view of an initializer (Triton interpreter)
             return value
         if isinstance(value, np.generic):
             return np.asarray(value)
         if isinstance(value, list):
             return [self._detach(v, feeds) for v in value]
+        return value
+
+    def _detach_device(self, value: Any, feeds: dict[str, Any]) -> Any:
+        """``_detach`` for values that may be torch tensors."""
+        if not dlpack.is_torch(value):
+            return self._detach(value, feeds)
+        span = dlpack.span(value)
+        if self._aliases_initializer(span) or any(
+                dlpack.overlaps(span, dlpack.span(f)) for f in feeds.values()):
+            return value.clone()
         return value
 
     def run(self, output_names, input_feed, run_options: RunOptions | None = None) -> list[Any]:
@@ -213,7 +317,9 @@ class InferenceSession:
             if not isinstance(v, OrtValue):
                 raise InvalidArgument(f"input '{name}' must be an OrtValue, got "
                                       f"{type(v).__name__}")
-        results = self.run(output_names, input_dict_ort_values, run_options)
+        fetches = self._fetch_names(output_names)
+        results = self._run(fetches, self._feeds(input_dict_ort_values), run_options,
+                            on_device=True)
         return [OrtValue(r) for r in results]
 
     def run_async(self, output_names, input_feed, callback: Callable, user_data: Any,
@@ -221,10 +327,12 @@ class InferenceSession:
         """Run on a worker thread; ``callback(results, user_data, err)`` gets the outcome."""
         fetches = self._fetch_names(output_names)
         feeds = self._feeds(input_feed)
+        on_callers_stream = self._callers_stream()  # torch's current stream is per thread
 
         def work() -> None:
             try:
-                results = self._run(fetches, feeds, run_options)
+                with on_callers_stream():
+                    results = self._run(fetches, feeds, run_options)
             except Exception as e:  # reported through the callback, as ORT does
                 callback(None, user_data, f"{type(e).__name__}: {e}")
                 return
@@ -238,6 +346,14 @@ class InferenceSession:
         return IOBinding(self)
 
     def run_with_iobinding(self, iobinding, run_options: RunOptions | None = None) -> None:
+        from .iobinding import IOBinding
+
+        if not isinstance(iobinding, IOBinding):
+            raise InvalidArgument(f"run_with_iobinding expects an IOBinding, got "
+                                  f"{type(iobinding).__name__}")
+        if iobinding._session is not self:
+            raise InvalidArgument("this IOBinding belongs to another session; create one with "
+                                  "this session's io_binding()")
         iobinding._run(run_options)
 
 

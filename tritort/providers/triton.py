@@ -6,7 +6,6 @@ kernels run in Triton's interpreter on torch CPU tensors, which is how CI covers
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,7 +22,10 @@ def _interpreted() -> bool:
 
 class TritonExecutionProvider(ExecutionProvider):
     name = TRITON
-    option_docs = {"device_id": "CUDA device ordinal to run on (default '0')"}
+    option_docs = {"device_id": "CUDA device ordinal to run on (default '0')",
+                   "user_compute_stream": "address of a CUDA stream (cudaStream_t, as an "
+                                          "integer) to run on instead of torch's current "
+                                          "stream; ordered against it with events"}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -155,34 +157,30 @@ class TritonExecutionProvider(ExecutionProvider):
 
     # -- moving values ---------------------------------------------------------------------
     def to_device(self, value: Any) -> Any:
+        """Idempotent: a contiguous torch tensor already on this device passes through as is.
+
+        Other torch tensors are moved (and made contiguous); numpy arrays become torch views
+        of the same memory (ml_dtypes through a raw view) before the move.
+        """
         import torch
 
         if value is None:
             return None
+        if isinstance(value, torch.Tensor):
+            if value.device != self.torch_device:
+                value = value.to(self.torch_device)
+            return value if value.is_contiguous() else value.contiguous()
+        from ..dlpack import numpy_to_torch
+
         arr = np.asarray(value)  # kernels may hand over numpy scalars
         arr = arr if arr.flags.c_contiguous else arr.copy()  # keeps 0-d arrays 0-d
-        dt = dtypes.from_numpy(arr.dtype)
-        if dt.onnx in dtypes.LOW_PRECISION_FLOATS:
-            raw = torch.from_numpy(arr.view(np.int16 if dt.itemsize == 2 else np.uint8))
-            tensor = raw.view(getattr(torch, dt.torch))
-        else:
-            with warnings.catch_warnings():
-                # read-only arrays (initializers) are only ever read by the kernels
-                warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-                tensor = torch.from_numpy(arr)
-        return tensor.to(self.torch_device)
+        return numpy_to_torch(arr).to(self.torch_device)
 
     def to_host(self, value: Any) -> Any:
-        import torch
+        """Idempotent: numpy passes through; torch tensors become numpy (a view on the CPU)."""
+        from ..dlpack import to_host
 
-        if value is None:
-            return None
-        t = value.detach().cpu()
-        dt = dtypes.from_torch(t.dtype)
-        if dt.onnx in dtypes.LOW_PRECISION_FLOATS:
-            raw = torch.int16 if dt.itemsize == 2 else torch.uint8
-            return t.view(raw).numpy().view(dt.numpy)
-        return t.numpy()
+        return to_host(value)
 
 
 def _kernel_name(group: Sequence[Node], index: int) -> str:
