@@ -1,0 +1,2 @@
+"""Matrix-multiply kernel templates (MatMul, Gemm)."""
+from __future__ import annotations
