@@ -42,14 +42,21 @@ def test_run_reports_errors_cleanly(tmp_path):
 def test_inspect_reports_kernels_cache_files_and_fallback_reasons(tmp_path):
     import os
 
-    path = tmp_path / "demo.onnx"
-    from tritort.demo_model import build_demo_model
+    from onnx import TensorProto as TP
+    from onnx import helper
 
-    onnx.save(build_demo_model(), path)
+    k = helper.make_tensor("k", TP.INT64, [1], [1])
+    nodes = [helper.make_node("Exp", ["X"], ["e"], name="exp"),
+             helper.make_node("Sigmoid", ["e"], ["g"], name="sig"),
+             helper.make_node("TopK", ["g", "k"], ["s", "i"], name="top", axis=1)]
+    model = models.make(nodes, [models.vi("X", shape=[2, 5])], [models.vi("s", shape=[2, 1])],
+                        [k])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
     env = dict(os.environ, TRITON_INTERPRET="1", TRITORT_CACHE_DIR=str(tmp_path / "cache"))
     r = subprocess.run([sys.executable, "-m", "tritort", "inspect", str(path)], cwd=ROOT,
                        text=True, capture_output=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
-    assert "kernel fused_0_add_gelu: ffn_up_bias(Add), gelu(Gelu)" in r.stdout
-    assert str(tmp_path / "cache") in r.stdout
-    assert "ffn_up(MatMul)  <- TritonExecutionProvider: no Triton lowering for MatMul" in r.stdout
+    assert "kernel fused_0_exp_sigmoid: exp(Exp), sig(Sigmoid)" in r.stdout
+    assert f"compiled: {tmp_path / 'cache'}" in r.stdout
+    assert "top(TopK)  <- TritonExecutionProvider: no Triton lowering for TopK" in r.stdout

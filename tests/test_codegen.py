@@ -110,16 +110,16 @@ def test_chain_and_siblings_of_one_shape_fuse():
 
 
 def test_no_fusion_across_a_cpu_node_or_a_shape_change():
-    axes = helper.make_tensor("axes", TP.INT64, [1], [1])
+    k = helper.make_tensor("k", TP.INT64, [1], [1])
     nodes = [helper.make_node("Exp", ["X"], ["e"], name="exp"),
-             helper.make_node("ReduceSum", ["e", "axes"], ["s"], name="sum", keepdims=1),
+             helper.make_node("TopK", ["e", "k"], ["s", "i"], name="top", axis=1),
              helper.make_node("Div", ["e", "s"], ["Y"], name="div"),
              helper.make_node("Log", ["s"], ["L"], name="log")]
     model = models.make(nodes, [models.vi("X", shape=[2, 5])],
-                        [models.vi("Y", shape=[2, 5]), models.vi("L", shape=[2, 1])], [axes])
+                        [models.vi("Y", shape=[2, 5]), models.vi("L", shape=[2, 1])], [k])
     sess, groups = _groups(model)
-    # the reduction runs on the CPU between the kernels; Log ([2, 1]) does not join Div ([2, 5])
-    assert groups == [("TritonExecutionProvider", ["exp"]), ("CPUExecutionProvider", ["sum"]),
+    # TopK runs on the CPU between the kernels; Log ([2, 1]) does not join Div ([2, 5])
+    assert groups == [("TritonExecutionProvider", ["exp"]), ("CPUExecutionProvider", ["top"]),
                       ("TritonExecutionProvider", ["div"]), ("TritonExecutionProvider", ["log"])]
     x = np.random.default_rng(2).standard_normal((2, 5)).astype(np.float32)
     ref = onnxruntime.InferenceSession(model.SerializeToString(),
@@ -127,7 +127,7 @@ def test_no_fusion_across_a_cpu_node_or_a_shape_change():
     for got, exp in zip(sess.run(None, {"X": x}), ref):
         np.testing.assert_allclose(got, exp, rtol=1e-6)
     report = sess.placement_report()
-    assert "sum" in report and "no Triton lowering for ReduceSum" in report
+    assert "top" in report and "no Triton lowering for TopK" in report
 
 
 def test_fusion_groups_partition_and_are_checked():
@@ -188,3 +188,31 @@ def test_check_numerics_catches_a_wrong_kernel(monkeypatch, dirs):
     with pytest.raises(ort.Fail, match=r"check_numerics: kernel fused_0_add_relu_cast output 'Y' "
                                        r"differs .* first at index \[0, 1\]"):
         sess.run(None, feeds)
+
+
+def test_transformer_style_block_becomes_a_few_kernels(dirs):
+    """LayerNorm -> pointwise chain -> residual -> Softmax -> residual: 4 kernels, ORT's answer."""
+    rng = np.random.default_rng(5)
+    inits = [helper.make_tensor(n, TP.FLOAT, [16], rng.standard_normal(16).astype(np.float32))
+             for n in ("gamma", "beta", "bias")]
+    nodes = [helper.make_node("LayerNormalization", ["X", "gamma", "beta"], ["ln"], name="ln",
+                              axis=-1, epsilon=1e-5),
+             helper.make_node("Add", ["ln", "bias"], ["h0"], name="bias_add"),
+             helper.make_node("Gelu", ["h0"], ["h1"], name="gelu"),
+             helper.make_node("Mul", ["h1", "ln"], ["h2"], name="gate"),
+             helper.make_node("Add", ["h2", "X"], ["res"], name="residual"),
+             helper.make_node("Softmax", ["res"], ["p"], name="softmax", axis=-1),
+             helper.make_node("Add", ["p", "res"], ["Y"], name="residual2")]
+    model = models.make(nodes, [models.vi("X", shape=["B", "S", 16])],
+                        [models.vi("Y", shape=["B", "S", 16])], inits, opset=20)
+    sess, groups = _groups(model)
+    assert groups == [("TritonExecutionProvider", ["ln"]),
+                      ("TritonExecutionProvider", ["bias_add", "gelu", "gate", "residual"]),
+                      ("TritonExecutionProvider", ["softmax"]),
+                      ("TritonExecutionProvider", ["residual2"])]
+    ref = onnxruntime.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    for shape in ((2, 3, 16), (1, 7, 16)):  # symbolic batch and sequence: same kernels
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"X": x})[0], ref.run(None, {"X": x})[0],
+                                   rtol=1e-5, atol=1e-5)

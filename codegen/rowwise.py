@@ -1,0 +1,345 @@
+"""Row-wise tile kernels: the machinery shared by reductions, Softmax and the normalizations.
+
+A tensor is viewed as [rows, columns]: the kept axes enumerate rows, the reduced axes columns.
+Both become element offsets through runtime dims and strides, so the reduced axes need not be
+trailing, adjacent or contiguous. A program owns BLOCK_M rows and walks the columns BLOCK_N at
+a time; an op is one or more such passes (max, then sum, then store, ...), each a few lines of
+Triton written through :class:`TileSource`. Sizes stay runtime arguments: a kernel is
+specialized on rank, axes, dtypes and attributes only.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+
+from tritort import dtypes
+
+from .emit import compute_type, storage_type
+
+FLOATS = ("float", "float16", "bfloat16", "double")
+INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
+
+_BF16_HELPER = '''
+
+@triton.jit
+def _round_bf16(x):
+    # fp32 -> nearest bf16 (ties to even), spelled out because backends differ (the
+    # interpreter truncates)
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+'''
+
+_COMBINE_HELPERS = {
+    "max": "\n\n@triton.jit\ndef _max_nan(a, b):\n"
+           "    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)\n",
+    "min": "\n\n@triton.jit\ndef _min_nan(a, b):\n"
+           "    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)\n",
+    "mul": "\n\n@triton.jit\ndef _mul(a, b):\n    return a * b\n",
+}
+
+
+def acc_type(dtype: str) -> str:
+    """The type values are computed in: fp32 for fp16/bf16; bools and small ints widen to
+    int32 (sums and products wrap alike modulo the narrow type, so rounding on store is
+    exact)."""
+    if dtype in ("bool", "int8", "uint8", "int16", "uint16"):
+        return "tl.int32"
+    return compute_type(dtype)
+
+
+def extreme(dtype: str, largest: bool) -> str:
+    """The largest (or smallest) value of dtype as a source literal: the identity of Min (Max)."""
+    if dtype in FLOATS:
+        return "float('inf')" if largest else "float('-inf')"
+    if dtype == "bool":
+        return "1" if largest else "0"
+    info = np.iinfo(dtypes.BY_NAME[dtype].numpy)
+    return str(int(info.max if largest else info.min))
+
+
+def torch_dtype(dtype: str):
+    import torch
+
+    return getattr(torch, dtypes.BY_NAME[dtype].torch)
+
+
+def since_version(op_type: str, opset: int) -> int:
+    try:
+        return onnx.defs.get_schema(op_type, opset, "").since_version
+    except onnx.defs.SchemaError:  # not defined at this opset: the model checker says why
+        return opset
+
+
+def check_dtypes(ctx, values: Sequence[str], allowed: Sequence[str], op: str) -> str | None:
+    """Why the node is declined for its element types, or None."""
+    for value in values:
+        if not value:
+            continue
+        dt = ctx.dtype_of(value)
+        if dt is None:
+            return f"element type or rank of '{value}' unknown at load time"
+        if dt not in allowed:
+            return f"Triton's {op} does not take {dt} ('{value}')"
+    return None
+
+
+def constant_ints(ctx, value: str) -> list[int] | None:
+    c = ctx.constant_of(value)
+    return None if c is None else [int(v) for v in np.asarray(c).ravel()]
+
+
+def normalize_axes(axes: Sequence[int], rank: int) -> tuple[int, ...] | None:
+    """Sorted non-negative axes, or None when one is out of range or repeated."""
+    out = []
+    for a in axes:
+        if not -max(rank, 1) <= a < max(rank, 1):
+            return None
+        out.append(a + rank if a < 0 else a)
+    return tuple(sorted(out)) if len(set(out)) == len(out) else None
+
+
+@dataclass(frozen=True)
+class Layout:
+    rank: int
+    kept: tuple[int, ...]  # axes enumerated by rows
+    reduced: tuple[int, ...]  # axes enumerated by columns
+
+    @classmethod
+    def reducing(cls, rank: int, reduced: Sequence[int]) -> "Layout":
+        reduced = tuple(sorted(reduced))
+        return cls(rank, tuple(a for a in range(rank) if a not in reduced), reduced)
+
+    def text(self) -> str:
+        return f"rows over axes {list(self.kept)}, columns over axes {list(self.reduced)}"
+
+
+class TileSource:
+    """Writes one kernel over a Layout.
+
+    ``full`` tensors are indexed like the input (loaded or stored per element: the input,
+    broadcast parameters, same-shaped outputs); ``rows`` tensors hold one value per row,
+    contiguously (reduction results, statistics). Both map a short name to an ONNX type.
+    """
+
+    def __init__(self, name: str, node, layout: Layout, full: dict[str, str],
+                 rows: dict[str, str]) -> None:
+        self.name, self.node, self.layout = name, node, layout
+        self.full, self.rows = full, rows
+        self.lines: list[str] = []
+        self.indent = 1
+        self.helpers: set[str] = set()
+        self._prologue()
+
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.indent + text)
+
+    def _decompose(self, index: str, axes: Sequence[int], prefix: str) -> None:
+        """Split a linear row (column) index into per-axis indices, the last axis fastest."""
+        if len(axes) == 1:
+            self.line(f"{prefix}{axes[0]} = {index}")
+            return
+        if not axes:
+            return
+        # one name per index: a row value reassigned in a loop would be a loop-carried one
+        rem = f"{index[:-1]}_rem"
+        self.line(f"{rem} = {index}")
+        for a in reversed(axes[1:]):
+            self.line(f"{prefix}{a} = {rem} % d{a}")
+            self.line(f"{rem} = {rem} // d{a}")
+        self.line(f"{prefix}{axes[0]} = {rem}")
+
+    def _offsets(self, index: str, axes: Sequence[int], prefix: str, suffix: str,
+                 tensors: Sequence[str]) -> None:
+        for t in tensors:
+            terms = " + ".join(f"{prefix}{a} * {t}_s{a}" for a in axes)
+            self.line(f"{t}_{suffix} = {terms or index + ' * 0'}")
+
+    def _prologue(self) -> None:
+        self.line("rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)")
+        self.line("row_mask = rows < M")
+        self._decompose("rows", self.layout.kept, "i")
+        self._offsets("rows", self.layout.kept, "i", "row", list(self.full))
+
+    @contextmanager
+    def columns(self, *tensors: str):
+        """A loop over the columns in BLOCK_N chunks; offsets for ``tensors`` inside."""
+        self.line("for start in range(0, N, BLOCK_N):")
+        self.indent += 1
+        self.line("cols = start + tl.arange(0, BLOCK_N).to(tl.int64)")
+        self.line("mask = row_mask[:, None] & (cols < N)[None, :]")
+        self._decompose("cols", self.layout.reduced, "j")
+        self._offsets("cols", self.layout.reduced, "j", "col", tensors)
+        yield
+        self.indent -= 1
+
+    def load(self, t: str, to: str | None = None) -> str:
+        """A tile of tensor t (inside columns()), in its compute type or ``to``."""
+        text = f"tl.load({t}_ptr + ({t}_row[:, None] + {t}_col[None, :]), mask=mask, other=0)"
+        target = to or acc_type(self.full[t])
+        return text if target == storage_type(self.full[t]) else f"{text}.to({target})"
+
+    def _stored(self, value: str, dtype: str) -> str:
+        if dtype == "bfloat16":
+            self.helpers.add(_BF16_HELPER)
+            return f"_round_bf16(({value}).to(tl.float32)).to(tl.bfloat16)"
+        return f"({value}).to({storage_type(dtype)})"
+
+    def store_full(self, t: str, value: str) -> None:
+        self.line(f"tl.store({t}_ptr + ({t}_row[:, None] + {t}_col[None, :]), "
+                  f"{self._stored(value, self.full[t])}, mask=mask)")
+
+    def store_row(self, t: str, value: str) -> None:
+        self.line(f"tl.store({t}_ptr + rows, {self._stored(value, self.rows[t])}, "
+                  "mask=row_mask)")
+
+    def round_to(self, value: str, dtype: str) -> str:
+        """value rounded to dtype but kept in its compute type (a cast inside the math)."""
+        if dtype == "bfloat16":
+            self.helpers.add(_BF16_HELPER)
+            return f"_round_bf16(({value}).to(tl.float32))"
+        if dtype == "float16":
+            return f"({value}).to(tl.float16).to(tl.float32)"
+        return f"({value}).to({storage_type(dtype)})" if dtype == "float" else value
+
+    def combine(self, op: str) -> str:
+        """The name of a jitted combine function for tl.reduce (NaN-propagating max/min)."""
+        self.helpers.add(_COMBINE_HELPERS[op])
+        return {"max": "_max_nan", "min": "_min_nan", "mul": "_mul"}[op]
+
+    def render(self) -> str:
+        lay = self.layout
+        ptrs = [f"{t}_ptr" for t in list(self.full) + list(self.rows)]
+        dims = [f"d{a}" for a in lay.kept + lay.reduced]
+        strides = [f"{t}_s{a}" for t in self.full for a in lay.kept + lay.reduced]
+        params = ptrs + ["M", "N"] + dims + strides + ["BLOCK_M: tl.constexpr",
+                                                       "BLOCK_N: tl.constexpr"]
+        node = self.node
+        header = [f"# tritort kernel template {self.name}",
+                  f"# ONNX node: {node.name!r} ({node.op_type}); {lay.text()}",
+                  "import triton", "import triton.language as tl"]
+        # wrap between parameters only ("BLOCK_M: tl.constexpr" stays whole)
+        text = f"def {self.name}({', '.join(p.replace(' ', '~') for p in params)}):"
+        signature = ["@triton.jit"] + [line.replace("~", " ") for line in textwrap.wrap(
+            text, 100, subsequent_indent=" " * 8, break_long_words=False)]
+        return ("\n".join(header) + "\n" + "".join(sorted(self.helpers)) + "\n\n"
+                + "\n".join(signature + self.lines) + "\n")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def block_sizes(rows: int, cols: int, interpreted: bool,
+                rows_contiguous: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps). The interpreter runs numpy underneath, so big tiles are
+    fast there. GPUs get tiles of at most 4096 elements and loop over long rows; when
+    neighbouring rows are neighbours in memory (a reduction over leading axes) a tile takes
+    many rows so its loads coalesce."""
+    if interpreted:
+        block_n = min(_pow2(max(cols, 1)), 1 << 14)
+        return max(1, min(_pow2(max(rows, 1)), (1 << 16) // block_n)), block_n, 1
+    if rows_contiguous:
+        block_m = min(_pow2(max(rows, 1)), 64)
+        block_n = min(_pow2(max(cols, 1)), 4096 // block_m)
+    else:
+        block_n = min(_pow2(max(cols, 1)), 2048)
+        block_m = max(1, min(_pow2(max(rows, 1)), 4096 // block_n))
+    return block_m, block_n, 8 if block_m * block_n >= 4096 else 4
+
+
+class TileLauncher:
+    """Runs a TileSource kernel on torch tensors: broadcast parameters, allocate, launch.
+
+    The first input is the tensor the layout describes. ``prepare`` turns the remaining inputs
+    into tensors broadcastable to it (a per-channel vector gets trailing 1s, say). Outputs are
+    ``full`` (shaped like the input) then ``rows`` (one value per row, shaped by a function
+    of the input's shape); a None dtype marks an output the node omits.
+    """
+
+    def __init__(self, fn: Any, layout: Layout, device: Any, interpreted: bool,
+                 full: Sequence[Any] = (), rows: Sequence[tuple[Any, Callable]] = (),
+                 prepare: Callable[..., list] | None = None) -> None:
+        self.fn, self.layout, self.device, self.interpreted = fn, layout, device, interpreted
+        self.full, self.rows, self.prepare = list(full), list(rows), prepare
+
+    def __call__(self, x, *inputs):
+        import torch
+
+        lay = self.layout
+        shape = tuple(x.shape)
+        if len(shape) != lay.rank:
+            raise ValueError(f"kernel built for rank {lay.rank}, got shape {list(shape)}")
+        params = self.prepare(x, *inputs) if self.prepare else list(inputs)
+        params = [p.expand(shape) for p in params]
+        full = [torch.empty(shape, dtype=dt, device=self.device) if dt is not None else None
+                for dt in self.full]
+        rows = [torch.empty(fn(shape), dtype=dt, device=self.device) if dt is not None else None
+                for dt, fn in self.rows]
+        outputs = tuple(full + rows)
+        n_rows = math.prod(shape[a] for a in lay.kept)
+        n_cols = math.prod(shape[a] for a in lay.reduced)
+        if n_rows == 0 or (n_cols == 0 and not any(r is not None for r in rows)):
+            return outputs
+        axes = lay.kept + lay.reduced
+        tensors = [x] + params + [t for t in full if t is not None]
+        strides = [t.stride(a) for t in tensors for a in axes]
+        rows_contiguous = bool(lay.kept) and x.stride(lay.kept[-1]) == 1 and \
+            all(x.stride(a) != 1 or shape[a] == 1 for a in lay.reduced)
+        block_m, block_n, warps = block_sizes(n_rows, n_cols, self.interpreted,
+                                              rows_contiguous)
+        grid = ((n_rows + block_m - 1) // block_m,)
+        # masked lanes compute 0/0 and log(0) too; numpy (the interpreter) would warn
+        with np.errstate(all="ignore"):
+            self.fn[grid](*tensors, *(r for r in rows if r is not None), n_rows, n_cols,
+                          *(shape[a] for a in axes), *strides, BLOCK_M=block_m,
+                          BLOCK_N=block_n, num_warps=warps)
+        return outputs
+
+
+def arg_best(k: TileSource, t: str, largest: bool, last: bool) -> None:
+    """Lines leaving in ``best_idx`` the column of each row's largest (smallest) value, the
+    first such column or, with ``last``, the last one. NaN beats every number, as in numpy."""
+    dtype = k.full[t]
+    floats = dtype in FLOATS
+    worst = extreme(dtype, not largest)
+    k.line(f"worst = tl.full([BLOCK_M, BLOCK_N], {worst}, {acc_type(dtype)})")
+    k.line(f"best = tl.full([BLOCK_M], {worst}, {acc_type(dtype)})")
+    k.line("best_idx = tl.zeros([BLOCK_M], dtype=tl.int64)")
+    if floats:
+        k.line("best_nan = tl.zeros([BLOCK_M], dtype=tl.int32)")
+    with k.columns(t):
+        k.line(f"v = {k.load(t)}")
+        hits = "mask & (v == chunk[:, None])"
+        if floats:
+            k.line("is_nan = mask & (v != v)")
+            k.line("chunk_nan = tl.max(is_nan.to(tl.int32), axis=1)")
+            k.line("v = tl.where(mask & (v == v), v, worst)")
+            # a chunk holding NaN is won by its NaNs
+            hits = f"tl.where(chunk_nan[:, None] > 0, is_nan, {hits})"
+        else:
+            k.line("v = tl.where(mask, v, worst)")
+        k.line(f"chunk = tl.{'max' if largest else 'min'}(v, axis=1)")
+        if last:
+            k.line(f"chunk_idx = tl.max(tl.where({hits}, cols[None, :], -1), axis=1)")
+        else:
+            k.line(f"chunk_idx = tl.min(tl.where({hits}, cols[None, :], N), axis=1)")
+        # ties go to the earlier chunk, or with `last` to the later one
+        better = f"chunk {'>' if largest else '<'}{'=' if last else ''} best"
+        if not floats:
+            take = better
+        elif last:
+            take = f"(chunk_nan > 0) | ((best_nan == 0) & ({better}))"
+        else:
+            take = f"(best_nan == 0) & ((chunk_nan > 0) | ({better}))"
+        k.line(f"take = {take}")
+        k.line("best = tl.where(take, chunk, best)")
+        k.line("best_idx = tl.where(take, chunk_idx, best_idx)")
+        if floats:
+            k.line("best_nan = tl.maximum(best_nan, chunk_nan)")
