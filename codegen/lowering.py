@@ -72,6 +72,105 @@ _FLOAT_UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Ceil": "ceil", "Flo
 for _name, _prim in _FLOAT_UNARY.items():
     lowering(_name, FLOATS)(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0])])
 
+# --- math that Triton has no primitive for, composed from exp/log/sqrt/sin/cos/floor
+
+def _half(x: Expr) -> Const:
+    return c(0.5, x)
+
+
+def _sinh(x: Expr) -> Expr:
+    return op("mul", _half(x), op("sub", op("exp", x), op("exp", op("neg", x))))
+
+
+def _atan(x: Expr) -> Expr:
+    """|x| > 1 reflects to 1/|x|; two half-angle steps bring the argument under 0.2,
+    where eight series terms reach fp32 precision."""
+    a = op("abs", x)
+    invert = op("gt", a, c(1.0, x), dtype="bool")
+    t = op("where", invert, op("fdiv", c(1.0, x), a), a)
+    for _ in range(2):
+        t = op("fdiv", t, op("add", c(1.0, x), op("sqrt", op("add", c(1.0, x), op("mul", t, t)))))
+    s = op("mul", t, t)
+    coefficients = [(-1) ** k / (2 * k + 1) for k in range(8)]  # 1, -1/3, 1/5, ...
+    series = c(coefficients[-1], x)
+    for coefficient in reversed(coefficients[:-1]):
+        series = op("add", c(coefficient, x), op("mul", s, series))
+    r = op("mul", c(4.0, x), op("mul", t, series))
+    r = op("where", invert, op("sub", c(math.pi / 2, x), r), r)
+    return op("where", op("lt", x, c(0.0, x), dtype="bool"), op("neg", r), r)
+
+
+def _asin(x: Expr) -> Expr:
+    return _atan(op("fdiv", x, op("sqrt", op("sub", c(1.0, x), op("mul", x, x)))))
+
+
+_COMPOSED = {
+    "Tan": lambda x: op("fdiv", op("sin", x), op("cos", x)),
+    "Sinh": _sinh,
+    "Cosh": lambda x: op("mul", _half(x), op("add", op("exp", x), op("exp", op("neg", x)))),
+    "Asinh": lambda x: op("mul", op("sign", x), op("log", op("add", op("abs", x), op(
+        "sqrt", op("add", op("mul", x, x), c(1.0, x)))))),
+    "Acosh": lambda x: op("log", op("add", x, op("sqrt", op("sub", op("mul", x, x), c(1.0, x))))),
+    "Atanh": lambda x: op("mul", _half(x), op("log", op("fdiv", op("add", c(1.0, x), x),
+                                                      op("sub", c(1.0, x), x)))),
+    "Atan": _atan,
+    "Asin": _asin,
+    "Acos": lambda x: op("sub", c(math.pi / 2, x), _asin(x)),
+}
+for _name, _build in _COMPOSED.items():
+    lowering(_name, FLOATS)(lambda attrs, xs, outs, _b=_build: [_b(xs[0])])
+
+
+@lowering("Round", FLOATS)
+def _round(attrs, xs, outs):
+    """Half to even, exactly: ties go to the even neighbour."""
+    x = xs[0]
+    f = op("floor", x)
+    d = op("sub", x, f)
+    f_even = op("eq", op("floor", op("mul", f, _half(x))), op("mul", f, _half(x)), dtype="bool")
+    tie = op("where", f_even, f, op("add", f, c(1.0, x)))
+    up = op("where", op("gt", d, _half(x), dtype="bool"), op("add", f, c(1.0, x)), f)
+    return [op("where", op("eq", d, _half(x), dtype="bool"), tie, up)]
+
+
+@lowering("Pow", FLOATS, min_inputs=2)
+def _pow(attrs, xs, outs):
+    """exp(b log|a|), with the sign of a negative base for integer exponents (NaN otherwise)."""
+    a, b = xs
+    if b.dtype != a.dtype:
+        b = Cast(a.dtype, b)
+    mag = op("exp", op("mul", b, op("log", op("abs", a))))
+    is_int = op("eq", op("floor", b), b, dtype="bool")
+    half_b = op("mul", b, _half(b))
+    odd = op("and", is_int, op("ne", op("floor", half_b), half_b, dtype="bool"))
+    negative = op("where", is_int, op("where", odd, op("neg", mag), mag), c(math.nan, a))
+    signed = op("where", op("lt", a, c(0.0, a), dtype="bool"), negative, mag)
+    return [op("where", op("eq", b, c(0.0, b), dtype="bool"), c(1.0, a), signed)]
+
+
+@lowering("Mod", INTS, min_inputs=2)
+def _mod(attrs, xs, outs):
+    """Integers: fmod=1 keeps the dividend's sign (C's %), fmod=0 the divisor's (Python's)."""
+    a, b = xs
+    r = op("sub", a, op("mul", b, op("idiv", a, b)))  # Triton's // truncates, as C does
+    if attrs.get("fmod", 0):
+        return [r]
+    wrong_sign = op("and", op("ne", r, c(0, r), dtype="bool"),
+                    op("ne", op("lt", r, c(0, r), dtype="bool"),
+                       op("lt", b, c(0, b), dtype="bool"), dtype="bool"))
+    return [op("where", wrong_sign, op("add", r, b), r)]
+
+
+for _name, _prim in {"BitwiseAnd": "and", "BitwiseOr": "or", "BitwiseXor": "xor"}.items():
+    lowering(_name, INTS)(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0], xs[1])])
+lowering("BitwiseNot", INTS)(lambda attrs, xs, outs: [op("invert", xs[0])])
+
+
+@lowering("BitShift", {"uint8", "uint16", "uint32", "uint64"}, min_inputs=2)
+def _bit_shift(attrs, xs, outs):
+    return [op("shl" if attrs.get("direction") == "LEFT" else "shr", xs[0], xs[1])]
+
+
 lowering("Neg")(lambda attrs, xs, outs: [op("neg", xs[0])])
 lowering("Abs")(lambda attrs, xs, outs: [op("abs", xs[0])])
 lowering("Identity", ALL)(lambda attrs, xs, outs: [xs[0]])

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
 NP_TO_TP = {np.float32: TP.FLOAT, np.float16: TP.FLOAT16, np.float64: TP.DOUBLE,
             np.int32: TP.INT32, np.int64: TP.INT64}
 BINARY = ["Add", "Sub", "Mul", "Div", "Max", "Min"]
-UNARY_FLOAT = ["Relu", "Sigmoid", "Tanh", "Erf", "Exp", "Abs", "Neg", "Softplus", "Gelu"]
+UNARY_FLOAT = ["Relu", "Sigmoid", "Tanh", "Erf", "Exp", "Abs", "Neg", "Softplus", "Gelu", "Tan",
+               "Atan", "Asin", "Acos", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Round"]
 SHAPES = [((2, 1, 4), (3, 1)), ((0, 3), (3,)), ((), (5,)), ((4, 5), (4, 5))]
 
 
@@ -99,4 +100,48 @@ def test_where_and_comparisons_fuse_and_match():
     feeds = {"A": rng.standard_normal((3, 4)).astype(np.float32),
              "B": rng.standard_normal(4).astype(np.float32)}
     (got,), (exp,) = _run_both(model, feeds)
+    np.testing.assert_array_equal(got, exp)
+
+
+def test_pow_signs_zeros_and_fractions():
+    a = np.float32([-2, -2, -2, 0, 0, 0, 3, 2.5, -1.5, 4])
+    b = np.float32([2, 3, 0.5, 2, 0, -1, -2, 1.5, 2, 0.5])
+    model = models.make([helper.make_node("Pow", ["A", "B"], ["Y"])],
+                        [models.vi("A", shape=[10]), models.vi("B", shape=[10])],
+                        [models.vi("Y", shape=[10])], opset=15)
+    (got,), (exp,) = _run_both(model, {"A": a, "B": b})
+    np.testing.assert_allclose(got, exp, rtol=1e-6)
+
+
+def test_round_half_to_even():
+    x = np.float32([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 2.4999, -0.49, 7.5000005])
+    model = models.make([helper.make_node("Round", ["X"], ["Y"])], [models.vi("X", shape=[9])],
+                        [models.vi("Y", shape=[9])])
+    (got,), (exp,) = _run_both(model, {"X": x})
+    np.testing.assert_array_equal(got, exp)
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int8])
+def test_integer_mod_signs(fmod, dtype):
+    a = np.array([-7, 7, -7, 7, 0, 5], dtype=dtype)
+    b = np.array([3, -3, -3, 3, 4, 5], dtype=dtype)
+    model = models.make([helper.make_node("Mod", ["A", "B"], ["Y"], fmod=fmod)],
+                        [models.vi("A", NP_TO_TP.get(dtype, TP.INT8), [6]),
+                         models.vi("B", NP_TO_TP.get(dtype, TP.INT8), [6])],
+                        [models.vi("Y", NP_TO_TP.get(dtype, TP.INT8), [6])])
+    (got,), (exp,) = _run_both(model, {"A": a, "B": b})
+    np.testing.assert_array_equal(got, exp)
+
+
+def test_bitwise_and_shifts():
+    a = np.arange(16, dtype=np.uint8) * 13
+    b = np.arange(16, dtype=np.uint8) % 5
+    nodes = [helper.make_node("BitwiseAnd", ["A", "B"], ["x"]),
+             helper.make_node("BitwiseXor", ["x", "A"], ["y"]),
+             helper.make_node("BitwiseNot", ["y"], ["z"]),
+             helper.make_node("BitShift", ["z", "B"], ["Y"], direction="RIGHT")]
+    model = models.make(nodes, [models.vi("A", TP.UINT8, [16]), models.vi("B", TP.UINT8, [16])],
+                        [models.vi("Y", TP.UINT8, [16])], opset=18)
+    (got,), (exp,) = _run_both(model, {"A": a, "B": b})
     np.testing.assert_array_equal(got, exp)
