@@ -18,6 +18,11 @@ _COMPUTE = {"float": "tl.float32", "float16": "tl.float32", "bfloat16": "tl.floa
             "float8e4m3fn": "tl.float32", "float8e5m2": "tl.float32", "double": "tl.float64",
             "bool": "tl.int1"}
 _LOW_FLOATS = {"float16", "bfloat16", "float8e4m3fn", "float8e5m2"}
+_FLOAT8_NAN_TEST = {"float8e4m3fn": "({raw} & 0x7F) == 0x7F",
+                    "float8e5m2": "({raw} & 0x7F) > 0x7C"}
+# mantissa bits, smallest normal exponent, what overflow becomes without saturation
+_FLOAT8_FORMATS = {"float8e4m3fn": (3, -6, "float('nan')"),
+                   "float8e5m2": (2, -14, "tl.where({v}r > 0, float('inf'), float('-inf'))")}
 _NAN_ALL = "propagate_nan=tl.PropagateNan.ALL"
 
 _TEMPLATES = {
@@ -91,16 +96,42 @@ class _Emitter:
             return f"{x} != 0"
         if src == dst:
             return x
-        if dst in _LOW_FLOATS:
-            if dst.startswith("float8") and e.saturate:
-                hi = float(ml_dtypes.finfo(dtypes.BY_NAME[dst].numpy).max)
-                x = (f"tl.where({x} != {x}, {x}, tl.minimum(tl.maximum({x}.to(tl.float32), "
-                     f"-{hi}), {hi}))")
-            if dst == "bfloat16":
-                return self._round_bf16(x)
-            # round to the narrow type now, keep computing in fp32
+        if dst in _FLOAT8_FORMATS:
+            return self._round_fp8(f"({x}).to(tl.float32)", dst, e.saturate)
+        if dst == "bfloat16":
+            return self._round_bf16(x)
+        if dst in _LOW_FLOATS:  # float16: the hardware conversion rounds to nearest even
             return f"{x}.to({storage_type(dst)}).to(tl.float32)"
         return f"{x}.to({compute_type(dst)})"
+
+    def _round_fp8(self, x: str, dst: str, saturate: bool) -> str:
+        """fp32 -> nearest float8 value (ties to even), held in fp32.
+
+        Scale by the value's quantum (a power of two, so exact), round half to even, scale
+        back; then saturate to +-max, or overflow to NaN (e4m3fn) / inf (e5m2) as ONNX says.
+        """
+        mantissa, min_exp, overflow = _FLOAT8_FORMATS[dst]
+        v = f"v{len(self.lines)}"
+        overflow = overflow.replace("{v}", v)
+        hi = float(ml_dtypes.finfo(dtypes.BY_NAME[dst].numpy).max)
+        add = self.lines.append
+        add(f"    {v}s = {x}")
+        add(f"    {v}x = tl.abs({v}s)")  # round the magnitude; the sign bit comes back at the end
+        add(f"    {v}e = (({v}x.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32) - 127")
+        add(f"    {v}q = ((tl.maximum({v}e, {min_exp}) - {mantissa} + 127) << 23)"
+            ".to(tl.float32, bitcast=True)")
+        add(f"    {v}y = {v}x / {v}q")
+        add(f"    {v}f = tl.floor({v}y)")
+        add(f"    {v}d = {v}y - {v}f")
+        add(f"    {v}u = tl.where(tl.floor({v}f * 0.5) == {v}f * 0.5, {v}f, {v}f + 1.0)")
+        add(f"    {v}m = tl.where({v}d > 0.5, {v}f + 1.0, tl.where({v}d < 0.5, {v}f, {v}u))"
+            f" * {v}q")
+        add(f"    {v}r = tl.where(({v}s.to(tl.uint32, bitcast=True) >> 31) == 1, -{v}m, {v}m)")
+        if saturate:
+            limit = f"tl.minimum(tl.maximum({v}r, -{hi}), {hi})"
+        else:
+            limit = f"tl.where(tl.abs({v}r) > {hi}, {overflow}, {v}r)"
+        return f"tl.where({v}s != {v}s, {v}s, {limit})"
 
     def _round_bf16(self, x: str) -> str:
         """fp32 -> nearest bf16 (ties to even), spelled out so every backend rounds alike."""
@@ -133,6 +164,16 @@ class _Emitter:
             if compute_type(p.dtype) != storage_type(p.dtype):
                 load += f".to({compute_type(p.dtype)})"
             body.append(f"    x{i} = {load}")
+            if p.dtype in _FLOAT8_NAN_TEST:
+                # special values read from their bits: not every backend converts them
+                raw = (f"tl.load(in{i}.to(tl.pointer_type(tl.uint8), bitcast=True) + ({offset}), "
+                       "mask=mask)")
+                nan_test = _FLOAT8_NAN_TEST[p.dtype].format(raw=f"x{i}b")
+                body.append(f"    x{i}b = {raw}")
+                body.append(f"    x{i} = tl.where({nan_test}, float('nan'), x{i})")
+                if p.dtype == "float8e5m2":  # and infinities
+                    body.append(f"    x{i} = tl.where((x{i}b & 0x7F) == 0x7C, tl.where("
+                                f"x{i}b >= 0x80, float('-inf'), float('inf')), x{i})")
         self.lines = []
         results = []
         for p, e in k.outputs:
@@ -144,6 +185,10 @@ class _Emitter:
         for i, ((p, _), v) in enumerate(zip(k.outputs, results)):
             body.append(f"    tl.store(out{i} + offs, ({v}).to({storage_type(p.dtype)}), "
                         "mask=mask)")
+            if p.dtype == "float8e4m3fn":
+                # NaN's bits written directly: not every backend converts NaN to e4m3fn
+                body.append(f"    tl.store(out{i}.to(tl.pointer_type(tl.uint8), bitcast=True) + "
+                            f"offs, tl.full([BLOCK], 0x7F, tl.uint8), mask=mask & ({v} != {v}))")
         header = [f"# tritort fused kernel {k.name}",
                   f"# ONNX nodes: {', '.join(f'{n} ({o})' for n, o in zip(k.nodes, k.node_ops))}",
                   "import triton", "import triton.language as tl", "", "",

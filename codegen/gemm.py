@@ -1,2 +1,427 @@
-"""Matrix-multiply kernel templates (MatMul, Gemm)."""
+"""Matrix-multiply kernel templates: MatMul and Gemm as one tiled Triton kernel.
+
+A program computes one BLOCK_M x BLOCK_N tile of one batch entry of ``Y = A @ B``: it walks K
+BLOCK_K at a time, multiplying tiles with ``tl.dot`` into an fp32 accumulator (fp64 for
+double), then runs the *epilogue* (pointwise lines on the accumulator tile: Gemm's alpha
+scale and ``+ beta * C``; a fusion pass may later add bias, activations, residuals) and
+rounds once on store. Programs are numbered batch-major and, within a batch entry, in
+groups of GROUP_M row blocks, so a column block of B is reused from L2 by GROUP_M
+neighbouring programs.
+
+Every operand is read through its strides: transposed views (Gemm's transA/transB, a
+Transpose in front of a MatMul) and broadcast batch dims (stride 0) are never copied.
+Sizes are runtime arguments; a kernel is specialized on ranks, dtypes and attributes only.
+
+Block sizes are picked at launch by :func:`pick_config` from (M, N, K) among
+:data:`CONFIGS`. To plug in a tuned choice later, either replace ``pick_config`` with a
+lookup keyed on (dtype, rounded M, N, K) that was filled by timing every candidate with
+``triton.testing.do_bench``, or wrap the loaded kernel in
+``triton.autotune(configs=[triton.Config({"BLOCK_M": c.block_m, ...}, num_warps=c.num_warps,
+num_stages=c.num_stages) for c in CONFIGS[itemsize]], key=["M", "N", "K"])`` and stop passing
+the BLOCK_* / GROUP_M / num_warps / num_stages keywords in :func:`launch`.
+"""
 from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from tritort import dtypes
+
+from .emit import compute_type, storage_type
+from .templates import CompiledTemplate, Template, load_source, template
+
+FLOATS = ("float", "float16", "bfloat16", "double")
+
+# ------------------------------------------------------------------ configs
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+
+# GPU candidates per element size in bytes, largest tiles first. float32 uses
+# input_precision="ieee" (FMA, no TF32), so its tiles stay smaller; fp64 tiles smaller still
+# (the accumulator lives in registers). Shared memory per stage stays under ~50 KB.
+CONFIGS: dict[int, tuple[GemmConfig, ...]] = {
+    2: (GemmConfig(128, 256, 64, 8, 8, 3), GemmConfig(128, 128, 64, 8, 4, 4),
+        GemmConfig(64, 128, 64, 8, 4, 4), GemmConfig(64, 64, 64, 8, 4, 4),
+        GemmConfig(32, 64, 64, 8, 4, 4), GemmConfig(16, 64, 128, 8, 4, 4)),
+    4: (GemmConfig(128, 128, 32, 8, 8, 3), GemmConfig(64, 128, 32, 8, 4, 4),
+        GemmConfig(64, 64, 32, 8, 4, 4), GemmConfig(32, 64, 32, 8, 4, 4),
+        GemmConfig(16, 64, 32, 8, 4, 4)),
+    8: (GemmConfig(64, 64, 16, 8, 4, 3), GemmConfig(32, 64, 16, 8, 4, 3),
+        GemmConfig(16, 64, 16, 8, 4, 3)),
+}
+# Enough programs to fill a large GPU; below that, smaller tiles buy parallelism.
+_MIN_PROGRAMS = 128
+_MIN_BLOCK = 16  # tl.dot needs every block dim >= 16
+_INTERPRETER_MAX_BLOCK = 32
+
+
+def _fit(n: int, cap: int) -> int:
+    """The power-of-two block (>= 16, <= cap) that covers n."""
+    return min(max(_MIN_BLOCK, 1 << max(n - 1, 0).bit_length()), cap)
+
+
+def pick_config(m: int, n: int, k: int, batch: int, itemsize: int,
+                interpreted: bool) -> GemmConfig:
+    """The config for one launch: the largest tiles that still give enough programs."""
+    if interpreted:  # numpy underneath: small tiles keep ragged edges and K loops exercised
+        cap = _INTERPRETER_MAX_BLOCK
+        return GemmConfig(_fit(m, cap), _fit(n, cap), _fit(k, cap), 4, 4, 1)
+    candidates = CONFIGS[itemsize]
+    fitting = [c for c in candidates
+               if c.block_m <= _fit(m, 256) and c.block_n <= _fit(n, 256)] or [candidates[-1]]
+    chosen = fitting[-1]
+    for c in fitting:
+        if batch * math.ceil(m / c.block_m) * math.ceil(n / c.block_n) >= _MIN_PROGRAMS:
+            chosen = c
+            break
+    return GemmConfig(chosen.block_m, chosen.block_n, min(chosen.block_k, _fit(k, 256)),
+                      chosen.group_m, chosen.num_warps, chosen.num_stages)
+
+
+# ------------------------------------------------------------------ kernel source
+
+
+@dataclass
+class Epilogue:
+    """Pointwise work on the accumulator tile before the store.
+
+    ``params``: extra kernel parameters (right after ``y``), whose values the launcher
+    passes as ``extra`` to :func:`launch`; ``lines``: statements updating the accumulator
+    (see :func:`epilogue_and_store`); ``text``: what they do, for the IR description.
+    """
+
+    params: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+
+
+def epilogue_and_store(acc: str, epilogue_lines: Sequence[str], out_dtype: str) -> list[str]:
+    """The kernel's last lines: ``epilogue_lines`` (statements, unindented) update the
+    accumulator tile ``acc`` in order, then it is rounded once to ``out_dtype`` and stored.
+
+    In scope for the epilogue: ``rows`` / ``cols`` (int64 [BLOCK_M, 1] / [1, BLOCK_N] output
+    indices), ``tile_mask`` (in-bounds elements), ``i0``.. (batch indices, int64) and every
+    kernel parameter, the epilogue's own included.
+    """
+    lines = [textwrap.indent(line, "    ") for line in epilogue_lines]
+    value = f"_round_bf16({acc})" if out_dtype == "bfloat16" else acc
+    lines += ["    y_ptrs = y + (y_base + rows * sym + cols * syn)",
+              f"    tl.store(y_ptrs, ({value}).to({storage_type(out_dtype)}), mask=tile_mask)"]
+    return lines
+
+
+_BF16_HELPER = '''
+
+@triton.jit
+def _round_bf16(x):
+    # fp32 -> nearest bf16 (ties to even), spelled out because the interpreter truncates
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+'''
+
+
+def acc_type(dtype: str) -> str:
+    return compute_type(dtype)  # fp32 for fp16/bf16/fp32, fp64 for double
+
+
+def _dot_line(in_dtype: str, interpreted: bool) -> list[str]:
+    if in_dtype == "bfloat16" and interpreted:
+        # the interpreter multiplies bf16 bit patterns as integers; bf16 products are exact
+        # in fp32, so upcasting gives what a bf16 MMA with fp32 accumulation gives
+        return ["        a_tile = a_tile.to(tl.float32)",
+                "        b_tile = b_tile.to(tl.float32)",
+                '        acc = tl.dot(a_tile, b_tile, acc, input_precision="ieee")']
+    if in_dtype in ("float", "double"):
+        # no TF32: float32 results then match onnxruntime's on GPUs too
+        return ['        acc = tl.dot(a_tile, b_tile, acc, input_precision="ieee")']
+    return ["        acc = tl.dot(a_tile, b_tile, acc)"]
+
+
+def _base(prefix: str, rank: int) -> str:
+    return " + ".join(f"i{j} * {prefix}{j}" for j in range(rank)) if rank else "0"
+
+
+def _signature(name: str, params: Sequence[str], width: int = 96) -> list[str]:
+    """``def name(params):`` wrapped between parameters."""
+    lines, line = [], f"def {name}("
+    for i, p in enumerate(params):
+        piece = p + ("):" if i == len(params) - 1 else ", ")
+        if len(line) + len(piece.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = " " * 8
+        line += piece
+    return lines + [line]
+
+
+def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: str,
+                  out_dtype: str, interpreted: bool, epilogue: Epilogue) -> str:
+    """``Y[b] = epilogue(A[b] @ B[b])`` over ``batch_rank`` broadcast batch dims."""
+    r = batch_rank
+    dims = [f"d{j}" for j in range(r)]
+    strides = ([f"sa{j}" for j in range(r)] + ["sam", "sak"] +
+               [f"sb{j}" for j in range(r)] + ["sbk", "sbn"] +
+               [f"sy{j}" for j in range(r)] + ["sym", "syn"])
+    params = ["a", "b", "y", *epilogue.params, "M", "N", "K", *dims, *strides,
+              "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr",
+              "GROUP_M: tl.constexpr"]
+    acc = acc_type(in_dtype)
+    body = [
+        "    pid = tl.program_id(0)",
+        "    blocks_m = tl.cdiv(M, BLOCK_M)",
+        "    blocks_n = tl.cdiv(N, BLOCK_N)",
+        "    tiles = blocks_m * blocks_n",
+        "    tile = pid % tiles",
+        "    # grouped order: GROUP_M row blocks in turn per column block, so B's tile stays in L2",
+        "    group_span = GROUP_M * blocks_n",
+        "    first_m = (tile // group_span) * GROUP_M",
+        "    group_rows = tl.minimum(blocks_m - first_m, GROUP_M)",
+        "    pid_m = first_m + (tile % group_span) % group_rows",
+        "    pid_n = (tile % group_span) // group_rows",
+    ]
+    if r:
+        body += ["    # batch entry -> i0.. over the output's batch dims (int64: batches are big)",
+                 "    rem = (pid // tiles).to(tl.int64)"]
+        for j in range(r - 1, 0, -1):
+            body += [f"    i{j} = rem % d{j}", f"    rem = rem // d{j}"]
+        body.append("    i0 = rem")
+    body += [
+        f"    a_base = {_base('sa', r)}",
+        f"    b_base = {_base('sb', r)}",
+        f"    y_base = {_base('sy', r)}",
+        "    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
+        "    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
+        "    offs_k = tl.arange(0, BLOCK_K)",
+        "    mask_m = offs_m[:, None] < M",
+        "    mask_n = offs_n[None, :] < N",
+        "    # int64 offsets: a strided operand may span more than 2**31 elements",
+        "    rows = offs_m[:, None].to(tl.int64)",
+        "    cols = offs_n[None, :].to(tl.int64)",
+        "    a_rows = a + (a_base + rows * sam)",
+        "    b_cols = b + (b_base + cols * sbn)",
+        f"    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc})",
+        "    for kb in range(0, tl.cdiv(K, BLOCK_K)):",
+        "        k_idx = kb * BLOCK_K + offs_k",
+        "        k_off = k_idx.to(tl.int64)",
+        "        k_in = k_idx < K",
+        "        a_tile = tl.load(a_rows + k_off[None, :] * sak, mask=mask_m & k_in[None, :],",
+        "                         other=0.0)",
+        "        b_tile = tl.load(b_cols + k_off[:, None] * sbk, mask=k_in[:, None] & mask_n,",
+        "                         other=0.0)",
+        *_dot_line(in_dtype, interpreted),
+        "    tile_mask = mask_m & mask_n",
+        *epilogue_and_store("acc", epilogue.lines, out_dtype),
+    ]
+    lines = [f"# tritort matmul kernel {name}", *[f"# {h}" for h in header],
+             "import triton", "import triton.language as tl"]
+    if out_dtype == "bfloat16":
+        lines.append(_BF16_HELPER.rstrip("\n"))
+    lines += ["", "", "@triton.jit", *_signature(name, params), *body]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ launching
+
+
+def launch(fn: Any, a: Any, b: Any, y: Any, extra: Sequence[Any], interpreted: bool) -> None:
+    """``a`` [*batch, M, K], ``b`` [*batch, K, N], ``y`` [*batch, M, N]: torch views with the
+    kernel's batch rank (broadcast batch dims have stride 0); ``extra``: the epilogue's args."""
+    *batch, m, k = a.shape
+    n = b.shape[-1]
+    if y.numel() == 0:
+        return
+    nbatch = math.prod(batch)
+    cfg = pick_config(m, n, k, nbatch, a.element_size(), interpreted)
+    tiles = math.ceil(m / cfg.block_m) * math.ceil(n / cfg.block_n)
+    fn[(nbatch * tiles,)](a, b, y, *extra, m, n, k, *batch, *a.stride(), *b.stride(),
+                          *y.stride(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                          BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+                          num_stages=cfg.num_stages)
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    return getattr(torch, dtypes.BY_NAME[dtype].torch)
+
+
+def _check_k(op: str, a_shape, b_shape, ka: int, kb: int) -> None:
+    if ka != kb:
+        raise ValueError(f"{op}: inner dimensions differ: {list(a_shape)} x {list(b_shape)}")
+
+
+class MatMulLauncher:
+    """numpy.matmul semantics on torch tensors: 1-D operands, broadcast batch dims."""
+
+    def __init__(self, fn: Any, batch_rank: int, out_dtype: str, device: Any,
+                 interpreted: bool):
+        self.fn, self.batch_rank = fn, batch_rank
+        self.out_dtype, self.device, self.interpreted = _torch_dtype(out_dtype), device, \
+            interpreted
+
+    def __call__(self, a: Any, b: Any) -> tuple:
+        import torch
+
+        a2 = a.unsqueeze(0) if a.dim() == 1 else a  # [K] -> [1, K]
+        b2 = b.unsqueeze(-1) if b.dim() == 1 else b  # [K] -> [K, 1]
+        (m, ka), (kb, n) = a2.shape[-2:], b2.shape[-2:]
+        _check_k("MatMul", a.shape, b.shape, ka, kb)
+        batch = tuple(torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
+        out_shape = batch + ((m,) if a.dim() > 1 else ()) + ((n,) if b.dim() > 1 else ())
+        y = torch.empty(out_shape, dtype=self.out_dtype, device=self.device)
+        a3, b3, y3 = self._fold_batch(a2, b2, y, batch, m, ka, n)
+        pad = (1,) * (self.batch_rank - (a3.dim() - 2))  # folded batch: size-1 dims
+        a3, b3, y3 = (t.view(pad + tuple(t.shape)) for t in (a3, b3, y3))
+        launch(self.fn, a3, b3, y3, (), self.interpreted)
+        return (y,)
+
+    @staticmethod
+    def _fold_batch(a2, b2, y, batch, m, k, n):
+        """[*batch, M, K] x [K, N] with A's rows evenly strided is one [batch*M, K] x [K, N]:
+        bigger tiles, fewer programs. Otherwise every operand is viewed at the full batch."""
+        if math.prod(b2.shape[:-2]) == 1 and a2.shape[:-2] == batch and batch:
+            try:
+                return a2.view(-1, k), b2.view(k, n), y.view(-1, n)
+            except RuntimeError:  # A's batch and row strides do not merge
+                pass
+        return (a2.expand(batch + (m, k)), b2.expand(batch + (k, n)),
+                y.view(batch + (m, n)))
+
+
+class GemmLauncher:
+    """``alpha * A' @ B' + beta * C`` with A' / B' transposed views and C broadcast to [M, N]."""
+
+    def __init__(self, fn: Any, trans_a: bool, trans_b: bool, with_c: bool, out_dtype: str,
+                 device: Any, interpreted: bool):
+        self.fn, self.trans_a, self.trans_b, self.with_c = fn, trans_a, trans_b, with_c
+        self.out_dtype, self.device, self.interpreted = _torch_dtype(out_dtype), device, \
+            interpreted
+
+    def __call__(self, a: Any, b: Any, c: Any = None) -> tuple:
+        import torch
+
+        a2 = a.t() if self.trans_a else a
+        b2 = b.t() if self.trans_b else b
+        (m, ka), (kb, n) = a2.shape, b2.shape
+        _check_k("Gemm", a2.shape, b2.shape, ka, kb)
+        y = torch.empty((m, n), dtype=self.out_dtype, device=self.device)
+        extra = ()
+        if self.with_c:
+            c2 = c.expand(m, n)  # unidirectional broadcast: stride 0 along broadcast dims
+            extra = (c2, *c2.stride())
+        launch(self.fn, a2, b2, y, extra, self.interpreted)
+        return (y,)
+
+
+# ------------------------------------------------------------------ templates
+
+
+def _dtype_reason(ctx, values: Sequence[str], op: str) -> str | None:
+    for value in values:
+        dt = ctx.dtype_of(value)
+        if dt is None:
+            return f"element type or rank of '{value}' unknown at load time"
+        if dt not in FLOATS:
+            return (f"integer {op} runs on the CPU (tl.dot has no {dt} products)"
+                    if "int" in dt else f"Triton's {op} does not take {dt} ('{value}')")
+    return None
+
+
+def _header(node, ir_text: str) -> list[str]:
+    return [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
+
+
+def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, inputs):
+    source = matmul_source(name, _header(node, ir_text), batch_rank, in_dt, in_dt,
+                           ctx.interpreted, epilogue)
+    fn, path, cached = load_source(source, name, ctx)
+    return CompiledTemplate(name, launcher_for(fn), inputs, ir_text, source, path, cached)
+
+
+@template("MatMul")
+class MatMul(Template):
+    def claim(self, node, ctx) -> str | None:
+        for value in node.inputs[:2]:
+            rank = ctx.rank_of(value)
+            if rank is None:
+                return f"rank of '{value}' unknown at load time"
+            if rank == 0:
+                return f"MatMul of a 0-d tensor ('{value}')"
+        return _dtype_reason(ctx, node.inputs[:2], "MatMul")
+
+    def compile(self, node, ctx, name) -> CompiledTemplate:
+        a, b = node.inputs[:2]
+        ra, rb = ctx.rank_of(a), ctx.rank_of(b)
+        batch_rank = max(ra, rb, 2) - 2
+        dt = ctx.dtype_of(a)
+        ir_text = (f"kernel {name} MatMul node={node.name!r}\n"
+                   f"A: {a} {dt}[rank {ra}] x B: {b} {dt}[rank {rb}] -> {node.outputs[0]} {dt}\n"
+                   f"batch rank {batch_rank} (broadcast by strides), tl.dot accumulating in "
+                   f"{acc_type(dt)}")
+        return _compiled(name, node, ctx, ir_text, batch_rank, dt, Epilogue(),
+                         lambda fn: MatMulLauncher(fn, batch_rank, dt, ctx.torch_device,
+                                                   ctx.interpreted), [a, b])
+
+
+def gemm_epilogue(acc: str, alpha: float, beta: float, with_c: bool) -> Epilogue:
+    """Gemm's ``alpha * acc + beta * C``; C read through [M, N] strides (0 where broadcast)."""
+    ep = Epilogue()
+    if alpha != 1.0:
+        ep.lines.append(f"{acc} = {acc} * {alpha!r}")
+        ep.text.append(f"* alpha ({alpha!r})")
+    if with_c:
+        ep.params += ["c", "scm", "scn"]
+        ep.lines.append(f"c_tile = tl.load(c + (rows * scm + cols * scn), mask=tile_mask, "
+                        f"other=0.0).to({acc}.dtype)")
+        term = "c_tile" if beta == 1.0 else f"{beta!r} * c_tile"
+        ep.lines.append(f"{acc} = {acc} + {term}")
+        ep.text.append(f"+ {'' if beta == 1.0 else f'{beta!r} * '}C (broadcast to [M, N])")
+    return ep
+
+
+@template("Gemm")
+class Gemm(Template):
+    def claim(self, node, ctx) -> str | None:
+        for value in node.inputs[:2]:
+            rank = ctx.rank_of(value)
+            if rank is None:
+                return f"rank of '{value}' unknown at load time"
+            if rank != 2:
+                return f"Gemm input '{value}' has rank {rank}, not 2"
+        c = node.inputs[2] if len(node.inputs) > 2 else ""
+        if c and (ctx.rank_of(c) or 0) > 2:
+            return f"Gemm's C '{c}' has rank {ctx.rank_of(c)} > 2"
+        return _dtype_reason(ctx, [v for v in node.inputs[:3] if v], "Gemm")
+
+    def compile(self, node, ctx, name) -> CompiledTemplate:
+        a, b = node.inputs[:2]
+        c = node.inputs[2] if len(node.inputs) > 2 else ""
+        alpha = float(node.attrs.get("alpha", 1.0))
+        beta = float(node.attrs.get("beta", 1.0))
+        trans_a = bool(node.attrs.get("transA", 0))
+        trans_b = bool(node.attrs.get("transB", 0))
+        # beta == 0 ignores C (as onnxruntime does); Gemm-1/6's 'broadcast' only said whether
+        # C may broadcast, and broadcasting it always is a superset
+        with_c = bool(c) and beta != 0.0
+        dt = ctx.dtype_of(a)
+        ep = gemm_epilogue("acc", alpha, beta, with_c)
+        ir_text = (f"kernel {name} Gemm node={node.name!r}\n"
+                   f"A: {a} {dt}{'^T' if trans_a else ''} x B: {b} {dt}{'^T' if trans_b else ''}"
+                   f" -> {node.outputs[0]} {dt} (transposes as strides)\n"
+                   f"tl.dot accumulating in {acc_type(dt)}; epilogue: "
+                   f"{' '.join(ep.text) or 'none'}")
+        inputs = [a, b, c] if with_c else [a, b]
+        return _compiled(name, node, ctx, ir_text, 0, dt, ep,
+                         lambda fn: GemmLauncher(fn, trans_a, trans_b, with_c, dt,
+                                                 ctx.torch_device, ctx.interpreted), inputs)

@@ -58,7 +58,7 @@ class TritonExecutionProvider(ExecutionProvider):
 
     # -- claiming --------------------------------------------------------------------------
     def claim(self, node: Node, graph: Graph) -> str | None:
-        from codegen.lowering import FLOAT8, LOWERINGS
+        from codegen.lowering import LOWERINGS
         from codegen.templates import TEMPLATES
 
         self._types = graph.value_types
@@ -73,8 +73,6 @@ class TritonExecutionProvider(ExecutionProvider):
         present = [i for i in node.inputs if i]
         if len(present) < row.min_inputs:
             return f"{node.op_type} with {len(present)} inputs"
-        if any(self._dtype(v) in FLOAT8 for v in present + node.outputs if v):
-            return "float8 conversions run on the CPU until Triton's match ONNX's rounding"
         for value in present + [o for o in node.outputs if o]:
             dt = self._dtype(value)
             if dt is None:
