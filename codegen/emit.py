@@ -40,6 +40,19 @@ _TEMPLATES = {
 }
 
 
+# A jitted helper that generated sources append when they store or cast to bf16.
+ROUND_BF16_SOURCE = '''
+
+@triton.jit
+def _round_bf16(x):
+    # fp32 -> nearest bf16 (ties to even), spelled out so every backend rounds alike (the
+    # interpreter's conversion truncates)
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+'''
+
+
 def compute_type(dtype: str) -> str:
     return _COMPUTE.get(dtype, f"tl.{dtypes.BY_NAME[dtype].triton}")
 
@@ -66,6 +79,7 @@ class _Emitter:
         self.k = kernel
         self.lines: list[str] = []
         self.names: dict[Expr, str] = {}
+        self.uses_bf16 = False
 
     def value(self, e: Expr) -> str:
         if isinstance(e, Const):
@@ -134,11 +148,8 @@ class _Emitter:
         return f"tl.where({v}s != {v}s, {v}s, {limit})"
 
     def _round_bf16(self, x: str) -> str:
-        """fp32 -> nearest bf16 (ties to even), spelled out so every backend rounds alike."""
-        bits = f"b{len(self.lines)}"
-        self.lines.append(f"    {bits} = ({x}).to(tl.float32).to(tl.uint32, bitcast=True)")
-        self.lines.append(f"    {bits} = ({bits} + 0x7FFF + (({bits} >> 16) & 1)) & 0xFFFF0000")
-        return f"tl.where({x} != {x}, {x}, {bits}.to(tl.float32, bitcast=True))"
+        self.uses_bf16 = True
+        return f"_round_bf16(({x}).to(tl.float32))"
 
     def render(self) -> str:
         k = self.k
@@ -193,7 +204,8 @@ class _Emitter:
                   f"# ONNX nodes: {', '.join(f'{n} ({o})' for n, o in zip(k.nodes, k.node_ops))}",
                   "import triton", "import triton.language as tl", "", "",
                   "@triton.jit", f"def {k.name}({', '.join(params)}):"]
-        return "\n".join(header + body) + "\n"
+        source = "\n".join(header + body) + "\n"
+        return source + ROUND_BF16_SOURCE if self.uses_bf16 else source
 
 
 def emit(kernel: PointwiseKernel) -> str:

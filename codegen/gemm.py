@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from tritort import dtypes
 
-from .emit import compute_type, storage_type
+from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
 from .templates import CompiledTemplate, Template, load_source, template
 
 FLOATS = ("float", "float16", "bfloat16", "double")
@@ -119,17 +119,6 @@ def epilogue_and_store(acc: str, epilogue_lines: Sequence[str], out_dtype: str) 
     lines += ["    y_ptrs = y + (y_base + rows * sym + cols * syn)",
               f"    tl.store(y_ptrs, ({value}).to({storage_type(out_dtype)}), mask=tile_mask)"]
     return lines
-
-
-_BF16_HELPER = '''
-
-@triton.jit
-def _round_bf16(x):
-    # fp32 -> nearest bf16 (ties to even), spelled out because the interpreter truncates
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-'''
 
 
 def acc_type(dtype: str) -> str:
@@ -226,7 +215,7 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
     lines = [f"# tritort matmul kernel {name}", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
     if out_dtype == "bfloat16":
-        lines.append(_BF16_HELPER.rstrip("\n"))
+        lines.append(ROUND_BF16_SOURCE.rstrip("\n"))
     lines += ["", "", "@triton.jit", *_signature(name, params), *body]
     return "\n".join(lines) + "\n"
 

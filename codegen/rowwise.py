@@ -20,21 +20,10 @@ import onnx
 
 from tritort import dtypes
 
-from .emit import compute_type, storage_type
+from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
 
 FLOATS = ("float", "float16", "bfloat16", "double")
 INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
-
-_BF16_HELPER = '''
-
-@triton.jit
-def _round_bf16(x):
-    # fp32 -> nearest bf16 (ties to even), spelled out because backends differ (the
-    # interpreter truncates)
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-'''
 
 _COMBINE_HELPERS = {
     "max": "\n\n@triton.jit\ndef _max_nan(a, b):\n"
@@ -187,7 +176,7 @@ class TileSource:
 
     def _stored(self, value: str, dtype: str) -> str:
         if dtype == "bfloat16":
-            self.helpers.add(_BF16_HELPER)
+            self.helpers.add(ROUND_BF16_SOURCE)
             return f"_round_bf16(({value}).to(tl.float32)).to(tl.bfloat16)"
         return f"({value}).to({storage_type(dtype)})"
 
@@ -202,7 +191,7 @@ class TileSource:
     def round_to(self, value: str, dtype: str) -> str:
         """value rounded to dtype but kept in its compute type (a cast inside the math)."""
         if dtype == "bfloat16":
-            self.helpers.add(_BF16_HELPER)
+            self.helpers.add(ROUND_BF16_SOURCE)
             return f"_round_bf16(({value}).to(tl.float32))"
         if dtype == "float16":
             return f"({value}).to(tl.float16).to(tl.float32)"
