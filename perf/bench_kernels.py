@@ -1,26 +1,24 @@
 """Kernel-level benchmarks of the Triton provider against torch eager and torch.compile.
 
-    python perf/bench_kernels.py [--numel 67108864] [--dtype float16] [--out perf/results]
+    python perf/bench_kernels.py [--rows 8192] [--cols 8192] [--dtype float16] [--out perf/results]
     TRITON_INTERPRET=1 python perf/bench_kernels.py --smoke   # tiny sizes on the CPU
 
-For each case, the same computation runs as a tritort kernel (the compiled unit called on
-device tensors), as torch eager and as torch.compile; every result is checked against
-eager first. Memory-bound kernels are reported as a share of the measured copy bandwidth
-(bytes read + written by a device-to-device clone). With --smoke, on the CPU, timings mean
-nothing: the run only proves the harness works.
+Cases: a fused pointwise chain, a row reduction, Softmax and LayerNormalization. Each runs as
+the tritort kernel (the compiled unit called on device tensors), as torch eager and as
+torch.compile; every result is checked against eager first. Memory-bound kernels are reported
+as a share of the measured copy bandwidth (bytes read + written by a device-to-device clone).
+With --smoke, on the CPU, timings mean nothing: the run only proves the harness works.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,32 +27,68 @@ ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16,
               "bfloat16": TensorProto.BFLOAT16}
 
 
-def pointwise_model(dtype: int):
-    """y = gelu(x * scale + bias) + x: four ONNX nodes, one fused kernel."""
-    nodes = [helper.make_node("Mul", ["x", "scale"], ["xs"]),
-             helper.make_node("Add", ["xs", "bias"], ["xb"]),
-             helper.make_node("Gelu", ["xb"], ["g"]),
-             helper.make_node("Add", ["g", "x"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "pointwise",
-        [helper.make_tensor_value_info("x", dtype, ["rows", "cols"]),
-         helper.make_tensor_value_info("scale", dtype, ["cols"]),
-         helper.make_tensor_value_info("bias", dtype, ["cols"])],
-        [helper.make_tensor_value_info("y", dtype, ["rows", "cols"])])
+def _model(nodes, inputs, outputs, inits=()):
+    graph = helper.make_graph(nodes, "bench", inputs, outputs, list(inits))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     model.ir_version = 10
     return model
 
 
-def torch_pointwise(x, scale, bias):
-    import torch
-
-    return torch.nn.functional.gelu(x * scale + bias) + x
+def _vi(name, dtype, shape):
+    return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def timed(fn, device: str, warmup: int = 3, repeat: int = 20) -> float:
-    """Median milliseconds; CUDA events through triton's do_bench on a GPU."""
-    if device == "cuda":
+def pointwise_case(dt):
+    """y = gelu(x * scale + bias) + x: four ONNX nodes, one fused kernel."""
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["xs"]),
+             helper.make_node("Add", ["xs", "bias"], ["xb"]),
+             helper.make_node("Gelu", ["xb"], ["g"]),
+             helper.make_node("Add", ["g", "x"], ["y"])]
+    model = _model(nodes, [_vi("x", dt, ["r", "c"]), _vi("scale", dt, ["c"]),
+                           _vi("bias", dt, ["c"])], [_vi("y", dt, ["r", "c"])])
+
+    def torch_fn(x, scale, bias):
+        import torch
+
+        return torch.nn.functional.gelu(x * scale + bias) + x
+
+    return model, torch_fn, ("x", "scale", "bias")
+
+
+def reduce_case(dt):
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    model = _model([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+                   [_vi("x", dt, ["r", "c"])], [_vi("y", dt, ["r", 1])], [axes])
+    return model, (lambda x: x.sum(dim=1, keepdim=True)), ("x",)
+
+
+def softmax_case(dt):
+    model = _model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
+                   [_vi("x", dt, ["r", "c"])], [_vi("y", dt, ["r", "c"])])
+    return model, (lambda x: x.softmax(dim=-1)), ("x",)
+
+
+def layernorm_case(dt):
+    nodes = [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"], axis=-1,
+                              epsilon=1e-5)]
+    model = _model(nodes, [_vi("x", dt, ["r", "c"]), _vi("scale", dt, ["c"]),
+                           _vi("bias", dt, ["c"])], [_vi("y", dt, ["r", "c"])])
+
+    def torch_fn(x, scale, bias):
+        import torch
+
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], scale, bias, 1e-5)
+
+    return model, torch_fn, ("x", "scale", "bias")
+
+
+CASES = {"pointwise": pointwise_case, "reduce_sum": reduce_case, "softmax": softmax_case,
+         "layernorm": layernorm_case}
+
+
+def timed(fn, cuda: bool, warmup: int = 3, repeat: int = 20) -> float:
+    """Median milliseconds: CUDA events through triton's do_bench on a GPU."""
+    if cuda:
         import triton
 
         return float(triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median"))
@@ -75,8 +109,34 @@ def tritort_unit(model):
                                 providers=["TritonExecutionProvider", "CPUExecutionProvider"])
     units = [pu.unit for pu in sess._program.units if pu.provider.name == "TritonExecutionProvider"]
     if len(units) != 1:
-        raise SystemExit(f"expected one fused kernel, got {[u.name for u in units]}")
+        raise SystemExit(f"expected one Triton kernel, got {[u.name for u in units]}")
     return units[0]
+
+
+def run_case(name, builder, onnx_type, args, device, torch_dtype, cuda):
+    import torch
+
+    model, torch_fn, input_names = builder(onnx_type)
+    gen = torch.Generator(device=device).manual_seed(0)
+    shapes = {"x": (args.rows, args.cols), "scale": (args.cols,), "bias": (args.cols,)}
+    tensors = [torch.randn(shapes[n], device=device, generator=gen).to(torch_dtype)
+               for n in input_names]
+    unit = tritort_unit(model)
+    ours = lambda: unit.fn(*tensors)[0]  # noqa: E731
+    eager = lambda: torch_fn(*tensors)  # noqa: E731
+    ref = eager().float()
+    err = float((ours().float() - ref).norm() / ref.norm())
+    tol = 1e-5 if torch_dtype == torch.float32 else 2e-2
+    if not err <= tol:
+        raise SystemExit(f"{name}: tritort differs from eager, relative error {err:.3g}")
+    rows = [("tritort", timed(ours, cuda)), ("torch eager", timed(eager, cuda))]
+    if cuda:
+        for mode in ("default", "max-autotune"):
+            compiled = torch.compile(torch_fn, mode=mode)
+            rows.append((f"torch.compile {mode}", timed(lambda: compiled(*tensors), cuda)))
+    out = ours()
+    nbytes = sum(t.numel() * t.element_size() for t in tensors) + out.numel() * out.element_size()
+    return rows, nbytes, err
 
 
 def main() -> int:
@@ -84,10 +144,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--cols", type=int, default=8192)
     parser.add_argument("--dtype", default="float16", choices=sorted(ONNX_TYPES))
+    parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed")
     parser.add_argument("--out", default=None, help="folder for the raw results (.md)")
     args = parser.parse_args()
     import torch
+    import triton
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.smoke:
@@ -96,37 +158,25 @@ def main() -> int:
     if args.smoke:
         args.rows, args.cols = 64, 48
     device = "cuda" if cuda else "cpu"
-    dt = getattr(torch, args.dtype)
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(args.rows, args.cols, device=device, generator=gen).to(dt)
-    scale = torch.randn(args.cols, device=device, generator=gen).to(dt)
-    bias = torch.randn(args.cols, device=device, generator=gen).to(dt)
-    unit = tritort_unit(pointwise_model(ONNX_TYPES[args.dtype]))
-    ours = lambda: unit.fn(x, scale, bias)[0]  # noqa: E731
-    eager = lambda: torch_pointwise(x, scale, bias)  # noqa: E731
-    ref = eager().float()
-    err = (ours().float() - ref).norm() / ref.norm()
-    tol = 1e-2 if dt != torch.float32 else 1e-5
-    if not err <= tol:
-        raise SystemExit(f"tritort kernel differs from eager: relative error {err:.3g}")
-    rows = [("tritort fused", timed(ours, device)), ("torch eager", timed(eager, device))]
-    if cuda:
-        compiled = torch.compile(torch_pointwise)
-        rows.append(("torch.compile", timed(lambda: compiled(x, scale, bias), device)))
-    copy_ms = timed(lambda: x.clone(), device)
-    nbytes = 2 * x.numel() * x.element_size()  # x read once, y written once
-    copy_bw = nbytes / (copy_ms * 1e-3)
-    lines = [f"# kernel benchmark {datetime.date.today()} on "
-             f"{torch.cuda.get_device_name() if cuda else platform.processor() or 'cpu'}",
-             f"torch {torch.__version__}, triton {__import__('triton').__version__}, "
+    torch_dtype = getattr(torch, args.dtype)
+    x = torch.randn(args.rows, args.cols, device=device).to(torch_dtype)
+    copy_ms = timed(lambda: x.clone(), cuda)
+    copy_bw = 2 * x.numel() * x.element_size() / (copy_ms * 1e-3)
+    device_name = torch.cuda.get_device_name() if cuda else (platform.processor() or "cpu")
+    lines = [f"# kernel benchmark {datetime.date.today()} on {device_name}",
+             f"torch {torch.__version__}, triton {triton.__version__}, "
              f"command: {' '.join(sys.argv)}",
-             "timings are meaningless (interpreter, CPU)" if not cuda else "",
-             f"pointwise y = gelu(x*scale+bias)+x, {args.dtype}[{args.rows}, {args.cols}]",
-             "| variant | median ms | GB/s | % of copy bandwidth |", "|---|---|---|---|"]
-    for name, ms in rows:
-        bw = nbytes / (ms * 1e-3)
-        lines.append(f"| {name} | {ms:.4f} | {bw / 1e9:.1f} | {100 * bw / copy_bw:.0f}% |")
-    lines.append(f"| copy (x.clone) | {copy_ms:.4f} | {copy_bw / 1e9:.1f} | 100% |")
+             f"{args.dtype}[{args.rows}, {args.cols}]; copy bandwidth {copy_bw / 1e9:.1f} GB/s",
+             "" if cuda else "timings are meaningless (Triton interpreter on the CPU)",
+             "| case | variant | median ms | GB/s | % of copy bandwidth | rel. error |",
+             "|---|---|---|---|---|---|"]
+    for name in args.cases.split(","):
+        rows, nbytes, err = run_case(name, CASES[name], ONNX_TYPES[args.dtype], args, device,
+                                     torch_dtype, cuda)
+        for variant, ms in rows:
+            bw = nbytes / (ms * 1e-3)
+            lines.append(f"| {name} | {variant} | {ms:.4f} | {bw / 1e9:.1f} | "
+                         f"{100 * bw / copy_bw:.0f}% | {err:.1e} |")
     text = "\n".join(line for line in lines if line)
     print(text)
     if args.out:
