@@ -8,6 +8,7 @@ the same shape fuse too (horizontal fusion).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from tritort.graph import Node
@@ -48,3 +49,256 @@ def check_partition(nodes: Sequence[Node], groups: list[list[Node]]) -> None:
     flat = [n.name for g in groups for n in g]
     if sorted(flat) != sorted(n.name for n in nodes) or len(set(flat)) != len(flat):
         raise AssertionError(f"fusion groups do not partition the nodes: {flat}")
+
+
+# ------------------------------------------------- pointwise work fused into row-wise kernels
+#
+# A row-wise template (a Reduce*, Softmax, LogSoftmax) can compute a pointwise prologue on
+# the tiles it loads and a pointwise epilogue on the rows it reduced to, so neither the data
+# it reduces nor its raw result has to be written to memory and read back.
+#
+# Why the groups stay cycle-free (and so can run as one kernel each):
+# - prologue values are read only by the prologue and the anchor, so the only values leaving
+#   the group are the anchor's outputs and the epilogue's, which all depend on the anchor. A
+#   path from them back into a prologue input would be a cycle in the graph itself.
+# - every epilogue node reads a group value, and its other inputs are produced before the
+#   anchor in topological order (or, when a node this provider does not run produces them,
+#   no such node sits between the anchor and the epilogue node), so they cannot depend on it.
+# check_acyclic re-checks the result over the nodes this provider runs.
+
+# A symbolic dimension counts as this many elements when estimating bytes.
+ASSUMED_DIM = 1024
+# Reading passes a row-wise op makes over its input: a prologue runs once per pass.
+ROWWISE_PASSES = {"ReduceSum": 1, "ReduceMean": 1, "ReduceMax": 1, "ReduceMin": 1,
+                  "ReduceProd": 1, "ReduceL1": 1, "ReduceL2": 1, "ReduceLogSum": 1,
+                  "ReduceSumSquare": 1, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2}
+# Ops whose (per-row) result an epilogue may take.
+EPILOGUE_OPS = frozenset(op for op in ROWWISE_PASSES if op.startswith("Reduce"))
+_NOT_FUSED_TYPES = ("float8e4m3fn", "float8e5m2")  # special values need the pointwise emitter
+
+
+def estimated_bytes(shape: Shape, dtype: str) -> int:
+    import numpy as np
+
+    from tritort import dtypes
+
+    numel = 1
+    for d in shape:
+        numel *= d if isinstance(d, int) else ASSUMED_DIM
+    return numel * np.dtype(dtypes.BY_NAME[dtype].numpy).itemsize
+
+
+def prologue_score(data_bytes: int, input_bytes: int, passes: int) -> int:
+    """Bytes saved by computing a prologue inside its reduction (positive: fuse).
+
+    Apart, the pointwise kernel reads its inputs once and writes the data, which the
+    reduction reads on each of its passes. Fused, the data is never written nor read, but
+    the prologue's inputs are read (and the prologue recomputed) on every pass.
+    """
+    apart = input_bytes + data_bytes + passes * data_bytes
+    return apart - passes * input_bytes
+
+
+def epilogue_score(result_bytes: int, result_stored: bool) -> int:
+    """Bytes saved by an epilogue: the result is not re-read, nor written if nothing else
+    reads it. The epilogue runs once per row either way: no recompute."""
+    return result_bytes * (1 if result_stored else 2)
+
+
+def broadcast_shape(shapes: Sequence[Shape]) -> Shape | None:
+    """The numpy broadcast of symbolic shapes, or None where it depends on runtime sizes
+    (two different non-1 dims: a dim_param may equal 1 or the other size)."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(rank):
+        dims = {s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0} - {1}
+        if len(dims) > 1:
+            return None
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def broadcasts_to(shape: Shape, target: Shape) -> bool:
+    return len(shape) <= len(target) and all(
+        d == 1 or d == t for d, t in zip(reversed(shape), reversed(target)))
+
+
+@dataclass
+class RowwiseGroup:
+    """A row-wise template node with the pointwise nodes fused before and after it."""
+
+    anchor: Node
+    prologue: list[Node] = field(default_factory=list)
+    epilogue: list[Node] = field(default_factory=list)
+    score: int = 0
+
+    @property
+    def nodes(self) -> list[Node]:
+        return self.prologue + [self.anchor] + self.epilogue
+
+
+class RowwisePlanner:
+    """Chooses each row-wise anchor's prologue and epilogue among the provider's nodes.
+
+    ``nodes``: the nodes this provider runs, in topological order; ``position``: every
+    node's index in the whole (partitioned) graph; ``escapes(value, names)``: is value read
+    outside the named nodes, or returned by the graph?
+    """
+
+    def __init__(self, nodes: Sequence[Node], is_pointwise: Callable[[Node], bool],
+                 position: dict[str, int], shape_of: Callable[[str], Shape | None],
+                 dtype_of: Callable[[str], str | None],
+                 escapes: Callable[[str, set[str]], bool]) -> None:
+        self.nodes, self.is_pointwise, self.position = list(nodes), is_pointwise, position
+        self.shape_of, self.dtype_of, self.escapes = shape_of, dtype_of, escapes
+        self.producer = {o: n for n in self.nodes for o in n.outputs if o}
+        ours = {n.name for n in self.nodes}
+        self.foreign = sorted(p for name, p in position.items() if name not in ours)
+        self.taken: set[str] = set()
+
+    def plan(self) -> list[RowwiseGroup]:
+        groups = []
+        for node in self.nodes:
+            if node.op_type in ROWWISE_PASSES and node.name not in self.taken:
+                group = RowwiseGroup(node)
+                self.taken.add(node.name)
+                self._choose_prologue(group)
+                self._choose_epilogue(group)
+                self.taken.update(n.name for n in group.nodes)
+                groups.append(group)
+        return groups
+
+    # -- legality ----------------------------------------------------------------------
+    def _known(self, value: str) -> Shape | None:
+        shape = self.shape_of(value)
+        dtype = self.dtype_of(value)
+        if shape is None or dtype is None or dtype in _NOT_FUSED_TYPES:
+            return None
+        return shape
+
+    def _free(self, node: Node) -> bool:
+        return self.is_pointwise(node) and node.name not in self.taken and \
+            not node.subgraphs and all(o for o in node.outputs)
+
+    def _prologue_candidate(self, node: Node, members: set[str], target: Shape) -> bool:
+        if not self._free(node):
+            return False
+        for value in node.outputs:
+            shape = self._known(value)
+            if shape is None or not broadcasts_to(shape, target) or \
+                    self.escapes(value, members):
+                return False
+        return all(self._known(v) is not None and broadcasts_to(self._known(v), target)
+                   for v in node.inputs if v)
+
+    # -- prologue ----------------------------------------------------------------------
+    def _choose_prologue(self, group: RowwiseGroup) -> None:
+        anchor = group.anchor
+        data = anchor.inputs[0]
+        target = self._known(data)
+        if target is None:
+            return
+        passes = ROWWISE_PASSES[anchor.op_type]
+        data_bytes = estimated_bytes(target, self.dtype_of(data))
+        chosen: list[Node] = []
+        best: list[Node] = []
+        best_score = 0
+        while len(chosen) < MAX_NODES:
+            members = {anchor.name} | {n.name for n in chosen}
+            produced = {o for n in chosen for o in n.outputs}
+            wanted = [data] if not chosen else \
+                [v for n in chosen for v in n.inputs if v and v not in produced]
+            candidates = [self.producer[v] for v in wanted if v in self.producer]
+            candidates = [n for n in candidates if n.name not in members and
+                          self._prologue_candidate(n, members | {n.name}, target)]
+            if not candidates:
+                break
+            chosen.append(max(candidates, key=lambda n: self.position[n.name]))
+            inputs = _external_inputs(chosen)
+            if len(inputs) > MAX_INPUTS:
+                break
+            size = {v: estimated_bytes(self.shape_of(v), self.dtype_of(v)) for v in inputs}
+            # an input a pointwise node makes is written only because the prologue stops
+            # there (that node would otherwise share the data's kernel)
+            stops = sum(size[v] for v in inputs if v in self.producer and
+                        self.is_pointwise(self.producer[v]))
+            score = prologue_score(data_bytes, sum(size.values()), passes) - stops
+            # on a tie the bigger prologue wins: its own inputs would otherwise be written
+            # by another kernel and read back
+            if score > 0 and score >= best_score:
+                best, best_score = list(chosen), score
+        group.prologue = sorted(best, key=lambda n: self.position[n.name])
+        group.score += best_score
+
+    # -- epilogue ----------------------------------------------------------------------
+    def _choose_epilogue(self, group: RowwiseGroup) -> None:
+        anchor = group.anchor
+        result = anchor.outputs[0]
+        target = self._known(result)
+        if anchor.op_type not in EPILOGUE_OPS or target is None or len(anchor.outputs) != 1:
+            return
+        start = self.position[anchor.name]
+        values = {result}
+        chosen: list[Node] = []
+        for node in self.nodes:
+            here = self.position[node.name]
+            if here <= start or not self._free(node) or len(chosen) >= MAX_NODES or \
+                    not any(v in values for v in node.inputs):
+                continue
+            outs_ok = all(self._known(o) == target for o in node.outputs)
+            if outs_ok and all(self._epilogue_input_ok(v, target, start, here)
+                               for v in node.inputs if v and v not in values) and \
+                    len(_external_inputs(chosen + [node])) <= MAX_INPUTS:
+                chosen.append(node)
+                values.update(node.outputs)
+        if not chosen:
+            return
+        names = {n.name for n in [anchor] + chosen}
+        stored = self.escapes(result, names)
+        score = epilogue_score(estimated_bytes(target, self.dtype_of(result)), stored)
+        if score > 0:
+            group.epilogue = chosen
+            group.score += score
+
+    def _epilogue_input_ok(self, value: str, target: Shape, anchor_at: int,
+                           node_at: int) -> bool:
+        """Broadcasts to the per-row result and cannot depend on the anchor."""
+        shape = self._known(value)
+        if shape is None or not broadcasts_to(shape, target):
+            return False
+        made_by = self.producer.get(value)
+        if made_by is not None:
+            return self.position[made_by.name] < anchor_at
+        # made by another provider's node (or a graph input): none may sit in between
+        return not any(anchor_at < p < node_at for p in self.foreign)
+
+
+def _external_inputs(group: Sequence[Node]) -> list[str]:
+    produced = {o for n in group for o in n.outputs}
+    return list(dict.fromkeys(v for n in group for v in n.inputs if v and v not in produced))
+
+
+def check_acyclic(groups: Sequence[Sequence[Node]]) -> None:
+    """The groups, as units, must not depend on each other in a cycle (through the values
+    these nodes exchange; paths through other providers are ruled out by construction)."""
+    owner = {o: i for i, g in enumerate(groups) for n in g for o in n.outputs if o}
+    deps = [{owner[v] for n in g for v in n.inputs if v in owner} - {i}
+            for i, g in enumerate(groups)]
+    state = [0] * len(groups)  # 0 new, 1 on the stack, 2 done
+    for root in range(len(groups)):
+        stack = [(root, iter(deps[root]))]
+        if state[root]:
+            continue
+        state[root] = 1
+        while stack:
+            i, it = stack[-1]
+            j = next(it, None)
+            if j is None:
+                state[i] = 2
+                stack.pop()
+            elif state[j] == 1:
+                raise AssertionError(f"fusion groups form a cycle through "
+                                     f"{[n.name for n in groups[j]]}")
+            elif state[j] == 0:
+                state[j] = 1
+                stack.append((j, iter(deps[j])))

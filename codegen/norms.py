@@ -7,7 +7,7 @@ share its index math. Registered by importing :mod:`codegen.reductions`.
 """
 from __future__ import annotations
 
-from .rowwise import (FLOATS, Layout, TileLauncher, TileSource, acc_type, arg_best,
+from .rowwise import (FLOATS, Layout, TileFusion, TileLauncher, TileSource, acc_type, arg_best,
                       check_dtypes, normalize_axes, since_version, torch_dtype)
 from .templates import CompiledTemplate, Template, load_source, template
 
@@ -53,12 +53,19 @@ class SoftmaxFamily(Template):
         return why or (axes if isinstance(axes, str) else None)
 
     def compile(self, node, ctx, name) -> CompiledTemplate:
+        return self.compile_fused(node, ctx, name, None)
+
+    def compile_fused(self, node, ctx, name, fusion: TileFusion | None) -> CompiledTemplate:
+        """Softmax and LogSoftmax take a fused prologue (computed in both passes); the
+        launcher then takes the prologue's inputs in place of the node's input."""
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         dt = ctx.dtype_of(x)
         ct = acc_type(dt)
         layout = Layout.reducing(rank, _softmax_axes(node, ctx, rank))
-        k = TileSource(name, node, layout, {"x": dt, "y": dt}, {})
+        if fusion and (fusion.epilogue or node.op_type == "Hardmax"):
+            raise ValueError(f"{node.op_type} takes a fused prologue only")
+        k = TileSource(name, node, layout, {"x": dt, "y": dt}, {}, fusion)
         if node.op_type == "Hardmax":
             arg_best(k, "x", largest=True, last=False)
             with k.columns("y"):
@@ -68,8 +75,8 @@ class SoftmaxFamily(Template):
         # pass 1: the row max and the sum of exp(x - max), rescaled as the max grows
         k.line(f"top = tl.full([BLOCK_M], float('-inf'), {ct})")
         k.line(f"total = tl.zeros([BLOCK_M], dtype={ct})")
-        with k.columns("x"):
-            k.line(f"x = tl.where(mask, {k.load('x')}, float('-inf'))")
+        with k.columns(*k.data_tensors):
+            k.line(f"x = tl.where(mask, {k.data()}, float('-inf'))")
             k.line("new_top = tl.maximum(top, tl.max(x, axis=1))")
             # rows that are all -inf so far shift by 0: exp(-inf - -inf) would be NaN
             k.line("shift = tl.where(new_top == float('-inf'), 0.0, new_top)")
@@ -78,12 +85,16 @@ class SoftmaxFamily(Template):
             k.line("top = new_top")
         k.line("shift = tl.where(top == float('-inf'), 0.0, top)")
         # pass 2: every element
-        with k.columns("x", "y"):
-            k.line(f"x = {k.load('x')}")
+        with k.columns(*k.data_tensors, "y"):
+            k.line(f"x = {k.data()}")
             if node.op_type == "Softmax":
                 k.store_full("y", "tl.exp(x - shift[:, None]) / total[:, None]")
             else:
                 k.store_full("y", "x - shift[:, None] - tl.log(total)[:, None]")
+        if fusion:
+            return _compiled(name, node, ctx, k, fusion.prologue_inputs,
+                             f"{node.op_type} computed in {ct}\n{fusion.text()}",
+                             full=[torch_dtype(dt)], data_inputs=len(fusion.prologue_inputs))
         return _compiled(name, node, ctx, k, [x], f"{node.op_type} computed in {ct}",
                          full=[torch_dtype(dt)])
 

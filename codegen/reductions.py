@@ -8,9 +8,9 @@ reduced set gives the op's identity (0, 1, -inf, +inf; NaN for the mean).
 """
 from __future__ import annotations
 
-from .rowwise import (FLOATS, INTS, Layout, TileLauncher, TileSource, acc_type, arg_best,
-                      check_dtypes, constant_ints, extreme, normalize_axes, since_version,
-                      torch_dtype)
+from .rowwise import (FLOATS, INTS, Layout, TileFusion, TileLauncher, TileSource, acc_type,
+                      arg_best, check_dtypes, constant_ints, extreme, normalize_axes,
+                      since_version, torch_dtype)
 from .templates import CompiledTemplate, Template, load_source, template
 
 # op: (term accumulated per element, how terms combine, result from the folded `total`)
@@ -69,10 +69,10 @@ def _fold(k: TileSource, term: str, how: str, ct: str, floats: bool) -> None:
     """One pass accumulating ``term`` (of the loaded tile `x`) into `total`, one per row."""
     init = {"add": "0", "mul": "1", "max": None, "min": None}[how]
     if init is None:
-        init = extreme(k.full["x"], how == "min")
+        init = extreme(k.data_dtype, how == "min")
     k.line(f"acc = tl.full([BLOCK_M, BLOCK_N], {init}, {ct})")
-    with k.columns("x"):
-        k.line(f"x = {k.load('x')}")
+    with k.columns(*k.data_tensors):
+        k.line(f"x = {k.data()}")
         # masked lanes keep the accumulator as it is
         if how == "add":
             k.line(f"acc += tl.where(mask, {term}, 0)")
@@ -97,8 +97,8 @@ def _log_sum_exp(k: TileSource, ct: str) -> str:
     _fold(k, "x", "max", ct, True)
     k.line("shift = tl.where((total == total) & (tl.abs(total) != float('inf')), total, 0.0)")
     k.line(f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={ct})")
-    with k.columns("x"):
-        k.line(f"x = {k.load('x')}")
+    with k.columns(*k.data_tensors):
+        k.line(f"x = {k.data()}")
         k.line("acc += tl.where(mask, tl.exp(x - shift[:, None]), 0.0)")
     k.line("total = tl.sum(acc, axis=1)")
     return "tl.log(total) + shift"
@@ -120,6 +120,12 @@ class Reduce(Template):
         return axes if isinstance(axes, str) else None
 
     def compile(self, node, ctx, name) -> CompiledTemplate:
+        return self.compile_fused(node, ctx, name, None)
+
+    def compile_fused(self, node, ctx, name, fusion: TileFusion | None) -> CompiledTemplate:
+        """The kernel, computing ``fusion``'s prologue on each loaded tile and its epilogue
+        on each reduced row; the launcher takes the prologue's inputs in place of the
+        node's input, then the epilogue's, and returns the stored rows."""
         x, y = node.inputs[0], node.outputs[0]
         rank = ctx.rank_of(x)
         reduced = reduced_axes(node, ctx, rank)
@@ -127,22 +133,33 @@ class Reduce(Template):
         dt = out_dt = ctx.dtype_of(x)
         ct = acc_type(dt)
         layout = Layout.reducing(rank, reduced)
-        k = TileSource(name, node, layout, {"x": dt}, {"y": out_dt})
+        k = TileSource(name, node, layout, {"x": dt}, {"y": out_dt}, fusion)
         if node.op_type == "ReduceLogSumExp":
             result = _log_sum_exp(k, ct)
         else:
             term, how, result = _REDUCE[node.op_type]
             _fold(k, term, how, ct, dt in FLOATS)
-        k.store_row("y", result)
+        k.finish_rows(result)
         source = k.render()
         fn, path, cached = load_source(source, name, ctx)
+        out_shape = _out_shape(reduced, keepdims)
+        stored = [out_dt] if not fusion or not fusion.epilogue or fusion.store_result else []
+        stored += [dt_ for _, dt_ in fusion.row_outputs] if fusion else []
+        inputs = (fusion.prologue_inputs if fusion and fusion.prologue else [x]) + \
+            (fusion.row_inputs if fusion else [])
         launcher = TileLauncher(fn, layout, ctx.torch_device, ctx.interpreted,
-                                rows=[(torch_dtype(out_dt), _out_shape(reduced, keepdims))])
+                                rows=[(torch_dtype(d), out_shape) for d in stored],
+                                data_inputs=len(fusion.prologue_inputs)
+                                if fusion and fusion.prologue else 1,
+                                row_inputs=len(fusion.row_inputs) if fusion else 0,
+                                keepdims=keepdims)
         ir = (f"kernel {name} {node.op_type} node={node.name!r}\n"
               f"  in: {x} {dt}[rank {rank}], {layout.text()}\n"
               f"  accumulate in {ct}, keepdims={int(keepdims)}\n"
               f"  out: {y} {out_dt}")
-        return CompiledTemplate(name, launcher, [x], ir, source, path, cached)
+        if fusion:
+            ir += "\n" + fusion.text()
+        return CompiledTemplate(name, launcher, inputs, ir, source, path, cached)
 
 
 @template("ArgMax", "ArgMin")

@@ -10,6 +10,7 @@ specialized on rank, axes, dtypes and attributes only.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import onnx
 
 from tritort import dtypes
 
-from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
+from .emit import ROUND_BF16_SOURCE, _Emitter, compute_type, storage_type
+from .ir import Const, Expr, Load, PointwiseKernel
 
 FLOATS = ("float", "float16", "bfloat16", "double")
 INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
@@ -109,21 +111,95 @@ class Layout:
         return f"rows over axes {list(self.kept)}, columns over axes {list(self.reduced)}"
 
 
+@dataclass
+class TileFusion:
+    """Pointwise nodes computed inside a row-wise kernel (chosen by codegen.fusion).
+
+    ``prologue`` computes the data tile (the node's first input, its one output) from its
+    own inputs, each loaded with broadcast strides over the data's shape. ``epilogue`` works
+    on the per-row result ``result``; its other inputs broadcast to the result's shape and
+    are loaded per row; its outputs are the values stored. ``store_result``: the result is
+    read outside the group too, so it is stored as well.
+    """
+
+    prologue: PointwiseKernel | None
+    epilogue: PointwiseKernel | None
+    result: str
+    store_result: bool
+    nodes: list[tuple[str, str]]  # (name, op type) of every fused node besides the anchor
+
+    @property
+    def prologue_inputs(self) -> list[str]:
+        return [p.name for p in self.prologue.inputs] if self.prologue else []
+
+    @property
+    def row_inputs(self) -> list[str]:
+        if not self.epilogue:
+            return []
+        return [p.name for p in self.epilogue.inputs if p.name != self.result]
+
+    @property
+    def row_outputs(self) -> list[tuple[str, str]]:
+        """(value, dtype) of the per-row values stored, in launcher order."""
+        if not self.epilogue:
+            return []
+        return [(p.name, p.dtype) for p, _ in self.epilogue.outputs]
+
+    def text(self) -> str:
+        parts = []
+        for what, k in (("prologue (on each loaded tile)", self.prologue),
+                        ("epilogue (on each reduced row)", self.epilogue)):
+            if k:
+                parts.append(f"  fused {what}:\n" + "\n".join(
+                    "    " + line for line in k.text().splitlines()))
+        if self.epilogue:
+            parts.append(f"  {self.result}: {'stored' if self.store_result else 'not stored'}")
+        return "\n".join(parts)
+
+
+class _TileEmitter(_Emitter):
+    """The pointwise emitter's expressions, on named tiles instead of a kernel's loads."""
+
+    def __init__(self, loads: dict[int, str]) -> None:
+        super().__init__(None)
+        self.loads = loads
+
+    def value(self, e: Expr) -> str:
+        return self.loads[e.arg] if isinstance(e, Load) else super().value(e)
+
+
 class TileSource:
     """Writes one kernel over a Layout.
 
     ``full`` tensors are indexed like the input (loaded or stored per element: the input,
     broadcast parameters, same-shaped outputs); ``rows`` tensors hold one value per row,
     contiguously (reduction results, statistics). Both map a short name to an ONNX type.
+    The data tensor is ``x``; with a ``fusion`` its prologue's inputs (``p0``, ``p1``, ...)
+    replace it, its epilogue's inputs (``e0``, ...) are full tensors read at row offsets
+    only, and its epilogue's outputs are rows ``o0``, ``o1``, ...
     """
 
     def __init__(self, name: str, node, layout: Layout, full: dict[str, str],
-                 rows: dict[str, str]) -> None:
+                 rows: dict[str, str], fusion: TileFusion | None = None) -> None:
         self.name, self.node, self.layout = name, node, layout
+        self.fusion = fusion
+        self.data_dtype = full["x"]
+        if fusion and fusion.prologue:
+            self.data_dtype = fusion.prologue.outputs[0][0].dtype
+            data = {f"p{i}": p.dtype for i, p in enumerate(fusion.prologue.inputs)}
+            full = {**data, **{t: dt for t, dt in full.items() if t != "x"}}
+        if fusion and fusion.epilogue:
+            params = [p for p in fusion.epilogue.inputs if p.name != fusion.result]
+            full = {**full, **{f"e{i}": p.dtype for i, p in enumerate(params)}}
+            kept = {t: dt for t, dt in rows.items() if fusion.store_result}
+            rows = {**kept, **{f"o{i}": dt for i, (_, dt) in enumerate(fusion.row_outputs)}}
+        self.data_tensors = tuple(t for t in full if t.startswith("p")) \
+            if fusion and fusion.prologue else ("x",)
         self.full, self.rows = full, rows
         self.lines: list[str] = []
         self.indent = 1
         self.helpers: set[str] = set()
+        self._fused_uses = 0
         self._prologue()
 
     def line(self, text: str) -> None:
@@ -174,6 +250,65 @@ class TileSource:
         target = to or acc_type(self.full[t])
         return text if target == storage_type(self.full[t]) else f"{text}.to({target})"
 
+    def data(self, to: str | None = None) -> str:
+        """The data tile (inside columns(*data_tensors)) in its compute type or ``to``: the
+        loaded input, or the fused prologue computed from its own loaded inputs."""
+        prologue = self.fusion.prologue if self.fusion else None
+        if prologue is None:
+            return self.load("x", to)
+        loads = {i: f"{t}v{self._fused_uses}" for i, t in enumerate(self.data_tensors)}
+        for i, t in enumerate(self.data_tensors):
+            self.line(f"{loads[i]} = {self.load(t, compute_type(self.full[t]))}")
+        value = self._pointwise(prologue.outputs[0][1], loads, "BLOCK_M, BLOCK_N")
+        # rounded to the data's type, as if it had been stored and loaded
+        return self._reloaded(value, self.data_dtype, to or acc_type(self.data_dtype))
+
+    def finish_rows(self, result: str, out: str = "y") -> None:
+        """Store the per-row ``result`` to ``out``, or run the fused epilogue on it."""
+        epilogue = self.fusion.epilogue if self.fusion else None
+        if epilogue is None:
+            self.store_row(out, result)
+            return
+        self.line(f"result = {result}")
+        if self.fusion.store_result:
+            self.store_row(out, "result")
+        loads: dict[int, str] = {}
+        params = iter(f"e{i}" for i in range(len(self.fusion.row_inputs)))
+        for i, p in enumerate(epilogue.inputs):
+            if p.name == self.fusion.result:
+                loads[i] = self._reloaded("result", p.dtype, compute_type(p.dtype))
+                continue
+            t = next(params)
+            text = f"tl.load({t}_ptr + {t}_row, mask=row_mask, other=0)"
+            if compute_type(p.dtype) != storage_type(p.dtype):
+                text += f".to({compute_type(p.dtype)})"
+            loads[i] = f"{t}v"
+            self.line(f"{t}v = {text}")
+        for j, (_, e) in enumerate(epilogue.outputs):
+            self.store_row(f"o{j}", self._pointwise(e, loads, "BLOCK_M"))
+
+    def _pointwise(self, e: Expr, loads: dict[int, str], block: str) -> str:
+        """Lines computing tile IR expression e from named tiles; returns its name."""
+        if isinstance(e, Const):
+            return f"tl.full([{block}], {_Emitter(None).value(e)}, {compute_type(e.dtype)})"
+        emitter = _TileEmitter(loads)
+        value = emitter.value(e)
+        if emitter.uses_bf16:
+            self.helpers.add(ROUND_BF16_SOURCE)
+        # names unique per use: a later pass must not see them as loop-carried values
+        prefix = f"f{self._fused_uses}_"
+        self._fused_uses += 1
+        rename = lambda text: re.sub(r"\b([tv]\d+)", prefix + r"\1", text)  # noqa: E731
+        for line in emitter.lines:
+            self.line(rename(line.strip()))
+        return rename(value)
+
+    def _reloaded(self, value: str, dtype: str, target: str) -> str:
+        """value rounded to dtype and held as ``target``: as if stored and loaded again."""
+        stored = self._stored(value, dtype)
+        return stored if target == storage_type(dtype) and dtype != "bfloat16" \
+            else f"{stored}.to({target})"
+
     def _stored(self, value: str, dtype: str) -> str:
         if dtype == "bfloat16":
             self.helpers.add(ROUND_BF16_SOURCE)
@@ -211,8 +346,11 @@ class TileSource:
                                                        "BLOCK_N: tl.constexpr"]
         node = self.node
         header = [f"# tritort kernel template {self.name}",
-                  f"# ONNX node: {node.name!r} ({node.op_type}); {lay.text()}",
-                  "import triton", "import triton.language as tl"]
+                  f"# ONNX node: {node.name!r} ({node.op_type}); {lay.text()}"]
+        if self.fusion:
+            fused = ", ".join(f"{n!r} ({op})" for n, op in self.fusion.nodes)
+            header.append(f"# fused ONNX nodes: {fused}")
+        header += ["import triton", "import triton.language as tl"]
         # wrap between parameters only ("BLOCK_M: tl.constexpr" stays whole)
         text = f"def {self.name}({', '.join(p.replace(' ', '~') for p in params)}):"
         signature = ["@triton.jit"] + [line.replace("~", " ") for line in textwrap.wrap(
@@ -246,27 +384,53 @@ def block_sizes(rows: int, cols: int, interpreted: bool,
 class TileLauncher:
     """Runs a TileSource kernel on torch tensors: broadcast parameters, allocate, launch.
 
-    The first input is the tensor the layout describes. ``prepare`` turns the remaining inputs
-    into tensors broadcastable to it (a per-channel vector gets trailing 1s, say). Outputs are
-    ``full`` (shaped like the input) then ``rows`` (one value per row, shaped by a function
-    of the input's shape); a None dtype marks an output the node omits.
+    The first input is the tensor the layout describes (with a fused prologue, the first
+    ``data_inputs`` inputs broadcast together describe it). ``prepare`` turns the remaining
+    inputs into tensors broadcastable to it (a per-channel vector gets trailing 1s, say); the
+    last ``row_inputs`` inputs broadcast to the per-row result (shaped as with ``keepdims``)
+    and are read at row offsets only. Outputs are ``full`` (shaped like
+    the input) then ``rows`` (one value per row, shaped by a function of the input's shape);
+    a None dtype marks an output the node omits.
     """
 
     def __init__(self, fn: Any, layout: Layout, device: Any, interpreted: bool,
                  full: Sequence[Any] = (), rows: Sequence[tuple[Any, Callable]] = (),
-                 prepare: Callable[..., list] | None = None) -> None:
+                 prepare: Callable[..., list] | None = None, data_inputs: int = 1,
+                 row_inputs: int = 0, keepdims: bool = True) -> None:
         self.fn, self.layout, self.device, self.interpreted = fn, layout, device, interpreted
         self.full, self.rows, self.prepare = list(full), list(rows), prepare
+        self.data_inputs, self.row_inputs, self.keepdims = data_inputs, row_inputs, keepdims
 
-    def __call__(self, x, *inputs):
+    def _per_row(self, t, shape):
+        """t over the input's axes, size 1 on the reduced ones (only row offsets are used:
+        a view expanded over an empty reduced axis would have no memory to read)."""
+        lay = self.layout
+        if self.keepdims:
+            return t.expand(tuple(1 if a in lay.reduced else d for a, d in enumerate(shape)))
+        t = t.expand(tuple(shape[a] for a in lay.kept))
+        for a in lay.reduced:
+            t = t.unsqueeze(a)
+        return t
+
+    def __call__(self, *inputs):
         import torch
 
         lay = self.layout
-        shape = tuple(x.shape)
+        split = len(inputs) - self.row_inputs
+        data, inputs, per_row = inputs[:self.data_inputs], inputs[self.data_inputs:split], \
+            inputs[split:]
+        if len(data) == 1:
+            x = data[0]
+            shape = tuple(x.shape)
+        else:  # a fused prologue's inputs
+            shape = tuple(torch.broadcast_shapes(*(t.shape for t in data)))
+            data = [t.expand(shape) for t in data]
+            x = data[0]
         if len(shape) != lay.rank:
             raise ValueError(f"kernel built for rank {lay.rank}, got shape {list(shape)}")
         params = self.prepare(x, *inputs) if self.prepare else list(inputs)
         params = [p.expand(shape) for p in params]
+        per_row = [self._per_row(t, shape) for t in per_row]
         full = [torch.empty(shape, dtype=dt, device=self.device) if dt is not None else None
                 for dt in self.full]
         rows = [torch.empty(fn(shape), dtype=dt, device=self.device) if dt is not None else None
@@ -277,7 +441,7 @@ class TileLauncher:
         if n_rows == 0 or (n_cols == 0 and not any(r is not None for r in rows)):
             return outputs
         axes = lay.kept + lay.reduced
-        tensors = [x] + params + [t for t in full if t is not None]
+        tensors = list(data) + params + [t for t in full if t is not None] + per_row
         strides = [t.stride(a) for t in tensors for a in axes]
         rows_contiguous = bool(lay.kept) and x.stride(lay.kept[-1]) == 1 and \
             all(x.stride(a) != 1 or shape[a] == 1 for a in lay.reduced)

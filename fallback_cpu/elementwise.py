@@ -127,8 +127,17 @@ def _pow(base: np.ndarray, exponent: np.ndarray) -> np.ndarray:
         if dtype in HALF_AND_LOWP:
             y = np.power(upcast(base), upcast(exponent).astype(np.float32, copy=False))
             return round_back(y, dtype)
+        if exponent.size == 1 and dtype.kind == "f":
+            square = _SMALL_POWERS.get(float(exponent.reshape(-1)[0]))
+            if square is not None:  # x**2, x**3 (tanh-GELU): multiplications, 100x faster
+                return as_array(square(base)).reshape(np.broadcast_shapes(base.shape,
+                                                                           exponent.shape))
         # an integer or wider float exponent must not widen the float result
         return as_array(np.power(base, upcast(exponent, False).astype(dtype, copy=False)))
+
+
+_SMALL_POWERS = {1.0: lambda x: x.copy(), 2.0: lambda x: x * x, 3.0: lambda x: x * x * x,
+                 0.5: np.sqrt}
 
 
 @register("Pow", [1, 7, 12, 13, 15])

@@ -83,6 +83,17 @@ def test_overridable_initializers():
                                   ref.run(None, {"X": x, "W": w})[0])
 
 
+def test_initializers_listed_as_inputs_are_constants_before_ir4():
+    model = models.with_overridable_initializer()
+    model.ir_version = 3
+    model.opset_import[0].version = 9
+    ours, ref = both(model)
+    assert [i.name for i in ours.get_inputs()] == [i.name for i in ref.get_inputs()] == ["X"]
+    assert ours.get_overridable_initializers() == ref.get_overridable_initializers() == []
+    x = np.arange(2, dtype=np.float32)
+    np.testing.assert_array_equal(ours.run(None, {"X": x})[0], ref.run(None, {"X": x})[0])
+
+
 def test_output_subset_order_and_none():
     ours, ref = both(models.add_relu())
     f = feeds()

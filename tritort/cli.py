@@ -148,7 +148,24 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """The benchmark harness lives in the source checkout's perf/ folder."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "perf" / "bench.py").exists():
+        print("python -m tritort bench needs a source checkout (perf/bench.py)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    from perf import bench
+
+    return bench.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser, so `bench --help` shows the harness's options
+        return cmd_bench(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m tritort")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a built-in model and show placement and timings")
@@ -161,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--repeat", type=int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--providers", nargs="*", default=None)
+    sub.add_parser("bench", help="benchmark models against onnxruntime (and torch on a GPU); "
+                                 "see perf/bench.py --help")
     inspect = sub.add_parser("inspect", help="placement and fusion report for MODEL.onnx")
     inspect.add_argument("model")
     inspect.add_argument("--providers", nargs="*", default=None)

@@ -124,6 +124,46 @@ def run_checker(model: onnx.ModelProto) -> None:
             t.ClearField("shape")
 
 
+WEIGHT_ELEMENTS = 1024  # larger initializers are weights: no shape computation reads them
+
+
+def check_and_infer(model: onnx.ModelProto) -> None:
+    """The checker and shape inference, run on the model minus its weights.
+
+    Both serialize the model they are given; without the weights that is a few kilobytes,
+    not the whole file. Weights become typed graph inputs for the duration; the inferred
+    value types and node annotations are copied back.
+    """
+    skeleton = onnx.ModelProto()
+    for field in ("ir_version", "opset_import", "producer_name", "domain", "model_version"):
+        if model.HasField(field) if field != "opset_import" else True:
+            if field == "opset_import":
+                skeleton.opset_import.extend(model.opset_import)
+            else:
+                setattr(skeleton, field, getattr(model, field))
+    src, dst = model.graph, skeleton.graph
+    dst.name = src.name
+    dst.node.extend(src.node)
+    dst.input.extend(src.input)
+    dst.output.extend(src.output)
+    dst.value_info.extend(src.value_info)
+    dst.sparse_initializer.extend(src.sparse_initializer)
+    listed = {i.name for i in src.input}
+    for t in src.initializer:
+        if int(np.prod(t.dims, dtype=np.int64)) <= WEIGHT_ELEMENTS:
+            dst.initializer.append(t)
+        elif t.name not in listed:
+            dst.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    run_checker(skeleton)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
+    except Exception as e:  # inference errors are model errors, whatever their class
+        raise InvalidGraph(f"shape inference failed: {_first_line(e)}") from None
+    for field in ("node", "output", "value_info"):
+        src.ClearField(field)
+        getattr(src, field).extend(getattr(inferred.graph, field))
+
+
 def check_node_inputs(graph: onnx.GraphProto) -> None:
     known = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     known |= {t.values.name for t in graph.sparse_initializer}
@@ -164,22 +204,22 @@ def load(source: Any, *, initializers: dict[str, np.ndarray] | None = None,
     initializers = dict(initializers or {})
     opsets = opset_map(model)
     check_opsets(opsets)
-    model = _copy(model)
+    if isinstance(source, onnx.ModelProto):
+        model = _copy(model)  # the caller's proto is never modified
     resolve_external_data(model, model_dir, initializers)
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     check_node_inputs(model.graph)
-    run_checker(model)
     apply_free_dimension_overrides(model, free_dims_by_name or {}, free_dims_by_denotation or {})
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as e:  # inference errors are model errors, whatever their class
-        raise InvalidGraph(f"shape inference failed: {_first_line(e)}") from None
+    check_and_infer(model)
     graph_inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for name, value in initializers.items():
         _check_override(model.graph, name, value, graph_inits)
         graph_inits[name] = value
     graph = Graph.from_proto(model.graph, opsets, graph_inits)
+    if model.ir_version < 4:
+        # before IR 4 every initializer had to be listed as an input too; they are constants
+        graph.inputs = [vi for vi in graph.inputs if vi.name not in graph.initializers]
     return LoadedModel(model, graph, opsets, _metadata(model), model_dir)
 
 

@@ -94,25 +94,45 @@ class TritonExecutionProvider(ExecutionProvider):
 
         from codegen import cache
         from codegen.emit import emit
-        from codegen.fusion import fuse
+        from codegen.fusion import RowwisePlanner, check_acyclic, check_partition, fuse
         from codegen.pointwise import PointwiseLauncher, build_kernel
 
         from codegen.templates import TEMPLATES
 
         self._types = info.value_types
         self._constants = info.initializers
-        pointwise = [n for n in nodes if n.op_type not in TEMPLATES]
+        ctx = self._template_context(info.opsets[""])
+        rowwise = RowwisePlanner(nodes, lambda n: n.op_type not in TEMPLATES, info.position,
+                                 self._shape, self._dtype, info.escapes).plan()
+        anchors = {g.anchor.name: g for g in rowwise}
         units = []
+        template_groups: list[list] = []
+        fused_names: set[str] = set()
         for index, node in enumerate(n for n in nodes if n.op_type in TEMPLATES):
             name = f"{node.op_type.lower()}_{index}"
-            compiled = TEMPLATES[node.op_type].compile(
-                node, self._template_context(info.opsets[""]), name)
+            group = anchors.get(node.name)
+            fusion = self._tile_fusion(group, info) if group else None
+            if fusion is None:
+                compiled = TEMPLATES[node.op_type].compile(node, ctx, name)
+                members, outputs = [node], list(node.outputs)
+            else:
+                compiled = TEMPLATES[node.op_type].compile_fused(node, ctx, name, fusion)
+                members = group.nodes
+                outputs = list(node.outputs)
+                if fusion.epilogue:  # the stored rows: the result if read elsewhere, then the rest
+                    outputs = outputs[:1] if fusion.store_result else []
+                    outputs += [v for v, _ in fusion.row_outputs]
+                fused_names.update(n.name for n in members)
+            template_groups.append(members)
             _dump(compiled.name, compiled.ir_text, compiled.source)
-            self.kernels.append({"name": compiled.name, "nodes": [node.name],
+            self.kernels.append({"name": compiled.name, "nodes": [n.name for n in members],
                                  "path": str(compiled.path), "cached": compiled.cached})
-            units.append(CompiledUnit(compiled.name, [node], compiled.inputs,
-                                      [o for o in node.outputs], compiled.fn))
+            units.append(CompiledUnit(compiled.name, members, compiled.inputs, outputs,
+                                      compiled.fn))
+        pointwise = [n for n in nodes if n.op_type not in TEMPLATES and n.name not in fused_names]
         groups = fuse(pointwise, info.position, self._shape)
+        check_partition(nodes, template_groups + groups)
+        check_acyclic(template_groups + groups)
         for index, group in enumerate(groups):
             names = {n.name for n in group}
             kernel = build_kernel(_kernel_name(group, index), group, self._dtype, self._rank,
@@ -129,6 +149,31 @@ class TritonExecutionProvider(ExecutionProvider):
         if wants_check(info):
             units = [checked(u, info, self.to_host) for u in units]
         return units
+
+    def _tile_fusion(self, group, info: CompileInfo):
+        """The group's pointwise nodes lowered for its row-wise kernel, or None to run the
+        anchor alone (nothing fused, or the prologue's loads would not span the data)."""
+        from codegen.fusion import broadcast_shape
+        from codegen.pointwise import build_kernel
+        from codegen.rowwise import TileFusion
+
+        if not group.prologue and not group.epilogue:
+            return None
+        anchor = group.anchor
+        data, result = anchor.inputs[0], anchor.outputs[0]
+        names = {n.name for n in group.nodes}
+        prologue = epilogue = None
+        if group.prologue:
+            prologue = build_kernel(f"{anchor.name}_prologue", group.prologue, self._dtype,
+                                    self._rank, lambda v: v == data)
+            shapes = [self._shape(p.name) for p in prologue.inputs]
+            if broadcast_shape(shapes) != self._shape(data) or len(prologue.outputs) != 1:
+                return None
+        if group.epilogue:
+            epilogue = build_kernel(f"{anchor.name}_epilogue", group.epilogue, self._dtype,
+                                    self._rank, lambda v: info.escapes(v, names))
+        fused = [(n.name, n.op_type) for n in group.prologue + group.epilogue]
+        return TileFusion(prologue, epilogue, result, info.escapes(result, names), fused)
 
     def _template_context(self, opset: int):
         from codegen.templates import TemplateContext
