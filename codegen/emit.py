@@ -74,8 +74,12 @@ def _const(e: Const) -> str:
     return str(int(e.value))
 
 
-class _Emitter:
-    def __init__(self, kernel: PointwiseKernel) -> None:
+class ExprEmitter:
+    """Renders tile-IR expressions as SSA lines; ``render`` makes a whole pointwise kernel.
+
+    Templates reuse it for their prologues and epilogues."""
+
+    def __init__(self, kernel: PointwiseKernel | None) -> None:
         self.k = kernel
         self.lines: list[str] = []
         self.names: dict[Expr, str] = {}
@@ -209,4 +213,4 @@ class _Emitter:
 
 
 def emit(kernel: PointwiseKernel) -> str:
-    return _Emitter(kernel).render()
+    return ExprEmitter(kernel).render()

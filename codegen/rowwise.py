@@ -21,7 +21,7 @@ import onnx
 
 from tritort import dtypes
 
-from .emit import ROUND_BF16_SOURCE, _Emitter, compute_type, storage_type
+from .emit import ROUND_BF16_SOURCE, ExprEmitter, compute_type, storage_type
 from .ir import Const, Expr, Load, PointwiseKernel
 
 FLOATS = ("float", "float16", "bfloat16", "double")
@@ -157,7 +157,7 @@ class TileFusion:
         return "\n".join(parts)
 
 
-class _TileEmitter(_Emitter):
+class _TileEmitter(ExprEmitter):
     """The pointwise emitter's expressions, on named tiles instead of a kernel's loads."""
 
     def __init__(self, loads: dict[int, str]) -> None:
@@ -290,7 +290,7 @@ class TileSource:
     def _pointwise(self, e: Expr, loads: dict[int, str], block: str) -> str:
         """Lines computing tile IR expression e from named tiles; returns its name."""
         if isinstance(e, Const):
-            return f"tl.full([{block}], {_Emitter(None).value(e)}, {compute_type(e.dtype)})"
+            return f"tl.full([{block}], {ExprEmitter(None).value(e)}, {compute_type(e.dtype)})"
         emitter = _TileEmitter(loads)
         value = emitter.value(e)
         if emitter.uses_bf16:

@@ -63,9 +63,9 @@ def test_a_failure_or_a_mismatch_is_recorded_and_the_run_goes_on(tmp_path, model
                                                                    capsys, monkeypatch):
     """tritort raising on one model and answering wrongly on another: both are reported, the
     peer is still timed, and the geometric mean leaves them out."""
-    from perf import bench
+    from perf import bench_runners
 
-    real = bench.make_runners
+    real = bench_runners.make_runners
 
     def broken(built, half, threads):
         runners, notes = real(built, half, threads)
@@ -81,7 +81,7 @@ def test_a_failure_or_a_mismatch_is_recorded_and_the_run_goes_on(tmp_path, model
         ours.run = run
         return runners, notes
 
-    monkeypatch.setattr(bench, "make_runners", broken)
+    monkeypatch.setattr(bench_runners, "make_runners", broken)
     out = _run(capsys, "--quick", "--models", "mlp,cnn", "--repeat", "1", "--warmup", "0",
                "--threads", "1", "--no-chart", "--no-tracemalloc", "--no-isolate",
                "--out", str(tmp_path), "--cache", str(model_cache))
