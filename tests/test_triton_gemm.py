@@ -167,7 +167,7 @@ def test_matmul_fp16_fp64(dtype):
     check(matmul_model(feeds), feeds)
 
 
-def _bf16_against_fp32(model_fn, feeds):
+def _check_bf16_against_fp32(model_fn, feeds):
     """bf16 on Triton vs the float32 model on onnxruntime fed the same (exact) values."""
     bf = {k: v.astype(ml_dtypes.bfloat16) for k, v in feeds.items()}
     got = triton_session(model_fn(bf)).run(None, bf)[0]
@@ -179,7 +179,7 @@ def _bf16_against_fp32(model_fn, feeds):
 
 
 def test_matmul_bf16():
-    _bf16_against_fp32(matmul_model, {"A": data(2, 19, 40), "B": data(40, 21)})
+    _check_bf16_against_fp32(matmul_model, {"A": data(2, 19, 40), "B": data(40, 21)})
 
 
 def test_integer_matmul_declines_with_a_reason():
@@ -248,7 +248,7 @@ def test_gemm_fp16_fp64(dtype):
 
 
 def test_gemm_bf16():
-    _bf16_against_fp32(lambda f: gemm_model(f, transA=1, alpha=0.5, beta=2.0),
+    _check_bf16_against_fp32(lambda f: gemm_model(f, transA=1, alpha=0.5, beta=2.0),
                        {"A": data(40, 19), "B": data(40, 21), "C": data(21)})
 
 
