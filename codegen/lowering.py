@@ -27,17 +27,19 @@ class Lowering:
     build: Builder
     dtypes: frozenset  # accepted element types of every tensor input and output
     min_inputs: int = 1
+    # (attrs, input dtypes) -> why this form stays on the CPU, or None
+    refuses: Callable[[dict, Sequence[str]], str | None] | None = None
 
 
 LOWERINGS: dict[str, Lowering] = {}
 
 
-def lowering(op_types: str | Sequence[str], dtypes=NUMERIC, min_inputs: int = 1):
+def lowering(op_types: str | Sequence[str], dtypes=NUMERIC, min_inputs: int = 1, refuses=None):
     names = [op_types] if isinstance(op_types, str) else list(op_types)
 
     def wrap(build: Builder) -> Builder:
         for name in names:
-            LOWERINGS[name] = Lowering(build, frozenset(dtypes), min_inputs)
+            LOWERINGS[name] = Lowering(build, frozenset(dtypes), min_inputs, refuses)
         return build
 
     return wrap
@@ -148,11 +150,22 @@ def _pow(attrs, xs, outs):
     return [op("where", op("eq", b, c(0.0, b), dtype="bool"), c(1.0, a), signed)]
 
 
-@lowering("Mod", INTS, min_inputs=2)
+def _python_float_mod(attrs, in_dtypes):
+    if not attrs.get("fmod", 0) and in_dtypes and in_dtypes[0] in FLOATS:
+        return "float Mod with fmod=0 (signed zeros and infinities follow numpy) runs on the CPU"
+    return None
+
+
+@lowering("Mod", NUMERIC, min_inputs=2, refuses=_python_float_mod)
 def _mod(attrs, xs, outs):
-    """Integers: fmod=1 keeps the dividend's sign (C's %), fmod=0 the divisor's (Python's)."""
+    """fmod=1 keeps the dividend's sign (C's fmod/%), fmod=0 the divisor's (Python's %)."""
     a, b = xs
-    r = op("sub", a, op("mul", b, op("idiv", a, b)))  # Triton's // truncates, as C does
+    if _is_float(a):
+        q = op("fdiv", a, b)
+        trunc = op("where", op("lt", q, c(0.0, q), dtype="bool"), op("ceil", q), op("floor", q))
+        r = op("sub", a, op("mul", b, trunc))
+    else:
+        r = op("sub", a, op("mul", b, op("idiv", a, b)))  # Triton's // truncates, as C does
     if attrs.get("fmod", 0):
         return [r]
     wrong_sign = op("and", op("ne", r, c(0, r), dtype="bool"),
@@ -225,6 +238,16 @@ def _softplus(x: Expr) -> Expr:
     # max(x, 0) + log(1 + exp(-|x|)): no overflow for large |x|
     return op("add", op("max", x, c(0.0, x)),
               op("log", op("add", c(1.0, x), op("exp", op("neg", op("abs", x))))))
+
+
+@lowering("Shrink", NUMERIC)
+def _shrink(attrs, xs, outs):
+    x = xs[0]
+    lambd, bias = attrs.get("lambd", 0.5), attrs.get("bias", 0.0)
+    below = op("lt", x, c(-lambd, x), dtype="bool")
+    above = op("gt", x, c(lambd, x), dtype="bool")
+    return [op("where", below, op("add", x, c(bias, x)),
+               op("where", above, op("sub", x, c(bias, x)), c(0, x)))]
 
 
 @lowering("LeakyRelu", FLOATS)

@@ -173,3 +173,34 @@ def test_float8_casts_round_like_onnxruntime(to, saturate):
 
     (exp,) = ReferenceEvaluator(model).run(None, {"X": x})
     np.testing.assert_array_equal(got, exp)
+
+
+def test_float_fmod_signs():
+    a = np.float32([-7.5, 7.5, -7.5, 7.5, 0.0, 5.25, 1e3 + 0.25])
+    b = np.float32([2.0, -2.0, -2.0, 2.0, 4.0, 5.25, 3.0])
+    model = models.make([helper.make_node("Mod", ["A", "B"], ["Y"], fmod=1)],
+                        [models.vi("A", shape=[7]), models.vi("B", shape=[7])],
+                        [models.vi("Y", shape=[7])])
+    (got,), (exp,) = _run_both(model, {"A": a, "B": b})
+    np.testing.assert_allclose(got, exp, rtol=1e-6, atol=1e-6)
+
+
+def test_python_style_float_mod_stays_on_the_cpu():
+    model = models.make([helper.make_node("Mod", ["A", "B"], ["Y"], fmod=0)],
+                        [models.vi("A", shape=[2]), models.vi("B", shape=[2])],
+                        [models.vi("Y", shape=[2])])
+    sess = ort.InferenceSession(model.SerializeToString(),
+                                providers=["TritonExecutionProvider", "CPUExecutionProvider"])
+    placed = next(iter(sess._program.partition.assignments.values()))
+    assert placed.provider.name == "CPUExecutionProvider"
+    assert "fmod=0" in placed.declined["TritonExecutionProvider"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_shrink(dtype):
+    x = np.array([-3, -1, 0, 1, 2, 5], dtype=dtype)
+    model = models.make([helper.make_node("Shrink", ["X"], ["Y"], lambd=1.5, bias=1.0)],
+                        [models.vi("X", NP_TO_TP[dtype], [6])],
+                        [models.vi("Y", NP_TO_TP[dtype], [6])])
+    (got,), (exp,) = _run_both(model, {"X": x})
+    np.testing.assert_array_equal(got, exp)

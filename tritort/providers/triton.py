@@ -79,6 +79,8 @@ class TritonExecutionProvider(ExecutionProvider):
                 return f"element type or rank of '{value}' unknown at load time"
             if dt not in row.dtypes:
                 return f"Triton's {node.op_type} does not take {dt} ('{value}')"
+        if row.refuses is not None:
+            return row.refuses(node.attrs, [self._dtype(v) for v in present])
         return None
 
     def _dtype(self, value: str) -> str | None:
