@@ -1,7 +1,6 @@
 """Codegen in Triton's interpreter: golden tile IR and source, fusion, cache, dump dir."""
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -12,9 +11,9 @@ from onnx import helper
 
 import tritort as ort
 from tests import models
+from tests.triton_env import interpreter_only, requires_triton
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+pytestmark = requires_triton
 TRITON_FIRST = ["TritonExecutionProvider", "CPUExecutionProvider"]
 
 
@@ -143,6 +142,7 @@ def test_fusion_groups_partition_and_are_checked():
         check_partition([a, b], [[a]])
 
 
+@interpreter_only
 def test_cuda_alias_and_unavailable_provider_warns(monkeypatch):
     data = models.add_relu().SerializeToString()
     sess = ort.InferenceSession(data, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])

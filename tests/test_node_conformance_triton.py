@@ -1,16 +1,15 @@
 """The ONNX node cases with the Triton provider first, in Triton's interpreter on the CPU."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 
 from tests.conformance import case_params, node_cases
 from tests.test_node_conformance import _check_case
+from tests.triton_env import requires_triton
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+pytestmark = requires_triton
 
 CASES = node_cases()
 PROVIDERS = ["TritonExecutionProvider", "CPUExecutionProvider"]

@@ -2,7 +2,6 @@
 mode), against onnxruntime; the bytes-saved score; the partition and acyclicity checks."""
 from __future__ import annotations
 
-import os
 
 import ml_dtypes
 import numpy as np
@@ -14,9 +13,9 @@ from onnx import helper
 import tritort as ort
 from codegen import fusion
 from tests import models
+from tests.triton_env import requires_triton
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+pytestmark = requires_triton
 TRITON_FIRST = ["TritonExecutionProvider", "CPUExecutionProvider"]
 T = "TritonExecutionProvider"
 

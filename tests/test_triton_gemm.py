@@ -7,7 +7,6 @@ transA / transB; a spy on the launch checks they reach the kernel as strided vie
 from __future__ import annotations
 
 import itertools
-import os
 
 import ml_dtypes
 import numpy as np
@@ -17,10 +16,10 @@ from onnx import helper, numpy_helper
 
 import tritort as ort
 from tests import models
+from tests.triton_env import requires_triton
 from tritort import dtypes
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+pytestmark = requires_triton
 TRITON = "TritonExecutionProvider"
 _names = itertools.count()
 _rng = np.random.default_rng(0)

@@ -8,7 +8,6 @@ view node in front of the op under test: feeds themselves arrive contiguous.
 from __future__ import annotations
 
 import itertools
-import os
 
 import ml_dtypes
 import numpy as np
@@ -19,10 +18,10 @@ from onnx import helper, numpy_helper
 
 import tritort as ort
 from tests import models
+from tests.triton_env import requires_triton
 from tritort import dtypes
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+pytestmark = requires_triton
 TRITON = "TritonExecutionProvider"
 _names = itertools.count()
 

@@ -1,7 +1,6 @@
 """Pointwise ops on the Triton provider (interpreter mode) against onnxruntime."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import onnxruntime
@@ -11,9 +10,9 @@ from onnx import helper
 
 import tritort as ort
 from tests import models
+from tests.triton_env import requires_triton
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+pytestmark = requires_triton
 
 NP_TO_TP = {np.float32: TP.FLOAT, np.float16: TP.FLOAT16, np.float64: TP.DOUBLE,
             np.int32: TP.INT32, np.int64: TP.INT64}

@@ -2,7 +2,6 @@
 against onnxruntime."""
 from __future__ import annotations
 
-import os
 
 import ml_dtypes
 import numpy as np
@@ -13,9 +12,9 @@ from onnx import helper, numpy_helper
 
 import tritort as ort
 from tests import models
+from tests.triton_env import requires_triton
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs TRITON_INTERPRET=1 (set by tests/conftest.py)")
+pytestmark = requires_triton
 
 TRITON_FIRST = ["TritonExecutionProvider", "CPUExecutionProvider"]
 ELEM = {np.dtype(np.float32): TP.FLOAT, np.dtype(np.float16): TP.FLOAT16,
