@@ -216,3 +216,15 @@ def test_transformer_style_block_becomes_a_few_kernels(dirs):
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(sess.run(None, {"X": x})[0], ref.run(None, {"X": x})[0],
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_constants_move_to_the_device_once_per_plan():
+    w = helper.make_tensor("W", TP.FLOAT, [3], [1.0, -2.0, 3.0])
+    model = models.make([helper.make_node("Mul", ["X", "W"], ["Y"], name="mul")],
+                        [models.vi("X", shape=[2, 3])], [models.vi("Y", shape=[2, 3])], [w])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=TRITON_FIRST)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(sess.run(None, {"X": x})[0], x * np.float32([1, -2, 3]))
+    plan = sess._program.plan_for(["Y"])
+    copies = [s.label for s in plan.steps if s.op_type == "Copy"]
+    assert not any("copy W " in label for label in copies), copies

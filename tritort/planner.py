@@ -125,7 +125,11 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
         ins = []
         for name in unit.inputs:
             if name and device_of.get(name, host_device) != ep.device:
-                name = _copy_step(steps, name, ep, device_of, slot, producer_of)
+                if name in graph.initializers and name not in input_slots:
+                    name = _placed_constant(name, graph.initializers[name], ep, device_of,
+                                            slot, constant_slots)
+                else:
+                    name = _copy_step(steps, name, ep, device_of, slot, producer_of)
             ins.append(slot(name))
         outs = tuple(slot(o) for o in unit.outputs)
         for o in unit.outputs:
@@ -141,6 +145,15 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
     fetch_slots = tuple(slot_of[f] for f in fetch_names)
     _assign_lifetimes(steps, set(fetch_slots) | {s for s, _ in constant_slots})
     return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots)
+
+
+def _placed_constant(name, value, ep, device_of, slot, constant_slots) -> str:
+    """A constant the device reads is moved there once, when the plan is made, not per run."""
+    copy_name = f"{name}@{ep.device}"
+    if copy_name not in device_of:
+        constant_slots.append((slot(copy_name), ep.to_device(value)))
+        device_of[copy_name] = ep.device
+    return copy_name
 
 
 def _copy_step(steps, name, ep, device_of, slot, producer_of, host_device="cpu") -> str:
