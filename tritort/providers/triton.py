@@ -99,7 +99,7 @@ class TritonExecutionProvider(ExecutionProvider):
         from codegen.fusion import RowwisePlanner, check_acyclic, check_partition, fuse
         from codegen.pointwise import PointwiseLauncher, build_kernel
 
-        from codegen.templates import TEMPLATES
+        from codegen.templates import TEMPLATES, dump
 
         self._types = info.value_types
         self._constants = info.initializers
@@ -126,7 +126,7 @@ class TritonExecutionProvider(ExecutionProvider):
                     outputs += [v for v, _ in fusion.row_outputs]
                 fused_names.update(n.name for n in members)
             template_groups.append(members)
-            _dump(compiled.name, compiled.ir_text, compiled.source)
+            dump(compiled.name, compiled.ir_text, compiled.source)
             self.kernels.append({"name": compiled.name, "nodes": [n.name for n in members],
                                  "path": str(compiled.path), "cached": compiled.cached})
             units.append(CompiledUnit(compiled.name, members, compiled.inputs, outputs,
@@ -141,7 +141,7 @@ class TritonExecutionProvider(ExecutionProvider):
                                   lambda v, names=names: info.escapes(v, names))
             source = emit(kernel)
             fn, path, hit = cache.load(source, kernel.name, self.device)
-            _dump(kernel.name, kernel.text(), source)
+            dump(kernel.name, kernel.text(), source)
             out_types = [getattr(torch, dtypes.BY_NAME[p.dtype].torch) for p, _ in kernel.outputs]
             launcher = PointwiseLauncher(fn, kernel, out_types, self.torch_device)
             self.kernels.append({"name": kernel.name, "nodes": kernel.nodes, "path": str(path),
@@ -231,9 +231,3 @@ class TritonExecutionProvider(ExecutionProvider):
 def _kernel_name(group: Sequence[Node], index: int) -> str:
     ops = "_".join(dict.fromkeys(n.op_type.lower() for n in group))[:48]
     return f"fused_{index}_{ops}"
-
-
-def _dump(name: str, ir_text: str, source: str) -> None:
-    from codegen.templates import dump
-
-    dump(name, ir_text, source)
