@@ -87,4 +87,4 @@ def dump(name: str, ir_text: str, source: str) -> None:
 
 
 # The families register their rows on import; they need the names above to exist first.
-from . import gemm, movement, reductions  # noqa: E402,F401
+from . import attention, conv, gemm, movement, pool, reductions  # noqa: E402,F401

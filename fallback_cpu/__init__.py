@@ -5,9 +5,9 @@ listed in :mod:`fallback_cpu.delegated` to onnx.reference.
 """
 from .registry import REGISTRY, NodeContext, register  # noqa: F401
 from . import (  # noqa: F401  (imported for their registrations)
-    activations, attention, cast, control_flow, elementwise, image, index, linalg, ml, ml_maps,
-    nn, norm, pool, quantize, random, reduce, rnn, sampling, sequence, shape, signal, strings,
-    training,
+    activations, attention, cast, control_flow, elementwise, fused, image, index, linalg, ml,
+    ml_maps, nn, norm, pool, quantize, random, reduce, rnn, sampling, sequence, shape, signal,
+    strings, training,
 )
 from . import delegated as _delegated
 

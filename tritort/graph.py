@@ -15,6 +15,10 @@ from onnx import AttributeProto, numpy_helper
 
 _A = AttributeProto
 
+# Ops the optimizer writes (fused patterns) live in this domain; providers implement them
+# like any other op, one row per layer.
+INTERNAL_DOMAIN = "ai.tritort"
+
 
 def attribute_value(attr: onnx.AttributeProto) -> Any:
     """An attribute as a Python value: str decoded, tensors as numpy, graphs as GraphProto."""

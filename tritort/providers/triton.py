@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import dtypes
-from ..graph import Graph, Node
+from ..graph import INTERNAL_DOMAIN, Graph, Node
 from . import TRITON, CompiledUnit, CompileInfo, ExecutionProvider
 from .numerics import checked, wants_check
 
@@ -63,7 +63,7 @@ class TritonExecutionProvider(ExecutionProvider):
 
         self._types = graph.value_types
         self._constants = graph.initializers
-        if node.domain != "":
+        if node.domain not in ("", INTERNAL_DOMAIN):
             return f"no Triton lowering for domain '{node.domain}'"
         if node.op_type in TEMPLATES:
             return TEMPLATES[node.op_type].claim(node, self._template_context(graph.opsets[""]))

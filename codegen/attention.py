@@ -1,0 +1,1 @@
+"""Attention templates (filled in by the attention template work)."""

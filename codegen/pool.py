@@ -1,0 +1,1 @@
+"""Pooling templates (filled in by the pooling template work)."""
