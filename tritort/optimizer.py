@@ -1,13 +1,16 @@
 """Optimize stage: graph rewrites chosen by GraphOptimizationLevel.
 
 BASIC and above: constant folding (including shapes known at load time), identity
-elimination and dead-node removal. Folding evaluates nodes with the NumPy provider.
+elimination, per-channel affine ops (BatchNormalization, ...) folded into Conv/Gemm weights,
+and dead-node removal. Folding evaluates nodes with the NumPy provider. EXTENDED and above:
+pattern fusions that write internal ops (attention; see :mod:`tritort.patterns`).
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
+from . import patterns
 from .graph import Graph, Node
 from .options import GraphOptimizationLevel
 from .providers import CompileInfo
@@ -26,6 +29,9 @@ def optimize(graph: Graph, level: GraphOptimizationLevel) -> Graph:
         return graph
     eliminate_identities(graph)
     fold_constants(graph)
+    patterns.fold_channel_affine(graph)
+    if level >= GraphOptimizationLevel.ORT_ENABLE_EXTENDED:
+        patterns.fuse_attention(graph)
     remove_dead_nodes(graph)
     return graph
 

@@ -80,7 +80,8 @@ class InferenceSession:
 
     def _save_optimized(self, graph, path: str) -> None:
         src = self._loaded.proto
-        model = onnx.helper.make_model(graph.to_proto(), opset_imports=list(src.opset_import),
+        opsets = [onnx.helper.make_opsetid(d, v) for d, v in graph.opsets.items()]
+        model = onnx.helper.make_model(graph.to_proto(), opset_imports=opsets,
                                        producer_name="tritort", ir_version=src.ir_version)
         onnx.save(model, path)
 

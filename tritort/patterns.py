@@ -1,0 +1,360 @@
+"""Pattern fusions of the optimize stage: rewrites that make fewer, bigger nodes.
+
+- Per-channel affine ops after a Conv or Gemm with constant weights (BatchNormalization in
+  inference mode, Mul / Div / Add / Sub by a per-channel constant) fold into the weights and
+  the bias, so they cost nothing at run time.
+- Scaled dot-product attention as exporters write it (MatMul -> Mul/Div by a scalar ->
+  Add mask -> Softmax -> MatMul) becomes one ``ScaledDotProductAttention`` node of the
+  internal domain, which providers run as one kernel.
+
+Every rewrite checks that the values it removes are read by nothing else and are not graph
+outputs, and keeps the final value's name, so shapes and types known at load time still hold.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from .graph import INTERNAL_DOMAIN, Graph, Node
+
+ATTENTION_OP = "ScaledDotProductAttention"
+
+
+class _Uses:
+    """Who reads each value, kept current as rewrites remove nodes."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.readers: dict[str, list[Node]] = {}
+        for n in graph.nodes:
+            for v in n.all_inputs:
+                self.readers.setdefault(v, []).append(n)
+        self.outputs = set(graph.output_names)
+        self.overridable = set(graph.input_names)
+
+    def only_reader(self, value: str) -> Node | None:
+        """The one node reading value, if it is private to it (not a graph output)."""
+        readers = self.readers.get(value, [])
+        if len(readers) != 1 or value in self.outputs:
+            return None
+        return readers[0]
+
+    def constant(self, value: str) -> np.ndarray | None:
+        if not value or value in self.overridable:
+            return None
+        c = self.graph.initializers.get(value)
+        return c if isinstance(c, np.ndarray) else None
+
+
+def _fresh_name(graph: Graph, base: str) -> str:
+    name, i = base, 0
+    while name in graph.initializers or name in graph.value_types:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def _add_constant(graph: Graph, base: str, value: np.ndarray) -> str:
+    name = _fresh_name(graph, base)
+    graph.initializers[name] = value
+    graph.value_types[name] = onnx.helper.make_tensor_type_proto(
+        onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+    return name
+
+
+def _rank(graph: Graph, value: str) -> int | None:
+    t = graph.value_types.get(value)
+    if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return len(t.tensor_type.shape.dim)
+
+
+def _shape(graph: Graph, value: str) -> tuple | None:
+    t = graph.value_types.get(value)
+    if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for d in t.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else
+                    d.dim_param if d.HasField("dim_param") else None)
+    return None if None in dims else tuple(dims)
+
+
+def _set_proto(n: Node) -> None:
+    """Rebuild the node's proto from its fields (later stages only read inputs/outputs)."""
+    proto = onnx.NodeProto()
+    proto.CopyFrom(n.proto)
+    del proto.input[:]
+    proto.input.extend(n.inputs)
+    del proto.output[:]
+    proto.output.extend(n.outputs)
+    for a in list(proto.attribute):
+        if a.name in n.attrs and not isinstance(n.attrs[a.name], (onnx.GraphProto,)):
+            proto.attribute.remove(a)
+            proto.attribute.append(onnx.helper.make_attribute(a.name, n.attrs[a.name]))
+    n.proto = proto
+
+
+# ------------------------------------------------------------------ per-channel affine folding
+
+
+def _channel_vector(c: np.ndarray, rank: int, channels: int, axis: int) -> np.ndarray | None:
+    """c as a [channels] vector when, broadcast against a rank-``rank`` output, it varies only
+    along ``axis``; else None."""
+    if c.ndim > rank:
+        return None
+    full = c.reshape((1,) * (rank - c.ndim) + c.shape)
+    if any(d != 1 for i, d in enumerate(full.shape) if i != axis):
+        return None
+    if full.shape[axis] not in (1, channels):
+        return None
+    return np.broadcast_to(full.reshape(-1), (channels,)).astype(np.float64)
+
+
+def _affine(n: Node, value: str, uses: _Uses, rank: int, channels: int, axis: int
+            ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(s, t) with n(value) == value * s + t per channel, or None."""
+    if n.domain != "":
+        return None
+    if n.op_type == "BatchNormalization":
+        if n.inputs[0] != value or len([o for o in n.outputs if o]) != 1 or \
+                n.attrs.get("training_mode", 0) or len(n.inputs) < 5:
+            return None
+        consts = [uses.constant(v) for v in n.inputs[1:5]]
+        if any(c is None or c.shape != (channels,) for c in consts):
+            return None
+        scale, bias, mean, var = (c.astype(np.float64) for c in consts)
+        s = scale / np.sqrt(var + float(n.attrs.get("epsilon", 1e-5)))
+        return s, bias - mean * s
+    if n.op_type not in ("Mul", "Div", "Add", "Sub") or len(n.inputs) != 2:
+        return None
+    other = n.inputs[1] if n.inputs[0] == value else n.inputs[0]
+    if n.op_type in ("Div", "Sub") and n.inputs[0] != value:
+        return None  # c / y and c - y are not affine in y per channel the same way
+    c = uses.constant(other)
+    vec = None if c is None else _channel_vector(c, rank, channels, axis)
+    if vec is None:
+        return None
+    if n.op_type == "Div" and not np.all(vec):
+        return None
+    ones, zeros = np.ones(channels), np.zeros(channels)
+    return {"Mul": (vec, zeros), "Div": (1.0 / vec, zeros), "Add": (ones, vec),
+            "Sub": (ones, -vec)}[n.op_type]
+
+
+def fold_channel_affine(graph: Graph) -> int:
+    """Fold per-channel affine followers into Conv / Gemm weights; returns how many folded."""
+    uses = _Uses(graph)
+    removed: set[str] = set()
+    folded = 0
+    for n in graph.nodes:
+        if n.name in removed or n.domain != "" or \
+                n.op_type not in ("Conv", "Gemm", "BatchNormalization"):
+            continue
+        while True:
+            follower = uses.only_reader(n.outputs[0])
+            if follower is None or follower.name in removed or not _fold_into(n, follower,
+                                                                                 uses, graph):
+                break
+            removed.add(follower.name)
+            folded += 1
+    if removed:
+        graph.nodes = [n for n in graph.nodes if n.name not in removed]
+    return folded
+
+
+def _fold_into(n: Node, follower: Node, uses: _Uses, graph: Graph) -> bool:
+    if n.op_type == "BatchNormalization":
+        return _fold_into_batchnorm(n, follower, uses, graph)
+    w = uses.constant(n.inputs[1]) if len(n.inputs) > 1 else None
+    if w is None or w.dtype.kind != "f":
+        return False
+    if n.op_type == "Conv":
+        channels, axis, rank = w.shape[0], 1, w.ndim
+    else:
+        if w.ndim != 2:
+            return False
+        channels = w.shape[0] if n.attrs.get("transB", 0) else w.shape[1]
+        axis, rank = 1, 2
+    found = _affine(follower, n.outputs[0], uses, rank, channels, axis)
+    if found is None:
+        return False
+    s, t = found
+    bias_name = n.inputs[2] if len(n.inputs) > 2 else ""
+    bias = uses.constant(bias_name) if bias_name else np.zeros(channels, w.dtype)
+    if bias is None:
+        return False
+    if n.op_type == "Conv":
+        if bias.shape != (channels,):
+            return False
+        new_w = w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        new_b = bias.astype(np.float64) * s + t
+    else:
+        beta = float(n.attrs.get("beta", 1.0))
+        vec = _channel_vector(bias, 2, channels, 1) if bias_name else np.zeros(channels)
+        if vec is None:
+            return False
+        new_w = w.astype(np.float64) * (s[:, None] if n.attrs.get("transB", 0) else s[None, :])
+        new_b = beta * vec * s + t
+        n.attrs["beta"] = 1.0
+    new_w_name = _add_constant(graph, f"{n.inputs[1]}__folded", new_w.astype(w.dtype))
+    new_b_name = _add_constant(graph, f"{n.name}__bias_folded", new_b.astype(w.dtype))
+    _replace(n, [n.inputs[0], new_w_name, new_b_name], follower, uses)
+    return True
+
+
+def _fold_into_batchnorm(n: Node, follower: Node, uses: _Uses, graph: Graph) -> bool:
+    """BatchNormalization then more per-channel affine ops: one BatchNormalization whose
+    mean is 0 and variance 1 (its scale absorbs the sqrt(1 + epsilon))."""
+    rank = _rank(graph, n.outputs[0])
+    scale = uses.constant(n.inputs[1])
+    if rank is None or rank < 2 or scale is None or scale.dtype.kind != "f":
+        return False
+    channels = scale.shape[0]
+    first = _affine(n, n.inputs[0], uses, rank, channels, 1)
+    second = _affine(follower, n.outputs[0], uses, rank, channels, 1)
+    if first is None or second is None:
+        return False
+    (s0, t0), (s1, t1) = first, second
+    eps = float(n.attrs.get("epsilon", 1e-5))
+    dt = scale.dtype
+    values = [(s0 * s1 * math.sqrt(1.0 + eps), "scale"), (t0 * s1 + t1, "bias"),
+              (np.zeros(channels), "mean"), (np.ones(channels), "var")]
+    names = [_add_constant(graph, f"{n.name}__{what}_folded", v.astype(dt))
+             for v, what in values]
+    _replace(n, [n.inputs[0], *names], follower, uses)
+    return True
+
+
+def _replace(n: Node, inputs: list[str], follower: Node, uses: _Uses) -> None:
+    """n now reads ``inputs`` and computes what ``follower`` did (which is dropped)."""
+    for old in n.inputs:
+        readers = uses.readers.get(old, [])
+        if n in readers:
+            readers.remove(n)
+    n.inputs = inputs
+    for v in inputs:
+        uses.readers.setdefault(v, []).append(n)
+    n.outputs = [follower.outputs[0]]
+    for v in follower.all_inputs:
+        readers = uses.readers.get(v, [])
+        if follower in readers:
+            readers.remove(follower)
+    _set_proto(n)
+
+
+# ------------------------------------------------------------------ attention
+
+
+def _scalar(uses: _Uses, value: str) -> float | None:
+    c = uses.constant(value)
+    if c is None or c.size != 1 or c.dtype.kind != "f":
+        return None
+    return float(c.reshape(-1)[0])
+
+
+def _scaled_operand(graph: Graph, uses: _Uses, value: str, producer) -> tuple[str, float]:
+    """(x, s) where value == x * s by a private scalar Mul/Div, else (value, 1)."""
+    n = producer.get(value)
+    if n is None or n.domain != "" or n.op_type not in ("Mul", "Div") or \
+            uses.only_reader(value) is None or len(n.inputs) != 2:
+        return value, 1.0
+    for i in (0, 1):
+        if n.op_type == "Div" and i == 1:
+            break
+        c = _scalar(uses, n.inputs[1 - i])
+        if c is not None and c != 0.0 and _rank(graph, n.inputs[i]) == _rank(graph, value):
+            return n.inputs[i], (1.0 / c if n.op_type == "Div" else c)
+    return value, 1.0
+
+
+def fuse_attention(graph: Graph) -> int:
+    """Rewrite each detected attention into one internal node; returns how many."""
+    uses = _Uses(graph)
+    producer = graph.producers()
+    removed: set[str] = set()
+    fused = 0
+    for softmax in list(graph.nodes):
+        if softmax.op_type != "Softmax" or softmax.domain != "" or softmax.name in removed:
+            continue
+        match = _match_attention(graph, uses, producer, softmax)
+        if match is None:
+            continue
+        nodes, inputs, scale = match
+        if any(n.name in removed for n in nodes):
+            continue
+        out = nodes[-1].outputs[0]
+        node = Node(f"{softmax.name}__attention", ATTENTION_OP, INTERNAL_DOMAIN, inputs, [out],
+                    {"scale": scale, "is_causal": 0},
+                    onnx.helper.make_node(ATTENTION_OP, inputs, [out],
+                                          name=f"{softmax.name}__attention",
+                                          domain=INTERNAL_DOMAIN, scale=scale, is_causal=0))
+        removed.update(n.name for n in nodes)
+        position = graph.nodes.index(nodes[-1])
+        graph.nodes[position] = node
+        fused += 1
+    if fused:
+        graph.nodes = [n for n in graph.nodes if n.name not in removed]
+        graph.opsets.setdefault(INTERNAL_DOMAIN, 1)
+    return fused
+
+
+def _match_attention(graph: Graph, uses: _Uses, producer: dict, softmax: Node):
+    """(removed nodes in order, [Q, KT, V, mask], scale) or None."""
+    scores = softmax.inputs[0]
+    rank = _rank(graph, scores)
+    default_axis = -1 if graph.opsets.get("", 13) >= 13 else 1
+    if rank != 4 or softmax.attrs.get("axis", default_axis) not in (-1, rank - 1):
+        return None
+    after = uses.only_reader(softmax.outputs[0])
+    if after is None or after.op_type != "MatMul" or after.domain != "" or \
+            after.inputs[0] != softmax.outputs[0] or _rank(graph, after.inputs[1]) != 4:
+        return None
+    found = _match_scores(graph, uses, producer, scores)
+    mask, add = "", producer.get(scores)
+    if found is None and add is not None and add.op_type == "Add" and add.domain == "" and \
+            uses.only_reader(scores):
+        for side in (0, 1):
+            found = _match_scores(graph, uses, producer, add.inputs[side])
+            # the mask must not broadcast the scores to a bigger shape
+            if found is not None and _shape(graph, add.inputs[side]) is not None and \
+                    _shape(graph, add.inputs[side]) == _shape(graph, scores) and \
+                    (_rank(graph, add.inputs[1 - side]) or 9) <= 4:
+                mask = add.inputs[1 - side]
+                found[0].append(add)
+                break
+            found = None
+    if found is None:
+        return None
+    chain, q, kt, scale = found
+    return chain + [softmax, after], [q, kt, after.inputs[1], mask], scale
+
+
+def _match_scores(graph: Graph, uses: _Uses, producer: dict, value: str):
+    """value == scale * (Q @ KT) through private nodes: ([nodes], Q, KT, scale) or None."""
+    chain: list[Node] = []
+    scale = 1.0
+    n = producer.get(value)
+    if n is not None and n.op_type in ("Mul", "Div") and n.domain == "" and \
+            uses.only_reader(value):
+        x, scale = _scaled_operand(graph, uses, value, producer)
+        if x == value:
+            return None
+        chain.append(n)
+        value = x
+    mm = producer.get(value)
+    if mm is None or mm.op_type != "MatMul" or mm.domain != "" or not uses.only_reader(value):
+        return None
+    q, kt = mm.inputs[0], mm.inputs[1]
+    if _rank(graph, q) != 4 or _rank(graph, kt) != 4:
+        return None
+    # exporters of torch's SDPA scale Q and K by sqrt(scale) each
+    q, sq = _scaled_operand(graph, uses, q, producer)
+    kt, sk = _scaled_operand(graph, uses, kt, producer)
+    scale *= sq * sk
+    if not math.isfinite(scale):
+        return None
+    scaled = [producer[x] for x, y in ((mm.inputs[0], q), (mm.inputs[1], kt)) if x != y]
+    return scaled + [mm] + chain, q, kt, float(scale)
