@@ -51,11 +51,12 @@ def check_partition(nodes: Sequence[Node], groups: list[list[Node]]) -> None:
         raise AssertionError(f"fusion groups do not partition the nodes: {flat}")
 
 
-# ------------------------------------------------- pointwise work fused into row-wise kernels
+# ------------------------------------------------- pointwise work fused into template kernels
 #
 # A row-wise template (a Reduce*, Softmax, LogSoftmax) can compute a pointwise prologue on
 # the tiles it loads and a pointwise epilogue on the rows it reduced to, so neither the data
-# it reduces nor its raw result has to be written to memory and read back.
+# it reduces nor its raw result has to be written to memory and read back. A tiled template
+# (MatMul, Gemm) takes an epilogue on its output tile: bias, activation, residual, cast.
 #
 # Why the groups stay cycle-free (and so can run as one kernel each):
 # - prologue values are read only by the prologue and the anchor, so the only values leaving
@@ -72,8 +73,11 @@ ASSUMED_DIM = 1024
 ROWWISE_PASSES = {"ReduceSum": 1, "ReduceMean": 1, "ReduceMax": 1, "ReduceMin": 1,
                   "ReduceProd": 1, "ReduceL1": 1, "ReduceL2": 1, "ReduceLogSum": 1,
                   "ReduceSumSquare": 1, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2}
-# Ops whose (per-row) result an epilogue may take.
-EPILOGUE_OPS = frozenset(op for op in ROWWISE_PASSES if op.startswith("Reduce"))
+# Tiled templates that take a pointwise epilogue on their output tile (codegen.epilogue).
+TILED_OPS = frozenset({"MatMul", "Gemm"})
+# Ops whose result an epilogue may take (per row for reductions, per tile element for tiles).
+EPILOGUE_OPS = frozenset(op for op in ROWWISE_PASSES if op.startswith("Reduce")) | TILED_OPS
+ANCHOR_OPS = frozenset(ROWWISE_PASSES) | TILED_OPS
 _NOT_FUSED_TYPES = ("float8e4m3fn", "float8e5m2")  # special values need the pointwise emitter
 
 
@@ -124,8 +128,8 @@ def broadcasts_to(shape: Shape, target: Shape) -> bool:
 
 
 @dataclass
-class RowwiseGroup:
-    """A row-wise template node with the pointwise nodes fused before and after it."""
+class AnchorGroup:
+    """A template node (row-wise or tiled) with the pointwise nodes fused before and after it."""
 
     anchor: Node
     prologue: list[Node] = field(default_factory=list)
@@ -137,8 +141,8 @@ class RowwiseGroup:
         return self.prologue + [self.anchor] + self.epilogue
 
 
-class RowwisePlanner:
-    """Chooses each row-wise anchor's prologue and epilogue among the provider's nodes.
+class AnchorPlanner:
+    """Chooses each anchor's prologue and epilogue among the provider's nodes.
 
     ``nodes``: the nodes this provider runs, in topological order; ``position``: every
     node's index in the whole (partitioned) graph; ``escapes(value, names)``: is value read
@@ -156,11 +160,11 @@ class RowwisePlanner:
         self.foreign = sorted(p for name, p in position.items() if name not in ours)
         self.taken: set[str] = set()
 
-    def plan(self) -> list[RowwiseGroup]:
+    def plan(self) -> list[AnchorGroup]:
         groups = []
         for node in self.nodes:
-            if node.op_type in ROWWISE_PASSES and node.name not in self.taken:
-                group = RowwiseGroup(node)
+            if node.op_type in ANCHOR_OPS and node.name not in self.taken:
+                group = AnchorGroup(node)
                 self.taken.add(node.name)
                 self._choose_prologue(group)
                 self._choose_epilogue(group)
@@ -192,11 +196,11 @@ class RowwisePlanner:
                    for v in node.inputs if v)
 
     # -- prologue ----------------------------------------------------------------------
-    def _choose_prologue(self, group: RowwiseGroup) -> None:
+    def _choose_prologue(self, group: AnchorGroup) -> None:
         anchor = group.anchor
         data = anchor.inputs[0]
         target = self._known(data)
-        if target is None:
+        if target is None or anchor.op_type not in ROWWISE_PASSES:
             return
         passes = ROWWISE_PASSES[anchor.op_type]
         data_bytes = estimated_bytes(target, self.dtype_of(data))
@@ -231,7 +235,7 @@ class RowwisePlanner:
         group.score += best_score
 
     # -- epilogue ----------------------------------------------------------------------
-    def _choose_epilogue(self, group: RowwiseGroup) -> None:
+    def _choose_epilogue(self, group: AnchorGroup) -> None:
         anchor = group.anchor
         result = anchor.outputs[0]
         target = self._known(result)

@@ -12,24 +12,25 @@ Every operand is read through its strides: transposed views (Gemm's transA/trans
 Transpose in front of a MatMul) and broadcast batch dims (stride 0) are never copied.
 Sizes are runtime arguments; a kernel is specialized on ranks, dtypes and attributes only.
 
-Block sizes are picked at launch by :func:`pick_config` from (M, N, K) among
-:data:`CONFIGS`. To plug in a tuned choice later, either replace ``pick_config`` with a
-lookup keyed on (dtype, rounded M, N, K) that was filled by timing every candidate with
-``triton.testing.do_bench``, or wrap the loaded kernel in
-``triton.autotune(configs=[triton.Config({"BLOCK_M": c.block_m, ...}, num_warps=c.num_warps,
-num_stages=c.num_stages) for c in CONFIGS[itemsize]], key=["M", "N", "K"])`` and stop passing
-the BLOCK_* / GROUP_M / num_warps / num_stages keywords in :func:`launch`.
+Block sizes are picked at launch: a config that ``perf/autotune.py`` stored in the tuning
+database for this kernel key (``matmul:<dtype>:batch<rank>``) and shape bucket wins;
+otherwise :func:`pick_config`'s size heuristic chooses from :data:`CONFIGS`. The tuner's
+candidates and pruning rules are :data:`TUNING` (see :mod:`codegen.tuning`).
 """
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
 from tritort import dtypes
 
 from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
+from . import tuning
 from .templates import CompiledTemplate, Template, load_source, template
 
 FLOATS = ("float", "float16", "bfloat16", "double")
@@ -89,6 +90,64 @@ def pick_config(m: int, n: int, k: int, batch: int, itemsize: int,
                       chosen.group_m, chosen.num_warps, chosen.num_stages)
 
 
+# What the tuner tries, per element size: (block_m, block_n, block_k) tiles, each at several
+# pipeline depths; 8 warps from 128x128 tiles up. The rules below prune per problem.
+_TUNING_TILES = {
+    2: ((128, 256, 64), (256, 128, 64), (128, 128, 64), (128, 128, 32), (64, 256, 32),
+        (128, 64, 64), (64, 128, 64), (64, 64, 64), (64, 64, 32), (32, 64, 64),
+        (64, 32, 64), (32, 32, 64), (16, 64, 128), (16, 32, 64)),
+    4: ((128, 128, 32), (128, 64, 32), (64, 128, 32), (64, 64, 32), (32, 64, 32),
+        (64, 32, 32), (32, 32, 32), (16, 64, 32), (128, 128, 16), (64, 64, 16), (16, 32, 32)),
+    8: ((64, 64, 16), (32, 64, 16), (64, 32, 16), (32, 32, 16), (16, 64, 16), (32, 32, 32),
+        (16, 32, 16)),
+}
+_TUNING_STAGES = {2: (3, 4), 4: (2, 3, 4), 8: (2, 3)}
+_INTERPRETER_TILES = ((16, 16, 16), (32, 32, 32), (16, 32, 32), (32, 16, 16))
+
+
+def _tuning_candidates(problem: dict, device: tuning.DeviceInfo) -> list[GemmConfig]:
+    fit_k = _fit(problem["K"], 256)
+    if device.interpreted:  # timings mean nothing there: a few small tiles prove the path
+        return [GemmConfig(bm, bn, min(bk, fit_k), 4, 4, 1) for bm, bn, bk in _INTERPRETER_TILES]
+    size = problem["itemsize"]
+    return [GemmConfig(bm, bn, min(bk, fit_k), 8, 8 if bm * bn >= 128 * 128 else 4, stages)
+            for bm, bn, bk in _TUNING_TILES[size] for stages in _TUNING_STAGES[size]]
+
+
+def _staged_bytes(cfg: GemmConfig, problem: dict) -> int:
+    return (cfg.block_m + cfg.block_n) * cfg.block_k * problem["itemsize"] * cfg.num_stages
+
+
+def _registers(cfg: GemmConfig, problem: dict, device) -> str | None:
+    """The accumulator tile lives in registers: at most 128 (fp32) per thread."""
+    words = cfg.block_m * cfg.block_n * (2 if problem["itemsize"] == 8 else 1)
+    per_thread = words // (32 * cfg.num_warps)
+    return f"accumulator needs {per_thread} registers per thread" if per_thread > 128 else None
+
+
+def _valid(cfg: GemmConfig) -> str | None:
+    for name in ("block_m", "block_n", "block_k"):
+        v = getattr(cfg, name)
+        if v < _MIN_BLOCK or v & (v - 1):
+            return f"{name}={v} is not a power of two >= {_MIN_BLOCK}"
+    if cfg.num_warps not in (1, 2, 4, 8, 16, 32):
+        return f"num_warps={cfg.num_warps} is not a power of two <= 32"
+    return f"num_stages={cfg.num_stages} > 8" if cfg.num_stages > 8 else None
+
+
+def _shape_key(p: dict) -> str:
+    b = tuning.bucket
+    return f"b{b(p['batch'])}_m{b(p['M'], 16)}_n{b(p['N'], 16)}_k{b(p['K'], 16)}_{p['layout']}"
+
+
+TUNING = tuning.ConfigSpace(
+    "matmul", GemmConfig, _tuning_candidates,
+    rules=(tuning.dot_blocks("block_m", "block_n", "block_k"),
+           tuning.within_problem(block_m="M", block_n="N"), tuning.shared_memory(_staged_bytes),
+           _registers),
+    shape_key=_shape_key, check=_valid)
+
+
 # ------------------------------------------------------------------ kernel source
 
 
@@ -111,13 +170,15 @@ def epilogue_and_store(acc: str, epilogue_lines: Sequence[str], out_dtype: str) 
     accumulator tile ``acc`` in order, then it is rounded once to ``out_dtype`` and stored.
 
     In scope for the epilogue: ``rows`` / ``cols`` (int64 [BLOCK_M, 1] / [1, BLOCK_N] output
-    indices), ``tile_mask`` (in-bounds elements), ``i0``.. (batch indices, int64) and every
-    kernel parameter, the epilogue's own included.
+    indices), ``tile_mask`` (in-bounds elements), ``i0``.. (batch indices, int64), the names
+    of :mod:`codegen.epilogue`'s contract (``out_idx_j``, ``y_offs``) and every kernel
+    parameter, the epilogue's own included.
     """
-    lines = [textwrap.indent(line, "    ") for line in epilogue_lines]
+    lines = ["    y_offs = y_base + rows * sym + cols * syn"]
+    lines += [textwrap.indent(line, "    ") for line in epilogue_lines]
     value = f"_round_bf16({acc})" if out_dtype == "bfloat16" else acc
-    lines += ["    y_ptrs = y + (y_base + rows * sym + cols * syn)",
-              f"    tl.store(y_ptrs, ({value}).to({storage_type(out_dtype)}), mask=tile_mask)"]
+    lines += [f"    tl.store(y + y_offs, ({value}).to({storage_type(out_dtype)}), "
+              "mask=tile_mask)"]
     return lines
 
 
@@ -155,7 +216,8 @@ def _signature(name: str, params: Sequence[str], width: int = 96) -> list[str]:
 
 
 def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: str,
-                  out_dtype: str, interpreted: bool, epilogue: Epilogue) -> str:
+                  out_dtype: str, interpreted: bool, epilogue: Epilogue,
+                  round_bf16: bool = False) -> str:
     """``Y[b] = epilogue(A[b] @ B[b])`` over ``batch_rank`` broadcast batch dims."""
     r = batch_rank
     dims = [f"d{j}" for j in range(r)]
@@ -210,11 +272,14 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
         "                         other=0.0)",
         *_dot_line(in_dtype, interpreted),
         "    tile_mask = mask_m & mask_n",
+        *[f"    out_idx_{j} = i{j}" for j in range(r)],
+        f"    out_idx_{r} = rows",
+        f"    out_idx_{r + 1} = cols",
         *epilogue_and_store("acc", epilogue.lines, out_dtype),
     ]
     lines = [f"# tritort matmul kernel {name}", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
-    if out_dtype == "bfloat16":
+    if out_dtype == "bfloat16" or round_bf16:
         lines.append(ROUND_BF16_SOURCE.rstrip("\n"))
     lines += ["", "", "@triton.jit", *_signature(name, params), *body]
     return "\n".join(lines) + "\n"
@@ -225,18 +290,36 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
 
 def launch(fn: Any, a: Any, b: Any, y: Any, extra: Sequence[Any], interpreted: bool) -> None:
     """``a`` [*batch, M, K], ``b`` [*batch, K, N], ``y`` [*batch, M, N]: torch views with the
-    kernel's batch rank (broadcast batch dims have stride 0); ``extra``: the epilogue's args."""
+    kernel's batch rank (broadcast batch dims have stride 0); ``extra``: the epilogue's args.
+    The config: the tuning database's for this kernel key and shape, else the heuristic's."""
     *batch, m, k = a.shape
     n = b.shape[-1]
     if y.numel() == 0:
         return
     nbatch = math.prod(batch)
-    cfg = pick_config(m, n, k, nbatch, a.element_size(), interpreted)
+    problem = {"batch": nbatch, "M": m, "N": n, "K": k, "itemsize": a.element_size(),
+               "layout": _order(a) + _order(b)}
+    dtype = str(a.dtype).removeprefix("torch.")
+    cfg = TUNING.choose(f"matmul:{dtype}:batch{len(batch)}", problem,
+                        lambda: pick_config(m, n, k, nbatch, a.element_size(), interpreted),
+                        (a, b, y, *extra), functools.partial(_run, fn))
+    _run(fn, cfg, a, b, y, *extra)
+
+
+def _order(t: Any) -> str:
+    """'n': contiguous along the last dim, 't': along the one before (transposed), else 's'."""
+    return "n" if t.stride(-1) == 1 else "t" if t.stride(-2) == 1 else "s"
+
+
+def _run(fn: Any, cfg: GemmConfig, a: Any, b: Any, y: Any, *extra: Any) -> None:
+    """One launch with ``cfg`` (the tuner relaunches through here with other configs)."""
+    *batch, m, k = a.shape
+    n = b.shape[-1]
     tiles = math.ceil(m / cfg.block_m) * math.ceil(n / cfg.block_n)
-    fn[(nbatch * tiles,)](a, b, y, *extra, m, n, k, *batch, *a.stride(), *b.stride(),
-                          *y.stride(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                          BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
-                          num_stages=cfg.num_stages)
+    fn[(math.prod(batch) * tiles,)](a, b, y, *extra, m, n, k, *batch, *a.stride(), *b.stride(),
+                                    *y.stride(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                                    BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+                                    num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def _torch_dtype(dtype: str):
@@ -251,15 +334,18 @@ def _check_k(op: str, a_shape, b_shape, ka: int, kb: int) -> None:
 
 
 class MatMulLauncher:
-    """numpy.matmul semantics on torch tensors: 1-D operands, broadcast batch dims."""
+    """numpy.matmul semantics on torch tensors: 1-D operands, broadcast batch dims.
+
+    With a fused epilogue, its input tensors follow A and B; the outputs are the ones
+    :meth:`codegen.epilogue.FusedEpilogue.outputs` lists."""
 
     def __init__(self, fn: Any, batch_rank: int, out_dtype: str, device: Any,
-                 interpreted: bool):
-        self.fn, self.batch_rank = fn, batch_rank
+                 interpreted: bool, fused=None):
+        self.fn, self.batch_rank, self.fused = fn, batch_rank, fused
         self.out_dtype, self.device, self.interpreted = _torch_dtype(out_dtype), device, \
             interpreted
 
-    def __call__(self, a: Any, b: Any) -> tuple:
+    def __call__(self, a: Any, b: Any, *epilogue_inputs: Any) -> tuple:
         import torch
 
         a2 = a.unsqueeze(0) if a.dim() == 1 else a  # [K] -> [1, K]
@@ -272,8 +358,8 @@ class MatMulLauncher:
         a3, b3, y3 = self._fold_batch(a2, b2, y, batch, m, ka, n)
         pad = (1,) * (self.batch_rank - (a3.dim() - 2))  # folded batch: size-1 dims
         a3, b3, y3 = (t.view(pad + tuple(t.shape)) for t in (a3, b3, y3))
-        launch(self.fn, a3, b3, y3, (), self.interpreted)
-        return (y,)
+        return _launch_with_epilogue(self.fn, a3, b3, y, y3, self.fused, epilogue_inputs,
+                                     self.interpreted)
 
     @staticmethod
     def _fold_batch(a2, b2, y, batch, m, k, n):
@@ -288,18 +374,34 @@ class MatMulLauncher:
                 y.view(batch + (m, n)))
 
 
+def _launch_with_epilogue(fn, a, b, y, y_view, fused, epilogue_inputs, interpreted,
+                          extra: tuple = ()) -> tuple:
+    """Launch with the template's own ``extra`` args, then the fused epilogue's."""
+    if fused is None:
+        launch(fn, a, b, y_view, extra, interpreted)
+        return (y,)
+    from .epilogue import launch_args
+
+    args, outputs = launch_args(fused, epilogue_inputs, y.shape, y_view.shape, y.device)
+    with np.errstate(all="ignore"):  # the interpreter computes masked lanes too
+        launch(fn, a, b, y_view, extra + args, interpreted)
+    return (y, *outputs) if fused.result_stored else (*outputs, y)
+
+
 class GemmLauncher:
     """``alpha * A' @ B' + beta * C`` with A' / B' transposed views and C broadcast to [M, N]."""
 
     def __init__(self, fn: Any, trans_a: bool, trans_b: bool, with_c: bool, out_dtype: str,
-                 device: Any, interpreted: bool):
+                 device: Any, interpreted: bool, fused=None):
         self.fn, self.trans_a, self.trans_b, self.with_c = fn, trans_a, trans_b, with_c
         self.out_dtype, self.device, self.interpreted = _torch_dtype(out_dtype), device, \
             interpreted
+        self.fused = fused
 
-    def __call__(self, a: Any, b: Any, c: Any = None) -> tuple:
+    def __call__(self, a: Any, b: Any, *rest: Any) -> tuple:
         import torch
 
+        c, epilogue_inputs = (rest[0], rest[1:]) if self.with_c else (None, rest)
         a2 = a.t() if self.trans_a else a
         b2 = b.t() if self.trans_b else b
         (m, ka), (kb, n) = a2.shape, b2.shape
@@ -309,8 +411,8 @@ class GemmLauncher:
         if self.with_c:
             c2 = c.expand(m, n)  # unidirectional broadcast: stride 0 along broadcast dims
             extra = (c2, *c2.stride())
-        launch(self.fn, a2, b2, y, extra, self.interpreted)
-        return (y,)
+        return _launch_with_epilogue(self.fn, a2, b2, y, y, self.fused, epilogue_inputs,
+                                     self.interpreted, extra)
 
 
 # ------------------------------------------------------------------ templates
@@ -331,11 +433,26 @@ def _header(node, ir_text: str) -> list[str]:
     return [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
 
 
-def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, inputs):
-    source = matmul_source(name, _header(node, ir_text), batch_rank, in_dt, in_dt,
-                           ctx.interpreted, epilogue)
+def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, inputs,
+              fusion=None):
+    """Source, kernel and launcher; ``launcher_for(fn, out_dtype, fused)``. A ``fusion``
+    (codegen.fusion's choice) appends its pointwise epilogue to the template's own."""
+    fused, out_dt = None, in_dt
+    if fusion is not None:
+        from .epilogue import build
+
+        fused = build(fusion, in_dt, batch_rank + 2)
+        epilogue = Epilogue(epilogue.params + fused.epilogue.params,
+                            epilogue.lines + fused.epilogue.lines,
+                            epilogue.text + fused.epilogue.text)
+        out_dt = fused.out_dtype
+        inputs = inputs + fused.inputs
+        ir_text += "\n" + fusion.text()
+    source = matmul_source(name, _header(node, ir_text), batch_rank, in_dt, out_dt,
+                           ctx.interpreted, epilogue, fused is not None and fused.uses_bf16)
     fn, path, cached = load_source(source, name, ctx)
-    return CompiledTemplate(name, launcher_for(fn), inputs, ir_text, source, path, cached)
+    return CompiledTemplate(name, launcher_for(fn, out_dt, fused), inputs, ir_text, source,
+                            path, cached)
 
 
 @template("MatMul")
@@ -350,6 +467,9 @@ class MatMul(Template):
         return _dtype_reason(ctx, node.inputs[:2], "MatMul")
 
     def compile(self, node, ctx, name) -> CompiledTemplate:
+        return self.compile_fused(node, ctx, name, None)
+
+    def compile_fused(self, node, ctx, name, fusion) -> CompiledTemplate:
         a, b = node.inputs[:2]
         ra, rb = ctx.rank_of(a), ctx.rank_of(b)
         batch_rank = max(ra, rb, 2) - 2
@@ -359,8 +479,9 @@ class MatMul(Template):
                    f"batch rank {batch_rank} (broadcast by strides), tl.dot accumulating in "
                    f"{acc_type(dt)}")
         return _compiled(name, node, ctx, ir_text, batch_rank, dt, Epilogue(),
-                         lambda fn: MatMulLauncher(fn, batch_rank, dt, ctx.torch_device,
-                                                   ctx.interpreted), [a, b])
+                         lambda fn, out_dt, fused: MatMulLauncher(
+                             fn, batch_rank, out_dt, ctx.torch_device, ctx.interpreted, fused),
+                         [a, b], fusion)
 
 
 def gemm_epilogue(acc: str, alpha: float, beta: float, with_c: bool) -> Epilogue:
@@ -394,6 +515,9 @@ class Gemm(Template):
         return _dtype_reason(ctx, [v for v in node.inputs[:3] if v], "Gemm")
 
     def compile(self, node, ctx, name) -> CompiledTemplate:
+        return self.compile_fused(node, ctx, name, None)
+
+    def compile_fused(self, node, ctx, name, fusion) -> CompiledTemplate:
         a, b = node.inputs[:2]
         c = node.inputs[2] if len(node.inputs) > 2 else ""
         alpha = float(node.attrs.get("alpha", 1.0))
@@ -412,5 +536,6 @@ class Gemm(Template):
                    f"{' '.join(ep.text) or 'none'}")
         inputs = [a, b, c] if with_c else [a, b]
         return _compiled(name, node, ctx, ir_text, 0, dt, ep,
-                         lambda fn: GemmLauncher(fn, trans_a, trans_b, with_c, dt,
-                                                 ctx.torch_device, ctx.interpreted), inputs)
+                         lambda fn, out_dt, fused: GemmLauncher(
+                             fn, trans_a, trans_b, with_c, out_dt, ctx.torch_device,
+                             ctx.interpreted, fused), inputs, fusion)

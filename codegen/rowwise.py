@@ -148,7 +148,7 @@ class TileFusion:
     def text(self) -> str:
         parts = []
         for what, k in (("prologue (on each loaded tile)", self.prologue),
-                        ("epilogue (on each reduced row)", self.epilogue)):
+                        ("epilogue (on the anchor's result)", self.epilogue)):
             if k:
                 parts.append(f"  fused {what}:\n" + "\n".join(
                     "    " + line for line in k.text().splitlines()))
@@ -157,7 +157,7 @@ class TileFusion:
         return "\n".join(parts)
 
 
-class _TileEmitter(ExprEmitter):
+class TileEmitter(ExprEmitter):
     """The pointwise emitter's expressions, on named tiles instead of a kernel's loads."""
 
     def __init__(self, loads: dict[int, str]) -> None:
@@ -291,7 +291,7 @@ class TileSource:
         """Lines computing tile IR expression e from named tiles; returns its name."""
         if isinstance(e, Const):
             return f"tl.full([{block}], {ExprEmitter(None).value(e)}, {compute_type(e.dtype)})"
-        emitter = _TileEmitter(loads)
+        emitter = TileEmitter(loads)
         value = emitter.value(e)
         if emitter.uses_bf16:
             self.helpers.add(ROUND_BF16_SOURCE)

@@ -271,7 +271,7 @@ def test_epilogue_hook_runs_extra_lines_before_the_store(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITORT_CACHE_DIR", str(tmp_path))
     ep = gemm.Epilogue(lines=["acc = tl.maximum(acc, 0.0)"])
     source = gemm.matmul_source("mm_relu", ["test"], 1, "float", "float", True, ep)
-    assert "    acc = tl.maximum(acc, 0.0)\n    y_ptrs =" in source
+    assert "    acc = tl.maximum(acc, 0.0)\n    tl.store(y + y_offs" in source
     fn, _, _ = cache.load(source, "mm_relu", "triton-interpreter")
     a, b = torch.from_numpy(data(3, 20, 9)), torch.from_numpy(data(3, 9, 18))
     y = torch.empty(3, 20, 18)

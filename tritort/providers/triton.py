@@ -52,6 +52,11 @@ class TritonExecutionProvider(ExecutionProvider):
         self.torch_device = torch.device("cpu") if _interpreted() else \
             torch.device("cuda", int(device_id))
         self.device = "triton-interpreter" if _interpreted() else f"cuda:{device_id}"
+        from codegen import tuning
+
+        # tuned configs for this device; re-read here if the database changed on disk
+        self.tuning = tuning.active_table(self.torch_device)
+        self.tuning.refresh()
         self.kernels: list[dict[str, Any]] = []  # for the placement report
         self._types: dict = {}
         self._constants: dict = {}
@@ -96,7 +101,7 @@ class TritonExecutionProvider(ExecutionProvider):
 
         from codegen import cache
         from codegen.emit import emit
-        from codegen.fusion import RowwisePlanner, check_acyclic, check_partition, fuse
+        from codegen.fusion import AnchorPlanner, check_acyclic, check_partition, fuse
         from codegen.pointwise import PointwiseLauncher, build_kernel
 
         from codegen.templates import TEMPLATES, dump
@@ -104,7 +109,7 @@ class TritonExecutionProvider(ExecutionProvider):
         self._types = info.value_types
         self._constants = info.initializers
         ctx = self._template_context(info.opsets[""])
-        rowwise = RowwisePlanner(nodes, lambda n: n.op_type not in TEMPLATES, info.position,
+        rowwise = AnchorPlanner(nodes, lambda n: n.op_type not in TEMPLATES, info.position,
                                  self._shape, self._dtype, info.escapes).plan()
         anchors = {g.anchor.name: g for g in rowwise}
         units = []
@@ -181,7 +186,7 @@ class TritonExecutionProvider(ExecutionProvider):
         from codegen.templates import TemplateContext
 
         return TemplateContext(self._dtype, self._shape, self._constants.get, self.device,
-                               self.torch_device, _interpreted(), opset)
+                               self.torch_device, _interpreted(), opset, self.tuning)
 
     def _rank(self, value: str) -> int:
         return len(self._types[value].tensor_type.shape.dim)
