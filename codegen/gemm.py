@@ -52,6 +52,9 @@ class GemmConfig:
 # input_precision="ieee" (FMA, no TF32), so its tiles stay smaller; fp64 tiles smaller still
 # (the accumulator lives in registers). Shared memory per stage stays under ~50 KB.
 CONFIGS: dict[int, tuple[GemmConfig, ...]] = {
+    1: (GemmConfig(128, 256, 128, 8, 8, 3), GemmConfig(128, 128, 128, 8, 4, 4),
+        GemmConfig(64, 128, 128, 8, 4, 4), GemmConfig(64, 64, 128, 8, 4, 4),
+        GemmConfig(32, 64, 128, 8, 4, 4), GemmConfig(16, 64, 128, 8, 4, 4)),  # float8
     2: (GemmConfig(128, 256, 64, 8, 8, 3), GemmConfig(128, 128, 64, 8, 4, 4),
         GemmConfig(64, 128, 64, 8, 4, 4), GemmConfig(64, 64, 64, 8, 4, 4),
         GemmConfig(32, 64, 64, 8, 4, 4), GemmConfig(16, 64, 128, 8, 4, 4)),
@@ -93,6 +96,9 @@ def pick_config(m: int, n: int, k: int, batch: int, itemsize: int,
 # What the tuner tries, per element size: (block_m, block_n, block_k) tiles, each at several
 # pipeline depths; 8 warps from 128x128 tiles up. The rules below prune per problem.
 _TUNING_TILES = {
+    1: ((128, 256, 128), (128, 128, 128), (128, 128, 64), (64, 256, 128), (64, 128, 128),
+        (128, 64, 128), (64, 64, 128), (64, 64, 64), (32, 64, 128), (32, 32, 128),
+        (16, 64, 128), (16, 32, 128)),
     2: ((128, 256, 64), (256, 128, 64), (128, 128, 64), (128, 128, 32), (64, 256, 32),
         (128, 64, 64), (64, 128, 64), (64, 64, 64), (64, 64, 32), (32, 64, 64),
         (64, 32, 64), (32, 32, 64), (16, 64, 128), (16, 32, 64)),
@@ -101,7 +107,7 @@ _TUNING_TILES = {
     8: ((64, 64, 16), (32, 64, 16), (64, 32, 16), (32, 32, 16), (16, 64, 16), (32, 32, 32),
         (16, 32, 16)),
 }
-_TUNING_STAGES = {2: (3, 4), 4: (2, 3, 4), 8: (2, 3)}
+_TUNING_STAGES = {1: (3, 4), 2: (3, 4), 4: (2, 3, 4), 8: (2, 3)}
 _INTERPRETER_TILES = ((16, 16, 16), (32, 32, 32), (16, 32, 32), (32, 16, 16))
 
 
@@ -186,7 +192,13 @@ def acc_type(dtype: str) -> str:
     return compute_type(dtype)  # fp32 for fp16/bf16/fp32, fp64 for double
 
 
-def _dot_line(in_dtype: str, interpreted: bool) -> list[str]:
+def _dot_line(in_dtype: str, interpreted: bool, upcast: str | None = None) -> list[str]:
+    if upcast == "tl.float32":
+        return [f"        a_tile = a_tile.to({upcast})", f"        b_tile = b_tile.to({upcast})",
+                '        acc = tl.dot(a_tile, b_tile, acc, input_precision="ieee")']
+    if upcast is not None:
+        return [f"        a_tile = a_tile.to({upcast})", f"        b_tile = b_tile.to({upcast})",
+                "        acc = tl.dot(a_tile, b_tile, acc)"]
     if in_dtype == "bfloat16" and interpreted:
         # the interpreter multiplies bf16 bit patterns as integers; bf16 products are exact
         # in fp32, so upcasting gives what a bf16 MMA with fp32 accumulation gives
@@ -217,8 +229,9 @@ def _signature(name: str, params: Sequence[str], width: int = 96) -> list[str]:
 
 def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: str,
                   out_dtype: str, interpreted: bool, epilogue: Epilogue,
-                  round_bf16: bool = False) -> str:
-    """``Y[b] = epilogue(A[b] @ B[b])`` over ``batch_rank`` broadcast batch dims."""
+                  round_bf16: bool = False, dot_upcast: str | None = None) -> str:
+    """``Y[b] = epilogue(A[b] @ B[b])`` over ``batch_rank`` broadcast batch dims; tiles are
+    converted to ``dot_upcast`` before ``tl.dot`` when given (float8 without native MMA)."""
     r = batch_rank
     dims = [f"d{j}" for j in range(r)]
     strides = ([f"sa{j}" for j in range(r)] + ["sam", "sak"] +
@@ -270,7 +283,7 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
         "                         other=0.0)",
         "        b_tile = tl.load(b_cols + k_off[:, None] * sbk, mask=k_in[:, None] & mask_n,",
         "                         other=0.0)",
-        *_dot_line(in_dtype, interpreted),
+        *_dot_line(in_dtype, interpreted, dot_upcast),
         "    tile_mask = mask_m & mask_n",
         *[f"    out_idx_{j} = i{j}" for j in range(r)],
         f"    out_idx_{r} = rows",
@@ -300,6 +313,8 @@ def launch(fn: Any, a: Any, b: Any, y: Any, extra: Sequence[Any], interpreted: b
     problem = {"batch": nbatch, "M": m, "N": n, "K": k, "itemsize": a.element_size(),
                "layout": _order(a) + _order(b)}
     dtype = str(a.dtype).removeprefix("torch.")
+    if b.dtype != a.dtype:  # float8 e4m3 x e5m2
+        dtype += "x" + str(b.dtype).removeprefix("torch.")
     cfg = TUNING.choose(f"matmul:{dtype}:batch{len(batch)}", problem,
                         lambda: pick_config(m, n, k, nbatch, a.element_size(), interpreted),
                         (a, b, y, *extra), functools.partial(_run, fn))
@@ -345,7 +360,8 @@ class MatMulLauncher:
         self.out_dtype, self.device, self.interpreted = _torch_dtype(out_dtype), device, \
             interpreted
 
-    def __call__(self, a: Any, b: Any, *epilogue_inputs: Any) -> tuple:
+    def __call__(self, a: Any, b: Any, *epilogue_inputs: Any, extra: tuple = ()) -> tuple:
+        """``extra``: the template's own epilogue args (they precede the fused epilogue's)."""
         import torch
 
         a2 = a.unsqueeze(0) if a.dim() == 1 else a  # [K] -> [1, K]
@@ -359,7 +375,7 @@ class MatMulLauncher:
         pad = (1,) * (self.batch_rank - (a3.dim() - 2))  # folded batch: size-1 dims
         a3, b3, y3 = (t.view(pad + tuple(t.shape)) for t in (a3, b3, y3))
         return _launch_with_epilogue(self.fn, a3, b3, y, y3, self.fused, epilogue_inputs,
-                                     self.interpreted)
+                                     self.interpreted, extra)
 
     @staticmethod
     def _fold_batch(a2, b2, y, batch, m, k, n):
@@ -434,14 +450,14 @@ def _header(node, ir_text: str) -> list[str]:
 
 
 def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, inputs,
-              fusion=None):
+              fusion=None, own_out_dtype=None, dot_upcast=None):
     """Source, kernel and launcher; ``launcher_for(fn, out_dtype, fused)``. A ``fusion``
     (codegen.fusion's choice) appends its pointwise epilogue to the template's own."""
-    fused, out_dt = None, in_dt
+    fused, out_dt = None, own_out_dtype or in_dt
     if fusion is not None:
         from .epilogue import build
 
-        fused = build(fusion, in_dt, batch_rank + 2)
+        fused = build(fusion, out_dt, batch_rank + 2)
         epilogue = Epilogue(epilogue.params + fused.epilogue.params,
                             epilogue.lines + fused.epilogue.lines,
                             epilogue.text + fused.epilogue.text)
@@ -449,7 +465,8 @@ def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_fo
         inputs = inputs + fused.inputs
         ir_text += "\n" + fusion.text()
     source = matmul_source(name, _header(node, ir_text), batch_rank, in_dt, out_dt,
-                           ctx.interpreted, epilogue, fused is not None and fused.uses_bf16)
+                           ctx.interpreted, epilogue, fused is not None and fused.uses_bf16,
+                           dot_upcast)
     fn, path, cached = load_source(source, name, ctx)
     return CompiledTemplate(name, launcher_for(fn, out_dt, fused), inputs, ir_text, source,
                             path, cached)

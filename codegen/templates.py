@@ -29,6 +29,7 @@ class TemplateContext:
     torch_device: Any
     interpreted: bool
     opset: int
+    tuning: Any = None  # the provider's codegen.tuning.TuningTable (tuned configs by kernel)
 
     def rank_of(self, value: str) -> int | None:
         shape = self.shape_of(value)
@@ -87,4 +88,4 @@ def dump(name: str, ir_text: str, source: str) -> None:
 
 
 # The families register their rows on import; they need the names above to exist first.
-from . import attention, conv, gemm, movement, pool, reductions  # noqa: E402,F401
+from . import attention, conv, fp8_gemm, gemm, movement, pool, reductions  # noqa: E402,F401

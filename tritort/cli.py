@@ -162,10 +162,27 @@ def cmd_bench(argv: list[str]) -> int:
     return bench.main(argv)
 
 
+def cmd_autotune(argv: list[str]) -> int:
+    """The tuner lives in the source checkout's perf/ folder, like the benchmarks."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "perf" / "autotune.py").exists():
+        print("python -m tritort autotune needs a source checkout (perf/autotune.py)",
+              file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    from perf import autotune
+
+    return autotune.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser, so `bench --help` shows the harness's options
         return cmd_bench(argv[1:])
+    if argv[:1] == ["autotune"]:
+        return cmd_autotune(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m tritort")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a built-in model and show placement and timings")
@@ -180,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--providers", nargs="*", default=None)
     sub.add_parser("bench", help="benchmark models against onnxruntime (and torch on a GPU); "
                                  "see perf/bench.py --help")
+    sub.add_parser("autotune", help="tune MODEL.onnx's Triton kernels into the tuning "
+                                    "database; see perf/autotune.py --help")
     inspect = sub.add_parser("inspect", help="placement and fusion report for MODEL.onnx")
     inspect.add_argument("model")
     inspect.add_argument("--providers", nargs="*", default=None)

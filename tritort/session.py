@@ -107,6 +107,43 @@ class InferenceSession:
     def get_provider_options(self) -> dict[str, dict[str, str]]:
         return {ep.name: dict(ep.options) for ep in self._providers}
 
+    # -- tuning -------------------------------------------------------------------------------
+    def _tuning_tables(self) -> dict[str, Any]:
+        return {ep.name: ep.tuning for ep in self._providers
+                if getattr(ep, "tuning", None) is not None}
+
+    def get_tuning_results(self) -> list[dict]:
+        """ORT's shape: per tunable provider, {"ep", "results": {kernel key: {shape key:
+        config}}, "validators"} (codegen/tuning.py describes the keys)."""
+        return [{"ep": name, "results": table.results(), "validators": table.validators()}
+                for name, table in self._tuning_tables().items()]
+
+    def set_tuning_results(self, results: Sequence[dict], error_on_invalid: bool = False) -> None:
+        """Use these tuned configs from now on (in memory; perf/autotune.py writes the
+        database). Invalid entries are skipped with a warning, or raise InvalidArgument."""
+        if not isinstance(results, (list, tuple)):
+            raise InvalidArgument(f"tuning results must be a list of dicts (as "
+                                  f"get_tuning_results returns), got {type(results).__name__}")
+        tables = self._tuning_tables()
+        valid = []
+        for index, item in enumerate(results):
+            ep = item.get("ep") if isinstance(item, dict) else None
+            table = tables.get(ep)
+            if table is None:
+                reason, configs = (f"'{ep}' is not a provider of this session with tunable "
+                                   f"kernels (those are {sorted(tables)})"), {}
+            else:
+                reason, configs = table.check_results(item)
+            if reason is not None:
+                message = f"Invalid TuningResults (index={index}): {reason}"
+                if error_on_invalid:
+                    raise InvalidArgument(message)
+                log.warning("%s; skipped", message)
+                continue
+            valid.append((table, configs))
+        for table, configs in valid:  # all checked before any is used
+            table.install(configs)
+
     def set_providers(self, providers: Sequence[Any] | None = None,
                       provider_options: Sequence[dict] | None = None) -> None:
         """Re-create the session with other providers (ORT semantics)."""
