@@ -74,7 +74,7 @@ ROWWISE_PASSES = {"ReduceSum": 1, "ReduceMean": 1, "ReduceMax": 1, "ReduceMin": 
                   "ReduceProd": 1, "ReduceL1": 1, "ReduceL2": 1, "ReduceLogSum": 1,
                   "ReduceSumSquare": 1, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2}
 # Tiled templates that take a pointwise epilogue on their output tile (codegen.epilogue).
-TILED_OPS = frozenset({"MatMul", "Gemm"})
+TILED_OPS = frozenset({"MatMul", "Gemm", "Float8MatMul"})
 # Ops whose result an epilogue may take (per row for reductions, per tile element for tiles).
 EPILOGUE_OPS = frozenset(op for op in ROWWISE_PASSES if op.startswith("Reduce")) | TILED_OPS
 ANCHOR_OPS = frozenset(ROWWISE_PASSES) | TILED_OPS

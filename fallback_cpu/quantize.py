@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
+from tritort import dtypes
 from tritort.dtypes import numpy_dtype, saturating_cast
+from tritort.graph import INTERNAL_DOMAIN
 
 from .numeric import as_array, normalize_axis
 from .registry import NodeContext, register
@@ -123,5 +125,21 @@ def dynamic_quantize_linear(ctx: NodeContext):
         zero_point = np.uint8(np.clip(np.rint(np.float32(0 - lo) / scale), 0, 255))
         y = np.clip(np.rint(xf / scale) + np.float32(zero_point), 0, 255).astype(np.uint8)
         return (y, np.asarray(scale), np.asarray(zero_point))
+
+    return run
+
+
+@register("Float8MatMul", since=1, domain=INTERNAL_DOMAIN)
+def float8_matmul(ctx):
+    """The optimizer's fused DequantizeLinear -> MatMul on float8 operands (per-tensor
+    scales): (a8 @ b8) * sa * sb, products in float32 (exact for float8 values)."""
+    out = ctx.output_types[0]
+    out_dtype = dtypes.BY_ONNX[out.tensor_type.elem_type].numpy if out is not None else None
+
+    def run(a8, sa, b8, sb):
+        y = np.matmul(a8.astype(np.float32), b8.astype(np.float32))
+        y *= np.float32(sa.astype(np.float32).reshape(-1)[0]) * \
+            np.float32(sb.astype(np.float32).reshape(-1)[0])
+        return (y.astype(out_dtype or sa.dtype),)
 
     return run

@@ -3,7 +3,8 @@
 BASIC and above: constant folding (including shapes known at load time), identity
 elimination, per-channel affine ops (BatchNormalization, ...) folded into Conv/Gemm weights,
 and dead-node removal. Folding evaluates nodes with the NumPy provider. EXTENDED and above:
-pattern fusions that write internal ops (attention; see :mod:`tritort.patterns`).
+pattern fusions that write internal ops (attention, float8 matmul; see
+:mod:`tritort.patterns`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def optimize(graph: Graph, level: GraphOptimizationLevel) -> Graph:
     patterns.fold_channel_affine(graph)
     if level >= GraphOptimizationLevel.ORT_ENABLE_EXTENDED:
         patterns.fuse_attention(graph)
+        patterns.fuse_float8_matmul(graph)
     remove_dead_nodes(graph)
     return graph
 
@@ -76,6 +78,7 @@ def fold_constants(graph: Graph) -> None:
     for n in graph.nodes:
         value_inputs = [x for x in n.inputs if x]
         foldable = (n.op_type not in _NEVER_FOLD and not n.subgraphs and not n.implicit_inputs
+                    and not _keeps_float8(n, graph)
                     and n.domain in ("", "ai.onnx.ml") and all(x in known for x in value_inputs)
                     and cpu.claim(n, graph) is None)
         folded = _try_fold(n, graph, cpu, info) if foldable else None
@@ -91,6 +94,15 @@ def fold_constants(graph: Graph) -> None:
                 graph.value_types[name] = onnx.helper.make_tensor_type_proto(
                     onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
     graph.nodes = remaining
+
+
+def _keeps_float8(n: Node, graph: Graph) -> bool:
+    """float8 weights stay float8 (half the bytes; an fp8 GEMM reads them as they are)."""
+    if n.op_type != "DequantizeLinear" or n.domain != "":
+        return False
+    t = graph.value_types.get(n.inputs[0])
+    return t is not None and t.HasField("tensor_type") and \
+        t.tensor_type.elem_type in patterns.FLOAT8_TYPES
 
 
 def _try_fold(n: Node, graph: Graph, cpu, info) -> list[np.ndarray] | None:

@@ -358,3 +358,55 @@ def _match_scores(graph: Graph, uses: _Uses, producer: dict, value: str):
         return None
     scaled = [producer[x] for x, y in ((mm.inputs[0], q), (mm.inputs[1], kt)) if x != y]
     return scaled + [mm] + chain, q, kt, float(scale)
+
+
+# ------------------------------------------------------------------ float8 matmul
+
+FLOAT8_MATMUL_OP = "Float8MatMul"
+FLOAT8_TYPES = (onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2)
+
+
+def _per_tensor_dequantize(graph: Graph, uses: _Uses, producer: dict, value: str):
+    """(x8, scale) when value = DequantizeLinear(x8, scale) of a float8 tensor with one
+    scale and no zero point, read only here; else None."""
+    n = producer.get(value)
+    if n is None or n.op_type != "DequantizeLinear" or n.domain != "" or \
+            uses.only_reader(value) is None or n.attrs.get("block_size", 0):
+        return None
+    x, scale = n.inputs[0], n.inputs[1]
+    t = graph.value_types.get(x)
+    if t is None or not t.HasField("tensor_type") or t.tensor_type.elem_type not in FLOAT8_TYPES:
+        return None
+    shape = _shape(graph, scale)
+    if shape is None or any(d != 1 for d in shape):
+        return None
+    if len(n.inputs) > 2 and n.inputs[2]:
+        zero = uses.constant(n.inputs[2])
+        if zero is None or np.any(zero.astype(np.float32) != 0):
+            return None
+    return n, x, scale
+
+
+def fuse_float8_matmul(graph: Graph) -> int:
+    """MatMul(DequantizeLinear(a8, sa), DequantizeLinear(b8, sb)) with per-tensor scales
+    becomes ``Float8MatMul(a8, sa, b8, sb)``: (a8 @ b8) * sa * sb, one fp8 GEMM."""
+    uses = _Uses(graph)
+    producer = graph.producers()
+    removed: set[str] = set()
+    for i, mm in enumerate(graph.nodes):
+        if mm.op_type != "MatMul" or mm.domain != "":
+            continue
+        sides = [_per_tensor_dequantize(graph, uses, producer, v) for v in mm.inputs[:2]]
+        if any(s is None for s in sides) or sides[0][0] is sides[1][0]:
+            continue
+        (dq_a, a8, sa), (dq_b, b8, sb) = sides
+        inputs = [a8, sa, b8, sb]
+        graph.nodes[i] = Node(mm.name, FLOAT8_MATMUL_OP, INTERNAL_DOMAIN, inputs,
+                              list(mm.outputs), {},
+                              onnx.helper.make_node(FLOAT8_MATMUL_OP, inputs, mm.outputs,
+                                                    name=mm.name, domain=INTERNAL_DOMAIN))
+        removed.update((dq_a.name, dq_b.name))
+    if removed:
+        graph.nodes = [n for n in graph.nodes if n.name not in removed]
+        graph.opsets.setdefault(INTERNAL_DOMAIN, 1)
+    return len(removed) // 2
