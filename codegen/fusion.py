@@ -56,7 +56,7 @@ def check_partition(nodes: Sequence[Node], groups: list[list[Node]]) -> None:
 # A row-wise template (a Reduce*, Softmax, LogSoftmax) can compute a pointwise prologue on
 # the tiles it loads and a pointwise epilogue on the rows it reduced to, so neither the data
 # it reduces nor its raw result has to be written to memory and read back. A tiled template
-# (MatMul, Gemm) takes an epilogue on its output tile: bias, activation, residual, cast.
+# (MatMul, Gemm, Conv) takes an epilogue on its output tile: bias, activation, residual, cast.
 #
 # Why the groups stay cycle-free (and so can run as one kernel each):
 # - prologue values are read only by the prologue and the anchor, so the only values leaving
@@ -74,7 +74,7 @@ ROWWISE_PASSES = {"ReduceSum": 1, "ReduceMean": 1, "ReduceMax": 1, "ReduceMin": 
                   "ReduceProd": 1, "ReduceL1": 1, "ReduceL2": 1, "ReduceLogSum": 1,
                   "ReduceSumSquare": 1, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2}
 # Tiled templates that take a pointwise epilogue on their output tile (codegen.epilogue).
-TILED_OPS = frozenset({"MatMul", "Gemm", "Float8MatMul"})
+TILED_OPS = frozenset({"MatMul", "Gemm", "Float8MatMul", "Conv"})
 # Ops whose result an epilogue may take (per row for reductions, per tile element for tiles).
 EPILOGUE_OPS = frozenset(op for op in ROWWISE_PASSES if op.startswith("Reduce")) | TILED_OPS
 ANCHOR_OPS = frozenset(ROWWISE_PASSES) | TILED_OPS
