@@ -19,11 +19,18 @@ kernel accumulates one tap at a time on a [positions, channels] tile.
 Accumulation is fp32 (fp64 for double); the optional bias and then the *epilogue* (see
 :func:`conv_source`) run on the accumulator tile before one rounding store. Sizes (N, C,
 spatial dims, pads) are runtime arguments; a kernel is specialized on rank, dtype, variant
-and the kernel / stride / dilation attributes only. Block sizes are chosen in one place,
-:func:`pick_config`, called from :func:`launch`. The pooling templates reuse :class:`Window`.
+and the kernel / stride / dilation attributes only.
+
+Block sizes are picked at launch: a config that ``perf/autotune.py`` stored in the tuning
+database for this kernel key (``conv:<dtype>:<variant>:<rank>d``) and shape bucket wins;
+otherwise :func:`codegen.conv_configs.pick_config`'s size heuristic chooses. The tuner's
+candidates and pruning rules are :data:`codegen.conv_configs.TUNING`. The pooling templates
+reuse :class:`Window`.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -34,7 +41,12 @@ import numpy as np
 # whichever codegen module is imported first (templates imports every family at its end)
 from .templates import CompiledTemplate, Template, load_source, template  # isort: skip
 from . import gemm  # isort: skip
+# CONFIGS / DIRECT_CONFIGS re-exported: callers knew them as conv's
+from .conv_configs import (CONFIGS, DIRECT_CONFIGS, TUNING, ConvConfig,  # noqa: F401
+                           kernel_key, pick_config, problem_of, unusable)
 from .emit import ROUND_BF16_SOURCE, storage_type
+
+log = logging.getLogger("tritort.tuning")
 
 FLOATS = ("float", "float16", "bfloat16", "double")
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -200,68 +212,6 @@ def conv_spec(node, ctx) -> ConvSpec | str:
     if window.kernel != tuple(w_shape[2:]):
         return f"kernel_shape {list(window.kernel)} differs from W's {list(w_shape[2:])}"
     return ConvSpec(window, group, cg, bool(b), ctx.dtype_of(x))
-
-
-# ------------------------------------------------------------------ configs
-
-
-@dataclass(frozen=True)
-class ConvConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-
-
-# GPU candidates per element size in bytes, largest tiles first (float32 runs tl.dot in
-# IEEE fp32, so its tiles stay smaller). BLOCK_K is capped by the K a program walks.
-CONFIGS: dict[int, tuple[ConvConfig, ...]] = {
-    2: (ConvConfig(128, 128, 64, 8, 3), ConvConfig(128, 64, 32, 4, 3),
-        ConvConfig(64, 64, 32, 4, 3), ConvConfig(64, 32, 32, 4, 2), ConvConfig(32, 32, 32, 4, 2),
-        ConvConfig(32, 16, 32, 4, 2)),
-    4: (ConvConfig(128, 64, 32, 8, 3), ConvConfig(64, 64, 32, 4, 3),
-        ConvConfig(64, 32, 32, 4, 2), ConvConfig(32, 32, 32, 4, 2), ConvConfig(32, 16, 32, 4, 2)),
-    8: (ConvConfig(64, 32, 16, 4, 2), ConvConfig(32, 32, 16, 4, 2), ConvConfig(32, 16, 16, 4, 2)),
-}
-# the direct (depthwise) kernel: many positions, a few channels, no tl.dot
-DIRECT_CONFIGS = (ConvConfig(256, 8, 1, 4, 1), ConvConfig(128, 8, 1, 4, 1),
-                  ConvConfig(64, 8, 1, 4, 1), ConvConfig(32, 8, 1, 2, 1))
-_MIN_PROGRAMS = 128  # enough to fill a large GPU; below that smaller tiles buy parallelism
-_INTERPRETER_MAX_BLOCK = 32
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
-def pick_config(rows: int, cols: int, k: int, groups: int, itemsize: int, variant: str,
-                interpreted: bool) -> ConvConfig:
-    """Block sizes for one launch of ``groups`` GEMMs of rows x cols over K = k.
-
-    The one place a tuned choice (codegen.tuning) would replace the heuristic: the largest
-    listed tile that still gives enough programs."""
-    if variant == "direct":
-        if interpreted:  # small tiles keep ragged edges exercised
-            return ConvConfig(gemm._fit(rows, _INTERPRETER_MAX_BLOCK), min(_pow2(cols), 8), 1, 1, 1)
-        fitting = [c for c in DIRECT_CONFIGS if c.block_m <= _pow2(rows)] or [DIRECT_CONFIGS[-1]]
-        chosen = next((c for c in fitting
-                       if math.ceil(rows / c.block_m) * math.ceil(cols / c.block_n)
-                       >= _MIN_PROGRAMS), fitting[-1])
-        return ConvConfig(chosen.block_m, min(chosen.block_n, _pow2(cols)), 1,
-                          chosen.num_warps, 1)
-    if interpreted:
-        cap = _INTERPRETER_MAX_BLOCK
-        return ConvConfig(gemm._fit(rows, cap), gemm._fit(cols, cap), gemm._fit(k, cap), 4, 1)
-    candidates = CONFIGS[itemsize]
-    fitting = [c for c in candidates
-               if c.block_m <= gemm._fit(rows, 256) and c.block_n <= gemm._fit(cols, 256)] \
-        or [candidates[-1]]
-    chosen = next((c for c in fitting
-                   if groups * math.ceil(rows / c.block_m) * math.ceil(cols / c.block_n)
-                   >= _MIN_PROGRAMS), fitting[-1])
-    return ConvConfig(chosen.block_m, chosen.block_n, min(chosen.block_k, gemm._fit(k, 256)),
-                      chosen.num_warps, chosen.num_stages)
 
 
 # ------------------------------------------------------------------ kernel source
@@ -453,20 +403,40 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
 def launch(fn: Any, spec: ConvSpec, x: Any, w: Any, b: Any, y: Any, extra: Sequence[Any],
            interpreted: bool) -> None:
     """``x`` [N, C, *S], ``w`` [M, CG, *K], ``b`` [M] or None, ``y`` [N, M, *O]: torch
-    tensors with any strides; ``extra``: the epilogue's args, passed right after ``y``."""
+    tensors with any strides; ``extra``: the epilogue's args, passed right after ``y``.
+    The config: the tuning database's for this kernel key and shape, else the heuristic's."""
     if y.numel() == 0:
         return
-    win = spec.window
-    outs, begins, _ = win.resolve(tuple(x.shape[2:]))
+    win, variant = spec.window, spec.variant
+    m = w.shape[0]
+    rows = y.shape[0] * math.prod(y.shape[2:])
+    cols = m if variant == "direct" else m // spec.group
+    k = spec.channels_per_group * (1 if variant == "tap_major" else win.taps)
+    itemsize = x.element_size()
+    problem = problem_of(rows, cols, k, spec.group, win.taps, itemsize, variant)
+
+    def default() -> ConvConfig:
+        return pick_config(rows, cols, k, spec.group, itemsize, variant, interpreted)
+
+    key = kernel_key(str(x.dtype).removeprefix("torch."), variant, win.rank)
+    cfg = TUNING.choose(key, problem, default, (x, w, b, y, *extra),
+                        functools.partial(_run, fn, spec=spec))
+    reason = unusable(cfg, variant)
+    if reason is not None:
+        _warn_once(key, cfg, reason)
+        cfg = default()
+    _run(fn, cfg, x, w, b, y, *extra, spec=spec)
+
+
+def _run(fn: Any, cfg: ConvConfig, x: Any, w: Any, b: Any, y: Any, *extra: Any,
+         spec: ConvSpec) -> None:
+    """One launch with ``cfg`` (the tuner relaunches through here with other configs)."""
+    outs, begins, _ = spec.window.resolve(tuple(x.shape[2:]))
     m = w.shape[0]
     mg = m // spec.group
     rows = x.shape[0] * math.prod(outs)
-    variant = spec.variant
-    k = spec.channels_per_group * (1 if variant == "tap_major" else win.taps)
-    cfg = pick_config(rows, m if variant == "direct" else mg, k, spec.group, x.element_size(),
-                      variant, interpreted)
     blocks_m = math.ceil(rows / cfg.block_m)
-    if variant == "direct":
+    if spec.variant == "direct":
         grid = (blocks_m * math.ceil(m / cfg.block_n),)
         blocks = {}
     else:
@@ -477,6 +447,11 @@ def launch(fn: Any, spec: ConvSpec, x: Any, w: Any, b: Any, y: Any, extra: Seque
              *begins, *x.stride(), *w.stride(), *(b.stride() if spec.with_bias else ()),
              *y.stride(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **blocks,
              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_once(key: str, cfg: ConvConfig, reason: str) -> None:
+    log.warning("tuned config %s for %s ignored: %s; using the heuristic's", cfg, key, reason)
 
 
 class ConvLauncher:
