@@ -201,9 +201,10 @@ class CopyKernel:
         strided_copy(self.fn, x, 0, x.stride(), out, x.shape)
         return out
 
-    def compiled(self, fn: Callable, inputs: list[str], ir_text: str) -> CompiledTemplate:
+    def compiled(self, fn: Callable, inputs: list[str], ir_text: str,
+                 host_inputs: tuple[str, ...] = ()) -> CompiledTemplate:
         return CompiledTemplate(self.name, fn, inputs, ir_text, self.source, self.path,
-                                self.cached)
+                                self.cached, host_inputs)
 
 
 def view_or_copy(x: Any, shape: Sequence[int], kernel: CopyKernel) -> Any:
@@ -256,9 +257,12 @@ class Reshape(MovementTemplate):
             if shape is None:
                 raise Decline("Reshape-1 without a shape attribute")
         else:
-            shape = constant_ints(node, ctx, 1, "shape")
-            if shape is None:
+            if not input_name(node, 1):
                 raise Decline("Reshape without a shape input")
+            if ctx.constant_of(node.inputs[1]) is None:  # read on the host at run time
+                return None, bool(node.attrs.get("allowzero", 0)), \
+                    known_rank(ctx, node.inputs[0])
+            shape = constant_ints(node, ctx, 1, "shape")
         allowzero = bool(node.attrs.get("allowzero", 0))
         if shape.count(-1) > 1 or any(s < -1 for s in shape):
             raise Decline(f"invalid Reshape shape {shape}")
@@ -270,6 +274,16 @@ class Reshape(MovementTemplate):
         shape, allowzero, rank = self.params(node, ctx)
         kernel = CopyKernel(name, node, rank, "copies the input contiguously when its strides "
                             "do not allow a view", ctx)
+
+        if shape is None:  # the shape is a value: the plan hands it over in host memory
+            def run(x, target):
+                dims = reshape_dims(x.shape, [int(v) for v in target.tolist()], allowzero)
+                return (view_or_copy(x, dims, kernel),)
+
+            ir_text = (f"{name}: Reshape '{node.name}' -> view: reshape to the host value "
+                       f"'{node.inputs[1]}'{' allowzero' if allowzero else ''}; copy kernel "
+                       f"{name} (rank {rank}) when the input's strides do not allow a view")
+            return kernel.compiled(run, node.inputs[:2], ir_text, (node.inputs[1],))
 
         def run(x):
             return (view_or_copy(x, reshape_dims(x.shape, shape, allowzero), kernel),)

@@ -45,6 +45,7 @@ class CompiledTemplate:
     source: str
     path: Path | None
     cached: bool
+    host_inputs: tuple[str, ...] = ()  # inputs the launcher takes as host (numpy) arrays
 
 
 class Template(abc.ABC):

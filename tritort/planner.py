@@ -90,7 +90,8 @@ ANYWHERE = "anywhere"
 
 def device_inputs(units: Sequence[PlacedUnit], host_device: str = "cpu") -> set[str]:
     """Values read by units of providers that do not run on the host."""
-    return {x for pu in units if pu.provider.device != host_device for x in pu.unit.inputs if x}
+    return {x for pu in units if pu.provider.device != host_device for x in pu.unit.inputs
+            if x and x not in pu.unit.host_inputs}
 
 
 def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
@@ -124,7 +125,10 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
         unit, ep = pu.unit, pu.provider
         ins = []
         for name in unit.inputs:
-            if name and device_of.get(name, host_device) != ep.device:
+            if name in unit.host_inputs:
+                if device_of.get(name, host_device) != host_device:
+                    name = _copy_step(steps, name, None, device_of, slot, producer_of)
+            elif name and device_of.get(name, host_device) != ep.device:
                 if name in graph.initializers and name not in input_slots:
                     name = _placed_constant(name, graph.initializers[name], ep, device_of,
                                             slot, constant_slots)

@@ -33,6 +33,8 @@ class CompiledUnit:
 
     ``inputs`` are the values it reads (explicit inputs then implicit outer-scope ones; ''
     for an omitted optional input), ``outputs`` the values it produces ('' if omitted).
+    ``host_inputs``: inputs it reads in host memory whatever its device (a shape, say), so
+    the plan copies them to the host rather than to the device.
     """
 
     name: str
@@ -40,6 +42,7 @@ class CompiledUnit:
     inputs: list[str]
     outputs: list[str]
     fn: Callable[..., tuple]
+    host_inputs: frozenset = frozenset()
 
     @property
     def op_type(self) -> str:

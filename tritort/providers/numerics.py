@@ -42,7 +42,7 @@ def checked(unit: CompiledUnit, info: CompileInfo, to_host: Callable) -> Compile
                 _compare(unit.name, name, to_host(out), np.asarray(env[name]))
         return outs
 
-    return CompiledUnit(unit.name, unit.nodes, unit.inputs, unit.outputs, run)
+    return CompiledUnit(unit.name, unit.nodes, unit.inputs, unit.outputs, run, unit.host_inputs)
 
 
 def _compare(kernel: str, name: str, got: np.ndarray, want: np.ndarray) -> None:

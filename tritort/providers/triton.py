@@ -135,7 +135,7 @@ class TritonExecutionProvider(ExecutionProvider):
             self.kernels.append({"name": compiled.name, "nodes": [n.name for n in members],
                                  "path": str(compiled.path), "cached": compiled.cached})
             units.append(CompiledUnit(compiled.name, members, compiled.inputs, outputs,
-                                      compiled.fn))
+                                      compiled.fn, frozenset(compiled.host_inputs)))
         pointwise = [n for n in nodes if n.op_type not in TEMPLATES and n.name not in fused_names]
         groups = fuse(pointwise, info.position, self._shape)
         check_partition(nodes, template_groups + groups)
