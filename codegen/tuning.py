@@ -1,6 +1,6 @@
 """Autotuning: config spaces, the tuning database, the lookup at launch, launch recording.
 
-A tunable template (MatMul, Gemm and Conv today) launches with a *config*: a frozen dataclass of ints
+A tunable template (MatMul, Gemm, Conv) launches with a *config*: a frozen dataclass of ints
 (tiles, group size, num_warps, num_stages). At every launch :meth:`ConfigSpace.choose` asks the
 device's :class:`TuningTable` for a stored config for (kernel key, shape key); without one the
 template's size heuristic (its ``pick_config``) decides. A normal run never times anything:
@@ -64,7 +64,7 @@ Plugging a template in
    a head that picks the config::
 
        problem = {"N": n, "M": m, ...}                 # what shape_key and the rules read
-       args = (x, w, y, *extra)                        # tensors first: the device comes from args[0]
+       args = (x, w, y, *extra)          # tensors first: the device comes from args[0]
        cfg = SPACE.choose(f"conv:{dtype}:{spec}", problem,
                           lambda: pick_config(...), args, functools.partial(_run, fn))
        _run(fn, cfg, *args)
