@@ -34,15 +34,17 @@ def to_value(x):
     return x
 
 
-def case_params():
-    """pytest params for every node case; listed expected failures are strict xfails
-    (a case that starts passing must leave the list), random ones excepted."""
+def case_params(extra_failures: dict[str, str] | None = None):
+    """pytest params for every node case; listed expected failures (plus ``extra_failures``)
+    are strict xfails (a case that starts passing must leave the list), random ones
+    excepted."""
     import pytest
 
     from tests.expected_failures import EXPECTED_FAILURES
 
+    failures = {**EXPECTED_FAILURES, **(extra_failures or {})}
     for name in sorted(node_cases()):
-        reason = EXPECTED_FAILURES.get(name)
+        reason = failures.get(name)
         marks = [pytest.mark.xfail(reason=reason, strict="bernoulli" not in name)] if reason else []
         yield pytest.param(name, marks=marks, id=name)
 

@@ -12,6 +12,13 @@ _LOW_PRECISION_SOFTMAX = (
     "one or two bf16/fp16 ulps, just beyond the case's tolerance. The same graphs pass as one "
     "Attention node (test_attention_*_bf16/fp16).")
 
+_FLASH_ROUNDING = (
+    "The expected values follow the spec's function body, which rounds Q·K, the softmax and "
+    "its sum to bfloat16/float16 at every step. The Triton flash-attention kernel keeps scores, "
+    "running max and sum in float32 and rounds once, so it lands one or two ulps away (it is "
+    "about twice as close to a float64 result as the expected values are; "
+    "tests/test_triton_attention.py checks that against onnxruntime in float32).")
+
 EXPECTED_FAILURES: dict[str, str] = {
     "test_bernoulli": _RANDOM,
     "test_bernoulli_double": _RANDOM,
@@ -25,4 +32,12 @@ EXPECTED_FAILURES: dict[str, str] = {
     "test_attention_4d_causal_fp16_expanded": _LOW_PRECISION_SOFTMAX,
     "test_attention_4d_causal_padded_kv_bf16_expanded": _LOW_PRECISION_SOFTMAX,
     "test_attention_4d_padded_kv_bf16_expanded": _LOW_PRECISION_SOFTMAX,
+}
+
+# With the Triton provider first, besides the list above.
+TRITON_EXPECTED_FAILURES: dict[str, str] = {
+    "test_attention_3d_causal_bf16": _FLASH_ROUNDING,
+    "test_attention_4d_attn_mask_causal_bf16": _FLASH_ROUNDING,
+    "test_attention_4d_causal_bf16": _FLASH_ROUNDING,
+    "test_attention_4d_causal_fp16": _FLASH_ROUNDING,
 }
