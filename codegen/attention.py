@@ -17,11 +17,13 @@ the last block a row can see, and start it at the first.
 Rows with no visible key: tritort's fused op gives NaN, as the unfused MatMul/Softmax graph
 does in onnxruntime; ai.onnx Attention gives zeros, as its spec says.
 
-Block sizes come from :func:`pick_config` (one heuristic, used by :func:`launch`); an
-autotuner may replace it.
+Block sizes: the tuning database's config for the launch's kernel and shape key, else
+:func:`codegen.attention_configs.pick_config`'s size heuristic; the tuner's candidates and
+pruning rules are :data:`codegen.attention_configs.TUNING`.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -31,64 +33,14 @@ import numpy as np
 from tritort import dtypes
 from tritort.graph import INTERNAL_DOMAIN
 
+from .attention_configs import (_MIN_BLOCK, TUNING, AttentionConfig,  # noqa: F401
+                                _gpu_config, kernel_key, pick_config, problem_of)
 from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
 from .rowwise import torch_dtype
 from .templates import CompiledTemplate, Template, load_source, template
 
 FLOATS = ("float", "float16", "bfloat16", "double")
 MASK_TYPES = FLOATS + ("bool",)
-
-# ------------------------------------------------------------------ configs
-
-
-@dataclass(frozen=True)
-class AttentionConfig:
-    block_m: int
-    block_n: int
-    num_warps: int
-    num_stages: int
-
-
-_MIN_BLOCK = 16  # tl.dot needs every block dim >= 16
-_INTERPRETER_BLOCK = 32
-_ENOUGH_PROGRAMS = 132  # one per SM of an H100 (SXM)
-
-
-def _fit(n: int, cap: int) -> int:
-    """The power-of-two block (>= 16, <= cap) that covers n."""
-    return min(max(_MIN_BLOCK, 1 << max(n - 1, 0).bit_length()), cap)
-
-
-def _gpu_config(itemsize: int, head_block: int) -> AttentionConfig:
-    """Hopper-sized tiles: fp16/bf16 run on tensor cores, so a 128-row block with 64 keys
-    keeps the MMA units busy; wide heads halve the tiles (registers hold the [M, D]
-    accumulator). fp32 (input_precision='ieee', FMA) and fp64 take smaller tiles."""
-    if itemsize == 2:
-        if head_block <= 64:
-            return AttentionConfig(128, 64, 4, 3)
-        if head_block <= 128:
-            return AttentionConfig(128, 64, 8, 3)
-        return AttentionConfig(64, 32, 4, 2)
-    if itemsize == 4:
-        return AttentionConfig(64, 32, 4, 2) if head_block <= 64 else \
-            AttentionConfig(32, 32, 4, 2)
-    return AttentionConfig(16, 32, 4, 1)
-
-
-def pick_config(q_len: int, kv_len: int, heads: int, head_block: int, itemsize: int,
-                interpreted: bool) -> AttentionConfig:
-    """The block sizes of one launch: ``heads`` (batch x query heads) programs per row block;
-    ``head_block``: the padded head dim (max of D, Dv)."""
-    if interpreted:  # numpy underneath: small blocks keep ragged edges and key loops exercised
-        return AttentionConfig(_fit(q_len, _INTERPRETER_BLOCK), _fit(kv_len, _INTERPRETER_BLOCK),
-                               4, 1)
-    cfg = _gpu_config(itemsize, head_block)
-    block_m = min(cfg.block_m, _fit(q_len, 256))
-    if block_m > 64 and heads * math.ceil(q_len / block_m) < _ENOUGH_PROGRAMS:
-        block_m = 64  # too few programs to fill the GPU: halve the rows per program
-    warps = cfg.num_warps if block_m > 64 else min(cfg.num_warps, 4)  # 16 rows per warp
-    return AttentionConfig(block_m, min(cfg.block_n, _fit(kv_len, 256)), warps, cfg.num_stages)
-
 
 # ------------------------------------------------------------------ kernel source
 
@@ -271,30 +223,56 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
 # ------------------------------------------------------------------ launching
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """A compiled attention kernel and what it is specialized on (its tuning key reads it)."""
+
+    fn: Any  # the @triton.jit function
+    variant: Variant
+
+
 def _block(n: int) -> int:
     return max(_MIN_BLOCK, 1 << max(n - 1, 0).bit_length())
 
 
-def launch(fn: Any, q: Any, k: Any, v: Any, y: Any, mask: Any, scale: float,
+def launch(kernel: Kernel, q: Any, k: Any, v: Any, y: Any, mask: Any, scale: float,
            interpreted: bool) -> None:
     """``q`` [B, H, Sq, D], ``k`` [B, Hk, Sk, D], ``v`` [B, Hk, Sk, Dv], ``y`` [B, H, Sq, Dv]
-    and ``mask`` [B, H, Sq, mask_len] (or None): torch views, any strides."""
+    and ``mask`` [B, H, Sq, mask_len] (or None): torch views, any strides. The config: the
+    tuning database's for this kernel key and shape, else the heuristic's."""
     b, h, sq, d = q.shape
-    hk, sk, dv = k.shape[1], k.shape[2], v.shape[3]
+    sk, dv = k.shape[2], v.shape[3]
     if y.numel() == 0:
         return
     block_d, block_dv = _block(d), _block(dv)
-    cfg = pick_config(sq, sk, b * h, max(block_d, block_dv), q.element_size(), interpreted)
-    extra = () if mask is None else (mask,)
-    mask_args = () if mask is None else (mask.shape[3], *mask.stride())
+    head_block = max(block_d, block_dv)
+    itemsize = q.element_size()
+    problem = problem_of(b * h, sq, sk, block_d, block_dv, itemsize)
+    var = kernel.variant
+    key = kernel_key(str(q.dtype).removeprefix("torch."), head_block, var.causal,
+                     var.left >= 0 or var.right >= 0, var.mask)
+    args = (q, k, v, y) + (() if mask is None else (mask,))
+    cfg = TUNING.choose(key, problem,
+                        lambda: pick_config(sq, sk, b * h, head_block, itemsize, interpreted),
+                        args, functools.partial(_run, kernel.fn, scale=scale))
+    _run(kernel.fn, cfg, *args, scale=scale)
+
+
+def _run(fn: Any, cfg: AttentionConfig, q: Any, k: Any, v: Any, y: Any, *mask: Any,
+         scale: float) -> None:
+    """One launch with ``cfg`` (the tuner relaunches through here with other configs);
+    ``mask``: empty or the one mask view."""
+    b, h, sq, d = q.shape
+    hk, sk, dv = k.shape[1], k.shape[2], v.shape[3]
+    mask_args = (mask[0].shape[3], *mask[0].stride()) if mask else ()
     scales = (scale,)
     if q.element_size() == 8:  # double: fp32 high part + the rest, ~48 bits together
         high = float(np.float32(scale))
         scales = (high, float(np.float32(scale - high)))
     grid = (math.ceil(sq / cfg.block_m), b * h)
-    fn[grid](q, k, v, y, *extra, sq, sk, h, h // hk, d, dv, *scales, *q.stride(), *k.stride(),
+    fn[grid](q, k, v, y, *mask, sq, sk, h, h // hk, d, dv, *scales, *q.stride(), *k.stride(),
              *v.stride(), *y.stride(), *mask_args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-             BLOCK_D=block_d, BLOCK_DV=block_dv, num_warps=cfg.num_warps,
+             BLOCK_D=_block(d), BLOCK_DV=_block(dv), num_warps=cfg.num_warps,
              num_stages=cfg.num_stages)
 
 
@@ -342,8 +320,9 @@ class SdpaLauncher:
 
     op = "ScaledDotProductAttention"
 
-    def __init__(self, fn: Any, dtype: str, scale: float, device: Any, interpreted: bool):
-        self.fn, self.dtype, self.scale = fn, torch_dtype(dtype), scale
+    def __init__(self, kernel: Kernel, dtype: str, scale: float, device: Any,
+                 interpreted: bool):
+        self.kernel, self.dtype, self.scale = kernel, torch_dtype(dtype), scale
         self.device, self.interpreted = device, interpreted
 
     def __call__(self, q, kt, v, mask=None) -> tuple:
@@ -369,7 +348,7 @@ class SdpaLauncher:
         y = torch.empty((b, h, sq, dv), dtype=self.dtype, device=self.device)
         if mask is not None:
             mask = _mask_view(self.op, mask, (b, h, sq, sk))
-        launch(self.fn, q, k, v, y, mask, self.scale, self.interpreted)
+        launch(self.kernel, q, k, v, y, mask, self.scale, self.interpreted)
         return (y,)
 
 
@@ -387,9 +366,9 @@ class AttentionLauncher:
 
     op = "Attention"
 
-    def __init__(self, fn: Any, dtype: str, scale: float | None, q_heads: int | None,
+    def __init__(self, kernel: Kernel, dtype: str, scale: float | None, q_heads: int | None,
                  kv_heads: int | None, device: Any, interpreted: bool):
-        self.fn, self.dtype, self.np_dtype = fn, torch_dtype(dtype), dtype
+        self.kernel, self.dtype, self.np_dtype = kernel, torch_dtype(dtype), dtype
         self.scale, self.q_heads, self.kv_heads = scale, q_heads, kv_heads
         self.device, self.interpreted = device, interpreted
 
@@ -423,7 +402,7 @@ class AttentionLauncher:
                 raise ValueError(f"{self.op}: attn_mask covers {mask_len} keys, more than the "
                                  f"{sk} keys given")
             mask = _mask_view(self.op, mask, (b, h, sq, mask_len))
-        launch(self.fn, q, k, v, y, mask, self._scale(d), self.interpreted)
+        launch(self.kernel, q, k, v, y, mask, self._scale(d), self.interpreted)
         return (out,)
 
 
@@ -456,7 +435,8 @@ def _compiled(name, node, ctx, variant: Variant, ir_text: str, launcher_for, inp
     header = [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
     source = attention_source(name, header, variant, ctx.interpreted)
     fn, path, cached = load_source(source, name, ctx)
-    return CompiledTemplate(name, launcher_for(fn), inputs, ir_text, source, path, cached)
+    return CompiledTemplate(name, launcher_for(Kernel(fn, variant)), inputs, ir_text, source,
+                            path, cached)
 
 
 def _optional(values: Sequence[str], index: int) -> str:
@@ -495,8 +475,8 @@ class ScaledDotProductAttention(Template):
                    f"flash attention, online softmax in {compute_type(dt)}; scale={scale!r}; "
                    f"{variant.text()}")
         return _compiled(name, node, ctx, variant, ir_text,
-                         lambda fn: SdpaLauncher(fn, dt, scale, ctx.torch_device,
-                                                 ctx.interpreted),
+                         lambda kernel: SdpaLauncher(kernel, dt, scale, ctx.torch_device,
+                                                     ctx.interpreted),
                          [q, kt, v] + ([mask] if mask else []))
 
 
@@ -558,6 +538,6 @@ class Attention(Template):
                    f"flash attention, online softmax in {compute_type(dt)}; "
                    f"scale={'1/sqrt(D)' if scale is None else repr(scale)}; {variant.text()}")
         return _compiled(name, node, ctx, variant, ir_text,
-                         lambda fn: AttentionLauncher(fn, dt, scale, q_heads, kv_heads,
-                                                      ctx.torch_device, ctx.interpreted),
+                         lambda kernel: AttentionLauncher(kernel, dt, scale, q_heads, kv_heads,
+                                                          ctx.torch_device, ctx.interpreted),
                          [q, k, v] + ([mask] if mask else []))

@@ -1,8 +1,9 @@
 """Autotuning: config spaces, the tuning database, the lookup at launch, launch recording.
 
-A tunable template (MatMul, Gemm, Conv) launches with a *config*: a frozen dataclass of ints
-(tiles, group size, num_warps, num_stages). At every launch :meth:`ConfigSpace.choose` asks the
-device's :class:`TuningTable` for a stored config for (kernel key, shape key); without one the
+A tunable template (MatMul, Gemm, Conv, attention) launches with a *config*: a frozen
+dataclass of ints (tiles, group size, num_warps, num_stages). At every launch
+:meth:`ConfigSpace.choose` asks the device's :class:`TuningTable` for a stored config for
+(kernel key, shape key); without one the
 template's size heuristic (its ``pick_config``) decides. A normal run never times anything:
 tuning happens only in :func:`codegen.tuner.tune`, driven by ``perf/autotune.py``, on launches
 recorded while a session ran under :func:`recording`.

@@ -5,7 +5,7 @@
     python -m tritort autotune MODEL.onnx ...          # the same
 
 The model is compiled on the Triton provider and run once on random inputs (inputs with
-symbolic dims need --shapes) while every tunable launch (MatMul, Gemm, Conv) is recorded. Each
+symbolic dims need --shapes) while every tunable launch (MatMul, Gemm, Conv, attention) is recorded. Each
 distinct (kernel key, shape key) then times its pruned candidates with
 ``triton.testing.do_bench``, within --budget seconds per kernel; a candidate that fails to
 compile or whose output differs from the default config's is skipped. The winners go into the
