@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import abc
 import math
-import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from tritort import dtypes
 from tritort.graph import Node
 
+from . import target
 from .pointwise import _block_size
 from .templates import CompiledTemplate, Template, TemplateContext, load_source, template
 
@@ -150,7 +150,7 @@ def launch(fn: Any, numel: int, args: Sequence[Any]) -> None:
     up to BLOCK, numel included."""
     if numel == 0:
         return
-    block, warps = _block_size(numel, os.environ.get("TRITON_INTERPRET") == "1")
+    block, warps = _block_size(numel, target.interpreted())
     fn[((numel + block - 1) // block,)](*args, BLOCK=block, num_warps=warps)
 
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Callable, Sequence
 
 from tritort.graph import Node
 
+from . import target
 from .ir import Cast, Expr, Load, Op, PointwiseKernel, TensorParam
 from .lowering import lower_node
 
@@ -98,7 +98,7 @@ class PointwiseLauncher:
         self.kernel = kernel
         self.out_dtypes = torch_dtypes
         self.device = device
-        self.interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        self.interpreted = target.interpreted()
 
     def __call__(self, *inputs):
         import torch

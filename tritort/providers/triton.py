@@ -60,6 +60,7 @@ class TritonExecutionProvider(ExecutionProvider):
         self.kernels: list[dict[str, Any]] = []  # for the placement report
         self._types: dict = {}
         self._constants: dict = {}
+        self._host_shapes: set[str] = set()  # values computed from shapes, on the host
 
     # -- claiming --------------------------------------------------------------------------
     def claim(self, node: Node, graph: Graph) -> str | None:
@@ -70,6 +71,9 @@ class TritonExecutionProvider(ExecutionProvider):
         self._constants = graph.initializers
         if node.domain not in ("", INTERNAL_DOMAIN):
             return f"no Triton lowering for domain '{node.domain}'"
+        if self._shape_arithmetic(node):
+            return "shape arithmetic (int64 vectors) stays on the host, where Reshape, " \
+                   "Expand and the like read it"
         if node.op_type in TEMPLATES:
             return TEMPLATES[node.op_type].claim(node, self._template_context(graph.opsets[""]))
         row = LOWERINGS.get(node.op_type)
@@ -87,6 +91,21 @@ class TritonExecutionProvider(ExecutionProvider):
         if row.refuses is not None:
             return row.refuses(node.attrs, [self._dtype(v) for v in present])
         return None
+
+    def _shape_arithmetic(self, node: Node) -> bool:
+        """Computes on a shape: every value an int64 vector or scalar, and one of its inputs
+        made by Shape / Size or by such a node (claims come in topological order). On the
+        device each would cost a launch, then a copy back for the Reshape that reads it."""
+        if node.op_type in ("Shape", "Size"):
+            self._host_shapes.update(node.outputs)
+            return False
+        values = [v for v in node.inputs + node.outputs if v]
+        if not any(v in self._host_shapes for v in node.inputs) or not all(
+                self._dtype(v) == "int64" and len(self._types[v].tensor_type.shape.dim) <= 1
+                for v in values):
+            return False
+        self._host_shapes.update(node.outputs)
+        return True
 
     def _dtype(self, value: str) -> str | None:
         t = self._types.get(value)
@@ -183,10 +202,11 @@ class TritonExecutionProvider(ExecutionProvider):
         return TileFusion(prologue, epilogue, result, info.escapes(result, names), fused)
 
     def _template_context(self, opset: int):
+        from codegen import target
         from codegen.templates import TemplateContext
 
         return TemplateContext(self._dtype, self._shape, self._constants.get, self.device,
-                               self.torch_device, _interpreted(), opset, self.tuning)
+                               self.torch_device, target.interpreted(), opset, self.tuning)
 
     def _rank(self, value: str) -> int:
         return len(self._types[value].tensor_type.shape.dim)
