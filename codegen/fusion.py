@@ -78,6 +78,9 @@ TILED_OPS = frozenset({"MatMul", "Gemm", "Float8MatMul", "Conv"})
 # Ops whose result an epilogue may take (per row for reductions, per tile element for tiles).
 EPILOGUE_OPS = frozenset(op for op in ROWWISE_PASSES if op.startswith("Reduce")) | TILED_OPS
 ANCHOR_OPS = frozenset(ROWWISE_PASSES) | TILED_OPS
+# Tiled anchors that convert an operand's tiles as they load them: a Cast or a scalar scale
+# in front of the GEMM (the template's rule says which nodes qualify).
+OPERAND_PROLOGUE_OPS = frozenset({"MatMul", "Gemm"})
 _NOT_FUSED_TYPES = ("float8e4m3fn", "float8e5m2")  # special values need the pointwise emitter
 
 
@@ -152,9 +155,11 @@ class AnchorPlanner:
     def __init__(self, nodes: Sequence[Node], is_pointwise: Callable[[Node], bool],
                  position: dict[str, int], shape_of: Callable[[str], Shape | None],
                  dtype_of: Callable[[str], str | None],
-                 escapes: Callable[[str, set[str]], bool]) -> None:
+                 escapes: Callable[[str, set[str]], bool],
+                 operand_prologue: Callable[[Node], bool] = lambda node: False) -> None:
         self.nodes, self.is_pointwise, self.position = list(nodes), is_pointwise, position
         self.shape_of, self.dtype_of, self.escapes = shape_of, dtype_of, escapes
+        self.operand_prologue = operand_prologue
         self.producer = {o: n for n in self.nodes for o in n.outputs if o}
         ours = {n.name for n in self.nodes}
         self.foreign = sorted(p for name, p in position.items() if name not in ours)
@@ -166,6 +171,7 @@ class AnchorPlanner:
             if node.op_type in ANCHOR_OPS and node.name not in self.taken:
                 group = AnchorGroup(node)
                 self.taken.add(node.name)
+                self._choose_operand_prologues(group)
                 self._choose_prologue(group)
                 self._choose_epilogue(group)
                 self.taken.update(n.name for n in group.nodes)
@@ -233,6 +239,20 @@ class AnchorPlanner:
                 best, best_score = list(chosen), score
         group.prologue = sorted(best, key=lambda n: self.position[n.name])
         group.score += best_score
+
+    def _choose_operand_prologues(self, group: AnchorGroup) -> None:
+        """A GEMM reads an operand's source and converts each tile: the converted operand
+        is never written (no score needed: it only saves memory traffic)."""
+        anchor = group.anchor
+        if anchor.op_type not in OPERAND_PROLOGUE_OPS:
+            return
+        for value in anchor.inputs[:2]:
+            node = self.producer.get(value)
+            if node is None or node in group.prologue or not self._free(node) or \
+                    len(node.outputs) != 1 or self.escapes(value, {anchor.name, node.name}) \
+                    or not self.operand_prologue(node):
+                continue
+            group.prologue.append(node)
 
     # -- epilogue ----------------------------------------------------------------------
     def _choose_epilogue(self, group: AnchorGroup) -> None:

@@ -3,7 +3,7 @@
 A program computes one BLOCK_M x BLOCK_N tile of one batch entry of ``Y = A @ B``: it walks K
 BLOCK_K at a time, multiplying tiles with ``tl.dot`` into an fp32 accumulator (fp64 for
 double), then runs the *epilogue* (pointwise lines on the accumulator tile: Gemm's alpha
-scale and ``+ beta * C``; a fusion pass may later add bias, activations, residuals) and
+scale and ``+ beta * C``, then what the fusion pass adds: bias, activations, residuals) and
 rounds once on store. Programs are numbered batch-major and, within a batch entry, in
 groups of GROUP_M row blocks, so a column block of B is reused from L2 by GROUP_M
 neighbouring programs.
@@ -14,8 +14,10 @@ Sizes are runtime arguments; a kernel is specialized on ranks, dtypes and attrib
 
 Block sizes are picked at launch: a config that ``perf/autotune.py`` stored in the tuning
 database for this kernel key (``matmul:<dtype>:batch<rank>``) and shape bucket wins;
-otherwise :func:`pick_config`'s size heuristic chooses from :data:`CONFIGS`. The tuner's
-candidates and pruning rules are :data:`TUNING` (see :mod:`codegen.tuning`).
+otherwise the size heuristic of :mod:`codegen.gemm_configs` chooses.
+
+A fused *prologue* converts an operand's tiles as they are loaded (a Cast, a scalar scale:
+:func:`operand_prologue`), so the converted operand is never written.
 """
 from __future__ import annotations
 
@@ -30,129 +32,11 @@ import numpy as np
 from tritort import dtypes
 
 from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
-from . import tuning
+# the configs live beside; CONFIGS and pick_config are re-exported for callers and tests
+from .gemm_configs import CONFIGS, TUNING, GemmConfig, pick_config  # noqa: F401
 from .templates import CompiledTemplate, Template, load_source, template
 
 FLOATS = ("float", "float16", "bfloat16", "double")
-
-# ------------------------------------------------------------------ configs
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    group_m: int
-    num_warps: int
-    num_stages: int
-
-
-# GPU candidates per element size in bytes, largest tiles first. float32 uses
-# input_precision="ieee" (FMA, no TF32), so its tiles stay smaller; fp64 tiles smaller still
-# (the accumulator lives in registers). Shared memory per stage stays under ~50 KB.
-CONFIGS: dict[int, tuple[GemmConfig, ...]] = {
-    1: (GemmConfig(128, 256, 128, 8, 8, 3), GemmConfig(128, 128, 128, 8, 4, 4),
-        GemmConfig(64, 128, 128, 8, 4, 4), GemmConfig(64, 64, 128, 8, 4, 4),
-        GemmConfig(32, 64, 128, 8, 4, 4), GemmConfig(16, 64, 128, 8, 4, 4)),  # float8
-    2: (GemmConfig(128, 256, 64, 8, 8, 3), GemmConfig(128, 128, 64, 8, 4, 4),
-        GemmConfig(64, 128, 64, 8, 4, 4), GemmConfig(64, 64, 64, 8, 4, 4),
-        GemmConfig(32, 64, 64, 8, 4, 4), GemmConfig(16, 64, 128, 8, 4, 4)),
-    4: (GemmConfig(128, 128, 32, 8, 8, 3), GemmConfig(64, 128, 32, 8, 4, 4),
-        GemmConfig(64, 64, 32, 8, 4, 4), GemmConfig(32, 64, 32, 8, 4, 4),
-        GemmConfig(16, 64, 32, 8, 4, 4)),
-    8: (GemmConfig(64, 64, 16, 8, 4, 3), GemmConfig(32, 64, 16, 8, 4, 3),
-        GemmConfig(16, 64, 16, 8, 4, 3)),
-}
-# Enough programs to fill a large GPU; below that, smaller tiles buy parallelism.
-_MIN_PROGRAMS = 128
-_MIN_BLOCK = 16  # tl.dot needs every block dim >= 16
-_INTERPRETER_MAX_BLOCK = 32
-
-
-def _fit(n: int, cap: int) -> int:
-    """The power-of-two block (>= 16, <= cap) that covers n."""
-    return min(max(_MIN_BLOCK, 1 << max(n - 1, 0).bit_length()), cap)
-
-
-def pick_config(m: int, n: int, k: int, batch: int, itemsize: int,
-                interpreted: bool) -> GemmConfig:
-    """The config for one launch: the largest tiles that still give enough programs."""
-    if interpreted:  # numpy underneath: small tiles keep ragged edges and K loops exercised
-        cap = _INTERPRETER_MAX_BLOCK
-        return GemmConfig(_fit(m, cap), _fit(n, cap), _fit(k, cap), 4, 4, 1)
-    candidates = CONFIGS[itemsize]
-    fitting = [c for c in candidates
-               if c.block_m <= _fit(m, 256) and c.block_n <= _fit(n, 256)] or [candidates[-1]]
-    chosen = fitting[-1]
-    for c in fitting:
-        if batch * math.ceil(m / c.block_m) * math.ceil(n / c.block_n) >= _MIN_PROGRAMS:
-            chosen = c
-            break
-    return GemmConfig(chosen.block_m, chosen.block_n, min(chosen.block_k, _fit(k, 256)),
-                      chosen.group_m, chosen.num_warps, chosen.num_stages)
-
-
-# What the tuner tries, per element size: (block_m, block_n, block_k) tiles, each at several
-# pipeline depths; 8 warps from 128x128 tiles up. The rules below prune per problem.
-_TUNING_TILES = {
-    1: ((128, 256, 128), (128, 128, 128), (128, 128, 64), (64, 256, 128), (64, 128, 128),
-        (128, 64, 128), (64, 64, 128), (64, 64, 64), (32, 64, 128), (32, 32, 128),
-        (16, 64, 128), (16, 32, 128)),
-    2: ((128, 256, 64), (256, 128, 64), (128, 128, 64), (128, 128, 32), (64, 256, 32),
-        (128, 64, 64), (64, 128, 64), (64, 64, 64), (64, 64, 32), (32, 64, 64),
-        (64, 32, 64), (32, 32, 64), (16, 64, 128), (16, 32, 64)),
-    4: ((128, 128, 32), (128, 64, 32), (64, 128, 32), (64, 64, 32), (32, 64, 32),
-        (64, 32, 32), (32, 32, 32), (16, 64, 32), (128, 128, 16), (64, 64, 16), (16, 32, 32)),
-    8: ((64, 64, 16), (32, 64, 16), (64, 32, 16), (32, 32, 16), (16, 64, 16), (32, 32, 32),
-        (16, 32, 16)),
-}
-_TUNING_STAGES = {1: (3, 4), 2: (3, 4), 4: (2, 3, 4), 8: (2, 3)}
-_INTERPRETER_TILES = ((16, 16, 16), (32, 32, 32), (16, 32, 32), (32, 16, 16))
-
-
-def _tuning_candidates(problem: dict, device: tuning.DeviceInfo) -> list[GemmConfig]:
-    fit_k = _fit(problem["K"], 256)
-    if device.interpreted:  # timings mean nothing there: a few small tiles prove the path
-        return [GemmConfig(bm, bn, min(bk, fit_k), 4, 4, 1) for bm, bn, bk in _INTERPRETER_TILES]
-    size = problem["itemsize"]
-    return [GemmConfig(bm, bn, min(bk, fit_k), 8, 8 if bm * bn >= 128 * 128 else 4, stages)
-            for bm, bn, bk in _TUNING_TILES[size] for stages in _TUNING_STAGES[size]]
-
-
-def _staged_bytes(cfg: GemmConfig, problem: dict) -> int:
-    return (cfg.block_m + cfg.block_n) * cfg.block_k * problem["itemsize"] * cfg.num_stages
-
-
-def _registers(cfg: GemmConfig, problem: dict, device) -> str | None:
-    """The accumulator tile lives in registers: at most 128 (fp32) per thread."""
-    words = cfg.block_m * cfg.block_n * (2 if problem["itemsize"] == 8 else 1)
-    per_thread = words // (32 * cfg.num_warps)
-    return f"accumulator needs {per_thread} registers per thread" if per_thread > 128 else None
-
-
-def _valid(cfg: GemmConfig) -> str | None:
-    for name in ("block_m", "block_n", "block_k"):
-        v = getattr(cfg, name)
-        if v < _MIN_BLOCK or v & (v - 1):
-            return f"{name}={v} is not a power of two >= {_MIN_BLOCK}"
-    if cfg.num_warps not in (1, 2, 4, 8, 16, 32):
-        return f"num_warps={cfg.num_warps} is not a power of two <= 32"
-    return f"num_stages={cfg.num_stages} > 8" if cfg.num_stages > 8 else None
-
-
-def _shape_key(p: dict) -> str:
-    b = tuning.bucket
-    return f"b{b(p['batch'])}_m{b(p['M'], 16)}_n{b(p['N'], 16)}_k{b(p['K'], 16)}_{p['layout']}"
-
-
-TUNING = tuning.ConfigSpace(
-    "matmul", GemmConfig, _tuning_candidates,
-    rules=(tuning.dot_blocks("block_m", "block_n", "block_k"),
-           tuning.within_problem(block_m="M", block_n="N"), tuning.shared_memory(_staged_bytes),
-           _registers),
-    shape_key=_shape_key, check=_valid)
-
 
 # ------------------------------------------------------------------ kernel source
 
@@ -229,9 +113,13 @@ def _signature(name: str, params: Sequence[str], width: int = 96) -> list[str]:
 
 def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: str,
                   out_dtype: str, interpreted: bool, epilogue: Epilogue,
-                  round_bf16: bool = False, dot_upcast: str | None = None) -> str:
+                  round_bf16: bool = False, dot_upcast: str | None = None,
+                  prologues: dict[int, str] | None = None) -> str:
     """``Y[b] = epilogue(A[b] @ B[b])`` over ``batch_rank`` broadcast batch dims; tiles are
-    converted to ``dot_upcast`` before ``tl.dot`` when given (float8 without native MMA)."""
+    converted to ``dot_upcast`` before ``tl.dot`` when given (float8 without native MMA).
+    ``prologues``: operand index -> a line turning the loaded tile (``a_tile`` / ``b_tile``,
+    read from the prologue's source) into the operand (see :func:`operand_prologue`)."""
+    prologues = prologues or {}
     r = batch_rank
     dims = [f"d{j}" for j in range(r)]
     strides = ([f"sa{j}" for j in range(r)] + ["sam", "sak"] +
@@ -283,6 +171,8 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
         "                         other=0.0)",
         "        b_tile = tl.load(b_cols + k_off[:, None] * sbk, mask=k_in[:, None] & mask_n,",
         "                         other=0.0)",
+        *[f"        {prologues[i].format(t=t)}" for i, t in enumerate(("a_tile", "b_tile"))
+          if i in prologues],
         *_dot_line(in_dtype, interpreted, dot_upcast),
         "    tile_mask = mask_m & mask_n",
         *[f"    out_idx_{j} = i{j}" for j in range(r)],
@@ -431,6 +321,58 @@ class GemmLauncher:
                                      self.interpreted, extra)
 
 
+# ------------------------------------------------------------------ operand prologues
+
+
+@dataclass(frozen=True)
+class OperandPrologue:
+    """A node computing a GEMM operand that the kernel applies to each tile it loads."""
+
+    source: str  # the value the kernel reads instead of the operand
+    line: str  # ``{t} = ...`` on the loaded tile named t
+    text: str
+    round_bf16: bool = False
+
+
+def _round_to(expr: str, dtype: str) -> str:
+    """expr (any float type) rounded to ``dtype`` and held in it."""
+    if dtype == "bfloat16":
+        return f"_round_bf16(({expr}).to(tl.float32)).to(tl.bfloat16)"
+    return f"({expr}).to({storage_type(dtype)})"
+
+
+def operand_prologue(node, ctx) -> OperandPrologue | None:
+    """A Cast between float types, or a Mul / Div by a scalar constant, as a tile prologue;
+    None for anything else. The result is rounded to the operand's type as the graph does."""
+    if node.domain != "" or not node.inputs or not node.outputs:
+        return None
+    out_dt = ctx.dtype_of(node.outputs[0])
+    if out_dt not in FLOATS:
+        return None
+    if node.op_type == "Cast":
+        src_dt = ctx.dtype_of(node.inputs[0])
+        if src_dt not in FLOATS:
+            return None
+        return OperandPrologue(node.inputs[0], "{t} = " + _round_to("{t}", out_dt),
+                               f"cast {src_dt} -> {out_dt}", out_dt == "bfloat16")
+    if node.op_type not in ("Mul", "Div") or len(node.inputs) != 2:
+        return None
+    for i in (0, 1):
+        c = ctx.constant_of(node.inputs[1 - i])
+        if c is None or c.size != 1 or (node.op_type == "Div" and i == 1):
+            continue
+        if ctx.dtype_of(node.inputs[i]) != out_dt:
+            return None
+        scalar = float(c.reshape(-1)[0])
+        compute = "tl.float64" if out_dt == "double" else "tl.float32"
+        op = "*" if node.op_type == "Mul" else "/"
+        return OperandPrologue(node.inputs[i],
+                               "{t} = " + _round_to(f"{{t}}.to({compute}) {op} {scalar!r}",
+                                                    out_dt),
+                               f"{op} {scalar!r}", out_dt == "bfloat16")
+    return None
+
+
 # ------------------------------------------------------------------ templates
 
 
@@ -454,7 +396,14 @@ def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_fo
     """Source, kernel and launcher; ``launcher_for(fn, out_dtype, fused)``. A ``fusion``
     (codegen.fusion's choice) appends its pointwise epilogue to the template's own."""
     fused, out_dt = None, own_out_dtype or in_dt
-    if fusion is not None:
+    prologues, round_bf16 = {}, False
+    for index, producer in (fusion.operands.items() if fusion is not None else ()):
+        rule = operand_prologue(producer, ctx)
+        inputs = [rule.source if i == index else v for i, v in enumerate(inputs)]
+        prologues[index] = rule.line
+        round_bf16 |= rule.round_bf16
+        ir_text += f"\nprologue on operand {'AB'[index]}: {producer.name} ({rule.text})"
+    if fusion is not None and fusion.epilogue is not None:
         from .epilogue import build
 
         fused = build(fusion, out_dt, batch_rank + 2)
@@ -465,8 +414,9 @@ def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_fo
         inputs = inputs + fused.inputs
         ir_text += "\n" + fusion.text()
     source = matmul_source(name, _header(node, ir_text), batch_rank, in_dt, out_dt,
-                           ctx.interpreted, epilogue, fused is not None and fused.uses_bf16,
-                           dot_upcast)
+                           ctx.interpreted, epilogue,
+                           round_bf16 or (fused is not None and fused.uses_bf16), dot_upcast,
+                           prologues)
     fn, path, cached = load_source(source, name, ctx)
     return CompiledTemplate(name, launcher_for(fn, out_dt, fused), inputs, ir_text, source,
                             path, cached)

@@ -13,7 +13,7 @@ import math
 import re
 import textwrap
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -127,6 +127,8 @@ class TileFusion:
     result: str
     store_result: bool
     nodes: list[tuple[str, str]]  # (name, op type) of every fused node besides the anchor
+    # tiled anchors (GEMM): operand index -> the Cast / scale node computing that operand
+    operands: dict = field(default_factory=dict)
 
     @property
     def prologue_inputs(self) -> list[str]:

@@ -150,3 +150,70 @@ def test_epilogue_ir_and_source(tmp_path, monkeypatch):
     assert "tl.load(e1 + (out_idx_0 * e1_s0 + out_idx_1 * e1_s1 + out_idx_2 * e1_s2)" in source
     assert "bias_add" in ir_text
     _check(model, sess, _feeds(model))
+
+
+# ------------------------------------------------------------------ operand prologues
+
+
+def _prologue_model(a_node, b_node, a_elem=TP.FLOAT, b_elem=TP.FLOAT, op="MatMul"):
+    """Y = op(prologue(A), prologue(B)) with A [M, 24] and B [24, 20] runtime inputs."""
+    nodes, a, b = [], "A", "B"
+    for name, spec in (("A", a_node), ("B", b_node)):
+        if spec is None:
+            continue
+        kind, attrs, const = spec
+        ins = [name] + ([f"{name}_c"] if const is not None else [])
+        nodes.append(helper.make_node(kind, ins, [f"{name}_p"], name=f"pro_{name}", **attrs))
+        if name == "A":
+            a = f"{name}_p"
+        else:
+            b = f"{name}_p"
+    nodes.append(helper.make_node(op, [a, b], ["Y"], name="mm"))
+    out_elem = TP.FLOAT16 if a_node and a_node[1].get("to") == TP.FLOAT16 else \
+        TP.BFLOAT16 if a_node and a_node[1].get("to") == TP.BFLOAT16 else TP.FLOAT
+    inits = [numpy_helper.from_array(np.array(c, np.float32), f"{n}_c")
+             for n, spec in (("A", a_node), ("B", b_node)) if spec and spec[2] is not None
+             for c in [spec[2]]]
+    inputs = [models.vi("A", a_elem, ["M", 24]), models.vi("B", b_elem, [24, 20])]
+    return models.make(nodes, inputs, [models.vi("Y", out_elem, None)], inits, opset=21)
+
+
+@pytest.mark.parametrize("a_node,b_node,op", [
+    (("Mul", {}, 0.3), None, "MatMul"),
+    (None, ("Div", {}, 3.0), "MatMul"),
+    (("Mul", {}, 0.3), ("Mul", {}, -2.0), "Gemm"),
+])
+def test_scale_prologue_is_applied_to_loaded_tiles(a_node, b_node, op):
+    model = _prologue_model(a_node, b_node, op=op)
+    sess, groups = _session(model)
+    kernels = _kernels(groups)
+    assert len(kernels) == 1 and kernels[0][-1] == "mm", groups
+    feeds = {"A": _randn((9, 24)), "B": _randn((24, 20), seed=5)}
+    _check(model, sess, feeds, tol=1e-5)
+
+
+@pytest.mark.parametrize("to,tol", [(TP.FLOAT16, 2e-3), (TP.BFLOAT16, 2e-2)])
+def test_cast_prologue_reads_the_wide_source(to, tol, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITORT_DUMP_DIR", str(tmp_path))
+    model = _prologue_model(("Cast", {"to": to}, None), ("Cast", {"to": to}, None))
+    sess, groups = _session(model)
+    assert _kernels(groups) == [["pro_A", "pro_B", "mm"]], groups
+    source = next(tmp_path.glob("matmul_*.py")).read_text()
+    assert "prologue on operand A: pro_A (cast float ->" in source
+    feeds = {"A": _randn((9, 24)), "B": _randn((24, 20), seed=5)}
+    got = sess.run(None, feeds)[0].astype(np.float32)
+    # onnxruntime in float32 on the values rounded as the graph's Cast rounds them
+    low = np.float16 if to == TP.FLOAT16 else ml_dtypes.bfloat16
+    ref = onnxruntime.InferenceSession(_prologue_model(None, None).SerializeToString(),
+                                       providers=["CPUExecutionProvider"]).run(
+        None, {k: v.astype(low).astype(np.float32) for k, v in feeds.items()})[0]
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+def test_operand_read_elsewhere_is_not_a_prologue():
+    model = _prologue_model(("Mul", {}, 0.3), None)
+    model.graph.output.append(helper.make_value_info("A_p", helper.make_tensor_type_proto(
+        TP.FLOAT, None)))
+    sess, groups = _session(model)
+    assert not any("pro_A" in k and "mm" in k for k in _kernels(groups)), groups
+    _check(model, sess, {"A": _randn((9, 24)), "B": _randn((24, 20), seed=5)})

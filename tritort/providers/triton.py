@@ -128,9 +128,12 @@ class TritonExecutionProvider(ExecutionProvider):
         self._types = info.value_types
         self._constants = info.initializers
         ctx = self._template_context(info.opsets[""])
-        rowwise = AnchorPlanner(nodes, lambda n: n.op_type not in TEMPLATES, info.position,
-                                 self._shape, self._dtype, info.escapes).plan()
-        anchors = {g.anchor.name: g for g in rowwise}
+        from codegen.gemm import operand_prologue
+
+        anchor_groups = AnchorPlanner(nodes, lambda n: n.op_type not in TEMPLATES, info.position,
+                                self._shape, self._dtype, info.escapes,
+                                lambda n: operand_prologue(n, ctx) is not None).plan()
+        anchors = {g.anchor.name: g for g in anchor_groups}
         units = []
         template_groups: list[list] = []
         fused_names: set[str] = set()
@@ -177,9 +180,9 @@ class TritonExecutionProvider(ExecutionProvider):
         return units
 
     def _tile_fusion(self, group, info: CompileInfo):
-        """The group's pointwise nodes lowered for its row-wise kernel, or None to run the
+        """The group's pointwise nodes lowered for its template kernel, or None to run the
         anchor alone (nothing fused, or the prologue's loads would not span the data)."""
-        from codegen.fusion import broadcast_shape
+        from codegen.fusion import OPERAND_PROLOGUE_OPS, broadcast_shape
         from codegen.pointwise import build_kernel
         from codegen.rowwise import TileFusion
 
@@ -189,7 +192,11 @@ class TritonExecutionProvider(ExecutionProvider):
         data, result = anchor.inputs[0], anchor.outputs[0]
         names = {n.name for n in group.nodes}
         prologue = epilogue = None
-        if group.prologue:
+        operands = {}
+        if anchor.op_type in OPERAND_PROLOGUE_OPS:  # one converting node per operand
+            made = {o: n for n in group.prologue for o in n.outputs}
+            operands = {i: made[v] for i, v in enumerate(anchor.inputs[:2]) if v in made}
+        elif group.prologue:
             prologue = build_kernel(f"{anchor.name}_prologue", group.prologue, self._dtype,
                                     self._rank, lambda v: v == data)
             shapes = [self._shape(p.name) for p in prologue.inputs]
@@ -199,7 +206,8 @@ class TritonExecutionProvider(ExecutionProvider):
             epilogue = build_kernel(f"{anchor.name}_epilogue", group.epilogue, self._dtype,
                                     self._rank, lambda v: info.escapes(v, names))
         fused = [(n.name, n.op_type) for n in group.prologue + group.epilogue]
-        return TileFusion(prologue, epilogue, result, info.escapes(result, names), fused)
+        return TileFusion(prologue, epilogue, result, info.escapes(result, names), fused,
+                          operands)
 
     def _template_context(self, opset: int):
         from codegen import target
