@@ -123,7 +123,7 @@ def test_batchnorm_absorbs_following_affine_ops():
 
 
 def attention_model(scale_kind="Mul", mask=True, mask_first=False, split_scale=False,
-                    dtype=TP.FLOAT, heads=2, opset=17):
+                    dtype=TP.FLOAT, heads=2, opset=17, where=None):
     """Q [B,H,S,D], K [B,H,S,D] transposed by a Transpose, V [B,H,S,D]; mask [B,1,1,S]."""
     np_dtype = np.float16 if dtype == TP.FLOAT16 else np.float32
     inits = []
@@ -143,7 +143,12 @@ def attention_model(scale_kind="Mul", mask=True, mask_first=False, split_scale=F
         inits.append(c)
         nodes.append(helper.make_node(scale_kind, ["scores", "scale"], ["scaled"], name="sc"))
         value = "scaled"
-    if mask:
+    if where is not None:  # a bool mask: keep the scores where M holds (or where it does not)
+        inits.append(numpy_helper.from_array(np.array(-np.inf, np_dtype), "fill"))
+        ins = ["M", value, "fill"] if where == "keep" else ["M", "fill", value]
+        nodes.append(helper.make_node("Where", ins, ["masked"], name="mask"))
+        value = "masked"
+    elif mask:
         ins = ["M", value] if mask_first else [value, "M"]
         nodes.append(helper.make_node("Add", ins, ["masked"], name="mask"))
         value = "masked"
@@ -151,8 +156,8 @@ def attention_model(scale_kind="Mul", mask=True, mask_first=False, split_scale=F
               helper.make_node("MatMul", ["p", "V"], ["Y"], name="pv")]
     shape = ["B", heads, "S", 8]
     inputs = [models.vi(x, dtype, shape) for x in "QKV"]
-    if mask:
-        inputs.append(models.vi("M", dtype, ["B", 1, 1, "S"]))
+    if mask or where:
+        inputs.append(models.vi("M", TP.BOOL if where else dtype, ["B", 1, 1, "S"]))
     return models.make(nodes, inputs, [models.vi("Y", dtype, None)], inits, opset=opset)
 
 
@@ -176,6 +181,18 @@ def test_attention_is_fused(scale_kind, mask, mask_first, split_scale):
     assert _optimized_ops(model, GraphOptimizationLevel.ORT_ENABLE_BASIC).count(
         ("", "MatMul")) == 2
     _check_outputs(model, attention_feeds(mask=mask))
+
+
+@pytest.mark.parametrize("where", ["keep", "drop"])
+def test_attention_with_a_where_mask_is_fused(where):
+    model = attention_model(where=where)
+    ops = _optimized_ops(model)
+    assert (INTERNAL_DOMAIN, "ScaledDotProductAttention") in ops and ("", "Softmax") not in ops
+    feeds = attention_feeds(mask=False)
+    keep = np.ones((2, 1, 1, 5), bool)
+    keep[0, ..., -2:] = False
+    feeds["M"] = keep if where == "keep" else ~keep
+    _check_outputs(model, feeds)
 
 
 def test_attention_not_fused_when_probabilities_are_read():

@@ -4,8 +4,9 @@
   inference mode, Mul / Div / Add / Sub by a per-channel constant) fold into the weights and
   the bias, so they cost nothing at run time.
 - Scaled dot-product attention as exporters write it (MatMul -> Mul/Div by a scalar ->
-  Add mask -> Softmax -> MatMul) becomes one ``ScaledDotProductAttention`` node of the
-  internal domain, which providers run as one kernel.
+  Add mask, or Where(condition, scores, fill) -> Softmax -> MatMul) becomes one
+  ``ScaledDotProductAttention`` node of the internal domain, which providers run as one
+  kernel (a Where's condition first becomes an additive mask of its own, small, shape).
 
 Every rewrite checks that the values it removes are read by nothing else and are not graph
 outputs, and keeps the final value's name, so shapes and types known at load time still hold.
@@ -285,6 +286,10 @@ def fuse_attention(graph: Graph) -> int:
         nodes, inputs, scale = match
         if any(n.name in removed for n in nodes):
             continue
+        if isinstance(inputs[3], tuple):  # a Where mask: an additive one computed first
+            mask_node = _additive_mask(graph, softmax, *inputs[3])
+            graph.nodes.insert(graph.nodes.index(nodes[-1]), mask_node)
+            inputs[3] = mask_node.outputs[0]
         out = nodes[-1].outputs[0]
         node = Node(f"{softmax.name}__attention", ATTENTION_OP, INTERNAL_DOMAIN, inputs, [out],
                     {"scale": scale, "is_causal": 0},
@@ -326,10 +331,39 @@ def _match_attention(graph: Graph, uses: _Uses, producer: dict, softmax: Node):
                 found[0].append(add)
                 break
             found = None
+    if found is None and add is not None and add.op_type == "Where" and add.domain == "" and \
+            uses.only_reader(scores) and (_rank(graph, add.inputs[0]) or 9) <= 4:
+        for side in (1, 2):  # the scores are kept where the condition holds, or where not
+            found = _match_scores(graph, uses, producer, add.inputs[side])
+            fill = _scalar(uses, add.inputs[3 - side])
+            if found is not None and fill is not None and \
+                    _shape(graph, add.inputs[side]) == _shape(graph, scores):
+                mask = (add.inputs[0], side == 1, fill)  # made additive by the caller
+                found[0].append(add)
+                break
+            found = None
     if found is None:
         return None
     chain, q, kt, scale = found
     return chain + [softmax, after], [q, kt, after.inputs[1], mask], scale
+
+
+def _additive_mask(graph: Graph, softmax: Node, condition: str, keep_where_true: bool,
+                   fill: float) -> Node:
+    """Where(cond, scores, fill) as scores + Where(cond, 0, fill): a node computing the
+    additive mask (the shape of the condition, the type of the scores)."""
+    elem = graph.value_types[softmax.inputs[0]].tensor_type.elem_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    zero = _add_constant(graph, f"{softmax.name}__mask_zero", np.zeros((), dtype))
+    filled = _add_constant(graph, f"{softmax.name}__mask_fill", np.array(fill, dtype))
+    out = _fresh_name(graph, f"{softmax.name}__mask")
+    cond_type = graph.value_types[condition].tensor_type
+    graph.value_types[out] = onnx.helper.make_tensor_type_proto(elem, None)
+    graph.value_types[out].tensor_type.shape.CopyFrom(cond_type.shape)
+    inputs = [condition, zero, filled] if keep_where_true else [condition, filled, zero]
+    name = f"{softmax.name}__mask"
+    return Node(name, "Where", "", inputs, [out], {},
+                onnx.helper.make_node("Where", inputs, [out], name=name))
 
 
 def _match_scores(graph: Graph, uses: _Uses, producer: dict, value: str):
