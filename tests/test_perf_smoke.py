@@ -27,3 +27,16 @@ def test_kernel_benchmark_smoke_checks_results_and_prints_a_table(tmp_path):
     assert "| pointwise | tritort |" in out and "| layernorm | tritort |" in out
     assert "meaningless" in out
     assert len(list(tmp_path.glob("*-kernels.md"))) == 1
+
+
+def test_compute_benchmark_smoke(tmp_path):
+    out = _run("perf/bench_compute.py", "--smoke", "--out", str(tmp_path))
+    for case in ("GEMM", "fp8 GEMM", "Attention", "ResNet-50 convolutions"):
+        assert f"## {case}" in out
+    for row in ("| fp16 64x64x64 | tritort |", "| e4m3fn->bf16 64x64x64 | tritort fp8 |",
+                "| fp16 B1 H2 S64 D32 causal | tritort |",
+                "| stem 7x7/2 3->8 @16 N1 (x1) | tritort |"):
+        assert row in out  # a tritort row per case, checked against torch (exit status 0)
+    assert "meaningless" in out and "WRONG" not in out and "error:" not in out
+    written = list(tmp_path.glob("*-compute.md"))
+    assert len(written) == 1 and written[0].read_text().count("| tritort") >= 4
