@@ -105,11 +105,14 @@ class MovementTemplate(Template):
         """The node's compile-time parameters; raises Decline when it cannot run here."""
 
 
-def view_template(name: str, node: Node, describe: str, fn: Callable) -> CompiledTemplate:
-    """A node that becomes a torch view: no kernel, no cache file."""
+def view_template(name: str, node: Node, describe: str, fn: Callable,
+                  host_inputs: Sequence[str] = ()) -> CompiledTemplate:
+    """A node that becomes a torch view: no kernel, no cache file. ``host_inputs`` follow the
+    data input: values ``fn`` reads in host memory (runtime starts and ends, say)."""
     ir_text = f"{name}: {node.op_type} '{node.name}' -> view: {describe}"
     source = f"# tritort view {name}: {node.op_type} node '{node.name}'\n# {describe}\n"
-    return CompiledTemplate(name, fn, [node.inputs[0]], ir_text, source, None, False)
+    return CompiledTemplate(name, fn, [node.inputs[0], *host_inputs], ir_text, source, None,
+                            False, tuple(host_inputs))
 
 
 # ------------------------------------------------------------------ kernel source
@@ -374,15 +377,24 @@ class Unsqueeze(MovementTemplate):
 @template("Expand")
 class Expand(MovementTemplate):
     def params(self, node, ctx):
-        shape = constant_ints(node, ctx, 1, "shape")
-        if shape is None:
+        if not input_name(node, 1):
             raise Decline("Expand without a shape input")
-        return shape
+        if ctx.constant_of(node.inputs[1]) is None:  # read on the host at run time
+            return None
+        return constant_ints(node, ctx, 1, "shape")
 
     def compile(self, node, ctx, name):
         import torch
 
         shape = self.params(node, ctx)
+        if shape is None:
+            def run_runtime(x, target):  # bidirectional broadcast, as below
+                dims = tuple(int(d) for d in target.tolist())
+                return (x.expand(torch.broadcast_shapes(tuple(x.shape), dims)),)
+
+            return view_template(name, node, f"expand(broadcast(dims, host value "
+                                             f"'{node.inputs[1]}')), stride 0 on broadcast dims",
+                                 run_runtime, [node.inputs[1]])
 
         def run(x):  # bidirectional broadcast: a 1 in `shape` keeps the input's dim
             return (x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(shape))),)
@@ -422,6 +434,13 @@ class Slice(MovementTemplate):
             starts, ends = node.attrs.get("starts"), node.attrs.get("ends")
             axes, steps = node.attrs.get("axes"), None
         else:
+            runtime = [i for i in (1, 2, 3) if input_name(node, i) and
+                       ctx.constant_of(node.inputs[i]) is None]
+            if runtime:  # read on the host at run time; constant positive steps only
+                steps = constant_ints(node, ctx, 4, "steps")
+                if steps is not None and any(st <= 0 for st in steps):
+                    raise Decline("Slice with runtime starts/ends and negative steps")
+                return None, None, None, steps, None
             starts = constant_ints(node, ctx, 1, "starts")
             ends = constant_ints(node, ctx, 2, "ends")
             axes = constant_ints(node, ctx, 3, "axes")
@@ -440,6 +459,8 @@ class Slice(MovementTemplate):
 
     def compile(self, node, ctx, name):
         starts, ends, axes, steps, rank = self.params(node, ctx)
+        if starts is None:  # starts / ends / axes are values: handed over on the host
+            return self._runtime_view(node, name, steps)
         describe = f"slice(starts={starts}, ends={ends}, axes={axes}, steps={steps})"
 
         def window(x):
@@ -465,6 +486,28 @@ class Slice(MovementTemplate):
             return (out,)
 
         return kernel.compiled(run_copy, [node.inputs[0]], kernel.ir_text)
+
+    @staticmethod
+    def _runtime_view(node, name, steps):
+        host = [v for v in node.inputs[1:4] if v]
+        present = [i for i in (1, 2, 3) if input_name(node, i)]
+
+        def run(x, *values):
+            given = dict(zip(present, ([int(v) for v in a.tolist()] for a in values)))
+            starts, ends = given[1], given[2]
+            axes = given.get(3, list(range(len(starts))))
+            step = steps or [1] * len(starts)
+            if not len(starts) == len(ends) == len(axes) == len(step):
+                raise ValueError(f"Slice's starts {starts}, ends {ends}, axes {axes} and "
+                                 f"steps {step} differ in length")
+            first, count, stride = slice_window(x.shape, starts, ends, axes, step)
+            start = sum(f * s for f, s in zip(first, x.stride())) if all(count) else 0
+            return (x.as_strided(count, [s * st for s, st in zip(x.stride(), stride)],
+                                 x.storage_offset() + start),)
+
+        describe = (f"slice by the host values {', '.join(repr(v) for v in host)}"
+                    f"{f', steps={steps}' if steps else ''} as_strided")
+        return view_template(name, node, describe, run, host)
 
 
 # The gathering templates register on import; they use the helpers above.

@@ -395,6 +395,24 @@ def test_reshape_to_a_runtime_shape_reads_it_on_the_host():
         sess.run(None, {"X": rand(2, 3), "S": np.array([4, 2])})
 
 
+def test_slice_by_runtime_starts_and_ends_is_a_view():
+    """GPT-2's causal mask: a constant buffer sliced to the sequence length, which is a
+    value; the bounds reach the view on the host."""
+    nodes = [node("Slice", ["X", "S", "E", "A"], ["Z"])]
+    model = build(nodes, {"X": rand(4, 6), "S": np.array([1]), "E": np.array([5])}, ["Z"],
+                  inits=[numpy_helper.from_array(np.array([1], np.int64), "A")])
+    sess = check(model, {"X": rand(4, 6), "S": np.array([1]), "E": np.array([5])},
+                 {"X": rand(3, 7), "S": np.array([-3]), "E": np.array([2 ** 62])})
+    steps = [s.label for s in sess._device_plan(["Z"]).steps]
+    assert not any(label.startswith(("copy S", "copy E")) for label in steps), steps
+
+
+def test_expand_to_a_runtime_shape_is_a_view():
+    feeds = {"X": rand(3, 1), "S": np.array([2, 1, 4])}
+    model = build([node("Expand", ["X", "S"], ["Z"])], feeds, ["Z"])
+    check(model, feeds, {"X": rand(1, 5), "S": np.array([3, 1])})
+
+
 def test_declines_run_on_the_cpu_with_a_reason():
     nodes = [node("Cast", ["X"], ["F8"], to=TP.FLOAT8E4M3FN),
              node("Transpose", ["F8"], ["T8"]),
