@@ -32,12 +32,13 @@ import numpy as np
 
 from tritort import dtypes
 from tritort.graph import INTERNAL_DOMAIN
+from tritort.patterns import attention_shapes
 
 from .attention_configs import (_MIN_BLOCK, TUNING, AttentionConfig,  # noqa: F401
                                 _gpu_config, kernel_key, pick_config, problem_of)
 from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
-from .rowwise import torch_dtype
-from .templates import CompiledTemplate, Template, load_source, template
+from .rowwise import check_dtypes, torch_dtype
+from .templates import CompiledTemplate, Template, kernel_signature, load_source, template
 
 FLOATS = ("float", "float16", "bfloat16", "double")
 MASK_TYPES = FLOATS + ("bool",)
@@ -107,18 +108,6 @@ def _visible(v: Variant) -> list[str]:
         if v.right >= 0:
             lines.append(f"visible = visible & (behind >= {-v.right})")
     return lines
-
-
-def _signature(name: str, params: Sequence[str], width: int = 96) -> list[str]:
-    """``def name(params):`` wrapped between parameters."""
-    lines, line = [], f"def {name}("
-    for i, p in enumerate(params):
-        piece = p + ("):" if i == len(params) - 1 else ", ")
-        if len(line) + len(piece.rstrip()) > width:
-            lines.append(line.rstrip())
-            line = " " * 8
-        line += piece
-    return lines + [line]
 
 
 def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: bool) -> str:
@@ -216,7 +205,7 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
              "import triton", "import triton.language as tl"]
     if v.dtype == "bfloat16":
         lines.append(ROUND_BF16_SOURCE.rstrip("\n"))
-    lines += ["", "", "@triton.jit", *_signature(name, params), *["    " + b for b in body]]
+    lines += ["", "", "@triton.jit", *kernel_signature(name, params), *["    " + b for b in body]]
     return "\n".join(lines) + "\n"
 
 
@@ -295,24 +284,6 @@ def _mask_view(op: str, mask, shape: Sequence[int]):
                          f"{list(shape)}") from None
 
 
-def _common(*sizes: int) -> int | None:
-    """The size that dims of these sizes broadcast to (1 stretches), or None."""
-    others = set(sizes) - {1}
-    return (others.pop() if len(others) == 1 else None) if others else 1
-
-
-def _fit_shapes(q_shape, kt_shape, v_shape) -> tuple[int, int, int] | None:
-    """(B, H, Hk) of the fused op's Q, KT, V (as in fallback_cpu.fused), or None."""
-    b = _common(q_shape[0], kt_shape[0], v_shape[0])
-    kv = _common(kt_shape[1], v_shape[1])
-    if b is None or kv is None or kt_shape[2] != q_shape[3] or v_shape[2] != kt_shape[3]:
-        return None
-    h = kv if q_shape[1] == 1 else q_shape[1]
-    if (kv == 0 and h) or (kv and h % kv):
-        return None
-    return b, h, kv
-
-
 class SdpaLauncher:
     """tritort's ScaledDotProductAttention: Q [B, H, Sq, D], KT [B, Hk, D, Sk],
     V [B, Hk, Sk, Dv] (size-1 batch / head dims broadcast), mask broadcastable to
@@ -331,7 +302,7 @@ class SdpaLauncher:
         if q.dim() != 4 or kt.dim() != 4 or v.dim() != 4:
             raise ValueError(f"{self.op}: Q, KT and V must be 4-D, got ranks {q.dim()}, "
                              f"{kt.dim()}, {v.dim()}")
-        fit = _fit_shapes(tuple(q.shape), tuple(kt.shape), tuple(v.shape))
+        fit = attention_shapes(tuple(q.shape), tuple(kt.shape), tuple(v.shape))
         if fit is None:
             raise ValueError(f"{self.op}: Q {list(q.shape)}, KT {list(kt.shape)} and V "
                              f"{list(v.shape)} do not fit [B, H, Sq, D], [B, Hk, D, Sk] and "
@@ -409,16 +380,6 @@ class AttentionLauncher:
 # ------------------------------------------------------------------ templates
 
 
-def _float_reason(ctx, values: Sequence[str], op: str, allowed=FLOATS) -> str | None:
-    for value in values:
-        dt = ctx.dtype_of(value)
-        if dt is None:
-            return f"element type or rank of '{value}' unknown at load time"
-        if dt not in allowed:
-            return f"Triton's {op} does not take {dt} ('{value}')"
-    return None
-
-
 def _same_dtype_reason(ctx, values: Sequence[str], op: str) -> str | None:
     kinds = {ctx.dtype_of(v) for v in values}
     return None if len(kinds) == 1 else f"{op}: Q, K and V differ in element type {sorted(kinds)}"
@@ -454,13 +415,13 @@ class ScaledDotProductAttention(Template):
             if rank != 4:
                 return f"rank of '{value}' unknown at load time" if rank is None else \
                     f"'{value}' has rank {rank}, not 4"
-        why = _float_reason(ctx, [q, kt, v], node.op_type) or \
+        why = check_dtypes(ctx, [q, kt, v], FLOATS, node.op_type) or \
             _same_dtype_reason(ctx, [q, kt, v], node.op_type)
         mask = _optional(node.inputs, 3)
         if why or not mask:
             return why
         return _mask_rank_reason(ctx, mask) or \
-            _float_reason(ctx, [mask], node.op_type + " mask", FLOATS)
+            check_dtypes(ctx, [mask], FLOATS, node.op_type + " mask")
 
     def compile(self, node, ctx, name) -> CompiledTemplate:
         q, kt, v = node.inputs[:3]
@@ -502,7 +463,7 @@ class Attention(Template):
         if ctx.rank_of(q) == 3 and (not node.attrs.get("q_num_heads")
                                     or not node.attrs.get("kv_num_heads")):
             return "3-D inputs without q_num_heads / kv_num_heads"
-        why = _float_reason(ctx, [q, k, v], node.op_type) or \
+        why = check_dtypes(ctx, [q, k, v], FLOATS, node.op_type) or \
             _same_dtype_reason(ctx, [q, k, v], node.op_type)
         if why:
             return why
@@ -510,7 +471,7 @@ class Attention(Template):
         if not mask:
             return None
         return _mask_rank_reason(ctx, mask) or \
-            _float_reason(ctx, [mask], node.op_type + " attn_mask", MASK_TYPES)
+            check_dtypes(ctx, [mask], MASK_TYPES, node.op_type + " attn_mask")
 
     def compile(self, node, ctx, name) -> CompiledTemplate:
         q, k, v = node.inputs[:3]

@@ -37,10 +37,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# templates first, and gemm as a module used at call time: this file then imports cleanly
-# whichever codegen module is imported first (templates imports every family at its end)
-from .templates import CompiledTemplate, Template, load_source, template  # isort: skip
-from . import gemm  # isort: skip
+from . import gemm
+from .templates import (CompiledTemplate, Template, kernel_signature, load_source,
+                        template)
 # CONFIGS / DIRECT_CONFIGS re-exported: callers knew them as conv's
 from .conv_configs import (CONFIGS, DIRECT_CONFIGS, TUNING, ConvConfig,  # noqa: F401
                            kernel_key, pick_config, problem_of, unusable)
@@ -393,7 +392,7 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
              "import triton", "import triton.language as tl"]
     if out_dtype == "bfloat16" or bf16_helper:
         lines.append(ROUND_BF16_SOURCE.rstrip("\n"))
-    lines += ["", "", "@triton.jit", *gemm._signature(name, _params(spec, epilogue)), *body]
+    lines += ["", "", "@triton.jit", *kernel_signature(name, _params(spec, epilogue)), *body]
     return "\n".join(lines) + "\n"
 
 

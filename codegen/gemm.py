@@ -34,7 +34,7 @@ from tritort import dtypes
 from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
 # the configs live beside; CONFIGS and pick_config are re-exported for callers and tests
 from .gemm_configs import CONFIGS, TUNING, GemmConfig, pick_config  # noqa: F401
-from .templates import CompiledTemplate, Template, load_source, template
+from .templates import CompiledTemplate, Template, kernel_signature, load_source, template
 
 FLOATS = ("float", "float16", "bfloat16", "double")
 
@@ -97,18 +97,6 @@ def _dot_line(in_dtype: str, interpreted: bool, upcast: str | None = None) -> li
 
 def _base(prefix: str, rank: int) -> str:
     return " + ".join(f"i{j} * {prefix}{j}" for j in range(rank)) if rank else "0"
-
-
-def _signature(name: str, params: Sequence[str], width: int = 96) -> list[str]:
-    """``def name(params):`` wrapped between parameters."""
-    lines, line = [], f"def {name}("
-    for i, p in enumerate(params):
-        piece = p + ("):" if i == len(params) - 1 else ", ")
-        if len(line) + len(piece.rstrip()) > width:
-            lines.append(line.rstrip())
-            line = " " * 8
-        line += piece
-    return lines + [line]
 
 
 def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: str,
@@ -184,7 +172,7 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
              "import triton", "import triton.language as tl"]
     if out_dtype == "bfloat16" or round_bf16:
         lines.append(ROUND_BF16_SOURCE.rstrip("\n"))
-    lines += ["", "", "@triton.jit", *_signature(name, params), *body]
+    lines += ["", "", "@triton.jit", *kernel_signature(name, params), *body]
     return "\n".join(lines) + "\n"
 
 

@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-# templates first, and conv / gemm as modules used at call time: this file then imports
-# cleanly whichever codegen module is imported first
-from .templates import CompiledTemplate, Template, load_source, template  # isort: skip
-from . import conv, gemm  # isort: skip
+from . import conv
+from .templates import (CompiledTemplate, Template, kernel_signature, load_source,
+                        template)
 from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
 from .rowwise import FLOATS, Layout, TileLauncher, TileSource, check_dtypes, extreme, torch_dtype
 
@@ -154,7 +153,7 @@ def pool_source(name: str, header: list[str], op: str, window: conv.Window, dtyp
             "import triton", "import triton.language as tl"]
     if dtype == "bfloat16":
         text.append(ROUND_BF16_SOURCE.rstrip("\n"))
-    text += ["", "", "@triton.jit", *gemm._signature(name, params), *lines]
+    text += ["", "", "@triton.jit", *kernel_signature(name, params), *lines]
     return "\n".join(text) + "\n"
 
 

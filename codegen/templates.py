@@ -11,7 +11,7 @@ import abc
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tritort.graph import Node
 
@@ -76,6 +76,18 @@ def template(*op_types: str):
 def load_source(source: str, name: str, ctx: TemplateContext) -> tuple[Any, Path, bool]:
     """Compile ``source`` (defining ``@triton.jit def name``) through the kernel cache."""
     return cache.load(source, name, ctx.device)
+
+
+def kernel_signature(name: str, params: Sequence[str], width: int = 96) -> list[str]:
+    """``def name(params):`` for generated source, wrapped between parameters."""
+    lines, line = [], f"def {name}("
+    for i, p in enumerate(params):
+        piece = p + ("):" if i == len(params) - 1 else ", ")
+        if len(line) + len(piece.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = " " * 8
+        line += piece
+    return lines + [line]
 
 
 def dump(name: str, ir_text: str, source: str) -> None:

@@ -30,6 +30,7 @@ import threading
 import numpy as np
 
 from tritort.graph import INTERNAL_DOMAIN
+from tritort.patterns import attention_shapes
 
 from .nn_util import narrow
 from .registry import register
@@ -96,32 +97,11 @@ class _CausalMasks:
             return mask
 
 
-def _common(*sizes: int) -> int | None:
-    """The size that dims of these sizes broadcast to (1 stretches), or None."""
-    others = set(sizes) - {1}
-    return (others.pop() if len(others) == 1 else None) if others else 1
-
-
-def _fit_shapes(q_shape, kt_shape, v_shape) -> tuple[int, ...] | None:
-    """(B, H, Hk) for Q [B, H, Sq, D], KT [B, Hk, D, Sk] and V [B, Hk, Sk, Dv], or None.
-
-    Batch and head dims of size 1 broadcast, as in the unfused MatMuls; H must be a multiple
-    of Hk (grouped query heads)."""
-    b = _common(q_shape[0], kt_shape[0], v_shape[0])
-    kv = _common(kt_shape[1], v_shape[1])
-    if b is None or kv is None or kt_shape[2] != q_shape[3] or v_shape[2] != kt_shape[3]:
-        return None
-    h = kv if q_shape[1] == 1 else q_shape[1]
-    if (kv == 0 and h) or (kv and h % kv):
-        return None
-    return b, h, kv
-
-
 def _shapes(q, kt, v) -> tuple[int, ...]:
     if q.ndim != 4 or kt.ndim != 4 or v.ndim != 4:
         raise ValueError(f"ScaledDotProductAttention: Q, KT and V must be 4-D, got ranks "
                          f"{q.ndim}, {kt.ndim}, {v.ndim}")
-    fit = _fit_shapes(q.shape, kt.shape, v.shape)
+    fit = attention_shapes(q.shape, kt.shape, v.shape)
     if fit is None:
         raise ValueError(f"ScaledDotProductAttention: Q {list(q.shape)}, KT {list(kt.shape)} "
                          f"and V {list(v.shape)} do not fit [B, H, Sq, D], [B, Hk, D, Sk] and "

@@ -271,6 +271,26 @@ def _scaled_operand(graph: Graph, uses: _Uses, value: str, producer) -> tuple[st
     return value, 1.0
 
 
+def attention_shapes(q_shape, kt_shape, v_shape) -> tuple[int, int, int] | None:
+    """(B, H, Hk) of ScaledDotProductAttention's Q [B, H, Sq, D], KT [B, Hk, D, Sk] and
+    V [B, Hk, Sk, Dv] (the contract both providers' kernels check), or None.
+
+    Batch and head dims of size 1 broadcast, as in the MatMuls the op replaces; H must be a
+    multiple of Hk (grouped query heads)."""
+    def common(*sizes: int) -> int | None:
+        others = set(sizes) - {1}
+        return (others.pop() if len(others) == 1 else None) if others else 1
+
+    b = common(q_shape[0], kt_shape[0], v_shape[0])
+    kv = common(kt_shape[1], v_shape[1])
+    if b is None or kv is None or kt_shape[2] != q_shape[3] or v_shape[2] != kt_shape[3]:
+        return None
+    h = kv if q_shape[1] == 1 else q_shape[1]
+    if (kv == 0 and h) or (kv and h % kv):
+        return None
+    return b, h, kv
+
+
 def fuse_attention(graph: Graph) -> int:
     """Rewrite each detected attention into one internal node; returns how many."""
     uses = _Uses(graph)
