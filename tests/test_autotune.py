@@ -14,7 +14,6 @@ import torch
 from onnx import TensorProto as TP
 from onnx import helper
 
-import codegen.templates  # noqa: F401  (first: the template modules import each other)
 import tritort as ort
 from codegen import gemm, tuner, tuning
 from codegen.gemm import GemmConfig
@@ -65,19 +64,22 @@ def reference(model, inputs):
     return sess.run(None, inputs)[0]
 
 
-def spy_launches(monkeypatch) -> list:
-    """Configs the matmul kernel launches with; any timing fails the test."""
-    used = []
-    real_run = gemm._run
+def spy_launches(monkeypatch, module) -> list:
+    """Configs ``module``'s tunable kernel launches with (through its ``_run``); any timing
+    fails the test (a normal run never tunes)."""
+    from codegen import tuner
 
-    def run(fn, cfg, *args):
+    used = []
+    real_run = module._run
+
+    def run(fn, cfg, *args, **kwargs):
         used.append(cfg)
-        return real_run(fn, cfg, *args)
+        return real_run(fn, cfg, *args, **kwargs)
 
     def no_timing(*_a, **_k):
         raise AssertionError("a normal run must not time configs")
 
-    monkeypatch.setattr(gemm, "_run", run)
+    monkeypatch.setattr(module, "_run", run)
     monkeypatch.setattr(tuner, "measure", no_timing)
     return used
 
@@ -175,7 +177,7 @@ def test_get_set_tuning_results_round_trip(monkeypatch):
     sess.set_tuning_results([item(results)])
     [got] = sess.get_tuning_results()
     assert got["results"] == results
-    used = spy_launches(monkeypatch)
+    used = spy_launches(monkeypatch, gemm)
     np.testing.assert_allclose(sess.run(None, x)[0], reference(model, x), rtol=1e-5, atol=1e-5)
     assert used[0] == STORED  # the MatMul's launch (A [20, 40] @ B [40, 24])
 
@@ -272,7 +274,7 @@ def test_autotune_end_to_end_then_a_new_session_uses_the_db(tmp_path, monkeypatc
     monkeypatch.setenv("TRITORT_TUNING_DB", str(db))
     tuning.forget_tables()
     sess = session(model)
-    used = spy_launches(monkeypatch)
+    used = spy_launches(monkeypatch, gemm)
     np.testing.assert_allclose(sess.run(None, x)[0], reference(model, x), rtol=1e-5, atol=1e-5)
     assert used[0] == STORED
     assert used[1] == tuning.SPACES["matmul"].parse(entries["b1_m24_n16_k24_nt"]["config"])

@@ -13,11 +13,11 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper
 
-import codegen.templates  # noqa: F401  (first: the template modules import each other)
 import tritort as ort
-from codegen import attention, tuner, tuning
+from codegen import attention, tuning
 from codegen.attention_configs import AttentionConfig, kernel_key, pick_config, problem_of
 from tests import models
+from tests.test_autotune import spy_launches
 from tests.triton_env import requires_triton
 
 pytestmark = requires_triton
@@ -70,23 +70,6 @@ def reference(model, inputs):
     sess = onnxruntime.InferenceSession(model.SerializeToString(),
                                         providers=["CPUExecutionProvider"])
     return sess.run(None, inputs)[0]
-
-
-def spy_launches(monkeypatch) -> list:
-    """Configs the attention kernel launches with; any timing fails the test."""
-    used = []
-    real_run = attention._run
-
-    def run(fn, cfg, *args, scale):
-        used.append(cfg)
-        return real_run(fn, cfg, *args, scale=scale)
-
-    def no_timing(*_a, **_k):
-        raise AssertionError("a normal run must not time configs")
-
-    monkeypatch.setattr(attention, "_run", run)
-    monkeypatch.setattr(tuner, "measure", no_timing)
-    return used
 
 
 # ------------------------------------------------------------------ the space
@@ -189,7 +172,7 @@ def test_autotune_tunes_attention_then_a_new_session_uses_the_db(tmp_path, monke
     monkeypatch.setenv("TRITORT_TUNING_DB", str(db))
     tuning.forget_tables()
     sess = session(model)
-    used = spy_launches(monkeypatch)
+    used = spy_launches(monkeypatch, attention)
     inputs = feeds(18, 23, seed=1)
     got = sess.run(None, inputs)[0]
     np.testing.assert_allclose(got, reference(model, inputs), rtol=1e-4, atol=1e-4)

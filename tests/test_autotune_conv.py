@@ -14,11 +14,11 @@ import torch
 from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
-import codegen.templates  # noqa: F401  (first: the template modules import each other)
 import tritort as ort
-from codegen import conv, tuner, tuning
+from codegen import conv, tuning
 from codegen.conv_configs import ConvConfig, problem_of
 from tests import models
+from tests.test_autotune import spy_launches
 from tests.triton_env import requires_triton
 
 pytestmark = requires_triton
@@ -70,23 +70,6 @@ def reference(model, feeds):
     sess = onnxruntime.InferenceSession(model.SerializeToString(),
                                         providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)[0]
-
-
-def spy_launches(monkeypatch) -> list:
-    """Configs conv kernels launch with; any timing fails the test."""
-    used = []
-    real_run = conv._run
-
-    def run(fn, cfg, *args, spec):
-        used.append(cfg)
-        return real_run(fn, cfg, *args, spec=spec)
-
-    def no_timing(*_a, **_k):
-        raise AssertionError("a normal run must not time configs")
-
-    monkeypatch.setattr(conv, "_run", run)
-    monkeypatch.setattr(tuner, "measure", no_timing)
-    return used
 
 
 # ------------------------------------------------------------------ the space
@@ -164,7 +147,7 @@ def test_autotune_tunes_convs_then_a_new_session_uses_the_db(tmp_path, monkeypat
     tuning.forget_tables()
     sess = ort.InferenceSession(model.SerializeToString(),
                                 providers=[TRITON, "CPUExecutionProvider"])
-    used = spy_launches(monkeypatch)
+    used = spy_launches(monkeypatch, conv)
     got = sess.run(None, feeds)[0]
     np.testing.assert_allclose(got, reference(model, feeds), rtol=1e-4, atol=1e-4)
     assert used == [STORED[FLAT], STORED[DIRECT], STORED[TAP_MAJOR]]
@@ -182,7 +165,7 @@ def test_a_config_unfit_for_its_variant_falls_back_to_the_heuristic(monkeypatch,
     item = {"ep": TRITON, "results": {TAP_MAJOR[0]: {TAP_MAJOR[1]: direct_style}},
             "validators": tuning.active_table(torch.device("cpu")).validators()}
     sess.set_tuning_results([item], error_on_invalid=True)
-    used = spy_launches(monkeypatch)
+    used = spy_launches(monkeypatch, conv)
     with caplog.at_level(logging.WARNING, logger="tritort.tuning"):
         got = sess.run(None, feeds)[0]
     np.testing.assert_allclose(got, reference(model, feeds), rtol=1e-4, atol=1e-4)
