@@ -7,37 +7,66 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from .numeric import erf, expit, float_kernel
+from .numeric import erf, expit, fits_into, float_kernel, with_inplace
 from .registry import NodeContext, register
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def _activation(op_type: str, since, include_half: bool = True):
-    """Decorator: ``make(ctx) -> fn(x)`` becomes a registered factory; fn sees upcast x."""
+def _activation(op_type: str, since, include_half: bool = True, inplace=None):
+    """Decorator: ``make(ctx) -> fn(x)`` becomes a registered factory; fn sees upcast x.
+    ``inplace(x, out)``: the same for float32/64 x, written into ``out``."""
 
     def wrap(make):
         @register(op_type, since)
         def factory(ctx: NodeContext):
             kernel = float_kernel(make(ctx), include_half)
-            return lambda x: (kernel(x),)
+            run = lambda x: (kernel(x),)  # noqa: E731
+            if inplace is None:
+                return run
+
+            def into(pos, x):
+                if not fits_into(x):
+                    return (kernel(x),)
+                with np.errstate(all="ignore"):
+                    return (inplace(x, x),)
+
+            return with_inplace(run, into)
 
         return make
 
     return wrap
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return expit(x)  # one overflow-safe pass, in x's own precision
+def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return expit(x, out=out)  # one overflow-safe pass, in x's own precision
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(x.dtype.type(0), x)
 
 
-@_activation("Relu", [1, 6, 13, 14], include_half=False)
+def _relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    if x.dtype.kind == "f" and x.size > 16384:
+        # clip with two bounds has a SIMD loop, 3x faster than maximum(x, 0)'s scalar path,
+        # but a few microseconds of Python wrapping that small tensors would notice
+        t = x.dtype.type
+        return np.clip(x, t(0), t(np.inf), out=out)
+    return np.maximum(x, x.dtype.type(0), out=out)
+
+
+@register("Relu", [1, 6, 13, 14])
 def relu(ctx):
-    return lambda x: np.maximum(x, x.dtype.type(0))
+    kernel = float_kernel(_relu, include_half=False)  # the ml_dtypes floats, through float32
+
+    def run(x):
+        # no FP exceptions to silence: native types skip float_kernel's errstate
+        return (_relu(x),) if x.dtype.kind in "fiu" else (kernel(x),)
+
+    def into(pos, x):
+        return (_relu(x, out=x),) if fits_into(x) else run(x)
+
+    return with_inplace(run, into)
 
 
 @_activation("LeakyRelu", [1, 6, 16])
@@ -75,7 +104,7 @@ def celu(ctx):
     return run
 
 
-@_activation("Sigmoid", [1, 6, 13])
+@_activation("Sigmoid", [1, 6, 13], inplace=_sigmoid)
 def sigmoid(ctx):
     return _sigmoid
 
@@ -110,7 +139,7 @@ def softsign(ctx):
     return lambda x: x / (1 + np.abs(x))
 
 
-@_activation("Tanh", [1, 6, 13], include_half=False)
+@_activation("Tanh", [1, 6, 13], include_half=False, inplace=np.tanh)
 def tanh(ctx):
     return np.tanh
 

@@ -8,28 +8,36 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from .numeric import (HALF_AND_LOWP, LOWP, as_array, erf, float_kernel, legacy_broadcast,
-                      round_back, upcast)
+from .numeric import (HALF_AND_LOWP, LOWP, as_array, erf, erf_into, fits_into, float_kernel,
+                      legacy_broadcast, round_back, upcast, with_inplace)
 from .registry import NodeContext, register
 
 
-def _unary(op_type: str, fn, since, include_half: bool = False) -> None:
-    """Register an attribute-free op whose output type is its input type."""
+def _unary(op_type: str, fn, since, include_half: bool = False, inplace=None) -> None:
+    """Register an attribute-free op whose output type is its input type. ``inplace(x, out)``
+    computes it for float32/64 ``x`` into ``out``."""
     kernel = float_kernel(fn, include_half)
+
+    def into(pos, x):
+        if not fits_into(x):
+            return (kernel(x),)
+        with np.errstate(all="ignore"):
+            return (inplace(x, x),)
 
     @register(op_type, since)
     def factory(ctx: NodeContext):
-        return lambda x: (kernel(x),)
+        run = lambda x: (kernel(x),)  # noqa: E731
+        return with_inplace(run, into) if inplace is not None else run
 
 
 # numpy's float16 loops already evaluate in float32 and round once, so only the ml_dtypes
 # types are upcast here.
-_unary("Abs", np.abs, [1, 6, 13])
-_unary("Neg", np.negative, [1, 6, 13])
-_unary("Reciprocal", np.reciprocal, [1, 6, 13])
-_unary("Sqrt", np.sqrt, [1, 6, 13])
-_unary("Exp", np.exp, [1, 6, 13])
-_unary("Log", np.log, [1, 6, 13])
+_unary("Abs", np.abs, [1, 6, 13], inplace=np.abs)
+_unary("Neg", np.negative, [1, 6, 13], inplace=np.negative)
+_unary("Reciprocal", np.reciprocal, [1, 6, 13], inplace=np.reciprocal)
+_unary("Sqrt", np.sqrt, [1, 6, 13], inplace=np.sqrt)
+_unary("Exp", np.exp, [1, 6, 13], inplace=np.exp)
+_unary("Log", np.log, [1, 6, 13], inplace=np.log)
 _unary("Ceil", np.ceil, [1, 6, 13])
 _unary("Floor", np.floor, [1, 6, 13])
 _unary("Round", np.round, [11, 22])  # numpy rounds half to even, as ONNX does
@@ -46,7 +54,7 @@ _unary("Asinh", np.arcsinh, [9, 22])
 _unary("Acosh", np.arccosh, [9, 22])
 _unary("Atanh", np.arctanh, [9, 22])
 # Erf also accepts integer tensors; the result is truncated back to the input type.
-_unary("Erf", erf, [9, 13])
+_unary("Erf", erf, [9, 13], inplace=erf_into)
 _unary("Not", np.logical_not, [1])
 _unary("BitwiseNot", np.invert, [18])
 
@@ -85,7 +93,9 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return q
 
 
-def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _divide(a: np.ndarray, b: np.ndarray, out=None) -> np.ndarray:
+    if out is not None:  # floats only (fits_into)
+        return np.true_divide(a, b, out=out)
     return _int_div(a, b) if a.dtype.kind in "iu" else np.true_divide(a, b)
 
 
@@ -96,7 +106,16 @@ def _binary(op_type: str, fn, since) -> None:
     @register(op_type, since)
     def factory(ctx: NodeContext):
         align = legacy_broadcast(ctx)
-        return lambda a, b: (kernel(a, align(a, b)),)
+
+        def into(pos, a, b):
+            b = align(a, b)
+            out = b if pos else a
+            if not fits_into(out, a, b):
+                return (kernel(a, b),)
+            with np.errstate(all="ignore"):
+                return (fn(a, b, out=out),)
+
+        return with_inplace(lambda a, b: (kernel(a, align(a, b)),), into)
 
 
 _binary("Add", np.add, [1, 6, 7, 13, 14])
@@ -169,7 +188,19 @@ def _variadic(op_type: str, fn, since, mean: bool = False) -> None:
                 return (xs[0],)
             return (kernel(*xs),)
 
-        return run
+        def into(pos, *xs):
+            out = xs[pos]
+            present = [x for x in xs if x is not None]
+            if mean or len(present) < 2 or not fits_into(out, *present):
+                return run(*xs)
+            rest = [x for i, x in enumerate(xs) if x is not None and i != pos]
+            with np.errstate(all="ignore"):  # out first: it is overwritten by the first step
+                fn(out, rest[0], out=out)
+                for x in rest[1:]:
+                    fn(out, x, out=out)
+            return (out,)
+
+        return with_inplace(run, into)
 
 
 # np.maximum/np.minimum propagate NaN, as ONNX Max/Min do.

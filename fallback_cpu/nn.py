@@ -43,35 +43,83 @@ def conv_nd(x, w, bias, group, strides, dilations, pads):
     kernel = w.shape[2:]
     c_g, m_g = c // group, m // group
     xp = pad_spatial(x, pads)
+    out_shape = tuple((size - (k - 1) * d - 1) // s + 1
+                      for size, k, d, s in zip(xp.shape[2:], kernel, dilations, strides))
     if all(k == 1 for k in kernel):  # 1x1: the input already is the im2col matrix
         xs = xp[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)]
-        out_shape = xs.shape[2:]
         cols = xs.reshape(n, group, c_g, math.prod(out_shape))
         y = np.matmul(w.reshape(group, m_g, c_g), cols)
     elif c_g == 1:  # depthwise: one multiply-add per kernel tap, vectorized over N, C, space
-        view = windows(xp, kernel, strides, dilations)  # (N, C, *out, *k)
-        out_shape = view.shape[2:2 + len(kernel)]
-        wk = w.reshape(c, m_g, -1)
-        y = np.zeros((n, c, m_g, *out_shape), dtype=np.result_type(x, w))
-        term = np.empty_like(y)
-        spatial_ones = (1,) * len(kernel)
-        for t, tap in enumerate(itertools.product(*[range(k) for k in kernel])):
-            patch = view[(Ellipsis,) + tap][:, :, None]
-            np.multiply(patch, wk[:, :, t].reshape(c, m_g, *spatial_ones), out=term)
-            y += term
+        y = _depthwise(xp, w, m_g, kernel, strides, dilations, out_shape)
+    elif group == 1 and len(kernel) == 2 and all(s == 1 for s in strides) and 2 * m <= c:
+        y = _conv_tap_products(xp, w, dilations, out_shape)
     else:
-        view = windows(xp, kernel, strides, dilations)
-        nd = len(kernel)
-        out_shape = view.shape[2:2 + nd]
-        view = view.reshape(n, group, c_g, *view.shape[2:])
-        # (N, G, Cg, *k, *out): one im2col copy, then K = Cg*prod(k) rows per group
-        order = (0, 1, 2) + tuple(range(3 + nd, 3 + 2 * nd)) + tuple(range(3, 3 + nd))
-        cols = view.transpose(order).reshape(n, group, c_g * math.prod(kernel),
-                                             math.prod(out_shape))
-        y = np.matmul(w.reshape(group, m_g, -1), cols)
+        y = np.matmul(w.reshape(group, m_g, -1), _im2col(xp, group, kernel, strides,
+                                                         dilations, out_shape))
     y = y.reshape(n, m, *out_shape)
     if bias is not None:
         y += bias.reshape((m,) + (1,) * len(out_shape))
+    return y
+
+
+def _im2col(xp, group, kernel, strides, dilations, out_shape):
+    """(N, G, Cg*prod(kernel), prod(out)): one strided slice copy per kernel tap, or for many
+    taps (a ViT patch embedding has 256) one copy of the transposed window view."""
+    n, c = xp.shape[:2]
+    nd = len(kernel)
+    if math.prod(kernel) > 16:
+        view = windows(xp, kernel, strides, dilations)  # (N, C, *out, *k)
+        order = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
+        cols = np.ascontiguousarray(view.transpose(order))
+        return cols.reshape(n, group, c // group * math.prod(kernel), math.prod(out_shape))
+    cols = np.empty((n, c, *kernel, *out_shape), dtype=xp.dtype)
+    for tap in itertools.product(*[range(k) for k in kernel]):
+        where = tuple(slice(t * d, t * d + s * (o - 1) + 1, s)
+                      for t, d, s, o in zip(tap, dilations, strides, out_shape))
+        cols[(slice(None), slice(None)) + tap] = xp[(slice(None), slice(None)) + where]
+    return cols.reshape(n, group, c // group * math.prod(kernel), math.prod(out_shape))
+
+
+def _conv_tap_products(xp, w, dilations, out_shape):
+    """Stride-1 2-D conv with fewer output than input channels, without im2col.
+
+    One GEMM multiplies every tap's weights with the flattened padded input: Z[t] = W_t @ X,
+    (taps*M, Hp*Wp). Output position p of tap (i, j) reads input position p + i*dh*Wp + j*dw
+    of the flat image, so the output (on a grid Wp wide, the last columns dropped) is the sum
+    of shifted slices of Z. This trades the Cin*taps*P im2col copy for taps passes over the
+    smaller M*P output.
+    """
+    n, c, hp, wp = xp.shape
+    m, _, kh, kw = w.shape
+    oh, ow = out_shape
+    taps = kh * kw
+    wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(taps * m, c)
+    z = np.matmul(wt, xp.reshape(n, c, hp * wp)).reshape(n, taps, m, hp * wp)
+    span = (oh - 1) * wp + ow  # flat positions covering every output row
+    acc = np.empty((n, m, oh * wp), dtype=z.dtype)
+    flat = acc[:, :, :span]
+    offsets = [i * dilations[0] * wp + j * dilations[1] for i in range(kh) for j in range(kw)]
+    if taps == 1:
+        flat[...] = z[:, 0, :, :span]
+    else:
+        np.add(z[:, 0, :, offsets[0]:offsets[0] + span], z[:, 1, :, offsets[1]:offsets[1] + span],
+               out=flat)
+        for t in range(2, taps):
+            flat += z[:, t, :, offsets[t]:offsets[t] + span]
+    return np.ascontiguousarray(acc.reshape(n, m, oh, wp)[:, :, :, :ow])
+
+
+def _depthwise(xp, w, m_g, kernel, strides, dilations, out_shape):
+    n, c = xp.shape[:2]
+    view = windows(xp, kernel, strides, dilations)  # (N, C, *out, *k)
+    wk = w.reshape(c, m_g, -1)
+    y = np.zeros((n, c, m_g, *out_shape), dtype=np.result_type(xp, w))
+    term = np.empty_like(y)
+    spatial_ones = (1,) * len(kernel)
+    for t, tap in enumerate(itertools.product(*[range(k) for k in kernel])):
+        patch = view[(Ellipsis,) + tap][:, :, None]
+        np.multiply(patch, wk[:, :, t].reshape(c, m_g, *spatial_ones), out=term)
+        y += term
     return y
 
 

@@ -67,6 +67,33 @@ def float_kernel(fn: Callable[..., np.ndarray], include_half: bool = True):
     return run
 
 
+NATIVE_FLOATS = frozenset(np.dtype(t) for t in (np.float32, np.float64))
+
+
+def fits_into(out: np.ndarray, *operands: np.ndarray) -> bool:
+    """May a float32/64 elementwise op over ``operands`` write its result into ``out`` (one of
+    them)? Same dtype everywhere, and ``out`` already has the broadcast shape."""
+    dtype = out.dtype
+    if dtype not in NATIVE_FLOATS:
+        return False
+    for x in operands:
+        if x.dtype != dtype:
+            return False
+    shape = out.shape
+    for x in operands:  # equal, or a trailing slice of out's shape (a bias): no broadcast call
+        if x.shape != shape[len(shape) - x.ndim:] or x.ndim > len(shape):
+            return np.broadcast_shapes(*[x.shape for x in operands]) == shape
+    return True
+
+
+def with_inplace(run: Callable, into: Callable) -> Callable:
+    """Give kernel ``run`` an in-place form: ``into(pos, *inputs)`` returns what ``run``
+    returns, writing it into ``inputs[pos]`` when that fits. The executor calls it only with
+    an input that nothing else references any more (see tritort.executor)."""
+    run.inplace = into
+    return run
+
+
 def normalize_axis(axis: int, ndim: int) -> int:
     if not -max(ndim, 1) <= axis < max(ndim, 1):
         raise ValueError(f"axis {axis} out of range for rank {ndim}")
@@ -97,14 +124,30 @@ def legacy_broadcast(ctx) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 
 
 def erf(x: np.ndarray) -> np.ndarray:
-    """The error function, vectorized (scipy's, imported on first use: it is slow to import)."""
+    """The error function: float32 through :func:`fastmath.erf32` (8x faster than scipy's),
+    other types through scipy's (imported on first use: it is slow to import)."""
+    if x.dtype == np.float32:
+        from .fastmath import erf32
+
+        return erf32(x)
     from scipy import special
 
     return special.erf(x)
 
 
-def expit(x: np.ndarray) -> np.ndarray:
+def erf_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """erf of float32/64 ``x`` written into ``out``."""
+    if x.dtype == np.float32:
+        from .fastmath import erf32
+
+        return erf32(x, out=out)
+    from scipy import special
+
+    return special.erf(x, out=out)
+
+
+def expit(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Overflow-safe logistic sigmoid in x's own precision (scipy's, imported on first use)."""
     from scipy import special
 
-    return special.expit(x)
+    return special.expit(x) if out is None else special.expit(x, out=out)

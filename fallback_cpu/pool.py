@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .nn_util import auto_pads, int_or_list, narrow, pad_spatial, widen, windows
+from .nn_util import auto_pads, int_or_list, narrow, pad_spatial, widen
 from .registry import register
 
 
@@ -59,6 +59,61 @@ class PoolParams:
             views.append((tap, xp[(slice(None), slice(None)) + where]))
         return (begins, padded_ends, ends, out), views
 
+    def reduce_windows(self, x, value, ufunc):
+        """``ufunc``-reduce every window of ``x`` padded with ``value``, one spatial axis at
+        a time (max and sum are separable): sum(kernel) strided passes, not prod(kernel)."""
+        begins, padded_ends, _, out = self.layout(x.shape[2:])
+        y = pad_spatial(x, begins + padded_ends, value)
+        if len(out) == 2 and min(out) > 0 and x.size:
+            return _reduce_2d(y, self.kernel, self.strides, self.dilations, out, ufunc)
+        fresh = y is not x
+        for axis, (k, s, d, o) in enumerate(zip(self.kernel, self.strides, self.dilations, out),
+                                            start=2):
+            def tap(t, y=y, axis=axis):
+                index = [slice(None)] * y.ndim
+                index[axis] = slice(t * d, t * d + max(s * (o - 1) + 1, 0), s)
+                return y[tuple(index)]
+
+            if k == 1:
+                y = tap(0)
+                continue
+            acc = ufunc(tap(0), tap(1))
+            for t in range(2, k):
+                ufunc(acc, tap(t), out=acc)
+            y, fresh = acc, True
+        return y if fresh else y.copy()
+
+
+def _reduce_2d(xp, kernel, strides, dilations, out, ufunc):
+    """2-D window reduction on long contiguous runs (numpy is several times slower on short
+    inner loops). Strided rows are reduced first on (N*C, out_h, Wp) views; then every
+    remaining axis works as shifts of the flattened array: position q reduces q + t*shift over
+    the taps t, every stride-1 position is computed and the strided ones are kept at the end."""
+    n, c, hp, wp = xp.shape
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, strides, dilations, out
+    shifts = [(dw, kw)]
+    if sh > 1:  # rows at their stride: Wp-long inner runs, out_h rows
+        x3 = xp.reshape(n * c, hp, wp)
+        rows = [x3[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, :] for i in range(kh)]
+        acc = ufunc(rows[0], rows[1]) if kh > 1 else rows[0].copy()
+        for r in rows[2:]:
+            ufunc(acc, r, out=acc)
+        flat, hp, sh = acc.reshape(-1), oh, 1
+    else:
+        flat = xp.reshape(-1)
+        shifts.append((dh * wp, kh))
+    for shift, k in shifts:
+        if k == 1:
+            continue
+        span = flat.size - (k - 1) * shift  # the tail only ever holds dropped positions
+        res = np.empty_like(flat)
+        ufunc(flat[:span], flat[shift:shift + span], out=res[:span])
+        for t in range(2, k):
+            ufunc(res[:span], flat[t * shift:t * shift + span], out=res[:span])
+        flat = res
+    grid = flat.reshape(n, c, hp, wp)
+    return np.ascontiguousarray(grid[:, :, :sh * (oh - 1) + 1:sh, :sw * (ow - 1) + 1:sw])
+
 
 def _lowest(dtype):
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
@@ -72,13 +127,11 @@ def max_pool(ctx):
 
     def run(x):
         wx = widen(x)
+        if not want_indices:
+            return (narrow(p.reduce_windows(wx, _lowest(wx.dtype), np.maximum), x.dtype),)
         nd = len(p.kernel)
         (begins, _, _, out), views = p.taps(wx, _lowest(wx.dtype))
         best = views[0][1].copy()
-        if not want_indices:
-            for _, v in views[1:]:
-                np.maximum(best, v, out=best)
-            return (narrow(best, x.dtype),)
         best_tap = np.zeros(best.shape, dtype=np.intp)
         for t, (_, v) in enumerate(views[1:], start=1):
             better = v > best  # strict: the first maximum wins ties
@@ -102,33 +155,42 @@ def max_pool(ctx):
     return run
 
 
-def _window_count(p, in_spatial, include_pad, dtype):
-    """Number of taps of each window that count in the average: (*out,)."""
-    begins, padded_ends, ends, out = p.layout(in_spatial)
-    if include_pad:  # explicit pads count, the ceil-mode overhang does not
-        mask = pad_spatial(np.ones([s + b + e for s, b, e in zip(in_spatial, begins, ends)],
-                                   dtype=dtype), [0] * len(begins)
-                           + [pe - e for pe, e in zip(padded_ends, ends)], 0)
-    else:
-        mask = pad_spatial(np.ones(in_spatial, dtype=dtype), begins + padded_ends, 0)
-    mv = windows(mask, p.kernel, p.strides, p.dilations)  # small: spatial dims only
-    mv = mv[tuple(slice(0, o) for o in out)]
-    return mv.sum(axis=tuple(range(-len(p.kernel), 0)))
+def _window_count(p, in_spatial, include_pad):
+    """Taps of each window that count in the average, (*out,): a product of per-axis counts
+    (explicit pads count when include_pad, the ceil-mode overhang never does)."""
+    begins, _, ends, out = p.layout(in_spatial)
+    count = np.ones((), dtype=np.int64)
+    for size, k, s, d, pb, pe, o in zip(in_spatial, p.kernel, p.strides, p.dilations, begins,
+                                        ends, out):
+        pos = (np.arange(o) * s - pb)[:, None] + np.arange(k) * d  # input coordinate per tap
+        lo, hi = (-pb, size + pe) if include_pad else (0, size)
+        axis_count = ((pos >= lo) & (pos < hi)).sum(axis=1)
+        count = count[..., None] * axis_count
+    return count
 
 
 @register("AveragePool", since=[1, 7, 10, 11, 19, 22])
 def average_pool(ctx):
     p = PoolParams(ctx)
     include_pad = bool(ctx.attr("count_include_pad", 0))
+    counts: dict[tuple, np.ndarray | float] = {}  # per input spatial shape
 
     def run(x):
         wx = widen(x)
-        _, views = p.taps(wx, 0)
-        total = views[0][1].copy()
-        for _, v in views[1:]:
-            total += v
-        count = _window_count(p, x.shape[2:], include_pad, wx.dtype)
-        return (narrow(total / count, x.dtype),)
+        total = p.reduce_windows(wx, 0, np.add)
+        count = counts.get(x.shape[2:])
+        if count is None:
+            count = _window_count(p, x.shape[2:], include_pad)
+            if count.size and (count == count.flat[0]).all():
+                count = float(count.flat[0])  # one divisor for every window
+            else:
+                count = count.astype(wx.dtype)
+            counts[x.shape[2:]] = count
+        if total.dtype.kind == "f":
+            total /= total.dtype.type(count) if isinstance(count, float) else count
+        else:
+            total = total / count
+        return (narrow(total, x.dtype),)
 
     return run
 

@@ -150,7 +150,13 @@ def concat(ctx: NodeContext):
 
     def run(*xs):
         xs = [x for x in xs if x is not None]
-        return (np.concatenate(xs, axis=norm_axis(axis, xs[0].ndim)),)
+        ax = norm_axis(axis, xs[0].ndim)
+        # a C-ordered result: np.concatenate follows its inputs' layout, and a transposed view
+        # among them (ViT's patch tokens) would make every later elementwise op strided
+        shape = list(xs[0].shape)
+        shape[ax] = sum(x.shape[ax] for x in xs)
+        out = np.empty(shape, dtype=np.result_type(*xs))
+        return (np.concatenate(xs, axis=ax, out=out),)
 
     return run
 

@@ -1,19 +1,73 @@
 """Execute stage: one loop over a plan's steps."""
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
+
+import numpy as np
 
 from .errors import Fail, OrtError, node_failure
 from .planner import Plan
 from .profiling import Profiler
 
 
+def _solo_count(args: list, pos: int) -> int:
+    return sys.getrefcount(args[pos])
+
+
+def _base_count(view: np.ndarray) -> int:
+    return sys.getrefcount(view.base)
+
+
+def _calibrate() -> tuple[int, int]:
+    """References that :func:`_spare`'s checks see on an array held only by an ``args`` list,
+    and on the base of a view held only by that view (interpreters differ); -1 (never
+    donate) where a second holder would go unnoticed."""
+    args = [np.empty(2)]
+    solo = _solo_count(args, 0)
+    other = args[0]
+    if _solo_count(args, 0) <= solo:
+        solo = -1
+    view = other[:1]
+    del other
+    args.clear()
+    base = _base_count(view)
+    holders = [view.base]
+    if _base_count(view) <= base:
+        base = -1
+    holders.clear()
+    return solo, base
+
+
+_SOLO, _SOLO_BASE = _calibrate()
+
+
+def _spare(args: list, donors: tuple[int, ...]) -> int:
+    """The first donor position whose array nothing but ``args`` references and whose memory
+    is writable and its own, or a view's whose owner nothing but that view references (no
+    buffer shared with a caller, an initializer or another value); -1 if none."""
+    for pos in donors:
+        if _solo_count(args, pos) != _SOLO or type(args[pos]) is not np.ndarray:
+            continue
+        x = args[pos]
+        if not x.flags.writeable:
+            continue
+        if x.flags.owndata:
+            return pos
+        if type(x.base) is np.ndarray and x.base.flags.owndata and \
+                _base_count(x) == _SOLO_BASE:
+            return pos
+    return -1
+
+
 def execute(plan: Plan, feeds: dict[str, Any], terminate=None,
             profiler: Profiler | None = None) -> list[Any]:
     """Run ``plan`` on ``feeds`` (name -> value); returns the fetched values in order.
 
-    ``terminate`` is an object with ``is_set()``, checked between steps.
+    ``terminate`` is an object with ``is_set()``, checked between steps. A step with donors
+    drops its dying inputs from the slots before it runs; where one of them is then held by
+    nothing else, its kernel's in-place form may write the result into that buffer.
     """
     slots: list[Any] = [None] * plan.num_slots
     for s, value in plan.constant_slots:
@@ -21,6 +75,7 @@ def execute(plan: Plan, feeds: dict[str, Any], terminate=None,
     input_slots = plan.input_slots
     for name, value in feeds.items():
         slots[input_slots[name]] = value
+    value = results = None  # no stray reference may keep a value alive for _spare
     for step in plan.steps:
         if terminate is not None and terminate.is_set():
             raise Fail("Exiting due to terminate flag being set to true.")
@@ -28,7 +83,13 @@ def execute(plan: Plan, feeds: dict[str, Any], terminate=None,
         if profiler is not None:
             t0 = time.monotonic_ns()
         try:
-            results = step.fn(*args)
+            if step.donors:
+                for pos in step.donors:
+                    slots[step.in_slots[pos]] = None
+                pos = _spare(args, step.donors)
+                results = step.fn.inplace(pos, *args) if pos >= 0 else step.fn(*args)
+            else:
+                results = step.fn(*args)
         except OrtError as e:
             if step.runs_subgraphs:
                 raise
@@ -40,6 +101,7 @@ def execute(plan: Plan, feeds: dict[str, Any], terminate=None,
         for s, value in zip(step.out_slots, results):
             if s >= 0:
                 slots[s] = value
+        value = results = None
         for s in step.free_slots:
             slots[s] = None
     return [slots[s] for s in plan.fetch_slots]

@@ -25,6 +25,8 @@ class Step:
     provider: str
     label: str
     runs_subgraphs: bool = False  # errors from nested nodes already name them
+    # inputs (positions) whose value dies here and that fn.inplace may overwrite
+    donors: tuple[int, ...] = ()
 
 
 @dataclass
@@ -147,7 +149,8 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
             f = _copy_step(steps, f, None, device_of, slot, producer_of)
         fetch_names.append(f)
     fetch_slots = tuple(slot_of[f] for f in fetch_names)
-    _assign_lifetimes(steps, set(fetch_slots) | {s for s, _ in constant_slots})
+    _assign_lifetimes(steps, set(fetch_slots) | {s for s, _ in constant_slots},
+                      set(input_slots.values()))
     return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots)
 
 
@@ -186,7 +189,10 @@ def _copy_step(steps, name, ep, device_of, slot, producer_of, host_device="cpu")
     return copy_name
 
 
-def _assign_lifetimes(steps: list[Step], keep: set[int]) -> None:
+def _assign_lifetimes(steps: list[Step], keep: set[int], inputs: set[int] = frozenset()) -> None:
+    """Free each value after its last reader. A kernel with an ``inplace`` form may reuse
+    the buffer of an input read once by its last reader (never a graph input, a constant or
+    a fetch); the executor still checks at run time that nothing else holds that array."""
     last_use: dict[int, int] = {}
     for i, step in enumerate(steps):
         for s in step.in_slots:
@@ -201,3 +207,7 @@ def _assign_lifetimes(steps: list[Step], keep: set[int]) -> None:
             frees.setdefault(i, []).append(s)
     for i, step in enumerate(steps):
         step.free_slots = tuple(frees.get(i, ()))
+        if getattr(step.fn, "inplace", None) is not None:
+            dying = set(step.free_slots) - inputs
+            step.donors = tuple(pos for pos, s in enumerate(step.in_slots)
+                                if s in dying and step.in_slots.count(s) == 1)
