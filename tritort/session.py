@@ -70,6 +70,9 @@ class InferenceSession:
         if so.optimized_model_filepath:
             self._save_optimized(graph, so.optimized_model_filepath)
         self._providers = eps.resolve(providers, provider_options)
+        for ep in self._providers:
+            ep.configure(so)
+        self._scoped = [ep for ep in self._providers if ep.run_scope() is not None]
         self._program = Program(graph, self._providers, so._config)
         self._protected_roots = {id(_root(v)) for v in graph.initializers.values()
                                  if isinstance(v, np.ndarray)}
@@ -213,6 +216,14 @@ class InferenceSession:
         return plan
 
     def _execute(self, plan: Plan, feeds: dict[str, Any], terminate) -> list[Any]:
+        if self._scoped:  # provider settings that hold during a run (BLAS threads)
+            with contextlib.ExitStack() as stack:
+                for ep in self._scoped:
+                    stack.enter_context(ep.run_scope())
+                return self._execute_on_device(plan, feeds, terminate)
+        return self._execute_on_device(plan, feeds, terminate)
+
+    def _execute_on_device(self, plan: Plan, feeds: dict[str, Any], terminate) -> list[Any]:
         if self._guard is None:
             return execute(plan, feeds, terminate, self._profiler)
         device, stream = self._guard

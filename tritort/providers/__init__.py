@@ -71,6 +71,14 @@ class ExecutionProvider(abc.ABC):
                                   f"known options: {sorted(self.option_docs) or 'none'}")
         self.options = options
 
+    def configure(self, session_options: Any) -> None:
+        """Take what the session's options say about this provider (threads, memory)."""
+
+    def run_scope(self) -> Any:
+        """A context manager every run of the session executes in (a thread pool's size,
+        say), or None when this provider needs none."""
+        return None
+
     @abc.abstractmethod
     def claim(self, node: Node, graph: Graph) -> str | None:
         """None if this provider takes the node, else the reason it does not."""

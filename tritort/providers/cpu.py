@@ -18,6 +18,24 @@ class CPUExecutionProvider(ExecutionProvider):
         import fallback_cpu  # registers every kernel family on first use
 
         self._registry = fallback_cpu.REGISTRY
+        self._threads = 0
+
+    def configure(self, session_options) -> None:
+        """intra_op_num_threads sizes numpy's BLAS pool during runs (0: left as it is);
+        enable_cpu_mem_arena keeps freed temporaries in the process heap (glibc), as an
+        arena would: once per process, see fallback_cpu.memory."""
+        from fallback_cpu.memory import keep_freed_memory
+
+        self._threads = session_options.intra_op_num_threads
+        if session_options.enable_cpu_mem_arena:
+            keep_freed_memory()
+
+    def run_scope(self):
+        if self._threads <= 0:
+            return None
+        from fallback_cpu.threads import blas_threads
+
+        return blas_threads(self._threads)
 
     def claim(self, node: Node, graph: Graph) -> str | None:
         opset = graph.opsets.get(node.domain)
