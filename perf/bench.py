@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="timing budget per model; fewer rounds (at least 3) when over")
     p.add_argument("--min-sample-ms", type=float, default=20.0,
                    help="runs shorter than this are averaged in groups per sample")
+    p.add_argument("--settle-ms", type=float, default=150.0,
+                   help="idle time before each timed sample, so the previous runtime's "
+                        "spinning worker threads (onnxruntime's, OpenBLAS's) have stopped")
     p.add_argument("--slow-limit", type=float, default=600.0,
                    help="seconds one creation or run may take before it counts as too slow")
     p.add_argument("--timeout", type=float, default=3600.0, help="wall limit per model worker")
@@ -141,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               else sys.argv[1:]),
                 "threads": args.threads, "warmup": args.warmup, "repeat": args.repeat,
                 "quick": args.quick, "halves": halves, "max_seconds": args.max_seconds,
-                "min_sample_ms": args.min_sample_ms, "machine": machine_info(args.threads)}
+                "min_sample_ms": args.min_sample_ms, "settle_ms": args.settle_ms,
+                "machine": machine_info(args.threads)}
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seq": args.seq, "cache": args.cache, "threads": args.threads,
                     "warmup": args.warmup, "repeat": args.repeat,
                     "max_seconds": args.max_seconds, "min_sample_ms": args.min_sample_ms,
-                    "slow_limit": args.slow_limit, "rtol": rtol, "atol": atol,
+                    "settle_ms": args.settle_ms, "slow_limit": args.slow_limit, "rtol": rtol, "atol": atol,
                     "trace_memory": not args.no_tracemalloc}
             log(f"[{datetime.datetime.now():%H:%M:%S}] {name}: {half} half")
             res = None

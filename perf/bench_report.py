@@ -101,7 +101,8 @@ def render_markdown(info: dict, results: list[dict], brief: bool = False) -> str
             "intra_op_num_threads, inter_op 1, sequential; NumPy's BLAS pool for tritort's CPU "
             f"provider), {info['warmup']} warm-up runs, {info['repeat']} timed rounds "
             "alternating the runtimes (order reversed every other round), runs shorter than "
-            f"{info['min_sample_ms']:g} ms averaged in groups per sample, at most "
+            f"{info['min_sample_ms']:g} ms averaged in groups per sample, "
+            f"{info.get('settle_ms', 0):g} ms idle before each sample, at most "
             f"{info['max_seconds']:g} s of timing per model"
             + ("; --quick shapes" if info.get("quick") else ""),
             "- ratio = tritort median latency / peer median latency: **below 1 tritort is "

@@ -292,6 +292,9 @@ def _bench_model(spec: dict[str, Any], progress: Callable[[dict], None]) -> dict
                 continue
             phase(f"round {i + 1}/{rounds} {r.key}")
             run, h, n = r.run, handles[r.key], inner[r.key]
+            # on a small machine the other runtime's threads spin on after its run and
+            # would steal this one's cores: wait them out (the same pause for every runtime)
+            time.sleep(spec.get("settle_ms", 0.0) / 1e3)
             try:
                 with _Deadline(slow and slow * n, f"{r.label} timed run"):
                     t0 = time.perf_counter()
