@@ -130,17 +130,6 @@ def _registers(cfg: AttentionConfig, problem: dict, device) -> str | None:
     return f"tiles need {per_thread} registers per thread" if per_thread > _REGISTERS else None
 
 
-def _valid(cfg: AttentionConfig) -> str | None:
-    """Why a stored config can never launch."""
-    for name in ("block_m", "block_n"):
-        v = getattr(cfg, name)
-        if v < _MIN_BLOCK or v & (v - 1) or v > _MAX_BLOCK:
-            return f"{name}={v} is not a power of two in [{_MIN_BLOCK}, {_MAX_BLOCK}]"
-    if cfg.num_warps not in (1, 2, 4, 8, 16, 32):
-        return f"num_warps={cfg.num_warps} is not a power of two <= 32"
-    return f"num_stages={cfg.num_stages} > 8" if cfg.num_stages > 8 else None
-
-
 def _shape_key(p: dict) -> str:
     b = tuning.bucket
     return f"bh{b(p['bh'])}_q{b(p['Sq'], _MIN_BLOCK)}_k{b(p['Sk'], _MIN_BLOCK)}"
@@ -151,4 +140,5 @@ TUNING = tuning.ConfigSpace(
     rules=(tuning.dot_blocks("block_m", "block_n"),
            tuning.within_problem(block_m="Sq", block_n="Sk"),
            tuning.shared_memory(_staged_bytes), _registers),
-    shape_key=_shape_key, check=_valid)
+    shape_key=_shape_key,
+    check=tuning.stored_config_check(("block_m", "block_n"), low=_MIN_BLOCK, high=_MAX_BLOCK))

@@ -162,20 +162,10 @@ def _registers(cfg: ConvConfig, problem: dict, device) -> str | None:
     return f"tiles need {per_thread} registers per thread" if per_thread > 128 else None
 
 
-def _valid(cfg: ConvConfig) -> str | None:
-    """Why a stored config can never launch (whatever the variant)."""
-    for name in ("block_m", "block_n", "block_k"):
-        v = getattr(cfg, name)
-        if v & (v - 1) or v > _MAX_BLOCK:
-            return f"{name}={v} is not a power of two <= {_MAX_BLOCK}"
-    if cfg.num_warps not in (1, 2, 4, 8, 16, 32):
-        return f"num_warps={cfg.num_warps} is not a power of two <= 32"
-    return f"num_stages={cfg.num_stages} > 8" if cfg.num_stages > 8 else None
-
-
 def unusable(cfg: ConvConfig, variant: str) -> str | None:
-    """Why ``cfg`` (valid by :func:`_valid`) cannot run this variant: the dot variants need
-    every block dim >= 16 (a direct config stored under a dot kernel's key would not)."""
+    """Why ``cfg`` (valid by the space's stored-config check) cannot run this variant: the
+    dot variants need every block dim >= 16 (a direct config stored under a dot kernel's key
+    would not)."""
     if variant in DOT_VARIANTS:
         small = [n for n in ("block_m", "block_n", "block_k")
                  if getattr(cfg, n) < _MIN_DOT_BLOCK]
@@ -195,4 +185,5 @@ TUNING = tuning.ConfigSpace(
     "conv", ConvConfig, _tuning_candidates,
     rules=(_dot_blocks, tuning.within_problem(block_m="rows", block_n="cols"),
            tuning.shared_memory(_staged_bytes), _registers),
-    shape_key=_shape_key, check=_valid)
+    shape_key=_shape_key,
+    check=tuning.stored_config_check(("block_m", "block_n", "block_k"), high=_MAX_BLOCK))

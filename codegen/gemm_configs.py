@@ -104,16 +104,6 @@ def _registers(cfg: GemmConfig, problem: dict, device) -> str | None:
     return f"accumulator needs {per_thread} registers per thread" if per_thread > 128 else None
 
 
-def _valid(cfg: GemmConfig) -> str | None:
-    for name in ("block_m", "block_n", "block_k"):
-        v = getattr(cfg, name)
-        if v < _MIN_BLOCK or v & (v - 1):
-            return f"{name}={v} is not a power of two >= {_MIN_BLOCK}"
-    if cfg.num_warps not in (1, 2, 4, 8, 16, 32):
-        return f"num_warps={cfg.num_warps} is not a power of two <= 32"
-    return f"num_stages={cfg.num_stages} > 8" if cfg.num_stages > 8 else None
-
-
 def _shape_key(p: dict) -> str:
     b = tuning.bucket
     return f"b{b(p['batch'])}_m{b(p['M'], 16)}_n{b(p['N'], 16)}_k{b(p['K'], 16)}_{p['layout']}"
@@ -124,4 +114,5 @@ TUNING = tuning.ConfigSpace(
     rules=(tuning.dot_blocks("block_m", "block_n", "block_k"),
            tuning.within_problem(block_m="M", block_n="N"), tuning.shared_memory(_staged_bytes),
            _registers),
-    shape_key=_shape_key, check=_valid)
+    shape_key=_shape_key,
+    check=tuning.stored_config_check(("block_m", "block_n", "block_k"), low=_MIN_BLOCK))

@@ -162,6 +162,22 @@ def pow2_at_least(n: int, floor: int = 16) -> int:
     return max(floor, 1 << max(int(n) - 1, 0).bit_length())
 
 
+def stored_config_check(blocks: Sequence[str], low: int = 1, high: int = 1 << 30):
+    """A ``check`` for :class:`ConfigSpace`: why a stored config can never launch (block
+    fields not powers of two in [low, high], num_warps not a power of two <= 32, more than 8
+    stages), or None."""
+    def check(cfg) -> str | None:
+        for name in blocks:
+            v = getattr(cfg, name)
+            if v < low or v & (v - 1) or v > high:
+                return f"{name}={v} is not a power of two in [{low}, {high}]"
+        if cfg.num_warps not in (1, 2, 4, 8, 16, 32):
+            return f"num_warps={cfg.num_warps} is not a power of two <= 32"
+        return f"num_stages={cfg.num_stages} > 8" if cfg.num_stages > 8 else None
+
+    return check
+
+
 def dot_blocks(*fields: str) -> Rule:
     """tl.dot needs every block dim >= 16."""
     def rule(cfg, problem, device):
