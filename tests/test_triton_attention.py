@@ -23,22 +23,13 @@ import tritort as ort
 from tests import models
 from tests.test_fused_attention_cpu import (TOL, attention_feeds, compare, data, fused_model,
                                             reseed, unfused_reference)
-from tests.triton_env import requires_triton
+from tests.triton_env import requires_triton, triton_session
 from tritort import dtypes
 
 pytestmark = requires_triton
 TRITON = "TritonExecutionProvider"
 PROVIDERS = [TRITON, "CPUExecutionProvider"]
 _names = itertools.count()
-
-
-def triton_session(model, on_triton=True):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=PROVIDERS)
-    placed = sess._program.partition.assignments
-    for node in model.graph.node:
-        where = placed[node.name]
-        assert (where.provider.name == TRITON) == on_triton, where.declined
-    return sess
 
 
 @pytest.fixture(autouse=True)

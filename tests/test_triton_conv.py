@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tritort as ort
 from tests import models
-from tests.triton_env import requires_triton
+from tests.triton_env import requires_triton, triton_session
 
 pytestmark = requires_triton
 TRITON = "TritonExecutionProvider"
@@ -51,16 +51,6 @@ def conv_model(x_rank, w, bias=None, w_input=False, dtype=np.float32, opset=21, 
     return models.make([node], inputs, [models.vi("Y", elem, None)], inits, opset=opset)
 
 
-def triton_session(model):
-    """A Triton-first session whose every node landed on Triton."""
-    sess = ort.InferenceSession(model.SerializeToString(),
-                                providers=[TRITON, "CPUExecutionProvider"])
-    placed = sess._program.partition.assignments
-    for node in model.graph.node:
-        assert placed[node.name].provider.name == TRITON, placed[node.name].declined
-    return sess
-
-
 def reference(model, feeds):
     try:
         sess = onnxruntime.InferenceSession(model.SerializeToString(),
@@ -82,7 +72,8 @@ def check(model, *feed_sets, rtol=1e-4, atol=1e-4):
     return sess
 
 
-def run_conv(x_shape, w_shape, bias=True, w_input=False, **attrs):
+def check_conv(x_shape, w_shape, bias=True, w_input=False, **attrs):
+    """One Conv on Triton (asserted) against onnxruntime (asserted by :func:`check`)."""
     w = data(*w_shape)
     b = data(w_shape[0]) if bias else None
     model = conv_model(len(x_shape), w, b, w_input, **attrs)
@@ -131,7 +122,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_forms(case):
     x_shape, w_shape, attrs = CASES[case]
-    run_conv(x_shape, w_shape, **attrs)
+    check_conv(x_shape, w_shape, **attrs)
 
 
 @pytest.mark.parametrize("auto_pad", ["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"])
@@ -141,19 +132,19 @@ def test_auto_pad(auto_pad, c_in, group):
     attrs = dict(auto_pad=auto_pad, strides=[2, 2])
     if auto_pad == "NOTSET":
         attrs["pads"] = [0, 2, 1, 1]
-    run_conv((1, c_in, 9, 8), (6 if group == 1 else 4, c_in // group, 3, 4), group=group,
+    check_conv((1, c_in, 9, 8), (6 if group == 1 else 4, c_in // group, 3, 4), group=group,
              **attrs)
 
 
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
 def test_auto_pad_same_1d_stride_above_kernel(auto_pad):
-    run_conv((2, 3, 11), (4, 3, 2), auto_pad=auto_pad, strides=[5])
+    check_conv((2, 3, 11), (4, 3, 2), auto_pad=auto_pad, strides=[5])
 
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("w_shape, group", [((6, 3, 3, 3), 1), ((6, 1, 3, 3), 6)])
 def test_weight_and_bias_as_runtime_inputs(bias, w_shape, group):
-    run_conv((2, 6 if group > 1 else 3, 7, 8), w_shape, bias=bias, w_input=True, group=group,
+    check_conv((2, 6 if group > 1 else 3, 7, 8), w_shape, bias=bias, w_input=True, group=group,
              pads=[1, 0, 1, 2])
 
 
@@ -169,7 +160,7 @@ def test_symbolic_shapes_one_kernel_two_sizes(tmp_path, monkeypatch, w_shape, gr
 
 
 def test_opset_1_conv():
-    run_conv((1, 2, 6, 7), (3, 2, 3, 3), opset=1, pads=[1, 1, 1, 1])
+    check_conv((1, 2, 6, 7), (3, 2, 3, 3), opset=1, pads=[1, 1, 1, 1])
 
 
 def test_empty_batch():

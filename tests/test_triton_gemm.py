@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 import tritort as ort
 from tests import models
-from tests.triton_env import requires_triton
+from tests.triton_env import requires_triton, triton_session
 from tritort import dtypes
 
 pytestmark = requires_triton
@@ -47,16 +47,6 @@ def matmul_model(feeds, opset=21):
 
 def gemm_model(feeds, opset=21, **attrs):
     return build([node("Gemm", list(feeds), ["Y"], **attrs)], feeds, opset=opset)
-
-
-def triton_session(model, on_triton=None):
-    """A Triton-first session; the nodes named (default: all) must have landed on Triton."""
-    sess = ort.InferenceSession(model.SerializeToString(), providers=[TRITON,
-                                                                      "CPUExecutionProvider"])
-    placed = sess._program.partition.assignments
-    for name in on_triton if on_triton is not None else [n.name for n in model.graph.node]:
-        assert placed[name].provider.name == TRITON, placed[name].declined
-    return sess
 
 
 def reference(model, feeds):

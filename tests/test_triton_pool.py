@@ -16,7 +16,7 @@ from onnx.reference import ReferenceEvaluator
 
 import tritort as ort
 from tests import models
-from tests.triton_env import requires_triton
+from tests.triton_env import requires_triton, triton_session
 
 pytestmark = requires_triton
 TRITON = "TritonExecutionProvider"
@@ -43,16 +43,6 @@ def pool_model(op, rank, dtype=np.float32, indices=False, opset=22, **attrs):
     return models.make([node], [models.vi("X", elem, ["N", "C"] + [f"S{j}" for j in
                                                                    range(rank - 2)])],
                        out_info, opset=opset)
-
-
-def triton_session(model):
-    """A Triton-first session whose every node landed on Triton."""
-    sess = ort.InferenceSession(model.SerializeToString(),
-                                providers=[TRITON, "CPUExecutionProvider"])
-    placed = sess._program.partition.assignments
-    for node in model.graph.node:
-        assert placed[node.name].provider.name == TRITON, placed[node.name].declined
-    return sess
 
 
 def reference(model, feeds):
