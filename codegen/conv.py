@@ -37,6 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tritort.windows import output_size, resolved_pads
+
 from . import gemm
 from .templates import (CompiledTemplate, Template, kernel_signature, load_source,
                         template)
@@ -80,30 +82,13 @@ class Window:
         start (LOWER); with ceil_mode a last window that would start in the end padding is
         dropped. Sizes may come out negative for inputs smaller than the window.
         """
-        outs, begins, ends = [], [], []
-        for j, size in enumerate(in_spatial):
-            k, s, d = self.kernel[j], self.strides[j], self.dilations[j]
-            extent = (k - 1) * d + 1
-            if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-                out = -(-size // s)
-                total = max(0, (out - 1) * s + extent - size)
-                begin = total // 2 if self.auto_pad == "SAME_UPPER" else total - total // 2
-                outs.append(out)
-                begins.append(begin)
-                ends.append(total - begin)
-                continue
-            pb, pe = (0, 0) if self.auto_pad == "VALID" else (self.pads[j],
-                                                             self.pads[j + self.rank])
-            span = size + pb + pe - extent
-            if self.ceil_mode:
-                out = -(-span // s) + 1
-                if (out - 1) * s >= size + pb:  # the last window starts in the end padding
-                    out -= 1
-            else:
-                out = span // s + 1
-            outs.append(out)
-            begins.append(pb)
-            ends.append(pe)
+        pads = resolved_pads(self.auto_pad, in_spatial, self.kernel, self.strides,
+                             self.dilations, self.pads)
+        begins, ends = pads[:self.rank], pads[self.rank:]
+        same = self.auto_pad in ("SAME_UPPER", "SAME_LOWER")
+        outs = [output_size(size, (k - 1) * d + 1, s, pb, pe, self.ceil_mode, same)
+                for size, k, s, d, pb, pe in zip(in_spatial, self.kernel, self.strides,
+                                                  self.dilations, begins, ends)]
         return outs, begins, ends
 
     def text(self) -> str:

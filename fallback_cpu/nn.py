@@ -11,8 +11,11 @@ import math
 
 import numpy as np
 
+from tritort.windows import resolved_pads
+
 from . import pool  # noqa: F401  (registers the pooling kernels)
-from .nn_util import auto_pads, int_or_list, narrow, pad_spatial, widen, windows
+
+from .nn_util import int_or_list, narrow, pad_spatial, widen, windows
 from .registry import register
 
 
@@ -32,7 +35,7 @@ class ConvParams:
         kernel = int_or_list(self.kernel_shape, nd, 1) if self.kernel_shape else list(w_shape[2:])
         strides = int_or_list(self.strides, nd, 1)
         dilations = int_or_list(self.dilations, nd, 1)
-        pads = auto_pads(self.auto_pad, x_shape[2:], kernel, strides, dilations, self.pads)
+        pads = resolved_pads(self.auto_pad, x_shape[2:], kernel, strides, dilations, self.pads)
         return kernel, strides, dilations, pads
 
 

@@ -31,24 +31,6 @@ def int_or_list(value, n: int, default: int) -> list[int]:
     return [int(v) for v in value]
 
 
-def auto_pads(auto_pad: str, in_shape, kernel, strides, dilations, pads) -> list[int]:
-    """Explicit begin+end pads (ONNX order) for a conv/pool given its auto_pad attribute."""
-    n = len(in_shape)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for size, k, s, d in zip(in_shape, kernel, strides, dilations):
-            out = -(-size // s)
-            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-            small = total // 2
-            begin = small if auto_pad == "SAME_UPPER" else total - small
-            begins.append(begin)
-            ends.append(total - begin)
-        return begins + ends
-    if auto_pad == "VALID":
-        return [0] * (2 * n)
-    return int_or_list(pads, 2 * n, 0)
-
-
 def pad_spatial(x: np.ndarray, pads, value=0) -> np.ndarray:
     """Pad the trailing len(pads)//2 axes of ``x``; negative pads crop."""
     n = len(pads) // 2

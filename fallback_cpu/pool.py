@@ -10,7 +10,9 @@ import math
 
 import numpy as np
 
-from .nn_util import auto_pads, int_or_list, narrow, pad_spatial, widen
+from tritort.windows import output_size, resolved_pads
+
+from .nn_util import int_or_list, narrow, pad_spatial, widen
 from .registry import register
 
 
@@ -26,7 +28,7 @@ class PoolParams:
 
     def layout(self, in_spatial):
         """(begin pads, end pads incl. ceil-mode extra, explicit end pads, output shape)."""
-        pads = auto_pads(self.auto_pad, in_spatial, self.kernel, self.strides, self.dilations,
+        pads = resolved_pads(self.auto_pad, in_spatial, self.kernel, self.strides, self.dilations,
                          self.pads)
         nd = len(self.kernel)
         begins, ends = pads[:nd], pads[nd:]
@@ -34,15 +36,8 @@ class PoolParams:
         for i, (size, k, s, d, pb, pe) in enumerate(zip(in_spatial, self.kernel, self.strides,
                                                         self.dilations, begins, ends)):
             extent = (k - 1) * d + 1
-            span = size + pb + pe - extent
-            if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-                o = -(-size // s)
-            elif self.ceil_mode:
-                o = -(-span // s) + 1
-                if (o - 1) * s >= size + pb:  # the last window must start inside the input
-                    o -= 1
-            else:
-                o = span // s + 1
+            o = output_size(size, extent, s, pb, pe, self.ceil_mode,
+                            self.auto_pad in ("SAME_UPPER", "SAME_LOWER"))
             out.append(max(o, 0))
             padded_ends.append(max(pe, (o - 1) * s + extent - size - pb))
         return begins, padded_ends, ends, out
