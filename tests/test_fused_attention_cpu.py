@@ -126,6 +126,29 @@ def unfused_reference(feeds, scale=1.0, is_causal=0):
     return sess.run(None, feeds)[0]
 
 
+def exact_reference(feeds, scale=1.0, is_causal=0):
+    """The attention computed in float64 with NumPy: kv heads repeated, the mask broadcast,
+    causality upper-left; fully masked rows give NaN like the unfused graph."""
+    q, kt, v = (feeds[k].astype(np.float64) for k in ("Q", "KT", "V"))
+    group = q.shape[1] // kt.shape[1]
+    kt, v = np.repeat(kt, group, axis=1), np.repeat(v, group, axis=1)
+    scores = np.matmul(q, kt) * scale
+    if "M" in feeds:
+        scores = scores + feeds["M"].astype(np.float64)
+    if is_causal:
+        sq, sk = scores.shape[-2:]
+        scores = scores + np.triu(np.full((sq, sk), -np.inf), k=1)
+    with np.errstate(invalid="ignore"):
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return np.matmul(probs, v)
+
+
+def node_scale(scale: float) -> float:
+    """The scale a fused node written as an ONNX proto carries: its attribute is float32."""
+    return float(np.float32(scale))
+
+
 TOL = {np.dtype(np.float32): (1e-5, 1e-5), np.dtype(np.float16): (1e-2, 2e-3),
        np.dtype(ml_dtypes.bfloat16): (2 ** -7, 2e-3), np.dtype(np.float64): (1e-12, 1e-12)}
 
@@ -201,8 +224,24 @@ def test_bfloat16_against_float32_on_the_same_values():
                               dtype=ml_dtypes.bfloat16), 0.5)
 
 
-def test_double():
-    check_cpu(attention_feeds(1, 2, 1, 4, 6, 8, mask_shape=(6,), dtype=np.float64), 0.3, 1)
+def test_double_against_an_exact_reference():
+    # 0.3 is no power of two: the node's float32 attribute is the scale the reference uses
+    feeds = attention_feeds(1, 2, 1, 4, 6, 8, mask_shape=(6,), dtype=np.float64)
+    sess = ort.InferenceSession(fused_model(feeds, 0.3, 1).SerializeToString(), providers=CPU)
+    compare(sess.run(None, feeds)[0], feeds, exact_reference(feeds, node_scale(0.3), 1))
+
+
+@pytest.mark.parametrize("scale", [0.3, 1 / 7, 0.125])
+def test_double_graph_fuses_without_rounding_its_scale(scale):
+    # the optimizer fuses the exported float64 graph and keeps the graph's exact scale
+    feeds = attention_feeds(2, 2, 2, 5, 7, 8, mask_shape=(1, 1, 5, 7), dtype=np.float64)
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    sess = ort.InferenceSession(unfused_model(feeds, scale).SerializeToString(), so,
+                                providers=CPU)
+    ops = [n.op_type for s in sess.get_provider_graph_assignment_info() for n in s.get_nodes()]
+    assert ops == ["ScaledDotProductAttention"], ops
+    compare(sess.run(None, feeds)[0], feeds, exact_reference(feeds, scale))
 
 
 def test_mask_of_another_float_type():

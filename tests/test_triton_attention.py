@@ -21,8 +21,9 @@ from onnx import helper
 
 import tritort as ort
 from tests import models
-from tests.test_fused_attention_cpu import (TOL, attention_feeds, compare, data, fused_model,
-                                            reseed, unfused_reference)
+from tests.test_fused_attention_cpu import (TOL, attention_feeds, compare, data,
+                                            exact_reference, fused_model, node_scale, reseed,
+                                            unfused_model, unfused_reference)
 from tests.triton_env import requires_triton, triton_session
 from tritort import dtypes
 
@@ -96,8 +97,20 @@ def test_fused_bfloat16_against_float32_on_the_same_values():
 
 
 def test_fused_double_and_a_float16_mask():
-    check_fused(attention_feeds(1, 2, 2, 9, 17, 8, mask_shape=(9, 17), dtype=np.float64,
-                                mask_dtype=np.float16), 0.4, 1)
+    # 0.4 is no power of two: the node's float32 attribute is the scale the reference uses
+    feeds = attention_feeds(1, 2, 2, 9, 17, 8, mask_shape=(9, 17), dtype=np.float64,
+                            mask_dtype=np.float16)
+    got = triton_session(fused_model(feeds, 0.4, 1)).run(None, feeds)[0]
+    compare(got, feeds, exact_reference(feeds, node_scale(0.4), 1))
+
+
+def test_double_graph_fuses_without_rounding_its_scale():
+    # the optimizer's fused node keeps the float64 graph's exact 1/7, handed over as two halves
+    feeds = attention_feeds(1, 2, 2, 9, 17, 8, mask_shape=(1, 1, 9, 17), dtype=np.float64)
+    sess = triton_session(unfused_model(feeds, 1 / 7), on_triton=[])
+    assert [u.unit.nodes[0].op_type for u in sess._program.units] == ["ScaledDotProductAttention"]
+    assert sess._program.units[0].provider.name == TRITON
+    compare(sess.run(None, feeds)[0], feeds, exact_reference(feeds, 1 / 7))
 
 
 def test_fused_fully_masked_row_gives_nan_like_the_unfused_graph():
