@@ -18,8 +18,8 @@ Rows with no visible key: tritort's fused op gives NaN, as the unfused MatMul/So
 does in onnxruntime; ai.onnx Attention gives zeros, as its spec says.
 
 Block sizes: the tuning database's config for the launch's kernel and shape key, else
-:func:`codegen.attention_configs.pick_config`'s size heuristic; the tuner's candidates and
-pruning rules are :data:`codegen.attention_configs.TUNING`.
+:func:`tritort.codegen.attention_configs.pick_config`'s size heuristic; the tuner's candidates and
+pruning rules are :data:`tritort.codegen.attention_configs.TUNING`.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tritort import dtypes
-from tritort.graph import INTERNAL_DOMAIN
-from tritort.patterns import attention_shapes
+from tritort.contracts import INTERNAL_DOMAIN
+from tritort.contracts import attention_shapes
 
 from .attention_configs import (_MIN_BLOCK, TUNING, AttentionConfig,  # noqa: F401
                                 _gpu_config, kernel_key, pick_config, problem_of)

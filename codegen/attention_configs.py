@@ -4,7 +4,7 @@ A launch runs ``ceil(Sq / BLOCK_M) x bh`` programs (``bh``: batch x query heads)
 [BLOCK_M, D] query tile and walks the keys BLOCK_N at a time, staging a [BLOCK_N, D] K tile and
 a [BLOCK_N, Dv] V tile per pipeline stage. :func:`pick_config` is the heuristic a launch uses
 when the tuning database has nothing for it; :data:`TUNING` is what ``perf/autotune.py`` tries
-(see :mod:`codegen.tuning`).
+(see :mod:`tritort.codegen.tuning`).
 
 Kernel key ``attention:<dtype>:d<head block>:<span>:<mask>`` (``attention:float16:d64:causal:
 none``): the padded head dim (max of D and Dv, a power of two >= 16) sizes every tile; the
@@ -12,7 +12,7 @@ span (``full``, ``causal``, or ``window`` for a sliding window, causal or not) b
 loop; the mask (``none``, ``additive``, ``bool``) adds a load per key block. Scale, softcap and
 what empty rows give do not enter it: they cost the same whatever the tiling. Shape key
 ``bh24_q128_k128``: batch x heads, query and key lengths, each rounded up to a
-:func:`codegen.tuning.bucket` (the lengths at least 16: no tile is smaller).
+:func:`tritort.codegen.tuning.bucket` (the lengths at least 16: no tile is smaller).
 """
 from __future__ import annotations
 

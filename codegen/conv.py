@@ -23,8 +23,8 @@ and the kernel / stride / dilation attributes only.
 
 Block sizes are picked at launch: a config that ``perf/autotune.py`` stored in the tuning
 database for this kernel key (``conv:<dtype>:<variant>:<rank>d``) and shape bucket wins;
-otherwise :func:`codegen.conv_configs.pick_config`'s size heuristic chooses. The tuner's
-candidates and pruning rules are :data:`codegen.conv_configs.TUNING`. The pooling templates
+otherwise :func:`tritort.codegen.conv_configs.pick_config`'s size heuristic chooses. The tuner's
+candidates and pruning rules are :data:`tritort.codegen.conv_configs.TUNING`. The pooling templates
 reuse :class:`Window`.
 """
 from __future__ import annotations
@@ -362,7 +362,7 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
 
     ``epilogue.params`` follow ``y`` in the signature; ``epilogue.lines`` (unindented
     statements) update ``acc`` (fp32, fp64 for double; [BLOCK_M, BLOCK_N]) after the bias
-    and before the store. In scope for them (:mod:`codegen.epilogue`'s contract): ``acc``,
+    and before the store. In scope for them (:mod:`tritort.codegen.epilogue`'s contract): ``acc``,
     ``tile_mask`` (in-bounds elements), ``out_idx_0`` .. ``out_idx_{R-1}`` (int64,
     broadcastable to the tile: the index of each element along Y's dim j, so ``out_idx_1`` is
     the output channel), ``y_offs`` (each element's offset in Y, which the launcher allocates
@@ -440,8 +440,8 @@ def _warn_once(key: str, cfg: ConvConfig, reason: str) -> None:
 
 class ConvLauncher:
     """Checks shapes, allocates Y and launches. Called with (x, w[, b]); with a fused
-    epilogue (:class:`codegen.epilogue.FusedEpilogue`) its input tensors follow, and the
-    outputs are the ones :meth:`~codegen.epilogue.FusedEpilogue.outputs` lists."""
+    epilogue (:class:`tritort.codegen.epilogue.FusedEpilogue`) its input tensors follow, and the
+    outputs are the ones :meth:`~tritort.codegen.epilogue.FusedEpilogue.outputs` lists."""
 
     def __init__(self, fn: Any, spec: ConvSpec, out_dtype: Any, device: Any, interpreted: bool,
                  node_name: str, fused: Any = None) -> None:
@@ -502,8 +502,8 @@ def _torch_dtype(dtype: str):
 
 
 def compile_conv(node, ctx, name: str, fusion: Any = None) -> CompiledTemplate:
-    """The node's kernel; a ``fusion`` (:class:`codegen.rowwise.TileFusion`, chosen by
-    codegen.fusion) is rendered by :func:`codegen.epilogue.build` in front of the store, its
+    """The node's kernel; a ``fusion`` (:class:`tritort.codegen.rowwise.TileFusion`, chosen by
+    codegen.fusion) is rendered by :func:`tritort.codegen.epilogue.build` in front of the store, its
     inputs following the node's in the launcher's."""
     spec = conv_spec(node, ctx)
     if isinstance(spec, str):
@@ -546,5 +546,5 @@ class Conv(Template):
         return compile_conv(node, ctx, name)
 
     def compile_fused(self, node, ctx, name, fusion) -> CompiledTemplate:
-        """With a pointwise epilogue (codegen.fusion's TILED_OPS lists Conv for that)."""
+        """With a pointwise epilogue (tritort.codegen.fusion's TILED_OPS lists Conv for that)."""
         return compile_conv(node, ctx, name, fusion)

@@ -4,12 +4,12 @@ A Conv launch is ``groups`` GEMMs of ``rows`` (n, output position) x ``cols`` (o
 of a group; every output channel for the ``direct`` variant) over ``K`` (a group's channels for
 ``tap_major``, channels x taps for ``flat``, taps for ``direct``). :func:`pick_config` is the
 heuristic a launch uses when the tuning database has nothing for it; :data:`TUNING` is what
-``perf/autotune.py`` tries (see :mod:`codegen.tuning`).
+``perf/autotune.py`` tries (see :mod:`tritort.codegen.tuning`).
 
 Kernel key ``conv:<dtype>:<variant>:<rank>d`` (``conv:float16:tap_major:2d``): the variant and
 spatial rank change the generated loops; kernel size, strides, bias and epilogue do not enter
 it (they do not change the tiling). Shape key ``g1_r4096_c64_k64_t9``: groups, rows, cols, K
-and taps, each rounded up to a :func:`codegen.tuning.bucket` (cols and K at least 16 for the
+and taps, each rounded up to a :func:`tritort.codegen.tuning.bucket` (cols and K at least 16 for the
 dot variants, whose tiles are never smaller).
 """
 from __future__ import annotations

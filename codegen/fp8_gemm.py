@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tritort.graph import INTERNAL_DOMAIN
+from tritort.contracts import INTERNAL_DOMAIN
 
 from .gemm import Epilogue, MatMulLauncher, _compiled
 from .templates import CompiledTemplate, Template, template

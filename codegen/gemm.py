@@ -14,7 +14,7 @@ Sizes are runtime arguments; a kernel is specialized on ranks, dtypes and attrib
 
 Block sizes are picked at launch: a config that ``perf/autotune.py`` stored in the tuning
 database for this kernel key (``matmul:<dtype>:batch<rank>``) and shape bucket wins;
-otherwise the size heuristic of :mod:`codegen.gemm_configs` chooses.
+otherwise the size heuristic of :mod:`tritort.codegen.gemm_configs` chooses.
 
 A fused *prologue* converts an operand's tiles as they are loaded (a Cast, a scalar scale:
 :func:`operand_prologue`), so the converted operand is never written.
@@ -61,7 +61,7 @@ def epilogue_and_store(acc: str, epilogue_lines: Sequence[str], out_dtype: str) 
 
     In scope for the epilogue: ``rows`` / ``cols`` (int64 [BLOCK_M, 1] / [1, BLOCK_N] output
     indices), ``tile_mask`` (in-bounds elements), ``i0``.. (batch indices, int64), the names
-    of :mod:`codegen.epilogue`'s contract (``out_idx_j``, ``y_offs``) and every kernel
+    of :mod:`tritort.codegen.epilogue`'s contract (``out_idx_j``, ``y_offs``) and every kernel
     parameter, the epilogue's own included.
     """
     lines = ["    y_offs = y_base + rows * sym + cols * syn"]
@@ -230,7 +230,7 @@ class MatMulLauncher:
     """numpy.matmul semantics on torch tensors: 1-D operands, broadcast batch dims.
 
     With a fused epilogue, its input tensors follow A and B; the outputs are the ones
-    :meth:`codegen.epilogue.FusedEpilogue.outputs` lists."""
+    :meth:`tritort.codegen.epilogue.FusedEpilogue.outputs` lists."""
 
     def __init__(self, fn: Any, batch_rank: int, out_dtype: str, device: Any,
                  interpreted: bool, fused=None):
@@ -382,7 +382,7 @@ def _header(node, ir_text: str) -> list[str]:
 def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, inputs,
               fusion=None, own_out_dtype=None, dot_upcast=None):
     """Source, kernel and launcher; ``launcher_for(fn, out_dtype, fused)``. A ``fusion``
-    (codegen.fusion's choice) appends its pointwise epilogue to the template's own."""
+    (tritort.codegen.fusion's choice) appends its pointwise epilogue to the template's own."""
     fused, out_dt = None, own_out_dtype or in_dt
     prologues, round_bf16 = {}, False
     for index, producer in (fusion.operands.items() if fusion is not None else ()):

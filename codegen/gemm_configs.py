@@ -2,7 +2,7 @@
 
 Without a tuning-database entry, :func:`pick_config` chooses from :data:`CONFIGS`: the
 largest tiles that still give enough programs to fill the GPU. :data:`TUNING` lists what
-``perf/autotune.py`` tries and the rules that prune it (see :mod:`codegen.tuning`).
+``perf/autotune.py`` tries and the rules that prune it (see :mod:`tritort.codegen.tuning`).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A row's builder gets the node's attributes, its input expressions (None where omitted)
 and output dtypes, and returns one expression per output. Composite ops decompose into
-the primitives of :mod:`codegen.ir` here, so the emitter only knows primitives.
+the primitives of :mod:`tritort.codegen.ir` here, so the emitter only knows primitives.
 """
 from __future__ import annotations
 

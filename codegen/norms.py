@@ -1,9 +1,9 @@
 """Softmax, LogSoftmax, Hardmax and the normalizations as row-wise tile kernels.
 
-Each works on the input's [kept, reduced] view (see :mod:`codegen.rowwise`): statistics are
+Each works on the input's [kept, reduced] view (see :mod:`tritort.codegen.rowwise`): statistics are
 gathered in passes over a row's columns, then a last pass writes every element. Parameters
 (Scale, B, running mean, ...) are broadcast to the input's shape with zero strides so they
-share its index math. Registered by importing :mod:`codegen.reductions`.
+share its index math. Registered by importing :mod:`tritort.codegen.reductions`.
 """
 from __future__ import annotations
 

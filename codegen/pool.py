@@ -3,7 +3,7 @@
 MaxPool / AveragePool: a program owns BLOCK output elements of Y [N, C, *O] (flattened, the
 last axis fastest, so stores are contiguous) and loops over the kernel taps, reading X
 through its strides; positions outside the input are padding. The window geometry (pads for
-auto_pad, ceil_mode's extra window) is :class:`codegen.conv.Window`'s, resolved per input
+auto_pad, ceil_mode's extra window) is :class:`tritort.codegen.conv.Window`'s, resolved per input
 shape at launch, so sizes and pads are runtime arguments and a kernel is specialized on rank,
 dtype and the kernel / stride / dilation attributes only. Values are computed in fp32 (fp64
 for double, int32 for int8/uint8) and rounded once on store.
@@ -11,7 +11,7 @@ for double, int32 for int8/uint8) and rounded once on store.
 NaN as in onnx.reference (onnxruntime's answers depend on where a NaN sits in a window or a
 SIMD lane, except in its 1-D MaxPool, which agrees): MaxPool skips NaN, a window holding only
 NaN gives NaN; GlobalMaxPool and the averages propagate it. The Global* ops are row reductions
-over the spatial axes (:mod:`codegen.rowwise`).
+over the spatial axes (:mod:`tritort.codegen.rowwise`).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Reduction kernel templates: Reduce* over any set of axes, ArgMax and ArgMin.
 
-Each output element is a row of the input's [kept, reduced] view (see :mod:`codegen.rowwise`);
+Each output element is a row of the input's [kept, reduced] view (see :mod:`tritort.codegen.rowwise`);
 a program sums (or maxes, multiplies, ...) its rows BLOCK_N columns at a time into a tile-sized
 accumulator and folds it once at the end. Floats accumulate in fp32 (fp64 for double) and round
 once on store; integer sums and products wrap in their own type, as onnxruntime's do. An empty

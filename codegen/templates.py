@@ -2,7 +2,7 @@
 
 Each op has one row in TEMPLATES. A row claims a node (or says why not) and compiles it
 into a kernel of its own: generated Triton source loaded through the cache, and a launcher
-working on torch tensors. Pointwise ops live in :mod:`codegen.lowering` instead, where
+working on torch tensors. Pointwise ops live in :mod:`tritort.codegen.lowering` instead, where
 fusion can merge them.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ dataclass of ints (tiles, group size, num_warps, num_stages). At every launch
 :meth:`ConfigSpace.choose` asks the device's :class:`TuningTable` for a stored config for
 (kernel key, shape key); without one the
 template's size heuristic (its ``pick_config``) decides. A normal run never times anything:
-tuning happens only in :func:`codegen.tuner.tune`, driven by ``perf/autotune.py``, on launches
+tuning happens only in :func:`tritort.codegen.tuner.tune`, driven by ``perf/autotune.py``, on launches
 recorded while a session ran under :func:`recording`.
 
 Keys

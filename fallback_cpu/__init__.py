@@ -1,9 +1,11 @@
 """tritort's NumPy CPU provider: one kernel factory per (domain, op_type, since_version).
 
 Importing the package registers every kernel family, then delegates the long tail
-listed in :mod:`fallback_cpu.delegated` to onnx.reference.
+listed in :mod:`tritort.fallback_cpu.delegated` to onnx.reference.
 """
-from .registry import REGISTRY, NodeContext, register  # noqa: F401
+from .registry import (  # noqa: F401
+    REGISTRY, NodeContext, build_kernel, missing_kernel, register,
+)
 from . import (  # noqa: F401  (imported for their registrations)
     activations, attention, cast, control_flow, elementwise, fused, image, index, linalg, ml,
     ml_maps, nn, norm, pool, quantize, random, reduce, rnn, sampling, sequence, shape, signal,

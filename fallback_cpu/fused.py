@@ -29,8 +29,8 @@ import threading
 
 import numpy as np
 
-from tritort.graph import INTERNAL_DOMAIN
-from tritort.patterns import attention_shapes
+from tritort.contracts import INTERNAL_DOMAIN
+from tritort.contracts import attention_shapes
 
 from .nn_util import narrow
 from .registry import register

@@ -1,5 +1,5 @@
 """Image kernels of the NumPy provider: Resize, Upsample, CenterCropPad.
-GridSample, AffineGrid and RoiAlign live in :mod:`fallback_cpu.sampling`.
+GridSample, AffineGrid and RoiAlign live in :mod:`tritort.fallback_cpu.sampling`.
 
 Resize is separable: each resized axis maps its output indices to source coordinates once,
 then takes a few weighted taps along that axis (np.take), one axis after the other.

@@ -1,5 +1,5 @@
 """Convolution kernels of the NumPy provider: Conv, ConvTranspose, ConvInteger, QLinearConv,
-DeformConv, Col2Im. Pooling lives in :mod:`fallback_cpu.pool`.
+DeformConv, Col2Im. Pooling lives in :mod:`tritort.fallback_cpu.pool`.
 
 Conv is im2col over a strided window view plus one batched BLAS matmul over the groups;
 1x1 convolutions skip im2col and depthwise ones accumulate one kernel tap at a time.

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 from tritort import dtypes
 from tritort.dtypes import numpy_dtype, saturating_cast
-from tritort.graph import INTERNAL_DOMAIN
+from tritort.contracts import INTERNAL_DOMAIN
 
 from .numeric import as_array, normalize_axis
 from .registry import NodeContext, register

@@ -17,6 +17,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
+from tritort.errors import Fail, OrtError
+from tritort.graph import Node
+
 Kernel = Callable[..., tuple]
 KernelFactory = Callable[["NodeContext"], Kernel]
 
@@ -128,3 +131,39 @@ def elementwise(op_type: str, fn: Callable[..., np.ndarray], since: int | Sequen
         return lambda *xs: (fn(*xs),)
 
     register(op_type, since, domain)(factory)
+
+
+# ------------------------------------------------------------------ the engine's public entry
+
+
+def missing_kernel(domain: str, op_type: str, opsets: dict[str, int]) -> str | None:
+    """None when a kernel runs ``domain::op_type`` at the model's opset, else why not."""
+    opset = opsets.get(domain)
+    if opset is None:
+        return f"the model imports no opset for domain '{domain}'"
+    if REGISTRY.lookup(domain, op_type, opset) is None:
+        return f"no NumPy kernel for {domain or 'ai.onnx'}::{op_type} at opset {opset}"
+    return None
+
+
+def build_kernel(node: Node, opsets: dict[str, int], value_types: dict,
+                 subgraph: Callable[[str], Any] | None = None) -> Kernel:
+    """The callable running ``node`` (its factory parses the attributes once, here).
+
+    ``value_types`` maps value names to onnx.TypeProto; ``subgraph(attr_name)`` builds the
+    runner of a control-flow body. A factory refusing its attributes raises Fail."""
+    opset = opsets[node.domain]
+    since, factory = REGISTRY.lookup(node.domain, node.op_type, opset)
+    ctx = NodeContext(
+        op_type=node.op_type, domain=node.domain, name=node.name, attrs=node.attrs,
+        opset=opset, since_version=since, input_names=node.inputs, output_names=node.outputs,
+        input_types=[value_types.get(n) for n in node.inputs],
+        output_types=[value_types.get(n) for n in node.outputs],
+        proto=node.proto, opsets=opsets, subgraph=subgraph,
+        implicit_inputs=node.implicit_inputs)
+    try:
+        return factory(ctx)
+    except OrtError:
+        raise
+    except Exception as e:
+        raise Fail(f"{node.describe()}: cannot build its kernel: {type(e).__name__}: {e}") from e

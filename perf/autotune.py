@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import tritort as ort
-    from codegen import tuner, tuning
+    from tritort.codegen import tuner, tuning
     from tritort.cli import _placement, _random_inputs
     from tritort.providers.triton import TritonExecutionProvider
 

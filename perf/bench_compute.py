@@ -151,7 +151,7 @@ class Tritort:
 
 
 def autotune(unit, args, budget_s: float) -> str:
-    from codegen import tuner, tuning
+    from tritort.codegen import tuner, tuning
 
     with tuning.recording() as recorder:
         unit.fn(*args)
@@ -474,7 +474,7 @@ def header(args, cuda: bool) -> list[str]:
              + ("triton.testing.do_bench's median (CUDA events)" if cuda else
                 "one call (CPU clock)")]
     try:
-        from codegen import tuning
+        from tritort.codegen import tuning
 
         table = tuning.active_table(torch.device("cuda", torch.cuda.current_device())
                                     if cuda else torch.device("cpu"))

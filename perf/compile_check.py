@@ -95,7 +95,7 @@ def record(model_path: str, feeds: dict | None, shapes: list[str] = ()) -> list[
     import numpy as np
 
     import tritort as ort
-    from codegen import cache
+    from tritort.codegen import cache
 
     jobs: dict[str, dict] = {}
     real_load = cache.load

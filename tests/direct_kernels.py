@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import onnx  # noqa: E402
 
-from fallback_cpu import REGISTRY, NodeContext  # noqa: E402
+from tritort.fallback_cpu import REGISTRY, NodeContext  # noqa: E402
 from tests.conformance import assert_same, case_ops, node_cases, to_value  # noqa: E402
 from tritort.graph import Node  # noqa: E402
 

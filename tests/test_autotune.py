@@ -15,8 +15,8 @@ from onnx import TensorProto as TP
 from onnx import helper
 
 import tritort as ort
-from codegen import gemm, tuner, tuning
-from codegen.gemm import GemmConfig
+from tritort.codegen import gemm, tuner, tuning
+from tritort.codegen.gemm import GemmConfig
 from tests import models
 from tests.triton_env import requires_triton
 
@@ -67,7 +67,7 @@ def reference(model, inputs):
 def spy_launches(monkeypatch, module) -> list:
     """Configs ``module``'s tunable kernel launches with (through its ``_run``); any timing
     fails the test (a normal run never tunes)."""
-    from codegen import tuner
+    from tritort.codegen import tuner
 
     used = []
     real_run = module._run

@@ -14,8 +14,8 @@ from onnx import TensorProto as TP
 from onnx import helper
 
 import tritort as ort
-from codegen import attention, tuning
-from codegen.attention_configs import AttentionConfig, kernel_key, pick_config, problem_of
+from tritort.codegen import attention, tuning
+from tritort.codegen.attention_configs import AttentionConfig, kernel_key, pick_config, problem_of
 from tests import models
 from tests.test_autotune import spy_launches
 from tests.triton_env import requires_triton

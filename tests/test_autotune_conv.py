@@ -15,8 +15,8 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 import tritort as ort
-from codegen import conv, tuning
-from codegen.conv_configs import ConvConfig, problem_of
+from tritort.codegen import conv, tuning
+from tritort.codegen.conv_configs import ConvConfig, problem_of
 from tests import models
 from tests.test_autotune import spy_launches
 from tests.triton_env import requires_triton

@@ -70,7 +70,7 @@ def test_golden_tile_ir_and_source(dirs):
 
 
 def test_second_session_reuses_cached_kernels(dirs):
-    from codegen import cache
+    from tritort.codegen import cache
 
     first = ort.InferenceSession(add_relu_cast().SerializeToString(), providers=TRITON_FIRST)
     files = sorted((dirs / "cache").glob("*.py"))
@@ -130,7 +130,7 @@ def test_no_fusion_across_a_cpu_node_or_a_shape_change():
 
 
 def test_fusion_groups_partition_and_are_checked():
-    from codegen.fusion import check_partition
+    from tritort.codegen.fusion import check_partition
     from tritort.graph import Node
 
     a = Node("a", "Relu", "", ["x"], ["y"], {}, None)
@@ -173,8 +173,8 @@ def test_profiling_has_one_event_per_fused_kernel(tmp_path):
 
 
 def test_check_numerics_catches_a_wrong_kernel(monkeypatch, dirs):
-    from codegen import lowering
-    from codegen.lowering import Lowering, c, op
+    from tritort.codegen import lowering
+    from tritort.codegen.lowering import Lowering, c, op
 
     so = ort.SessionOptions()
     so.add_session_config_entry("tritort.debug.check_numerics", "1")
@@ -225,6 +225,6 @@ def test_constants_move_to_the_device_once_per_plan():
     sess = ort.InferenceSession(model.SerializeToString(), providers=TRITON_FIRST)
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(sess.run(None, {"X": x})[0], x * np.float32([1, -2, 3]))
-    plan = sess._program.plan_for(["Y"])
+    plan = sess._plans.get(["Y"])
     copies = [s.label for s in plan.steps if s.op_type == "Copy"]
     assert not any("copy W " in label for label in copies), copies

@@ -174,7 +174,7 @@ def test_layer_normalization_statistics_outputs():
 def test_erf32_accuracy_over_float32_range():
     from scipy import special
 
-    from fallback_cpu.fastmath import erf32
+    from tritort.fallback_cpu.fastmath import erf32
 
     x = np.concatenate([np.linspace(-6, 6, 200_001), np.geomspace(1e-30, 6, 20_001),
                         -np.geomspace(1e-30, 6, 20_001)]).astype(np.float32)
@@ -333,7 +333,7 @@ def test_concat_of_a_transposed_view_is_c_ordered():
 
 
 def test_keep_freed_memory_is_idempotent():
-    from fallback_cpu.memory import keep_freed_memory
+    from tritort.fallback_cpu.memory import keep_freed_memory
 
     first = keep_freed_memory()
     assert isinstance(first, bool) and keep_freed_memory() is first
@@ -341,7 +341,7 @@ def test_keep_freed_memory_is_idempotent():
 
 def test_blas_threads_sets_and_restores_the_pool():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from fallback_cpu.threads import blas_libraries, blas_threads
+    from tritort.fallback_cpu.threads import blas_libraries, blas_threads
 
     ours = {lib.filepath for lib in blas_libraries()}  # those loaded when first asked
 
@@ -362,7 +362,7 @@ def test_blas_threads_sets_and_restores_the_pool():
 
 
 def test_intra_op_num_threads_sizes_the_blas_pool_during_runs():
-    from fallback_cpu.threads import blas_libraries
+    from tritort.fallback_cpu.threads import blas_libraries
 
     libs = blas_libraries()
     if not libs:

@@ -14,7 +14,7 @@ import tritort as ort
 from tests import models
 from tests.triton_env import requires_triton, triton_runs
 from tritort import loader, optimizer
-from tritort.graph import INTERNAL_DOMAIN
+from tritort.contracts import INTERNAL_DOMAIN
 from tritort.options import GraphOptimizationLevel
 
 T = "TritonExecutionProvider"

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import tritort as ort
 from tests import models
 from tritort import dtypes
-from tritort.graph import INTERNAL_DOMAIN
+from tritort.contracts import INTERNAL_DOMAIN
 
 _rng = np.random.default_rng(0)
 _names = itertools.count()
@@ -286,7 +286,7 @@ def test_one_session_serves_any_size():
 
 
 def test_kernel_is_registered_in_the_internal_domain():
-    from fallback_cpu import REGISTRY
+    from tritort.fallback_cpu import REGISTRY
 
     assert REGISTRY.lookup(INTERNAL_DOMAIN, "ScaledDotProductAttention", 1) is not None
     assert REGISTRY.lookup("", "ScaledDotProductAttention", 99) is None

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fallback_cpu import REGISTRY, NodeContext  # noqa: E402
+from tritort.fallback_cpu import REGISTRY, NodeContext  # noqa: E402
 from tests.conformance import assert_same, node_cases, to_value  # noqa: E402
 from tritort.graph import Node  # noqa: E402
 
@@ -318,7 +318,7 @@ def test_concat_from_sequence_matches_onnxruntime(axis, new_axis):
 
 
 def test_sequence_ops_do_not_mutate_their_input():
-    from fallback_cpu.sequence import sequence_erase, sequence_insert
+    from tritort.fallback_cpu.sequence import sequence_erase, sequence_insert
     ctx = NodeContext("SequenceInsert", "", "n", {}, 17, 11, ["s", "t", "p"], ["o"])
     seq = [np.zeros(1), np.ones(1)]
     out = sequence_insert(ctx)(seq, np.full(1, 2.0), np.array(-1, np.int64))[0]

@@ -18,7 +18,7 @@ from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fallback_cpu import REGISTRY, NodeContext  # noqa: E402
+from tritort.fallback_cpu import REGISTRY, NodeContext  # noqa: E402
 from tritort.dtypes import from_numpy  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16

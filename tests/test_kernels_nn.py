@@ -13,7 +13,7 @@ from onnx import helper as oh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fallback_cpu import REGISTRY, NodeContext  # noqa: E402
+from tritort.fallback_cpu import REGISTRY, NodeContext  # noqa: E402
 from tritort.graph import Node  # noqa: E402
 
 rng = np.random.default_rng(0)
@@ -39,7 +39,7 @@ def ours(model, node, feeds, opset, domain=""):
     types = {vi.name: vi.type for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     n = Node.from_proto(node, 0)
     since, factory = REGISTRY.lookup(domain, node.op_type, opset)
-    assert factory.__module__.startswith("fallback_cpu.") and "delegated" not in factory.__module__
+    assert factory.__module__.startswith("tritort.fallback_cpu.") and "delegated" not in factory.__module__
     ctx = NodeContext(node.op_type, domain, "", n.attrs, opset, since, n.inputs, n.outputs,
                       [None] * len(n.inputs), [types.get(o) for o in n.outputs], node, {domain: opset})
     return factory(ctx)(*[feeds.get(i) if i else None for i in n.inputs])

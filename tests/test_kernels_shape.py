@@ -18,8 +18,8 @@ from onnx.reference import ReferenceEvaluator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fallback_cpu import REGISTRY, NodeContext  # noqa: E402
-from fallback_cpu.delegated import _reference_factory  # noqa: E402
+from tritort.fallback_cpu import REGISTRY, NodeContext  # noqa: E402
+from tritort.fallback_cpu.delegated import _reference_factory  # noqa: E402
 from tritort.graph import Node  # noqa: E402
 
 BF16 = ml_dtypes.bfloat16

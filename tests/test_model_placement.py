@@ -14,7 +14,7 @@ import pytest
 
 import tritort as ort
 from tests.triton_env import requires_triton
-from tritort.graph import INTERNAL_DOMAIN
+from tritort.contracts import INTERNAL_DOMAIN
 
 pytestmark = requires_triton
 T = "TritonExecutionProvider"

@@ -11,7 +11,7 @@ from onnx import TensorProto as TP, helper, numpy_helper
 import tritort as ort
 from tests import models
 from tritort import loader, optimizer
-from tritort.graph import INTERNAL_DOMAIN
+from tritort.contracts import INTERNAL_DOMAIN
 from tritort.options import GraphOptimizationLevel
 
 _rng = np.random.default_rng(3)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import onnx
 
-import fallback_cpu
-from fallback_cpu.delegated import DELEGATED, _reference_factory
-from fallback_cpu.registry import REGISTRY, normalize_domain
+from tritort import fallback_cpu
+from tritort.fallback_cpu.delegated import DELEGATED, _reference_factory
+from tritort.fallback_cpu.registry import REGISTRY, normalize_domain
 
 
 def _rows():

@@ -41,7 +41,7 @@ def _seeded(request):
 @pytest.fixture()
 def launches(monkeypatch):
     """The (q, k, v, y, mask) views each attention launch received."""
-    from codegen import attention
+    from tritort.codegen import attention
 
     seen = []
     real = attention.launch
@@ -312,7 +312,7 @@ def test_kv_cache_and_extra_outputs_stay_on_the_cpu():
 
 
 def test_fused_op_outside_its_domain_is_not_claimed():
-    from codegen.templates import TEMPLATES
+    from tritort.codegen.templates import TEMPLATES
 
     class Node:
         op_type, domain, inputs, outputs, attrs, name = \
@@ -326,7 +326,7 @@ def test_fused_op_outside_its_domain_is_not_claimed():
 def test_pick_config_heuristic():
     from dataclasses import astuple
 
-    from codegen.attention import pick_config
+    from tritort.codegen.attention import pick_config
 
     def pick(*args, interpreted=False):
         return astuple(pick_config(*args, interpreted))
@@ -350,7 +350,7 @@ sys.path.insert(0, sys.argv[1])
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from codegen.attention import Variant, _gpu_config, attention_source
+from tritort.codegen.attention import Variant, _gpu_config, attention_source
 
 POINTERS = {"float16": "*fp16", "bfloat16": "*bf16", "float": "*fp32"}
 for variant, head in [(Variant("float16", "additive", True), 64),

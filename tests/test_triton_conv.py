@@ -254,8 +254,8 @@ def test_epilogue_hook_adds_a_residual_then_relu(tmp_path, monkeypatch, w_shape,
     kernel args (the residual and its strides) reach the kernel as ``extra``."""
     import torch
 
-    from codegen import cache, conv
-    from codegen.gemm import Epilogue
+    from tritort.codegen import cache, conv
+    from tritort.codegen.gemm import Epilogue
 
     monkeypatch.setenv("TRITORT_CACHE_DIR", str(tmp_path))
     w, b = data(*w_shape), data(w_shape[0])
@@ -322,8 +322,8 @@ def test_fused_epilogue_through_the_pipeline(w_shape, group, conv_out_read_elsew
 
 
 def test_output_dtype_is_a_parameter_of_the_source():
-    from codegen import conv
-    from codegen.gemm import Epilogue
+    from tritort.codegen import conv
+    from tritort.codegen.gemm import Epilogue
 
     spec = conv.ConvSpec(conv.Window((3, 3), (1, 1), (1, 1), (0, 0, 0, 0)), 1, 3, True, "float")
     source = conv.conv_source("k", ["test"], spec, "bfloat16", True, Epilogue())
@@ -332,7 +332,7 @@ def test_output_dtype_is_a_parameter_of_the_source():
 
 @pytest.mark.parametrize("itemsize", [2, 4, 8])
 def test_gpu_config_heuristic_picks_a_listed_tile(itemsize):
-    from codegen.conv import CONFIGS, pick_config
+    from tritort.codegen.conv import CONFIGS, pick_config
 
     tiles = {(c.block_m, c.block_n) for c in CONFIGS[itemsize]}
     for rows, cols, k, groups in [(1, 64, 64, 1), (100352, 64, 576, 1), (3136, 256, 27, 1),

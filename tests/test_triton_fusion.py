@@ -11,7 +11,7 @@ from onnx import TensorProto as TP
 from onnx import helper
 
 import tritort as ort
-from codegen import fusion
+from tritort.codegen import fusion
 from tests import models
 from tests.triton_env import requires_triton
 

@@ -80,7 +80,7 @@ def check(model, *feed_sets, sess=None):
 @pytest.fixture()
 def launches(monkeypatch):
     """The operand views each matmul launch received: (a, b, y) as torch tensors."""
-    from codegen import gemm
+    from tritort.codegen import gemm
 
     seen = []
     real = gemm.launch
@@ -256,7 +256,7 @@ def test_epilogue_hook_runs_extra_lines_before_the_store(tmp_path, monkeypatch):
     """A fusion pass's epilogue (here: relu) spliced in front of the store."""
     import torch
 
-    from codegen import cache, gemm
+    from tritort.codegen import cache, gemm
 
     monkeypatch.setenv("TRITORT_CACHE_DIR", str(tmp_path))
     ep = gemm.Epilogue(lines=["acc = tl.maximum(acc, 0.0)"])
@@ -272,7 +272,7 @@ def test_epilogue_hook_runs_extra_lines_before_the_store(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("itemsize", [2, 4, 8])
 def test_gpu_config_heuristic_picks_a_listed_tile(itemsize):
-    from codegen.gemm import CONFIGS, pick_config
+    from tritort.codegen.gemm import CONFIGS, pick_config
 
     tiles = {(c.block_m, c.block_n) for c in CONFIGS[itemsize]}
     for m, n, k, batch in [(1, 4096, 4096, 1), (8192, 8192, 8192, 1), (64, 64, 16, 32),

@@ -172,9 +172,9 @@ def test_long_rows_are_walked_in_chunks():
                                 "Hardmax", "LayerNormalization"])
 def test_tiny_tiles_merge_chunks_and_row_blocks(op, monkeypatch):
     """2x4 tiles: every row spans chunks and every program several rows."""
-    import codegen.rowwise
+    import tritort.codegen.rowwise
 
-    monkeypatch.setattr(codegen.rowwise, "block_sizes", lambda *args: (2, 4, 1))
+    monkeypatch.setattr(tritort.codegen.rowwise, "block_sizes", lambda *args: (2, 4, 1))
     x = np.round(_randn((5, 3, 7)) * 2) / 2  # ties across chunks
     feeds, inits, elems = {"X": x}, [], None
     if op.startswith("Reduce"):
@@ -317,7 +317,7 @@ def test_non_contiguous_input(op):
     """A strided view (as a movement kernel may hand over) goes in without a copy."""
     import torch
 
-    from codegen.templates import TEMPLATES, TemplateContext
+    from tritort.codegen.templates import TEMPLATES, TemplateContext
 
     x = _randn((5, 4, 6))
     view = torch.from_numpy(x.transpose(2, 0, 1).copy()).permute(1, 2, 0)  # x's values

@@ -56,7 +56,7 @@ def get_build_info() -> str:
 
 def set_seed(seed: int) -> None:
     """Seeds the random ops without a seed attribute in sessions created from now on."""
-    from fallback_cpu import random as _random_ops
+    from tritort.fallback_cpu import random as _random_ops
 
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgument(f"set_seed expects an int, got {seed!r}")

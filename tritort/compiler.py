@@ -1,22 +1,54 @@
 """Compile stage: each provider turns its claimed nodes into callables.
 
-A :class:`Program` is a compiled graph; it hands out plans per fetch set. Control-flow
-subgraphs are compiled the same way, into :class:`SubgraphRunner` objects that kernels
-call.
+A :class:`Program` is a compiled graph: its units in dependency order, each placed on the
+provider that compiled it. Control-flow bodies compile the same way, through the
+``build_subgraph`` callable the caller hands in (the executor's, which also plans and runs
+them), so this stage never reaches forward into planning or execution.
 """
 from __future__ import annotations
 
-import threading
-from typing import Any, Sequence
+import heapq
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-import onnx
-
-from .executor import execute
-from .graph import Graph, free_names
 from .errors import Fail
+from .graph import Graph
+from .numerics import checked, wants_check
 from .partition import Partition, ProviderSubgraph, partition
-from .planner import Plan, PlacedUnit, make_plan, order_units
 from .providers import CPU, CompiledUnit, CompileInfo, ExecutionProvider
+
+
+@dataclass
+class PlacedUnit:
+    unit: CompiledUnit
+    provider: ExecutionProvider
+
+
+def order_units(placed: list[PlacedUnit], position: dict[str, int]) -> list[PlacedUnit]:
+    """Units in dependency order, earliest model position first where the order is free."""
+    producer = {o: i for i, pu in enumerate(placed) for o in pu.unit.outputs if o}
+    deps = [{producer[x] for x in pu.unit.inputs if x in producer and producer[x] != i}
+            for i, pu in enumerate(placed)]
+    users: list[list[int]] = [[] for _ in placed]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    pending = [len(d) for d in deps]
+    key = [min(position[n.name] for n in pu.unit.nodes) for pu in placed]
+    ready = [(key[i], i) for i, c in enumerate(pending) if c == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(placed[i])
+        for u in users[i]:
+            pending[u] -= 1
+            if pending[u] == 0:
+                heapq.heappush(ready, (key[u], u))
+    if len(order) != len(placed):
+        stuck = [placed[i].unit.name for i, c in enumerate(pending) if c > 0]
+        raise Fail(f"compiled units depend on each other in a cycle: {stuck[:5]}")
+    return order
 
 
 def _check_cover(ep: ExecutionProvider, nodes, units: list[CompiledUnit]) -> None:
@@ -30,8 +62,10 @@ def _check_cover(ep: ExecutionProvider, nodes, units: list[CompiledUnit]) -> Non
 
 
 class Program:
+    """``build_subgraph(graph_proto, info)`` returns the runner of a control-flow body."""
+
     def __init__(self, graph: Graph, providers: Sequence[ExecutionProvider],
-                 config: dict[str, str] | None = None) -> None:
+                 config: dict[str, str] | None, build_subgraph: Callable) -> None:
         self.graph = graph
         self.providers = list(providers)
         self.partition: Partition = partition(graph, self.providers)
@@ -43,16 +77,17 @@ class Program:
         info = CompileInfo(graph.opsets, graph.value_types, build_subgraph, self.providers,
                            position, users, graph.output_names, dict(config or {}),
                            initializers=graph.initializers)
+        reference = next(ep for ep in self.providers if ep.name == CPU)
         placed: list[PlacedUnit] = []
         for ep in self.providers:
             nodes = self.partition.nodes_of(ep)
             if nodes:
                 units = ep.compile(nodes, info)
                 _check_cover(ep, nodes, units)
+                if ep is not reference and wants_check(info):
+                    units = [checked(u, info, ep.to_host, reference) for u in units]
                 placed.extend(PlacedUnit(u, ep) for u in units)
         self.units = order_units(placed, position)
-        self._plans: dict[tuple, Plan] = {}
-        self._lock = threading.Lock()
 
     def assignment_info(self) -> list[ProviderSubgraph]:
         """One subgraph per compiled kernel; consecutive CPU nodes form one subgraph."""
@@ -64,41 +99,3 @@ class Program:
             else:
                 subgraphs.append(ProviderSubgraph(name, list(pu.unit.nodes)))
         return subgraphs
-
-    def plan_for(self, fetches: Sequence[str], outer_names: Sequence[str] = ()) -> Plan:
-        key = (tuple(fetches), tuple(outer_names))
-        plan = self._plans.get(key)
-        if plan is None:
-            with self._lock:
-                plan = self._plans.get(key)
-                if plan is None:
-                    plan = make_plan(self.graph, self.units, fetches,
-                                     outer_names=outer_names)
-                    self._plans[key] = plan
-        return plan
-
-
-class SubgraphRunner:
-    """A compiled control-flow body: ``run(feeds, outer) -> outputs``."""
-
-    def __init__(self, graph: Graph, providers: Sequence[ExecutionProvider],
-                 outer_names: Sequence[str], config: dict[str, str] | None = None) -> None:
-        self.program = Program(graph, providers, config)
-        self.input_names = graph.input_names
-        self.output_names = graph.output_names
-        self.output_types = [o.type for o in graph.outputs]
-        self.outer_names = list(outer_names)
-        self.plan = self.program.plan_for(self.output_names, self.outer_names)
-
-    def run(self, feeds: Sequence[Any], outer: dict[str, Any]) -> list[Any]:
-        values = dict(zip(self.input_names, feeds))
-        for name in self.outer_names:
-            values[name] = outer[name]
-        return execute(self.plan, values)
-
-
-def build_subgraph(graph_proto: onnx.GraphProto, parent: CompileInfo) -> SubgraphRunner:
-    graph = Graph.from_proto(graph_proto, parent.opsets)
-    graph.value_types = {**parent.value_types, **graph.value_types}
-    return SubgraphRunner(graph, parent.providers, sorted(free_names(graph_proto)),
-                          parent.options)

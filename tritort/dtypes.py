@@ -84,7 +84,6 @@ BY_ONNX = {d.onnx: d for d in TABLE}
 BY_NAME = {d.name: d for d in TABLE}
 BY_NUMPY = {d.numpy: d for d in TABLE}
 BY_TORCH = {d.torch: d for d in TABLE if d.torch}
-BY_DLPACK = {d.dlpack: d for d in TABLE if d.dlpack}
 
 
 class UnknownDType(KeyError):

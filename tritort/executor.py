@@ -1,15 +1,23 @@
-"""Execute stage: one loop over a plan's steps."""
+"""Execute stage: one loop over a plan's steps.
+
+Control-flow bodies are small programs of their own: :func:`build_subgraph` compiles, plans
+and wraps one into the runner its kernel calls on each iteration.
+"""
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import onnx
 
+from .compiler import Program
 from .errors import Fail, OrtError, node_failure
-from .planner import Plan
+from .graph import Graph, free_names
+from .planner import Plan, Plans
 from .profiling import Profiler
+from .providers import CompileInfo, ExecutionProvider
 
 
 def _solo_count(args: list, pos: int) -> int:
@@ -120,3 +128,29 @@ def _shape(value: Any) -> Any:
     if shape is not None:
         return {str(getattr(value, "dtype", "")): list(shape)}
     return type(value).__name__
+
+
+class SubgraphRunner:
+    """A compiled control-flow body: ``run(feeds, outer) -> outputs``."""
+
+    def __init__(self, graph: Graph, providers: Sequence[ExecutionProvider],
+                 outer_names: Sequence[str], config: dict[str, str] | None = None) -> None:
+        self.program = Program(graph, providers, config, build_subgraph)
+        self.input_names = graph.input_names
+        self.output_names = graph.output_names
+        self.output_types = [o.type for o in graph.outputs]
+        self.outer_names = list(outer_names)
+        self.plan = Plans(self.program, self.outer_names).get(self.output_names)
+
+    def run(self, feeds: Sequence[Any], outer: dict[str, Any]) -> list[Any]:
+        values = dict(zip(self.input_names, feeds))
+        for name in self.outer_names:
+            values[name] = outer[name]
+        return execute(self.plan, values)
+
+
+def build_subgraph(graph_proto: onnx.GraphProto, parent: CompileInfo) -> SubgraphRunner:
+    graph = Graph.from_proto(graph_proto, parent.opsets)
+    graph.value_types = {**parent.value_types, **graph.value_types}
+    return SubgraphRunner(graph, parent.providers, sorted(free_names(graph_proto)),
+                          parent.options)

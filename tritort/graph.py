@@ -15,11 +15,6 @@ from onnx import AttributeProto, numpy_helper
 
 _A = AttributeProto
 
-# Ops the optimizer writes (fused patterns) live in this domain; providers implement them
-# like any other op, one row per layer.
-INTERNAL_DOMAIN = "ai.tritort"
-
-
 def attribute_value(attr: onnx.AttributeProto) -> Any:
     """An attribute as a Python value: str decoded, tensors as numpy, graphs as GraphProto."""
     t = attr.type
@@ -85,6 +80,21 @@ class Node:
     def describe(self) -> str:
         return f"{self.op_type} node '{self.name}'"
 
+    def sync_proto(self) -> None:
+        """Rebuild the proto from the fields after a rewrite changed them (later stages read
+        only inputs, outputs and attributes from it; subgraph attributes stay as they are)."""
+        proto = onnx.NodeProto()
+        proto.CopyFrom(self.proto)
+        del proto.input[:]
+        proto.input.extend(self.inputs)
+        del proto.output[:]
+        proto.output.extend(self.outputs)
+        for a in list(proto.attribute):
+            if a.name in self.attrs and not isinstance(self.attrs[a.name], onnx.GraphProto):
+                proto.attribute.remove(a)
+                proto.attribute.append(onnx.helper.make_attribute(a.name, self.attrs[a.name]))
+        self.proto = proto
+
 
 def outer_scope_names(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs read from enclosing scopes (recursively)."""
@@ -111,6 +121,47 @@ def free_names(graph: onnx.GraphProto) -> set[str]:
     return free
 
 
+@dataclass(frozen=True)
+class ValueInfo:
+    """What load-time inference knows of a value, parsed once from its TypeProto.
+
+    ``kind`` is the TypeProto's case ('tensor_type', 'sequence_type', ...). For tensors,
+    ``elem_type`` is the ONNX element type and ``shape`` a tuple of dims (int, a symbolic
+    name, or None), or None when even the rank is unknown."""
+
+    kind: str | None
+    elem_type: int | None
+    shape: tuple | None
+    type: onnx.TypeProto
+
+    @classmethod
+    def of(cls, tp: onnx.TypeProto) -> "ValueInfo":
+        kind = tp.WhichOneof("value")
+        if kind != "tensor_type":
+            return cls(kind, None, None, tp)
+        t = tp.tensor_type
+        shape = None
+        if t.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else
+                          (d.dim_param or None) for d in t.shape.dim)
+        return cls(kind, t.elem_type or None, shape, tp)
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.kind == "tensor_type"
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def static_shape(self) -> tuple[int, ...] | None:
+        """The shape when every dim is known, else None."""
+        if self.shape is None or not all(isinstance(d, int) for d in self.shape):
+            return None
+        return self.shape
+
+
 @dataclass
 class Graph:
     name: str
@@ -121,6 +172,7 @@ class Graph:
     value_types: dict[str, onnx.TypeProto]
     opsets: dict[str, int]
     doc_string: str = ""
+    _values: dict[str, ValueInfo] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_proto(cls, graph: onnx.GraphProto, opsets: dict[str, int],
@@ -149,6 +201,17 @@ class Graph:
     @property
     def output_names(self) -> list[str]:
         return [o.name for o in self.outputs]
+
+    def value(self, name: str) -> ValueInfo | None:
+        """The parsed type of ``name`` (None if unknown); parsed once per TypeProto object,
+        so a stage that replaces ``value_types[name]`` is seen by the next lookup."""
+        tp = self.value_types.get(name)
+        if tp is None:
+            return None
+        cached = self._values.get(name)
+        if cached is None or cached.type is not tp:
+            cached = self._values[name] = ValueInfo.of(tp)
+        return cached
 
     def producers(self) -> dict[str, Node]:
         return {o: n for n in self.nodes for o in n.outputs if o}

@@ -12,10 +12,12 @@ import numpy as np
 import onnx
 
 from . import patterns
+from .contracts import FLOAT8_TYPES
 from .graph import Graph, Node
-from .options import GraphOptimizationLevel
-from .providers import CompileInfo
-from .providers.cpu import CPUExecutionProvider
+from .fallback_cpu import build_kernel, missing_kernel
+
+# GraphOptimizationLevel's values (an IntEnum of the API layer compares equal to them)
+DISABLE_ALL, ENABLE_EXTENDED = 0, 2
 
 # Ops whose result differs between runs, or that are cheaper left as they are.
 _NEVER_FOLD = frozenset({
@@ -25,25 +27,17 @@ _NEVER_FOLD = frozenset({
 _FOLD_LIMIT_BYTES = 64 << 20
 
 
-def optimize(graph: Graph, level: GraphOptimizationLevel) -> Graph:
-    if level == GraphOptimizationLevel.ORT_DISABLE_ALL:
+def optimize(graph: Graph, level: int) -> Graph:
+    if level == DISABLE_ALL:
         return graph
     eliminate_identities(graph)
     fold_constants(graph)
     patterns.fold_channel_affine(graph)
-    if level >= GraphOptimizationLevel.ORT_ENABLE_EXTENDED:
+    if level >= ENABLE_EXTENDED:
         patterns.fuse_attention(graph)
         patterns.fuse_float8_matmul(graph)
     remove_dead_nodes(graph)
     return graph
-
-
-def _consumers(graph: Graph) -> dict[str, list[Node]]:
-    users: dict[str, list[Node]] = {}
-    for n in graph.nodes:
-        for name in n.all_inputs:
-            users.setdefault(name, []).append(n)
-    return users
 
 
 def eliminate_identities(graph: Graph) -> None:
@@ -51,9 +45,9 @@ def eliminate_identities(graph: Graph) -> None:
     keep = []
     rename: dict[str, str] = {}
     for n in graph.nodes:
-        tensor_in = graph.value_types.get(n.inputs[0]) if n.inputs else None
+        tensor_in = graph.value(n.inputs[0]) if n.inputs else None
         if (n.op_type == "Identity" and n.outputs[0] not in outputs and tensor_in is not None
-                and tensor_in.HasField("tensor_type")):
+                and tensor_in.is_tensor):
             rename[n.outputs[0]] = rename.get(n.inputs[0], n.inputs[0])
             continue
         keep.append(n)
@@ -65,13 +59,11 @@ def eliminate_identities(graph: Graph) -> None:
     for n in keep:
         if any(x in rename for x in n.inputs):
             n.inputs = [rename.get(x, x) for x in n.inputs]
-            _sync_proto(n)
+            n.sync_proto()
     graph.nodes = keep
 
 
 def fold_constants(graph: Graph) -> None:
-    cpu = CPUExecutionProvider()
-    info = CompileInfo(graph.opsets, graph.value_types, build_subgraph=None)
     overridable = set(graph.input_names)
     known = {k for k in graph.initializers if k not in overridable}
     remaining = []
@@ -80,8 +72,8 @@ def fold_constants(graph: Graph) -> None:
         foldable = (n.op_type not in _NEVER_FOLD and not n.subgraphs and not n.implicit_inputs
                     and not _keeps_float8(n, graph)
                     and n.domain in ("", "ai.onnx.ml") and all(x in known for x in value_inputs)
-                    and cpu.claim(n, graph) is None)
-        folded = _try_fold(n, graph, cpu, info) if foldable else None
+                    and missing_kernel(n.domain, n.op_type, graph.opsets) is None)
+        folded = _try_fold(n, graph) if foldable else None
         if folded is None:
             folded = _fold_shape(n, graph)
         if folded is None:
@@ -100,14 +92,13 @@ def _keeps_float8(n: Node, graph: Graph) -> bool:
     """float8 weights stay float8 (half the bytes; an fp8 GEMM reads them as they are)."""
     if n.op_type != "DequantizeLinear" or n.domain != "":
         return False
-    t = graph.value_types.get(n.inputs[0])
-    return t is not None and t.HasField("tensor_type") and \
-        t.tensor_type.elem_type in patterns.FLOAT8_TYPES
+    v = graph.value(n.inputs[0])
+    return v is not None and v.elem_type in FLOAT8_TYPES
 
 
-def _try_fold(n: Node, graph: Graph, cpu, info) -> list[np.ndarray] | None:
+def _try_fold(n: Node, graph: Graph) -> list[np.ndarray] | None:
     try:
-        fn = cpu.compile([n], info)[0].fn
+        fn = build_kernel(n, graph.opsets, graph.value_types)
         results = fn(*[graph.initializers[x] if x else None for x in n.inputs])
     except Exception:  # leave the node for run time, where its error names it
         return None
@@ -125,13 +116,10 @@ def _fold_shape(n: Node, graph: Graph) -> list[np.ndarray] | None:
     """Shape of a value whose dims were all known at load time."""
     if n.op_type != "Shape" or n.domain != "":
         return None
-    t = graph.value_types.get(n.inputs[0])
-    if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+    v = graph.value(n.inputs[0])
+    if v is None or v.static_shape is None:
         return None
-    dims = t.tensor_type.shape.dim
-    if not all(d.HasField("dim_value") for d in dims):
-        return None
-    shape = np.array([d.dim_value for d in dims], dtype=np.int64)
+    shape = np.array(v.static_shape, dtype=np.int64)
     rank = len(shape)
     start, end = n.attrs.get("start", 0), n.attrs.get("end", rank)
     start = min(max(start + rank if start < 0 else start, 0), rank)
@@ -149,11 +137,3 @@ def remove_dead_nodes(graph: Graph) -> None:
     graph.nodes = kept[::-1]
     graph.initializers = {k: v for k, v in graph.initializers.items()
                           if k in live or k in graph.input_names}
-
-
-def _sync_proto(n: Node) -> None:
-    proto = onnx.NodeProto()
-    proto.CopyFrom(n.proto)
-    del proto.input[:]
-    proto.input.extend(n.inputs)
-    n.proto = proto

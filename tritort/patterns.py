@@ -18,9 +18,8 @@ import math
 import numpy as np
 import onnx
 
-from .graph import INTERNAL_DOMAIN, Graph, Node
-
-ATTENTION_OP = "ScaledDotProductAttention"
+from .contracts import ATTENTION_OP, FLOAT8_MATMUL_OP, FLOAT8_TYPES, INTERNAL_DOMAIN
+from .graph import Graph, Node
 
 
 class _Uses:
@@ -66,36 +65,14 @@ def _add_constant(graph: Graph, base: str, value: np.ndarray) -> str:
 
 
 def _rank(graph: Graph, value: str) -> int | None:
-    t = graph.value_types.get(value)
-    if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
-        return None
-    return len(t.tensor_type.shape.dim)
+    v = graph.value(value)
+    return None if v is None else v.rank
 
 
 def _shape(graph: Graph, value: str) -> tuple | None:
-    t = graph.value_types.get(value)
-    if t is None or not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
-        return None
-    dims = []
-    for d in t.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else
-                    d.dim_param if d.HasField("dim_param") else None)
-    return None if None in dims else tuple(dims)
-
-
-def _set_proto(n: Node) -> None:
-    """Rebuild the node's proto from its fields (later stages only read inputs/outputs)."""
-    proto = onnx.NodeProto()
-    proto.CopyFrom(n.proto)
-    del proto.input[:]
-    proto.input.extend(n.inputs)
-    del proto.output[:]
-    proto.output.extend(n.outputs)
-    for a in list(proto.attribute):
-        if a.name in n.attrs and not isinstance(n.attrs[a.name], (onnx.GraphProto,)):
-            proto.attribute.remove(a)
-            proto.attribute.append(onnx.helper.make_attribute(a.name, n.attrs[a.name]))
-    n.proto = proto
+    """Dims as ints or symbolic names; None when any dim is unknown."""
+    v = graph.value(value)
+    return None if v is None or v.shape is None or None in v.shape else v.shape
 
 
 # ------------------------------------------------------------------ per-channel affine folding
@@ -243,7 +220,7 @@ def _replace(n: Node, inputs: list[str], follower: Node, uses: _Uses) -> None:
         readers = uses.readers.get(v, [])
         if follower in readers:
             readers.remove(follower)
-    _set_proto(n)
+    n.sync_proto()
 
 
 # ------------------------------------------------------------------ attention
@@ -269,26 +246,6 @@ def _scaled_operand(graph: Graph, uses: _Uses, value: str, producer) -> tuple[st
         if c is not None and c != 0.0 and _rank(graph, n.inputs[i]) == _rank(graph, value):
             return n.inputs[i], (1.0 / c if n.op_type == "Div" else c)
     return value, 1.0
-
-
-def attention_shapes(q_shape, kt_shape, v_shape) -> tuple[int, int, int] | None:
-    """(B, H, Hk) of ScaledDotProductAttention's Q [B, H, Sq, D], KT [B, Hk, D, Sk] and
-    V [B, Hk, Sk, Dv] (the contract both providers' kernels check), or None.
-
-    Batch and head dims of size 1 broadcast, as in the MatMuls the op replaces; H must be a
-    multiple of Hk (grouped query heads)."""
-    def common(*sizes: int) -> int | None:
-        others = set(sizes) - {1}
-        return (others.pop() if len(others) == 1 else None) if others else 1
-
-    b = common(q_shape[0], kt_shape[0], v_shape[0])
-    kv = common(kt_shape[1], v_shape[1])
-    if b is None or kv is None or kt_shape[2] != q_shape[3] or v_shape[2] != kt_shape[3]:
-        return None
-    h = kv if q_shape[1] == 1 else q_shape[1]
-    if (kv == 0 and h) or (kv and h % kv):
-        return None
-    return b, h, kv
 
 
 def fuse_attention(graph: Graph) -> int:
@@ -416,10 +373,6 @@ def _match_scores(graph: Graph, uses: _Uses, producer: dict, value: str):
 
 # ------------------------------------------------------------------ float8 matmul
 
-FLOAT8_MATMUL_OP = "Float8MatMul"
-FLOAT8_TYPES = (onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2)
-
-
 def _per_tensor_dequantize(graph: Graph, uses: _Uses, producer: dict, value: str):
     """(x8, scale) when value = DequantizeLinear(x8, scale) of a float8 tensor with one
     scale and no zero point, read only here; else None."""
@@ -428,8 +381,8 @@ def _per_tensor_dequantize(graph: Graph, uses: _Uses, producer: dict, value: str
             uses.only_reader(value) is None or n.attrs.get("block_size", 0):
         return None
     x, scale = n.inputs[0], n.inputs[1]
-    t = graph.value_types.get(x)
-    if t is None or not t.HasField("tensor_type") or t.tensor_type.elem_type not in FLOAT8_TYPES:
+    v = graph.value(x)
+    if v is None or v.elem_type not in FLOAT8_TYPES:
         return None
     shape = _shape(graph, scale)
     if shape is None or any(d != 1 for d in shape):

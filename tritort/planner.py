@@ -5,14 +5,13 @@ it is one loop over prepared steps.
 """
 from __future__ import annotations
 
-import heapq
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .compiler import PlacedUnit, Program
 from .dlpack import to_host
-from .errors import Fail
 from .graph import Graph
-from .providers import CompiledUnit, ExecutionProvider
 
 
 @dataclass
@@ -30,39 +29,6 @@ class Step:
 
 
 @dataclass
-class PlacedUnit:
-    unit: CompiledUnit
-    provider: ExecutionProvider
-
-
-def order_units(placed: list[PlacedUnit], position: dict[str, int]) -> list[PlacedUnit]:
-    """Units in dependency order, earliest model position first where the order is free."""
-    producer = {o: i for i, pu in enumerate(placed) for o in pu.unit.outputs if o}
-    deps = [{producer[x] for x in pu.unit.inputs if x in producer and producer[x] != i}
-            for i, pu in enumerate(placed)]
-    users: list[list[int]] = [[] for _ in placed]
-    for i, d in enumerate(deps):
-        for j in d:
-            users[j].append(i)
-    pending = [len(d) for d in deps]
-    key = [min(position[n.name] for n in pu.unit.nodes) for pu in placed]
-    ready = [(key[i], i) for i, c in enumerate(pending) if c == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, i = heapq.heappop(ready)
-        order.append(placed[i])
-        for u in users[i]:
-            pending[u] -= 1
-            if pending[u] == 0:
-                heapq.heappush(ready, (key[u], u))
-    if len(order) != len(placed):
-        stuck = [placed[i].unit.name for i, c in enumerate(pending) if c > 0]
-        raise Fail(f"compiled units depend on each other in a cycle: {stuck[:5]}")
-    return order
-
-
-@dataclass
 class Plan:
     steps: list[Step]
     slot_of: dict[str, int]
@@ -70,6 +36,32 @@ class Plan:
     constant_slots: list[tuple[int, Any]]  # initializers, placed before each run
     input_slots: dict[str, int]
     fetch_slots: tuple[int, ...]
+
+
+class Plans:
+    """The plans of one compiled program, made once per fetch set (and per where fetched
+    values end up) and shared by every run; locked, since runs may come from many threads.
+
+    ``outer_names``: values a control-flow body reads from enclosing scopes, fed like inputs.
+    """
+
+    def __init__(self, program: Program, outer_names: Sequence[str] = ()) -> None:
+        self.program = program
+        self.outer_names = tuple(outer_names)
+        self._plans: dict[tuple, Plan] = {}
+        self._lock = threading.Lock()
+
+    def get(self, fetches: Sequence[str], keep_on_device: bool = False) -> Plan:
+        key = (tuple(fetches), keep_on_device)
+        plan = self._plans.get(key)
+        if plan is None:
+            with self._lock:
+                plan = self._plans.get(key)
+                if plan is None:
+                    plan = self._plans[key] = make_plan(
+                        self.program.graph, self.program.units, fetches,
+                        outer_names=self.outer_names, keep_on_device=keep_on_device)
+        return plan
 
 
 def _needed_units(order: list[PlacedUnit], fetches: Sequence[str]) -> list[PlacedUnit]:

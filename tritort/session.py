@@ -15,11 +15,11 @@ from . import dlpack, loader, optimizer
 from . import providers as eps
 from .compiler import Program
 from .errors import EPFail, Fail, InvalidArgument, OrtError
-from .executor import execute
+from .executor import build_subgraph, execute
 from .feeds import InputSpec, NodeArg, node_arg
 from .options import RunOptions, SessionOptions
 from .ortvalue import OrtValue
-from .planner import Plan, device_inputs, make_plan
+from .planner import Plan, Plans, device_inputs
 from .profiling import Profiler
 
 log = logging.getLogger("tritort")
@@ -66,14 +66,15 @@ class InferenceSession:
         self._outputs_meta = list(loaded.graph.outputs)
         self._output_names = [o.name for o in self._outputs_meta]
         self._specs = {vi.name: InputSpec(vi) for vi in self._inputs_meta}
-        graph = optimizer.optimize(loaded.graph, so.graph_optimization_level)
+        graph = optimizer.optimize(loaded.graph, int(so.graph_optimization_level))
         if so.optimized_model_filepath:
             self._save_optimized(graph, so.optimized_model_filepath)
         self._providers = eps.resolve(providers, provider_options)
         for ep in self._providers:
             ep.configure(so)
         self._scoped = [ep for ep in self._providers if ep.run_scope() is not None]
-        self._program = Program(graph, self._providers, so._config)
+        self._program = Program(graph, self._providers, so._config, build_subgraph)
+        self._plans = Plans(self._program)
         self._protected_roots = {id(_root(v)) for v in graph.initializers.values()
                                  if isinstance(v, np.ndarray)}
         self._prepare_devices()
@@ -184,7 +185,6 @@ class InferenceSession:
     # -- devices ------------------------------------------------------------------------------
     def _prepare_devices(self) -> None:
         """Which inputs may stay on a device; the CUDA device and stream runs are ordered on."""
-        self._device_plans: dict[tuple, Plan] = {}
         self._initializer_spans: tuple | None = None
         read_on_device = device_inputs(self._program.units)
         cuda = [ep for ep in self._providers
@@ -204,16 +204,6 @@ class InferenceSession:
                 raise InvalidArgument(f"{ep.name}: user_compute_stream must be a stream address "
                                       f"(an integer), got '{text}'") from None
             self._guard = (ep.torch_device, stream or None)
-
-    def _device_plan(self, fetches: list[str]) -> Plan:
-        """A plan whose fetches stay where their producers leave them."""
-        key = tuple(fetches)
-        plan = self._device_plans.get(key)
-        if plan is None:
-            program = self._program
-            plan = make_plan(program.graph, program.units, fetches, keep_on_device=True)
-            self._device_plans[key] = plan
-        return plan
 
     def _execute(self, plan: Plan, feeds: dict[str, Any], terminate) -> list[Any]:
         if self._scoped:  # provider settings that hold during a run (BLAS threads)
@@ -304,7 +294,7 @@ class InferenceSession:
             raise InvalidArgument(f"run_options must be a RunOptions, got "
                                   f"{type(run_options).__name__}")
         terminate = run_options._terminate if run_options is not None else None
-        plan = self._device_plan(fetches) if on_device else self._program.plan_for(fetches)
+        plan = self._plans.get(fetches, keep_on_device=on_device)
         try:
             results = self._execute(plan, feeds, terminate)
         except EPFail:

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import dtypes
-from ..graph import INTERNAL_DOMAIN, Graph, Node
+from ..contracts import INTERNAL_DOMAIN
+from ..graph import Graph, Node
 from . import TRITON, CompiledUnit, CompileInfo, ExecutionProvider
-from .numerics import checked, wants_check
 
 
 def _interpreted() -> bool:
@@ -52,7 +52,7 @@ class TritonExecutionProvider(ExecutionProvider):
         self.torch_device = torch.device("cpu") if _interpreted() else \
             torch.device("cuda", int(device_id))
         self.device = "triton-interpreter" if _interpreted() else f"cuda:{device_id}"
-        from codegen import tuning
+        from tritort.codegen import tuning
 
         # tuned configs for this device; re-read here if the database changed on disk
         self.tuning = tuning.active_table(self.torch_device)
@@ -64,8 +64,8 @@ class TritonExecutionProvider(ExecutionProvider):
 
     # -- claiming --------------------------------------------------------------------------
     def claim(self, node: Node, graph: Graph) -> str | None:
-        from codegen.lowering import LOWERINGS
-        from codegen.templates import TEMPLATES
+        from tritort.codegen.lowering import LOWERINGS
+        from tritort.codegen.templates import TEMPLATES
 
         self._types = graph.value_types
         self._constants = graph.initializers
@@ -118,17 +118,17 @@ class TritonExecutionProvider(ExecutionProvider):
     def compile(self, nodes: Sequence[Node], info: CompileInfo) -> list[CompiledUnit]:
         import torch
 
-        from codegen import cache
-        from codegen.emit import emit
-        from codegen.fusion import AnchorPlanner, check_acyclic, check_partition, fuse
-        from codegen.pointwise import PointwiseLauncher, build_kernel
+        from tritort.codegen import cache
+        from tritort.codegen.emit import emit
+        from tritort.codegen.fusion import AnchorPlanner, check_acyclic, check_partition, fuse
+        from tritort.codegen.pointwise import PointwiseLauncher, build_kernel
 
-        from codegen.templates import TEMPLATES, dump
+        from tritort.codegen.templates import TEMPLATES, dump
 
         self._types = info.value_types
         self._constants = info.initializers
         ctx = self._template_context(info.opsets[""])
-        from codegen.gemm import operand_prologue
+        from tritort.codegen.gemm import operand_prologue
 
         anchor_groups = AnchorPlanner(nodes, lambda n: n.op_type not in TEMPLATES, info.position,
                                 self._shape, self._dtype, info.escapes,
@@ -175,16 +175,14 @@ class TritonExecutionProvider(ExecutionProvider):
                                  "cached": hit})
             units.append(CompiledUnit(kernel.name, list(group), [p.name for p in kernel.inputs],
                                       [p.name for p, _ in kernel.outputs], launcher))
-        if wants_check(info):
-            units = [checked(u, info, self.to_host) for u in units]
         return units
 
     def _tile_fusion(self, group, info: CompileInfo):
         """The group's pointwise nodes lowered for its template kernel, or None to run the
         anchor alone (nothing fused, or the prologue's loads would not span the data)."""
-        from codegen.fusion import OPERAND_PROLOGUE_OPS, broadcast_shape
-        from codegen.pointwise import build_kernel
-        from codegen.rowwise import TileFusion
+        from tritort.codegen.fusion import OPERAND_PROLOGUE_OPS, broadcast_shape
+        from tritort.codegen.pointwise import build_kernel
+        from tritort.codegen.rowwise import TileFusion
 
         if not group.prologue and not group.epilogue:
             return None
@@ -210,8 +208,8 @@ class TritonExecutionProvider(ExecutionProvider):
                           operands)
 
     def _template_context(self, opset: int):
-        from codegen import target
-        from codegen.templates import TemplateContext
+        from tritort.codegen import target
+        from tritort.codegen.templates import TemplateContext
 
         return TemplateContext(self._dtype, self._shape, self._constants.get, self.device,
                                self.torch_device, target.interpreted(), opset, self.tuning)

@@ -1,7 +1,8 @@
 """``tritort.debug.check_numerics = "1"``: run each compiled kernel and its NumPy reference.
 
-The reference is the NumPy provider's kernels for the same nodes, run on host copies of the
-kernel's inputs. A mismatch raises Fail naming the kernel, the output and the error.
+Part of the compile stage: the units of every provider but the CPU one are wrapped. The
+reference is the CPU provider's units for the same nodes, run on host copies of the kernel's
+inputs. A mismatch raises Fail naming the kernel, the output and the error.
 """
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import Fail
-from . import CompiledUnit, CompileInfo
+from .errors import Fail
+from .providers import CompiledUnit, CompileInfo, ExecutionProvider
 
 CHECK_NUMERICS_KEY = "tritort.debug.check_numerics"
 
@@ -24,11 +25,10 @@ def wants_check(info: CompileInfo) -> bool:
     return info.options.get(CHECK_NUMERICS_KEY) == "1"
 
 
-def checked(unit: CompiledUnit, info: CompileInfo, to_host: Callable) -> CompiledUnit:
-    """The same unit, whose callable also runs and compares the NumPy reference."""
-    from .cpu import CPUExecutionProvider
-
-    reference = CPUExecutionProvider().compile(unit.nodes, info)
+def checked(unit: CompiledUnit, info: CompileInfo, to_host: Callable,
+            cpu: ExecutionProvider) -> CompiledUnit:
+    """The same unit, whose callable also runs and compares the CPU provider's units."""
+    reference = cpu.compile(unit.nodes, info)
     kernel = unit.fn
 
     def run(*inputs):
