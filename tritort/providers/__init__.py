@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidArgument
-from ..graph import Graph, Node
+from ..graph import Graph, Node, ValueInfo
 
 CPU = "CPUExecutionProvider"
 
@@ -116,6 +116,14 @@ class CompileInfo:
         self.graph_outputs = set(graph_outputs)
         self.options = options or {}
         self.initializers = initializers or {}
+        self._values: dict[str, ValueInfo] = {}
+
+    def value(self, name: str) -> ValueInfo | None:
+        """The parsed type of ``name`` (None if unknown), parsed once."""
+        info = self._values.get(name)
+        if info is None and name in self.value_types:
+            info = self._values[name] = ValueInfo.of(self.value_types[name])
+        return info
 
     def escapes(self, value: str, group: set[str]) -> bool:
         """Is ``value`` read outside the node set ``group`` (or returned by the graph)?"""
