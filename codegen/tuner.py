@@ -45,7 +45,7 @@ class TuneResult:
         return self.default_ms / self.best_ms if self.best_ms > 0 else 1.0
 
     def entry(self) -> dict:
-        from tritort import __version__
+        from tritort.version import __version__
 
         return {"config": dataclasses.asdict(self.best),
                 "default": dataclasses.asdict(self.launch.default),

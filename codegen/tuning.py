@@ -435,7 +435,7 @@ class TuningTable:
                 for k, shapes in self._snapshot[0].items()}
 
     def validators(self) -> dict:
-        from tritort import __version__
+        from tritort.version import __version__
 
         return {"DEVICE": self.device.name, "TRITON_VERSION": self.triton,
                 "TRITORT_VERSION": __version__}

@@ -19,11 +19,10 @@ from .options import (  # noqa: F401
     ExecutionMode, ExecutionOrder, GraphOptimizationLevel, RunOptions, SessionOptions,
 )
 from .ortvalue import OrtValue  # noqa: F401
-from .providers import ALL_PROVIDER_NAMES as _ALL_PROVIDERS
-from .providers import available_providers as _available
+from .providers.registry import ALL_PROVIDER_NAMES as _ALL_PROVIDERS
+from .providers.registry import available_providers as _available
 from .session import InferenceSession  # noqa: F401
-
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 _log = logging.getLogger("tritort")
 # ORT severities 0..4 (verbose, info, warning, error, fatal) as logging levels.

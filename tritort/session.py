@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from . import dlpack, loader, optimizer
-from . import providers as eps
+from .providers import registry as eps
 from .compiler import Program
 from .errors import EPFail, Fail, InvalidArgument, OrtError
 from .executor import build_subgraph, execute
