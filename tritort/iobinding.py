@@ -18,6 +18,7 @@ import numpy as np
 
 from . import dlpack, dtypes
 from .errors import InvalidArgument
+from .graph import ValueInfo
 from .ortvalue import OrtValue, _element
 
 
@@ -153,20 +154,20 @@ class IOBinding:
     def _check_output(self, name: str, dt: dtypes.DType, shape: tuple) -> None:
         """A bound buffer against the model's declared output type and static dims."""
         vi = next(o for o in self._session._outputs_meta if o.name == name)
-        tensor = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
-        if tensor is None:
+        declared = ValueInfo.of(vi.type)
+        if not declared.is_tensor:
             raise InvalidArgument(f"output '{name}' is {dtypes.type_string(vi.type)}; only "
                                   "tensors can be written into a bound buffer")
-        if tensor.elem_type and tensor.elem_type != dt.onnx:
+        if declared.elem_type and declared.elem_type != dt.onnx:
             raise InvalidArgument(f"output '{name}': the bound buffer holds tensor({dt.name}), "
-                                  f"the model produces {dtypes.onnx_type_name(tensor.elem_type)}")
-        if tensor.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-            if len(dims) != len(shape) or any(d is not None and d != s
-                                              for d, s in zip(dims, shape)):
-                declared = [d if d is not None else "?" for d in dims]
-                raise InvalidArgument(f"output '{name}': the bound buffer has shape "
-                                      f"{list(shape)}, the model declares {declared}")
+                                  f"the model produces "
+                                  f"{dtypes.onnx_type_name(declared.elem_type)}")
+        dims = declared.shape
+        if dims is not None and (len(dims) != len(shape) or any(
+                isinstance(d, int) and d != s for d, s in zip(dims, shape))):
+            shown = [d if isinstance(d, int) else "?" for d in dims]
+            raise InvalidArgument(f"output '{name}': the bound buffer has shape "
+                                  f"{list(shape)}, the model declares {shown}")
 
     # -- running --------------------------------------------------------------------------------
     def _run(self, run_options) -> None:
