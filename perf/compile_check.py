@@ -109,10 +109,9 @@ def record(model_path: str, feeds: dict | None, shapes: list[str] = ()) -> list[
         sess = ort.InferenceSession(model_path, providers=["TritonExecutionProvider",
                                                            "CPUExecutionProvider"])
         if feeds is None:
-            from perf.autotune import _parse_shapes
-            from tritort.cli import _random_inputs
+            from tritort.tools import parse_shapes, random_inputs
 
-            feeds = _random_inputs(sess, _parse_shapes(list(shapes)), np.random.default_rng(0))
+            feeds = random_inputs(model_path, parse_shapes(list(shapes)))
         with np.errstate(all="ignore"):
             sess.run(None, feeds)
     finally:

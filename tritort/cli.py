@@ -1,34 +1,20 @@
-"""``python -m tritort``: demo, run any model, and show where its nodes run."""
+"""``tritort`` / ``python -m tritort``: demo, run any model, show where its nodes run, tune its
+Triton kernels. Everything here works from an installed wheel; the benchmarks are checkout
+scripts (perf/bench.py)."""
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import dtypes
-
-
-def _random_inputs(sess, shapes: dict[str, list[int]], rng: np.random.Generator) -> dict:
-    feeds = {}
-    for arg in sess.get_inputs():
-        if not arg.type.startswith("tensor("):
-            raise SystemExit(f"input '{arg.name}' is {arg.type}; only tensor inputs get random "
-                             "values")
-        dims = shapes.get(arg.name) or [d if isinstance(d, int) else 1 for d in arg.shape]
-        dtype = dtypes.BY_NAME[arg.type[len("tensor("):-1]].numpy
-        if dtype == np.bool_:
-            feeds[arg.name] = rng.random(dims) > 0.5
-        elif dtype.kind in "iu":
-            feeds[arg.name] = rng.integers(0, 4, size=dims).astype(dtype)
-        elif dtype == object:
-            feeds[arg.name] = np.array(rng.choice(["a", "b"], size=dims), dtype=object)
-        else:
-            feeds[arg.name] = rng.standard_normal(dims).astype(np.float32).astype(dtype)
-    return feeds
+from . import autotune, tools
+from .errors import InvalidArgument, NoSuchFile, OrtError
 
 
 def _time_runs(fn, repeat: int) -> list[float]:
@@ -39,14 +25,6 @@ def _time_runs(fn, repeat: int) -> list[float]:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
-
-
-def _placement(sess) -> str:
-    counts: dict[str, int] = {}
-    for line in sess.placement_report().splitlines():
-        ep = line.split("->")[1].split()[0]
-        counts[ep] = counts.get(ep, 0) + 1
-    return ", ".join(f"{ep}: {n} nodes" for ep, n in counts.items()) or "no nodes"
 
 
 def _compare_with_onnxruntime(model: Any, feeds: dict, ours: list, names: list[str]) -> None:
@@ -69,28 +47,67 @@ def _compare_with_onnxruntime(model: Any, feeds: dict, ours: list, names: list[s
             print(f"  {name}: {'identical' if same else 'MISMATCH'} to onnxruntime")
 
 
+def read_input_files(specs: list[str], input_names: list[str]) -> dict[str, np.ndarray]:
+    """``--input NAME=FILE.npy`` values, used as they are; errors name the input."""
+    arrays = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not file:
+            raise InvalidArgument(f"--input takes NAME=FILE.npy, got '{spec}'")
+        if name not in input_names:
+            raise InvalidArgument(f"--input {name}: the model has no input '{name}'; its "
+                                  f"inputs are {input_names}")
+        if not Path(file).is_file():
+            raise NoSuchFile(f"--input {name}: {file} does not exist")
+        try:
+            value = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"--input {name}: cannot read {file} as a .npy array "
+                                  f"({e})") from None
+        if not isinstance(value, np.ndarray):  # an .npz archive
+            raise InvalidArgument(f"--input {name}: expected one array (.npy) in {file}, got "
+                                  f"{type(value).__name__}")
+        arrays[name] = value
+    return arrays
+
+
+def _save_outputs(directory: str, names: list[str], values: list) -> None:
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, value in zip(names, values):
+        if isinstance(value, np.ndarray):
+            # output names may hold '/' or ':' (exporters' scopes)
+            np.save(out / (re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".npy"), value)
+    print(f"outputs saved in {out}")
+
+
 def cmd_run(args) -> int:
     from . import InferenceSession, SessionOptions
 
-    shapes = {}
-    for spec in args.shape or []:
-        name, _, dims = spec.partition("=")
-        shapes[name] = [int(d) for d in dims.split(",") if d]
-    so = SessionOptions()
+    inputs = tools.describe_inputs(args.model)
+    shapes = tools.parse_shapes(args.shape or [])
+    given = read_input_files(args.input or [], [info.name for info in inputs])
+    # a given array fixes its symbolic dims for the random inputs that share them
+    shapes.update({name: list(value.shape) for name, value in given.items()})
+    feeds = {**tools.random_inputs(inputs, shapes, seed=args.seed), **given}
     t0 = time.perf_counter()
-    sess = InferenceSession(args.model, so, providers=args.providers)
+    sess = InferenceSession(args.model, SessionOptions(), providers=args.providers)
     created_ms = (time.perf_counter() - t0) * 1e3
-    feeds = _random_inputs(sess, shapes, np.random.default_rng(args.seed))
     names = [o.name for o in sess.get_outputs()]
     outs = sess.run(names, feeds)
     times = _time_runs(lambda: sess.run(names, feeds), args.repeat)
     print(f"model: {args.model}")
-    print(f"providers: {sess.get_providers()}  placement: {_placement(sess)}")
+    print(f"providers: {sess.get_providers()}  placement: {tools.placement_summary(sess)}")
+    for name, value in feeds.items():
+        source = "from file" if name in given else "random"
+        print(f"  input {name}: {value.dtype}{list(value.shape)} ({source})")
     for name, value in zip(names, outs):
         desc = f"{value.dtype}{list(value.shape)}" if isinstance(value, np.ndarray) else type(value).__name__
         print(f"  output {name}: {desc}")
     print(f"session creation {created_ms:.1f} ms; run median {statistics.median(times):.3f} ms "
           f"over {args.repeat} runs")
+    if args.save_outputs:
+        _save_outputs(args.save_outputs, names, outs)
     _compare_with_onnxruntime(args.model, feeds, outs, names)
     return 0
 
@@ -148,63 +165,33 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def cmd_bench(argv: list[str]) -> int:
-    """The benchmark harness lives in the source checkout's perf/ folder."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "perf" / "bench.py").exists():
-        print("python -m tritort bench needs a source checkout (perf/bench.py)", file=sys.stderr)
-        return 2
-    sys.path.insert(0, str(root))
-    from perf import bench
-
-    return bench.main(argv)
-
-
-def cmd_autotune(argv: list[str]) -> int:
-    """The tuner lives in the source checkout's perf/ folder, like the benchmarks."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "perf" / "autotune.py").exists():
-        print("python -m tritort autotune needs a source checkout (perf/autotune.py)",
-              file=sys.stderr)
-        return 2
-    sys.path.insert(0, str(root))
-    from perf import autotune
-
-    return autotune.main(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own parser, so `bench --help` shows the harness's options
-        return cmd_bench(argv[1:])
-    if argv[:1] == ["autotune"]:
-        return cmd_autotune(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m tritort")
+    parser = argparse.ArgumentParser(prog="tritort")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a built-in model and show placement and timings")
     demo.add_argument("--repeat", type=int, default=20)
     demo.add_argument("--providers", nargs="*", default=None)
-    run = sub.add_parser("run", help="run MODEL.onnx on random inputs, check with onnxruntime")
+    run = sub.add_parser("run", help="run MODEL.onnx on valid random inputs (or given ones), "
+                                     "check with onnxruntime")
     run.add_argument("model")
     run.add_argument("--shape", action="append", metavar="NAME=D0,D1,...",
-                     help="concrete dims for an input with symbolic dims")
+                     help="concrete dims for an input with symbolic dims (default 1)")
+    run.add_argument("--input", action="append", metavar="NAME=FILE.npy",
+                     help="feed this array to input NAME instead of random values")
+    run.add_argument("--save-outputs", metavar="DIR", help="write each output to DIR/NAME.npy")
     run.add_argument("--repeat", type=int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--providers", nargs="*", default=None)
-    sub.add_parser("bench", help="benchmark models against onnxruntime (and torch on a GPU); "
-                                 "see perf/bench.py --help")
-    sub.add_parser("autotune", help="tune MODEL.onnx's Triton kernels into the tuning "
-                                    "database; see perf/autotune.py --help")
     inspect = sub.add_parser("inspect", help="placement and fusion report for MODEL.onnx")
     inspect.add_argument("model")
     inspect.add_argument("--providers", nargs="*", default=None)
+    tune = sub.add_parser("autotune", help="tune MODEL.onnx's Triton kernels into the tuning "
+                                           "database", description=autotune.__doc__.split("\n")[0])
+    autotune.add_arguments(tune)
     args = parser.parse_args(argv)
-    from .errors import OrtError
-
+    if args.command == "autotune":
+        return autotune.run_parsed(args)
     try:
         return {"demo": cmd_demo, "run": cmd_run, "inspect": cmd_inspect}[args.command](args)
     except OrtError as e:
