@@ -51,7 +51,8 @@ def _in_wheel_env(installed, tmp_path, *args: str, **env: str) -> subprocess.Com
 
 def test_wheel_holds_one_package_and_no_checkout_folders(installed):
     names = zipfile.ZipFile(installed["wheel"]).namelist()
-    assert {n.split("/")[0] for n in names} == {"tritort", f"tritort-{tritort.__version__}.dist-info"}
+    top_level = {n.split("/")[0] for n in names}
+    assert top_level == {"tritort", f"tritort-{tritort.__version__}.dist-info"}
     for engine in ("codegen", "fallback_cpu"):
         files = {n for n in names if n.startswith(f"tritort/{engine}/") and n.endswith(".py")}
         assert f"tritort/{engine}/__init__.py" in files
