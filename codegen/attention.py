@@ -36,12 +36,12 @@ from tritort.contracts import attention_shapes
 
 from .attention_configs import (_MIN_BLOCK, TUNING, AttentionConfig,  # noqa: F401
                                 _gpu_config, kernel_key, pick_config, problem_of)
-from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
+from .emit import compute_type, helper_source, store
 from .rowwise import check_dtypes, torch_dtype
-from .templates import CompiledTemplate, Template, kernel_signature, load_source, template
+from .templates import KernelSpec, Template, kernel_signature, load_source, template
+from .tuning import choose
 
-FLOATS = ("float", "float16", "bfloat16", "double")
-MASK_TYPES = FLOATS + ("bool",)
+MASK_TYPES = dtypes.FLOAT_TYPES | {"bool"}
 
 # ------------------------------------------------------------------ kernel source
 
@@ -195,16 +195,15 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
     else:
         body.append("l_i = tl.where(in_m, l_i, 1.0)  # no visible key: 0 / 0, NaN")
     body.append("out = acc / l_i[:, None]")
-    value = "_round_bf16(out)" if v.dtype == "bfloat16" else "out"
     body += [
         "y_ptrs = y + (b * syb + h * syh + rows[:, None] * sym + offs_dv[None, :] * syd)",
-        f"tl.store(y_ptrs, ({value}).to({storage_type(v.dtype)}), "
-        "mask=in_m[:, None] & in_dv[None, :])",
+        store("y_ptrs", "out", v.dtype, "in_m[:, None] & in_dv[None, :]"),
     ]
     lines = [f"# tritort attention kernel {name}", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
-    if v.dtype == "bfloat16":
-        lines.append(ROUND_BF16_SOURCE.rstrip("\n"))
+    helpers = helper_source("\n".join(body))
+    if helpers:
+        lines.append(helpers.rstrip("\n"))
     lines += ["", "", "@triton.jit", *kernel_signature(name, params), *["    " + b for b in body]]
     return "\n".join(lines) + "\n"
 
@@ -225,10 +224,11 @@ def _block(n: int) -> int:
 
 
 def launch(kernel: Kernel, q: Any, k: Any, v: Any, y: Any, mask: Any, scale: float,
-           interpreted: bool) -> None:
+           interpreted: bool, table: Any) -> None:
     """``q`` [B, H, Sq, D], ``k`` [B, Hk, Sk, D], ``v`` [B, Hk, Sk, Dv], ``y`` [B, H, Sq, Dv]
-    and ``mask`` [B, H, Sq, mask_len] (or None): torch views, any strides. The config: the
-    tuning database's for this kernel key and shape, else the heuristic's."""
+    and ``mask`` [B, H, Sq, mask_len] (or None): torch views, any strides. The config:
+    ``table``'s (a codegen.tuning.TuningTable, or None) for this kernel key and shape, else
+    the heuristic's."""
     b, h, sq, d = q.shape
     sk, dv = k.shape[2], v.shape[3]
     if y.numel() == 0:
@@ -241,9 +241,9 @@ def launch(kernel: Kernel, q: Any, k: Any, v: Any, y: Any, mask: Any, scale: flo
     key = kernel_key(str(q.dtype).removeprefix("torch."), head_block, var.causal,
                      var.left >= 0 or var.right >= 0, var.mask)
     args = (q, k, v, y) + (() if mask is None else (mask,))
-    cfg = TUNING.choose(key, problem,
-                        lambda: pick_config(sq, sk, b * h, head_block, itemsize, interpreted),
-                        args, functools.partial(_run, kernel.fn, scale=scale))
+    cfg = choose(table, TUNING, key, problem,
+                 lambda: pick_config(sq, sk, b * h, head_block, itemsize, interpreted),
+                 args, functools.partial(_run, kernel.fn, scale=scale))
     _run(kernel.fn, cfg, *args, scale=scale)
 
 
@@ -291,10 +291,10 @@ class SdpaLauncher:
 
     op = "ScaledDotProductAttention"
 
-    def __init__(self, kernel: Kernel, dtype: str, scale: float, device: Any,
-                 interpreted: bool):
+    def __init__(self, kernel: Kernel, dtype: str, scale: float, ctx):
         self.kernel, self.dtype, self.scale = kernel, torch_dtype(dtype), scale
-        self.device, self.interpreted = device, interpreted
+        self.device, self.interpreted, self.table = ctx.torch_device, ctx.interpreted, \
+            ctx.tuning
 
     def __call__(self, q, kt, v, mask=None) -> tuple:
         import torch
@@ -319,7 +319,7 @@ class SdpaLauncher:
         y = torch.empty((b, h, sq, dv), dtype=self.dtype, device=self.device)
         if mask is not None:
             mask = _mask_view(self.op, mask, (b, h, sq, sk))
-        launch(self.kernel, q, k, v, y, mask, self.scale, self.interpreted)
+        launch(self.kernel, q, k, v, y, mask, self.scale, self.interpreted, self.table)
         return (y,)
 
 
@@ -338,10 +338,11 @@ class AttentionLauncher:
     op = "Attention"
 
     def __init__(self, kernel: Kernel, dtype: str, scale: float | None, q_heads: int | None,
-                 kv_heads: int | None, device: Any, interpreted: bool):
+                 kv_heads: int | None, ctx):
         self.kernel, self.dtype, self.np_dtype = kernel, torch_dtype(dtype), dtype
         self.scale, self.q_heads, self.kv_heads = scale, q_heads, kv_heads
-        self.device, self.interpreted = device, interpreted
+        self.device, self.interpreted, self.table = ctx.torch_device, ctx.interpreted, \
+            ctx.tuning
 
     def _scale(self, head_dim: int) -> float:
         """The spec scales Q and K each by sqrt(scale) rounded to their type: the product of
@@ -373,7 +374,7 @@ class AttentionLauncher:
                 raise ValueError(f"{self.op}: attn_mask covers {mask_len} keys, more than the "
                                  f"{sk} keys given")
             mask = _mask_view(self.op, mask, (b, h, sq, mask_len))
-        launch(self.kernel, q, k, v, y, mask, self._scale(d), self.interpreted)
+        launch(self.kernel, q, k, v, y, mask, self._scale(d), self.interpreted, self.table)
         return (out,)
 
 
@@ -392,12 +393,13 @@ def _mask_rank_reason(ctx, mask: str) -> str | None:
     return None if 1 <= rank <= 4 else f"mask '{mask}' has rank {rank} (1 to 4 handled)"
 
 
-def _compiled(name, node, ctx, variant: Variant, ir_text: str, launcher_for, inputs):
+def _built(name, node, ctx, variant: Variant, ir_text: str, launcher_for,
+           inputs) -> KernelSpec:
     header = [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
     source = attention_source(name, header, variant, ctx.interpreted)
     fn, path, cached = load_source(source, name, ctx)
-    return CompiledTemplate(name, launcher_for(Kernel(fn, variant)), inputs, ir_text, source,
-                            path, cached)
+    return KernelSpec(name, launcher_for(Kernel(fn, variant)), inputs, ir_text, source, path,
+                      cached)
 
 
 def _optional(values: Sequence[str], index: int) -> str:
@@ -406,6 +408,8 @@ def _optional(values: Sequence[str], index: int) -> str:
 
 @template("ScaledDotProductAttention")
 class ScaledDotProductAttention(Template):
+    kind = "attention"
+
     def claim(self, node, ctx) -> str | None:
         if node.domain != INTERNAL_DOMAIN:
             return f"no Triton template for {node.op_type} in domain '{node.domain}'"
@@ -415,15 +419,15 @@ class ScaledDotProductAttention(Template):
             if rank != 4:
                 return f"rank of '{value}' unknown at load time" if rank is None else \
                     f"'{value}' has rank {rank}, not 4"
-        why = check_dtypes(ctx, [q, kt, v], FLOATS, node.op_type) or \
+        why = check_dtypes(ctx, [q, kt, v], dtypes.FLOAT_TYPES, node.op_type) or \
             _same_dtype_reason(ctx, [q, kt, v], node.op_type)
         mask = _optional(node.inputs, 3)
         if why or not mask:
             return why
         return _mask_rank_reason(ctx, mask) or \
-            check_dtypes(ctx, [mask], FLOATS, node.op_type + " mask")
+            check_dtypes(ctx, [mask], dtypes.FLOAT_TYPES, node.op_type + " mask")
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         q, kt, v = node.inputs[:3]
         mask = _optional(node.inputs, 3)
         dt = ctx.dtype_of(q)
@@ -435,14 +439,15 @@ class ScaledDotProductAttention(Template):
                    f"{f' + mask: {mask}' if mask else ''} -> {node.outputs[0]}\n"
                    f"flash attention, online softmax in {compute_type(dt)}; scale={scale!r}; "
                    f"{variant.text()}")
-        return _compiled(name, node, ctx, variant, ir_text,
-                         lambda kernel: SdpaLauncher(kernel, dt, scale, ctx.torch_device,
-                                                     ctx.interpreted),
-                         [q, kt, v] + ([mask] if mask else []))
+        return _built(name, node, ctx, variant, ir_text,
+                      lambda kernel: SdpaLauncher(kernel, dt, scale, ctx),
+                      [q, kt, v] + ([mask] if mask else []))
 
 
 @template("Attention")
 class Attention(Template):
+    kind = "attention"
+
     def claim(self, node, ctx) -> str | None:
         if node.domain != "":
             return f"no Triton template for {node.op_type} in domain '{node.domain}'"
@@ -463,7 +468,7 @@ class Attention(Template):
         if ctx.rank_of(q) == 3 and (not node.attrs.get("q_num_heads")
                                     or not node.attrs.get("kv_num_heads")):
             return "3-D inputs without q_num_heads / kv_num_heads"
-        why = check_dtypes(ctx, [q, k, v], FLOATS, node.op_type) or \
+        why = check_dtypes(ctx, [q, k, v], dtypes.FLOAT_TYPES, node.op_type) or \
             _same_dtype_reason(ctx, [q, k, v], node.op_type)
         if why:
             return why
@@ -473,7 +478,7 @@ class Attention(Template):
         return _mask_rank_reason(ctx, mask) or \
             check_dtypes(ctx, [mask], MASK_TYPES, node.op_type + " attn_mask")
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         q, k, v = node.inputs[:3]
         mask = _optional(node.inputs, 3)
         dt = ctx.dtype_of(q)
@@ -498,7 +503,6 @@ class Attention(Template):
                    f"{node.outputs[0]} ({layout})\n"
                    f"flash attention, online softmax in {compute_type(dt)}; "
                    f"scale={'1/sqrt(D)' if scale is None else repr(scale)}; {variant.text()}")
-        return _compiled(name, node, ctx, variant, ir_text,
-                         lambda kernel: AttentionLauncher(kernel, dt, scale, q_heads, kv_heads,
-                                                          ctx.torch_device, ctx.interpreted),
-                         [q, k, v] + ([mask] if mask else []))
+        return _built(name, node, ctx, variant, ir_text,
+                      lambda kernel: AttentionLauncher(kernel, dt, scale, q_heads, kv_heads, ctx),
+                      [q, k, v] + ([mask] if mask else []))

@@ -3,7 +3,7 @@
 A launch runs ``ceil(Sq / BLOCK_M) x bh`` programs (``bh``: batch x query heads); each holds a
 [BLOCK_M, D] query tile and walks the keys BLOCK_N at a time, staging a [BLOCK_N, D] K tile and
 a [BLOCK_N, Dv] V tile per pipeline stage. :func:`pick_config` is the heuristic a launch uses
-when the tuning database has nothing for it; :data:`TUNING` is what ``perf/autotune.py`` tries
+when the tuning database has nothing for it; :data:`TUNING` is what ``tritort autotune`` tries
 (see :mod:`tritort.codegen.tuning`).
 
 Kernel key ``attention:<dtype>:d<head block>:<span>:<mask>`` (``attention:float16:d64:causal:
@@ -12,14 +12,15 @@ span (``full``, ``causal``, or ``window`` for a sliding window, causal or not) b
 loop; the mask (``none``, ``additive``, ``bool``) adds a load per key block. Scale, softcap and
 what empty rows give do not enter it: they cost the same whatever the tiling. Shape key
 ``bh24_q128_k128``: batch x heads, query and key lengths, each rounded up to a
-:func:`tritort.codegen.tuning.bucket` (the lengths at least 16: no tile is smaller).
+:func:`tritort.codegen.tuning_space.bucket` (the lengths at least 16: no tile is smaller).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-from . import tuning
+from . import tuning_space
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def _gpu_config(itemsize: int, head_block: int) -> AttentionConfig:
     return AttentionConfig(16, 32, 4, 1)
 
 
+@functools.lru_cache(maxsize=4096)  # launches repeat their problems
 def pick_config(q_len: int, kv_len: int, heads: int, head_block: int, itemsize: int,
                 interpreted: bool) -> AttentionConfig:
     """The block sizes of one launch when the tuning database has no entry: ``heads``
@@ -108,7 +110,7 @@ def _warps(block_m: int) -> tuple[int, ...]:
     return (4, 8) if block_m >= 128 else (4,) if block_m == 64 else (2, 4)
 
 
-def _tuning_candidates(problem: dict, device: tuning.DeviceInfo) -> list[AttentionConfig]:
+def _tuning_candidates(problem: dict, device: tuning_space.DeviceInfo) -> list[AttentionConfig]:
     if device.interpreted:  # timings mean nothing there: a few small tiles prove the path
         return [AttentionConfig(bm, bn, 4, 1) for bm, bn in _INTERPRETER_TILES]
     size = problem["itemsize"]
@@ -131,14 +133,14 @@ def _registers(cfg: AttentionConfig, problem: dict, device) -> str | None:
 
 
 def _shape_key(p: dict) -> str:
-    b = tuning.bucket
+    b = tuning_space.bucket
     return f"bh{b(p['bh'])}_q{b(p['Sq'], _MIN_BLOCK)}_k{b(p['Sk'], _MIN_BLOCK)}"
 
 
-TUNING = tuning.ConfigSpace(
+TUNING = tuning_space.ConfigSpace(
     "attention", AttentionConfig, _tuning_candidates,
-    rules=(tuning.dot_blocks("block_m", "block_n"),
-           tuning.within_problem(block_m="Sq", block_n="Sk"),
-           tuning.shared_memory(_staged_bytes), _registers),
+    rules=(tuning_space.dot_blocks("block_m", "block_n"),
+           tuning_space.within_problem(block_m="Sq", block_n="Sk"),
+           tuning_space.shared_memory(_staged_bytes), _registers),
     shape_key=_shape_key,
-    check=tuning.stored_config_check(("block_m", "block_n"), low=_MIN_BLOCK, high=_MAX_BLOCK))
+    check=tuning_space.stored_config_check(("block_m", "block_n"), low=_MIN_BLOCK, high=_MAX_BLOCK))

@@ -21,7 +21,7 @@ Accumulation is fp32 (fp64 for double); the optional bias and then the *epilogue
 spatial dims, pads) are runtime arguments; a kernel is specialized on rank, dtype, variant
 and the kernel / stride / dilation attributes only.
 
-Block sizes are picked at launch: a config that ``perf/autotune.py`` stored in the tuning
+Block sizes are picked at launch: a config that ``tritort autotune`` stored in the tuning
 database for this kernel key (``conv:<dtype>:<variant>:<rank>d``) and shape bucket wins;
 otherwise :func:`tritort.codegen.conv_configs.pick_config`'s size heuristic chooses. The tuner's
 candidates and pruning rules are :data:`tritort.codegen.conv_configs.TUNING`. The pooling templates
@@ -37,19 +37,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tritort import dtypes
 from tritort.windows import output_size, resolved_pads
 
 from . import gemm
-from .templates import (CompiledTemplate, Template, kernel_signature, load_source,
-                        template)
 # CONFIGS / DIRECT_CONFIGS re-exported: callers knew them as conv's
 from .conv_configs import (CONFIGS, DIRECT_CONFIGS, TUNING, ConvConfig,  # noqa: F401
                            kernel_key, pick_config, problem_of, unusable)
-from .emit import ROUND_BF16_SOURCE, storage_type
+from .emit import acc_type, helper_source, store
+from .rowwise import torch_dtype
+from .templates import KernelSpec, Template, kernel_signature, load_source, template
+from .tuning import choose
 
 log = logging.getLogger("tritort.tuning")
 
-FLOATS = ("float", "float16", "bfloat16", "double")
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 MAX_SPATIAL_RANK = 3
 
@@ -170,7 +171,7 @@ def conv_spec(node, ctx) -> ConvSpec | str:
         dt = ctx.dtype_of(value)
         if dt is None:
             return f"element type of '{value}' unknown at load time"
-        if dt not in FLOATS:
+        if dt not in dtypes.FLOAT_TYPES:
             return f"Triton's Conv does not take {dt} ('{value}')"
     if len({ctx.dtype_of(v) for v in [x, w] + ([b] if b else [])}) != 1:
         return "Conv inputs of different element types"
@@ -261,7 +262,7 @@ def _gemm_body(spec: ConvSpec, interpreted: bool) -> list[str]:
         *_window_starts(win),
         "    x_rows = x + (n * sx0 + g * CG * sx1)",
         "    w_cols = w + m * sw0",
-        f"    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={gemm.acc_type(spec.dtype)})",
+        f"    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc_type(spec.dtype)})",
     ]
     dot = gemm._dot_line(spec.dtype, interpreted)
     if spec.variant == "tap_major":
@@ -306,7 +307,7 @@ def _gemm_body(spec: ConvSpec, interpreted: bool) -> list[str]:
 def _direct_body(spec: ConvSpec) -> list[str]:
     """Depthwise: output channel m reads input channel m // MG; one FMA per tap."""
     win, r = spec.window, spec.window.rank
-    ct = gemm.acc_type(spec.dtype)
+    ct = acc_type(spec.dtype)
     t = tap_indices("tap", win.kernel)
     loop = "tl.static_range" if win.taps <= 32 else "range"
     lines = [
@@ -351,13 +352,11 @@ def _finish(spec: ConvSpec, epilogue: gemm.Epilogue, out_dtype: str) -> list[str
     lines += [f"    out_idx_{j + 2} = pos{j}[:, None]" for j in range(r)]
     lines += [f"    y_offs = (n * sy0 + {_spatial('pos', 'sy', r)})[:, None] + (m * sy1)[None, :]"]
     lines += ["    " + line for line in epilogue.lines]
-    value = "_round_bf16(acc)" if out_dtype == "bfloat16" else "acc"
-    lines += [f"    tl.store(y + y_offs, ({value}).to({storage_type(out_dtype)}), mask=tile_mask)"]
-    return lines
+    return lines + ["    " + store("y + y_offs", "acc", out_dtype, "tile_mask")]
 
 
 def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str,
-                interpreted: bool, epilogue: gemm.Epilogue, bf16_helper: bool = False) -> str:
+                interpreted: bool, epilogue: gemm.Epilogue) -> str:
     """The kernel's source: ``Y = epilogue(conv(X, W) + B)`` rounded once to ``out_dtype``.
 
     ``epilogue.params`` follow ``y`` in the signature; ``epilogue.lines`` (unindented
@@ -366,7 +365,7 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
     ``tile_mask`` (in-bounds elements), ``out_idx_0`` .. ``out_idx_{R-1}`` (int64,
     broadcastable to the tile: the index of each element along Y's dim j, so ``out_idx_1`` is
     the output channel), ``y_offs`` (each element's offset in Y, which the launcher allocates
-    contiguous) and every kernel parameter. ``bf16_helper``: the lines call ``_round_bf16``.
+    contiguous) and every kernel parameter.
     """
     if spec.variant == "direct":
         body = _direct_body(spec)
@@ -375,8 +374,9 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
     body += _finish(spec, epilogue, out_dtype)
     lines = [f"# tritort conv kernel {name}", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
-    if out_dtype == "bfloat16" or bf16_helper:
-        lines.append(ROUND_BF16_SOURCE.rstrip("\n"))
+    helpers = helper_source("\n".join(body))
+    if helpers:
+        lines.append(helpers.rstrip("\n"))
     lines += ["", "", "@triton.jit", *kernel_signature(name, _params(spec, epilogue)), *body]
     return "\n".join(lines) + "\n"
 
@@ -385,10 +385,11 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
 
 
 def launch(fn: Any, spec: ConvSpec, x: Any, w: Any, b: Any, y: Any, extra: Sequence[Any],
-           interpreted: bool) -> None:
+           interpreted: bool, table: Any) -> None:
     """``x`` [N, C, *S], ``w`` [M, CG, *K], ``b`` [M] or None, ``y`` [N, M, *O]: torch
     tensors with any strides; ``extra``: the epilogue's args, passed right after ``y``.
-    The config: the tuning database's for this kernel key and shape, else the heuristic's."""
+    The config: ``table``'s (a codegen.tuning.TuningTable, or None) for this kernel key and
+    shape, else the heuristic's."""
     if y.numel() == 0:
         return
     win, variant = spec.window, spec.variant
@@ -403,8 +404,8 @@ def launch(fn: Any, spec: ConvSpec, x: Any, w: Any, b: Any, y: Any, extra: Seque
         return pick_config(rows, cols, k, spec.group, itemsize, variant, interpreted)
 
     key = kernel_key(str(x.dtype).removeprefix("torch."), variant, win.rank)
-    cfg = TUNING.choose(key, problem, default, (x, w, b, y, *extra),
-                        functools.partial(_run, fn, spec=spec))
+    cfg = choose(table, TUNING, key, problem, default, (x, w, b, y, *extra),
+                 functools.partial(_run, fn, spec=spec))
     reason = unusable(cfg, variant)
     if reason is not None:
         _warn_once(key, cfg, reason)
@@ -441,12 +442,13 @@ def _warn_once(key: str, cfg: ConvConfig, reason: str) -> None:
 class ConvLauncher:
     """Checks shapes, allocates Y and launches. Called with (x, w[, b]); with a fused
     epilogue (:class:`tritort.codegen.epilogue.FusedEpilogue`) its input tensors follow, and the
-    outputs are the ones :meth:`~tritort.codegen.epilogue.FusedEpilogue.outputs` lists."""
+    outputs are the ones :meth:`~tritort.codegen.rowwise.TileFusion.kernel_outputs` lists."""
 
-    def __init__(self, fn: Any, spec: ConvSpec, out_dtype: Any, device: Any, interpreted: bool,
-                 node_name: str, fused: Any = None) -> None:
-        self.fn, self.spec, self.out_dtype, self.device = fn, spec, out_dtype, device
-        self.interpreted, self.node_name, self.fused = interpreted, node_name, fused
+    def __init__(self, fn: Any, spec: ConvSpec, out_dtype: Any, ctx, node_name: str,
+                 fused: Any = None) -> None:
+        self.fn, self.spec, self.out_dtype, self.device = fn, spec, out_dtype, ctx.torch_device
+        self.interpreted, self.table = ctx.interpreted, ctx.tuning
+        self.node_name, self.fused = node_name, fused
 
     def __call__(self, x: Any, w: Any, *rest: Any) -> tuple:
         import torch
@@ -458,13 +460,13 @@ class ConvLauncher:
         y = torch.empty((x.shape[0], w.shape[0], *outs), dtype=self.out_dtype,
                         device=self.device)
         if self.fused is None:
-            launch(self.fn, spec, x, w, b, y, (), self.interpreted)
+            launch(self.fn, spec, x, w, b, y, (), self.interpreted, self.table)
             return (y,)
         from .epilogue import launch_args
 
         args, outputs = launch_args(self.fused, epilogue_inputs, y.shape, y.shape, y.device)
         with np.errstate(all="ignore"):  # the interpreter computes masked lanes too
-            launch(self.fn, spec, x, w, b, y, args, self.interpreted)
+            launch(self.fn, spec, x, w, b, y, args, self.interpreted, self.table)
         return (y, *outputs) if self.fused.result_stored else (*outputs, y)
 
     def _check(self, x: Any, w: Any, b: Any) -> None:
@@ -493,15 +495,7 @@ class ConvLauncher:
 # ------------------------------------------------------------------ the template
 
 
-def _torch_dtype(dtype: str):
-    import torch
-
-    from tritort import dtypes
-
-    return getattr(torch, dtypes.BY_NAME[dtype].torch)
-
-
-def compile_conv(node, ctx, name: str, fusion: Any = None) -> CompiledTemplate:
+def build_conv(node, ctx, name: str, fusion: Any = None) -> KernelSpec:
     """The node's kernel; a ``fusion`` (:class:`tritort.codegen.rowwise.TileFusion`, chosen by
     codegen.fusion) is rendered by :func:`tritort.codegen.epilogue.build` in front of the store, its
     inputs following the node's in the launcher's."""
@@ -525,26 +519,23 @@ def compile_conv(node, ctx, name: str, fusion: Any = None) -> CompiledTemplate:
                + ("direct: one multiply-add per tap on a [positions, channels] tile"
                   if spec.variant == "direct" else
                   "implicit GEMM: rows (n, output position), cols output channels of a group, "
-                  f"K (channel, tap); tl.dot accumulating in {gemm.acc_type(spec.dtype)}")
+                  f"K (channel, tap); tl.dot accumulating in {acc_type(spec.dtype)}")
                + (f"\n{fusion.text()}" if fusion is not None else ""))
     header = [f"ONNX node: {node.name} (Conv)", *ir_text.splitlines()[1:]]
-    source = conv_source(name, header, spec, out_dtype, ctx.interpreted, epilogue,
-                         fused is not None and fused.uses_bf16)
+    source = conv_source(name, header, spec, out_dtype, ctx.interpreted, epilogue)
     fn, path, cached = load_source(source, name, ctx)
-    launcher = ConvLauncher(fn, spec, _torch_dtype(out_dtype), ctx.torch_device,
-                            ctx.interpreted, node.name, fused)
-    return CompiledTemplate(name, launcher, inputs, ir_text, source, path, cached)
+    launcher = ConvLauncher(fn, spec, torch_dtype(out_dtype), ctx, node.name, fused)
+    return KernelSpec(name, launcher, inputs, ir_text, source, path, cached)
 
 
 @template("Conv")
 class Conv(Template):
+    kind = "tiled"
+    epilogue = True  # on the output tile, before the one rounding store
+
     def claim(self, node, ctx) -> str | None:
         spec = conv_spec(node, ctx)
         return spec if isinstance(spec, str) else None
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
-        return compile_conv(node, ctx, name)
-
-    def compile_fused(self, node, ctx, name, fusion) -> CompiledTemplate:
-        """With a pointwise epilogue (tritort.codegen.fusion's TILED_OPS lists Conv for that)."""
-        return compile_conv(node, ctx, name, fusion)
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
+        return build_conv(node, ctx, name, fusion)

@@ -4,20 +4,21 @@ A Conv launch is ``groups`` GEMMs of ``rows`` (n, output position) x ``cols`` (o
 of a group; every output channel for the ``direct`` variant) over ``K`` (a group's channels for
 ``tap_major``, channels x taps for ``flat``, taps for ``direct``). :func:`pick_config` is the
 heuristic a launch uses when the tuning database has nothing for it; :data:`TUNING` is what
-``perf/autotune.py`` tries (see :mod:`tritort.codegen.tuning`).
+``tritort autotune`` tries (see :mod:`tritort.codegen.tuning`).
 
 Kernel key ``conv:<dtype>:<variant>:<rank>d`` (``conv:float16:tap_major:2d``): the variant and
 spatial rank change the generated loops; kernel size, strides, bias and epilogue do not enter
 it (they do not change the tiling). Shape key ``g1_r4096_c64_k64_t9``: groups, rows, cols, K
-and taps, each rounded up to a :func:`tritort.codegen.tuning.bucket` (cols and K at least 16 for the
-dot variants, whose tiles are never smaller).
+and taps, each rounded up to a :func:`tritort.codegen.tuning_space.bucket` (cols and K at least
+16 for the dot variants, whose tiles are never smaller).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-from . import tuning
+from . import tuning_space
 
 DOT_VARIANTS = ("tap_major", "flat")
 _MIN_DOT_BLOCK = 16  # tl.dot needs every block dim >= 16
@@ -59,6 +60,7 @@ def _fit(n: int, cap: int) -> int:
     return min(max(_MIN_DOT_BLOCK, _pow2(n)), cap)
 
 
+@functools.lru_cache(maxsize=4096)  # launches repeat their problems
 def pick_config(rows: int, cols: int, k: int, groups: int, itemsize: int, variant: str,
                 interpreted: bool) -> ConvConfig:
     """Block sizes for one launch of ``groups`` GEMMs of rows x cols over K = k, used when
@@ -125,7 +127,7 @@ def _warps(bm: int, bn: int) -> int:
     return 8 if bm * bn >= 128 * 128 else 4
 
 
-def _tuning_candidates(problem: dict, device: tuning.DeviceInfo) -> list[ConvConfig]:
+def _tuning_candidates(problem: dict, device: tuning_space.DeviceInfo) -> list[ConvConfig]:
     cols_cap = _pow2(problem["cols"])
     if problem["variant"] == "direct":
         if device.interpreted:  # timings mean nothing there: a few small tiles prove the path
@@ -143,7 +145,7 @@ def _tuning_candidates(problem: dict, device: tuning.DeviceInfo) -> list[ConvCon
 def _dot_blocks(cfg: ConvConfig, problem: dict, device) -> str | None:
     if problem["variant"] == "direct":
         return None
-    return tuning.dot_blocks("block_m", "block_n", "block_k")(cfg, problem, device)
+    return tuning_space.dot_blocks("block_m", "block_n", "block_k")(cfg, problem, device)
 
 
 def _staged_bytes(cfg: ConvConfig, problem: dict) -> int:
@@ -175,15 +177,15 @@ def unusable(cfg: ConvConfig, variant: str) -> str | None:
 
 
 def _shape_key(p: dict) -> str:
-    b = tuning.bucket
+    b = tuning_space.bucket
     floor = 1 if p["variant"] == "direct" else _MIN_DOT_BLOCK  # no dot tile is below 16
     return (f"g{b(p['groups'])}_r{b(p['rows'], 16)}_c{b(p['cols'], floor)}"
             f"_k{b(p['K'], floor)}_t{b(p['taps'])}")
 
 
-TUNING = tuning.ConfigSpace(
+TUNING = tuning_space.ConfigSpace(
     "conv", ConvConfig, _tuning_candidates,
-    rules=(_dot_blocks, tuning.within_problem(block_m="rows", block_n="cols"),
-           tuning.shared_memory(_staged_bytes), _registers),
+    rules=(_dot_blocks, tuning_space.within_problem(block_m="rows", block_n="cols"),
+           tuning_space.shared_memory(_staged_bytes), _registers),
     shape_key=_shape_key,
-    check=tuning.stored_config_check(("block_m", "block_n", "block_k"), high=_MAX_BLOCK))
+    check=tuning_space.stored_config_check(("block_m", "block_n", "block_k"), high=_MAX_BLOCK))

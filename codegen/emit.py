@@ -12,12 +12,12 @@ import ml_dtypes
 
 from tritort import dtypes
 
-from .ir import Cast, Const, Expr, Load, Op, PointwiseKernel
+from .ir import Cast, Const, Expr, Load, PointwiseKernel
 
 _COMPUTE = {"float": "tl.float32", "float16": "tl.float32", "bfloat16": "tl.float32",
             "float8e4m3fn": "tl.float32", "float8e5m2": "tl.float32", "double": "tl.float64",
             "bool": "tl.int1"}
-_LOW_FLOATS = {"float16", "bfloat16", "float8e4m3fn", "float8e5m2"}
+_LOW_FLOATS = {"float16", "bfloat16"} | dtypes.FLOAT8_OCP_TYPES
 _FLOAT8_NAN_TEST = {"float8e4m3fn": "({raw} & 0x7F) == 0x7F",
                     "float8e5m2": "({raw} & 0x7F) > 0x7C"}
 # mantissa bits, smallest normal exponent, what overflow becomes without saturation
@@ -61,10 +61,46 @@ def storage_type(dtype: str) -> str:
     return f"tl.{dtypes.BY_NAME[dtype].triton}"
 
 
+def acc_type(dtype: str) -> str:
+    """The type a template accumulates ``dtype`` in (sums, products, dot products, extremes).
+
+    Floats as they compute (fp32, fp64 for double). Bools and integers narrower than int32
+    widen to int32: ONNX keeps an integer reduction in its input type with wraparound, and
+    sums and products agree with the narrow type's modulo its width, so the store's
+    truncation gives exactly the wrapped result. (Integer GEMMs are MatMulInteger, which no
+    template takes.)"""
+    if dtype == "bool" or dtype in dtypes.NARROW_INT_TYPES:
+        return "tl.int32"
+    return compute_type(dtype)
+
+
+def round_bf16(value: str) -> str:
+    """``value`` rounded to the nearest bf16 (ties to even), held in fp32; spelled out by
+    the ``_round_bf16`` helper because the interpreter's conversion truncates."""
+    return f"_round_bf16(({value}).to(tl.float32))"
+
+
+def stored(value: str, dtype: str) -> str:
+    """``value`` converted for a store of ``dtype`` (to bf16: rounded once, to nearest even)."""
+    if dtype == "bfloat16":
+        return f"{round_bf16(value)}.to(tl.bfloat16)"
+    return f"({value}).to({storage_type(dtype)})"
+
+
+def store(address: str, value: str, dtype: str, mask: str) -> str:
+    """The statement storing ``value`` as ``dtype`` at ``address``."""
+    return f"tl.store({address}, {stored(value, dtype)}, mask={mask})"
+
+
+def helper_source(body: str) -> str:
+    """The jitted helpers a kernel's ``body`` calls (``_round_bf16``), as source to add."""
+    return ROUND_BF16_SOURCE if "_round_bf16(" in body else ""
+
+
 def _const(e: Const) -> str:
     if e.dtype == "bool":
         return "1" if e.value else "0"
-    if e.dtype in ("float", "float16", "bfloat16", "double") or isinstance(e.value, float):
+    if e.dtype in dtypes.FLOAT_TYPES or isinstance(e.value, float):
         v = float(e.value)
         if math.isinf(v):
             return "float('inf')" if v > 0 else "float('-inf')"
@@ -83,7 +119,6 @@ class ExprEmitter:
         self.k = kernel
         self.lines: list[str] = []
         self.names: dict[Expr, str] = {}
-        self.uses_bf16 = False
 
     def value(self, e: Expr) -> str:
         if isinstance(e, Const):
@@ -117,7 +152,7 @@ class ExprEmitter:
         if dst in _FLOAT8_FORMATS:
             return self._round_fp8(f"({x}).to(tl.float32)", dst, e.saturate)
         if dst == "bfloat16":
-            return self._round_bf16(x)
+            return round_bf16(x)
         if dst in _LOW_FLOATS:  # float16: the hardware conversion rounds to nearest even
             return f"{x}.to({storage_type(dst)}).to(tl.float32)"
         return f"{x}.to({compute_type(dst)})"
@@ -150,10 +185,6 @@ class ExprEmitter:
         else:
             limit = f"tl.where(tl.abs({v}r) > {hi}, {overflow}, {v}r)"
         return f"tl.where({v}s != {v}s, {v}s, {limit})"
-
-    def _round_bf16(self, x: str) -> str:
-        self.uses_bf16 = True
-        return f"_round_bf16(({x}).to(tl.float32))"
 
     def render(self) -> str:
         k = self.k
@@ -194,7 +225,7 @@ class ExprEmitter:
         for p, e in k.outputs:
             v = self.value(e)
             if p.dtype == "bfloat16" and not (isinstance(e, Cast) and e.dtype == "bfloat16"):
-                v = self._round_bf16(v)
+                v = round_bf16(v)
             results.append(v)
         body += self.lines
         for i, ((p, _), v) in enumerate(zip(k.outputs, results)):
@@ -209,7 +240,7 @@ class ExprEmitter:
                   "import triton", "import triton.language as tl", "", "",
                   "@triton.jit", f"def {k.name}({', '.join(params)}):"]
         source = "\n".join(header + body) + "\n"
-        return source + ROUND_BF16_SOURCE if self.uses_bf16 else source
+        return source + helper_source(source)
 
 
 def emit(kernel: PointwiseKernel) -> str:

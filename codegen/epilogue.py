@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
+from .emit import compute_type, round_bf16, storage_type, store
 from .gemm import Epilogue
 from .rowwise import TileEmitter, TileFusion, torch_dtype
 
@@ -29,18 +29,6 @@ class FusedEpilogue:
     inputs: list[str]  # ONNX values the launcher takes after the anchor's own inputs
     output_dtypes: list[str]  # tensors the epilogue lines store (params o0, o1, ...)
     result_stored: bool  # the own store holds the anchor's result (else the last output)
-    uses_bf16: bool
-
-    def outputs(self, result: str, fusion: TileFusion) -> list[str]:
-        """The ONNX values the kernel writes, in the launcher's return order."""
-        produced = [v for v, _ in fusion.row_outputs]
-        return [result, *produced] if self.result_stored else produced
-
-
-def _stored(value: str, dtype: str) -> str:
-    if dtype == "bfloat16":
-        return f"_round_bf16(({value}).to(tl.float32)).to(tl.bfloat16)"
-    return f"({value}).to({storage_type(dtype)})"
 
 
 def build(fusion: TileFusion, result_dtype: str, rank: int) -> FusedEpilogue:
@@ -49,12 +37,11 @@ def build(fusion: TileFusion, result_dtype: str, rank: int) -> FusedEpilogue:
     ep = Epilogue()
     loads: dict[int, str] = {}
     inputs: list[str] = []
-    uses_bf16 = result_dtype == "bfloat16"
     for i, p in enumerate(kernel.inputs):
         if p.name == fusion.result:  # as if stored in its type and loaded back
             loads[i] = "ep_result"
             if result_dtype == "bfloat16":
-                ep.lines.append("ep_result = _round_bf16(acc)")
+                ep.lines.append(f"ep_result = {round_bf16('acc')}")
             elif result_dtype == "float16":
                 ep.lines.append("ep_result = acc.to(tl.float16).to(tl.float32)")
             else:
@@ -72,7 +59,6 @@ def build(fusion: TileFusion, result_dtype: str, rank: int) -> FusedEpilogue:
         loads[i] = f"{t}v"
     emitter = TileEmitter(loads)
     values = [emitter.value(e) for _, e in kernel.outputs]
-    uses_bf16 = uses_bf16 or emitter.uses_bf16
     rename = lambda text: re.sub(r"\b(t\d+)", r"ep_\1", text)  # noqa: E731
     ep.lines += [rename(line.strip()) for line in emitter.lines]
     values = [rename(v) for v in values]
@@ -81,20 +67,13 @@ def build(fusion: TileFusion, result_dtype: str, rank: int) -> FusedEpilogue:
         list(range(len(values) - 1))
     for j, k in enumerate(stored_by_lines):
         ep.params.append(f"o{j}")
-        ep.lines.append(f"tl.store(o{j} + y_offs, {_stored(values[k], dtypes_out[k])}, "
-                        f"mask=tile_mask)")
-        uses_bf16 = uses_bf16 or dtypes_out[k] == "bfloat16"
+        ep.lines.append(store(f"o{j} + y_offs", values[k], dtypes_out[k], "tile_mask"))
     if not fusion.store_result:
         ep.lines.append(f"acc = ({values[-1]}).to(tl.float32)" if dtypes_out[-1] != "double"
                         else f"acc = {values[-1]}")
     ep.text = [f"fused epilogue: {', '.join(f'{n} ({op})' for n, op in fusion.nodes)}"]
     return FusedEpilogue(ep, result_dtype if fusion.store_result else dtypes_out[-1], inputs,
-                         [dtypes_out[k] for k in stored_by_lines], fusion.store_result,
-                         uses_bf16)
-
-
-def helpers(fused: FusedEpilogue | None) -> str:
-    return ROUND_BF16_SOURCE if fused is not None and fused.uses_bf16 else ""
+                         [dtypes_out[k] for k in stored_by_lines], fusion.store_result)
 
 
 def launch_args(fused: FusedEpilogue, tensors: Sequence[Any], out_shape: Sequence[int],

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from tritort import dtypes
 from tritort.contracts import INTERNAL_DOMAIN
 
-from .gemm import Epilogue, MatMulLauncher, _compiled
-from .templates import CompiledTemplate, Template, template
+from .gemm import Epilogue, MatMulLauncher, _built
+from .templates import KernelSpec, Template, template
 
-FLOAT8 = ("float8e4m3fn", "float8e5m2")
-OUTPUTS = ("float", "float16", "bfloat16")
+OUTPUTS = dtypes.FLOAT_TYPES - {"double"}
 
 
 def native_float8(device: Any) -> bool:
@@ -48,11 +48,15 @@ class Float8Launcher:
 
 @template("Float8MatMul")
 class Float8MatMul(Template):
+    kind = "tiled"
+    epilogue = True
+
     def claim(self, node, ctx) -> str | None:
         if node.domain != INTERNAL_DOMAIN:
             return f"Float8MatMul of domain '{node.domain}'"
         a8, sa, b8, sb = node.inputs[:4]
-        for value, allowed in ((a8, FLOAT8), (b8, FLOAT8), (node.outputs[0], OUTPUTS),
+        float8 = dtypes.FLOAT8_OCP_TYPES
+        for value, allowed in ((a8, float8), (b8, float8), (node.outputs[0], OUTPUTS),
                                (sa, OUTPUTS), (sb, OUTPUTS)):
             dt = ctx.dtype_of(value)
             if dt is None:
@@ -64,10 +68,7 @@ class Float8MatMul(Template):
                 return f"Float8MatMul of a 0-d tensor ('{value}')"
         return None
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
-        return self.compile_fused(node, ctx, name, None)
-
-    def compile_fused(self, node, ctx, name, fusion) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         a8, sa, b8, sb = node.inputs[:4]
         ra, rb = ctx.rank_of(a8), ctx.rank_of(b8)
         batch_rank = max(ra, rb, 2) - 2
@@ -84,7 +85,7 @@ class Float8MatMul(Template):
                    f"{node.outputs[0]} {out_dt}\n"
                    f"tl.dot on {'float8 tiles' if upcast is None else upcast + ' tiles'}, "
                    f"accumulating in tl.float32; epilogue: {ep.text[0]}")
-        return _compiled(name, node, ctx, ir_text, batch_rank, a_dt, ep,
-                         lambda fn, dt, fused: Float8Launcher(MatMulLauncher(
-                             fn, batch_rank, dt, ctx.torch_device, ctx.interpreted, fused)),
-                         [a8, sa, b8, sb], fusion, out_dt, upcast)
+        return _built(name, node, ctx, ir_text, batch_rank, a_dt, ep,
+                      lambda fn, dt, fused: Float8Launcher(MatMulLauncher(fn, batch_rank, dt,
+                                                                          ctx, fused)),
+                      [a8, sa, b8, sb], fusion, out_dt, upcast)

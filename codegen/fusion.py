@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from tritort import dtypes
 from tritort.graph import Node
+
+from .templates import TEMPLATES, Template
 
 Shape = tuple  # of ints and dim_param strings
 
@@ -53,10 +56,12 @@ def check_partition(nodes: Sequence[Node], groups: list[list[Node]]) -> None:
 
 # ------------------------------------------------- pointwise work fused into template kernels
 #
-# A row-wise template (a Reduce*, Softmax, LogSoftmax) can compute a pointwise prologue on
-# the tiles it loads and a pointwise epilogue on the rows it reduced to, so neither the data
-# it reduces nor its raw result has to be written to memory and read back. A tiled template
-# (MatMul, Gemm, Conv) takes an epilogue on its output tile: bias, activation, residual, cast.
+# A template declares what it takes (codegen.templates.Template): a row-wise one (a Reduce*,
+# Softmax, LogSoftmax) computes a pointwise prologue on the tiles it loads and a pointwise
+# epilogue on the rows it reduced to, so neither the data it reduces nor its raw result has
+# to be written to memory and read back. A tiled one (MatMul, Gemm, Conv) takes an epilogue
+# on its output tile (bias, activation, residual, cast) and a GEMM a converting prologue per
+# operand.
 #
 # Why the groups stay cycle-free (and so can run as one kernel each):
 # - prologue values are read only by the prologue and the anchor, so the only values leaving
@@ -69,25 +74,16 @@ def check_partition(nodes: Sequence[Node], groups: list[list[Node]]) -> None:
 
 # A symbolic dimension counts as this many elements when estimating bytes.
 ASSUMED_DIM = 1024
-# Reading passes a row-wise op makes over its input: a prologue runs once per pass.
-ROWWISE_PASSES = {"ReduceSum": 1, "ReduceMean": 1, "ReduceMax": 1, "ReduceMin": 1,
-                  "ReduceProd": 1, "ReduceL1": 1, "ReduceL2": 1, "ReduceLogSum": 1,
-                  "ReduceSumSquare": 1, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2}
-# Tiled templates that take a pointwise epilogue on their output tile (codegen.epilogue).
-TILED_OPS = frozenset({"MatMul", "Gemm", "Float8MatMul", "Conv"})
-# Ops whose result an epilogue may take (per row for reductions, per tile element for tiles).
-EPILOGUE_OPS = frozenset(op for op in ROWWISE_PASSES if op.startswith("Reduce")) | TILED_OPS
-ANCHOR_OPS = frozenset(ROWWISE_PASSES) | TILED_OPS
-# Tiled anchors that convert an operand's tiles as they load them: a Cast or a scalar scale
-# in front of the GEMM (the template's rule says which nodes qualify).
-OPERAND_PROLOGUE_OPS = frozenset({"MatMul", "Gemm"})
-_NOT_FUSED_TYPES = ("float8e4m3fn", "float8e5m2")  # special values need the pointwise emitter
+_NOT_FUSED_TYPES = dtypes.FLOAT8_OCP_TYPES  # special values need the pointwise emitter
+
+
+def template_of(node: Node) -> Template | None:
+    """The node's template (its declarations), or None for a pointwise node."""
+    return TEMPLATES.get(node.op_type)
 
 
 def estimated_bytes(shape: Shape, dtype: str) -> int:
     import numpy as np
-
-    from tritort import dtypes
 
     numel = 1
     for d in shape:
@@ -145,19 +141,21 @@ class AnchorGroup:
 
 
 class AnchorPlanner:
-    """Chooses each anchor's prologue and epilogue among the provider's nodes.
+    """Chooses each anchor's prologue and epilogue among the provider's nodes, as the
+    anchors' templates declare they take them.
 
     ``nodes``: the nodes this provider runs, in topological order; ``position``: every
     node's index in the whole (partitioned) graph; ``escapes(value, names)``: is value read
-    outside the named nodes, or returned by the graph?
+    outside the named nodes, or returned by the graph? ``operand_prologue(node)``: can a
+    GEMM convert its operand's tiles by this node's rule?
     """
 
-    def __init__(self, nodes: Sequence[Node], is_pointwise: Callable[[Node], bool],
-                 position: dict[str, int], shape_of: Callable[[str], Shape | None],
+    def __init__(self, nodes: Sequence[Node], position: dict[str, int],
+                 shape_of: Callable[[str], Shape | None],
                  dtype_of: Callable[[str], str | None],
                  escapes: Callable[[str, set[str]], bool],
                  operand_prologue: Callable[[Node], bool] = lambda node: False) -> None:
-        self.nodes, self.is_pointwise, self.position = list(nodes), is_pointwise, position
+        self.nodes, self.position = list(nodes), position
         self.shape_of, self.dtype_of, self.escapes = shape_of, dtype_of, escapes
         self.operand_prologue = operand_prologue
         self.producer = {o: n for n in self.nodes for o in n.outputs if o}
@@ -168,7 +166,9 @@ class AnchorPlanner:
     def plan(self) -> list[AnchorGroup]:
         groups = []
         for node in self.nodes:
-            if node.op_type in ANCHOR_OPS and node.name not in self.taken:
+            template = template_of(node)
+            if template is not None and template.anchors_fusion() and \
+                    node.name not in self.taken:
                 group = AnchorGroup(node)
                 self.taken.add(node.name)
                 self._choose_operand_prologues(group)
@@ -179,6 +179,10 @@ class AnchorPlanner:
         return groups
 
     # -- legality ----------------------------------------------------------------------
+    @staticmethod
+    def is_pointwise(node: Node) -> bool:
+        return template_of(node) is None
+
     def _known(self, value: str) -> Shape | None:
         shape = self.shape_of(value)
         dtype = self.dtype_of(value)
@@ -206,9 +210,10 @@ class AnchorPlanner:
         anchor = group.anchor
         data = anchor.inputs[0]
         target = self._known(data)
-        if target is None or anchor.op_type not in ROWWISE_PASSES:
+        template = template_of(anchor)
+        if target is None or not template.prologue:
             return
-        passes = ROWWISE_PASSES[anchor.op_type]
+        passes = template.passes
         data_bytes = estimated_bytes(target, self.dtype_of(data))
         chosen: list[Node] = []
         best: list[Node] = []
@@ -244,7 +249,7 @@ class AnchorPlanner:
         """A GEMM reads an operand's source and converts each tile: the converted operand
         is never written (no score needed: it only saves memory traffic)."""
         anchor = group.anchor
-        if anchor.op_type not in OPERAND_PROLOGUE_OPS:
+        if not template_of(anchor).operand_prologues:
             return
         for value in anchor.inputs[:2]:
             node = self.producer.get(value)
@@ -259,7 +264,7 @@ class AnchorPlanner:
         anchor = group.anchor
         result = anchor.outputs[0]
         target = self._known(result)
-        if anchor.op_type not in EPILOGUE_OPS or target is None or len(anchor.outputs) != 1:
+        if not template_of(anchor).epilogue or target is None or len(anchor.outputs) != 1:
             return
         start = self.position[anchor.name]
         values = {result}

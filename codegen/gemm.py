@@ -12,7 +12,7 @@ Every operand is read through its strides: transposed views (Gemm's transA/trans
 Transpose in front of a MatMul) and broadcast batch dims (stride 0) are never copied.
 Sizes are runtime arguments; a kernel is specialized on ranks, dtypes and attributes only.
 
-Block sizes are picked at launch: a config that ``perf/autotune.py`` stored in the tuning
+Block sizes are picked at launch: a config that ``tritort autotune`` stored in the tuning
 database for this kernel key (``matmul:<dtype>:batch<rank>``) and shape bucket wins;
 otherwise the size heuristic of :mod:`tritort.codegen.gemm_configs` chooses.
 
@@ -31,12 +31,12 @@ import numpy as np
 
 from tritort import dtypes
 
-from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
+from .emit import acc_type, helper_source, store, stored
 # the configs live beside; CONFIGS and pick_config are re-exported for callers and tests
 from .gemm_configs import CONFIGS, TUNING, GemmConfig, pick_config  # noqa: F401
-from .templates import CompiledTemplate, Template, kernel_signature, load_source, template
-
-FLOATS = ("float", "float16", "bfloat16", "double")
+from .rowwise import torch_dtype
+from .templates import KernelSpec, Template, kernel_signature, load_source, template
+from .tuning import choose
 
 # ------------------------------------------------------------------ kernel source
 
@@ -66,14 +66,7 @@ def epilogue_and_store(acc: str, epilogue_lines: Sequence[str], out_dtype: str) 
     """
     lines = ["    y_offs = y_base + rows * sym + cols * syn"]
     lines += [textwrap.indent(line, "    ") for line in epilogue_lines]
-    value = f"_round_bf16({acc})" if out_dtype == "bfloat16" else acc
-    lines += [f"    tl.store(y + y_offs, ({value}).to({storage_type(out_dtype)}), "
-              "mask=tile_mask)"]
-    return lines
-
-
-def acc_type(dtype: str) -> str:
-    return compute_type(dtype)  # fp32 for fp16/bf16/fp32, fp64 for double
+    return lines + ["    " + store("y + y_offs", acc, out_dtype, "tile_mask")]
 
 
 def _dot_line(in_dtype: str, interpreted: bool, upcast: str | None = None) -> list[str]:
@@ -101,7 +94,7 @@ def _base(prefix: str, rank: int) -> str:
 
 def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: str,
                   out_dtype: str, interpreted: bool, epilogue: Epilogue,
-                  round_bf16: bool = False, dot_upcast: str | None = None,
+                  dot_upcast: str | None = None,
                   prologues: dict[int, str] | None = None) -> str:
     """``Y[b] = epilogue(A[b] @ B[b])`` over ``batch_rank`` broadcast batch dims; tiles are
     converted to ``dot_upcast`` before ``tl.dot`` when given (float8 without native MMA).
@@ -170,8 +163,9 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
     ]
     lines = [f"# tritort matmul kernel {name}", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
-    if out_dtype == "bfloat16" or round_bf16:
-        lines.append(ROUND_BF16_SOURCE.rstrip("\n"))
+    helpers = helper_source("\n".join(body))
+    if helpers:
+        lines.append(helpers.rstrip("\n"))
     lines += ["", "", "@triton.jit", *kernel_signature(name, params), *body]
     return "\n".join(lines) + "\n"
 
@@ -179,10 +173,12 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
 # ------------------------------------------------------------------ launching
 
 
-def launch(fn: Any, a: Any, b: Any, y: Any, extra: Sequence[Any], interpreted: bool) -> None:
+def launch(fn: Any, a: Any, b: Any, y: Any, extra: Sequence[Any], interpreted: bool,
+           table: Any) -> None:
     """``a`` [*batch, M, K], ``b`` [*batch, K, N], ``y`` [*batch, M, N]: torch views with the
     kernel's batch rank (broadcast batch dims have stride 0); ``extra``: the epilogue's args.
-    The config: the tuning database's for this kernel key and shape, else the heuristic's."""
+    The config: ``table``'s (a codegen.tuning.TuningTable, or None) for this kernel key and
+    shape, else the heuristic's."""
     *batch, m, k = a.shape
     n = b.shape[-1]
     if y.numel() == 0:
@@ -193,9 +189,9 @@ def launch(fn: Any, a: Any, b: Any, y: Any, extra: Sequence[Any], interpreted: b
     dtype = str(a.dtype).removeprefix("torch.")
     if b.dtype != a.dtype:  # float8 e4m3 x e5m2
         dtype += "x" + str(b.dtype).removeprefix("torch.")
-    cfg = TUNING.choose(f"matmul:{dtype}:batch{len(batch)}", problem,
-                        lambda: pick_config(m, n, k, nbatch, a.element_size(), interpreted),
-                        (a, b, y, *extra), functools.partial(_run, fn))
+    cfg = choose(table, TUNING, f"matmul:{dtype}:batch{len(batch)}", problem,
+                 lambda: pick_config(m, n, k, nbatch, a.element_size(), interpreted),
+                 (a, b, y, *extra), functools.partial(_run, fn))
     _run(fn, cfg, a, b, y, *extra)
 
 
@@ -215,12 +211,6 @@ def _run(fn: Any, cfg: GemmConfig, a: Any, b: Any, y: Any, *extra: Any) -> None:
                                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
-def _torch_dtype(dtype: str):
-    import torch
-
-    return getattr(torch, dtypes.BY_NAME[dtype].torch)
-
-
 def _check_k(op: str, a_shape, b_shape, ka: int, kb: int) -> None:
     if ka != kb:
         raise ValueError(f"{op}: inner dimensions differ: {list(a_shape)} x {list(b_shape)}")
@@ -230,13 +220,12 @@ class MatMulLauncher:
     """numpy.matmul semantics on torch tensors: 1-D operands, broadcast batch dims.
 
     With a fused epilogue, its input tensors follow A and B; the outputs are the ones
-    :meth:`tritort.codegen.epilogue.FusedEpilogue.outputs` lists."""
+    :meth:`tritort.codegen.rowwise.TileFusion.kernel_outputs` lists."""
 
-    def __init__(self, fn: Any, batch_rank: int, out_dtype: str, device: Any,
-                 interpreted: bool, fused=None):
+    def __init__(self, fn: Any, batch_rank: int, out_dtype: str, ctx, fused=None):
         self.fn, self.batch_rank, self.fused = fn, batch_rank, fused
-        self.out_dtype, self.device, self.interpreted = _torch_dtype(out_dtype), device, \
-            interpreted
+        self.out_dtype, self.device = torch_dtype(out_dtype), ctx.torch_device
+        self.interpreted, self.table = ctx.interpreted, ctx.tuning
 
     def __call__(self, a: Any, b: Any, *epilogue_inputs: Any, extra: tuple = ()) -> tuple:
         """``extra``: the template's own epilogue args (they precede the fused epilogue's)."""
@@ -252,8 +241,7 @@ class MatMulLauncher:
         a3, b3, y3 = self._fold_batch(a2, b2, y, batch, m, ka, n)
         pad = (1,) * (self.batch_rank - (a3.dim() - 2))  # folded batch: size-1 dims
         a3, b3, y3 = (t.view(pad + tuple(t.shape)) for t in (a3, b3, y3))
-        return _launch_with_epilogue(self.fn, a3, b3, y, y3, self.fused, epilogue_inputs,
-                                     self.interpreted, extra)
+        return _launch_with_epilogue(self, a3, b3, y, y3, epilogue_inputs, extra)
 
     @staticmethod
     def _fold_batch(a2, b2, y, batch, m, k, n):
@@ -268,17 +256,18 @@ class MatMulLauncher:
                 y.view(batch + (m, n)))
 
 
-def _launch_with_epilogue(fn, a, b, y, y_view, fused, epilogue_inputs, interpreted,
+def _launch_with_epilogue(launcher, a, b, y, y_view, epilogue_inputs,
                           extra: tuple = ()) -> tuple:
     """Launch with the template's own ``extra`` args, then the fused epilogue's."""
+    fused = launcher.fused
     if fused is None:
-        launch(fn, a, b, y_view, extra, interpreted)
+        launch(launcher.fn, a, b, y_view, extra, launcher.interpreted, launcher.table)
         return (y,)
     from .epilogue import launch_args
 
     args, outputs = launch_args(fused, epilogue_inputs, y.shape, y_view.shape, y.device)
     with np.errstate(all="ignore"):  # the interpreter computes masked lanes too
-        launch(fn, a, b, y_view, extra + args, interpreted)
+        launch(launcher.fn, a, b, y_view, extra + args, launcher.interpreted, launcher.table)
     return (y, *outputs) if fused.result_stored else (*outputs, y)
 
 
@@ -286,11 +275,10 @@ class GemmLauncher:
     """``alpha * A' @ B' + beta * C`` with A' / B' transposed views and C broadcast to [M, N]."""
 
     def __init__(self, fn: Any, trans_a: bool, trans_b: bool, with_c: bool, out_dtype: str,
-                 device: Any, interpreted: bool, fused=None):
+                 ctx, fused=None):
         self.fn, self.trans_a, self.trans_b, self.with_c = fn, trans_a, trans_b, with_c
-        self.out_dtype, self.device, self.interpreted = _torch_dtype(out_dtype), device, \
-            interpreted
-        self.fused = fused
+        self.out_dtype, self.device = torch_dtype(out_dtype), ctx.torch_device
+        self.interpreted, self.table, self.fused = ctx.interpreted, ctx.tuning, fused
 
     def __call__(self, a: Any, b: Any, *rest: Any) -> tuple:
         import torch
@@ -305,8 +293,7 @@ class GemmLauncher:
         if self.with_c:
             c2 = c.expand(m, n)  # unidirectional broadcast: stride 0 along broadcast dims
             extra = (c2, *c2.stride())
-        return _launch_with_epilogue(self.fn, a2, b2, y, y, self.fused, epilogue_inputs,
-                                     self.interpreted, extra)
+        return _launch_with_epilogue(self, a2, b2, y, y, epilogue_inputs, extra)
 
 
 # ------------------------------------------------------------------ operand prologues
@@ -317,16 +304,8 @@ class OperandPrologue:
     """A node computing a GEMM operand that the kernel applies to each tile it loads."""
 
     source: str  # the value the kernel reads instead of the operand
-    line: str  # ``{t} = ...`` on the loaded tile named t
+    line: str  # ``{t} = ...`` on the loaded tile named t, rounded to the operand's type
     text: str
-    round_bf16: bool = False
-
-
-def _round_to(expr: str, dtype: str) -> str:
-    """expr (any float type) rounded to ``dtype`` and held in it."""
-    if dtype == "bfloat16":
-        return f"_round_bf16(({expr}).to(tl.float32)).to(tl.bfloat16)"
-    return f"({expr}).to({storage_type(dtype)})"
 
 
 def operand_prologue(node, ctx) -> OperandPrologue | None:
@@ -335,14 +314,14 @@ def operand_prologue(node, ctx) -> OperandPrologue | None:
     if node.domain != "" or not node.inputs or not node.outputs:
         return None
     out_dt = ctx.dtype_of(node.outputs[0])
-    if out_dt not in FLOATS:
+    if out_dt not in dtypes.FLOAT_TYPES:
         return None
     if node.op_type == "Cast":
         src_dt = ctx.dtype_of(node.inputs[0])
-        if src_dt not in FLOATS:
+        if src_dt not in dtypes.FLOAT_TYPES:
             return None
-        return OperandPrologue(node.inputs[0], "{t} = " + _round_to("{t}", out_dt),
-                               f"cast {src_dt} -> {out_dt}", out_dt == "bfloat16")
+        return OperandPrologue(node.inputs[0], "{t} = " + stored("{t}", out_dt),
+                               f"cast {src_dt} -> {out_dt}")
     if node.op_type not in ("Mul", "Div") or len(node.inputs) != 2:
         return None
     for i in (0, 1):
@@ -355,9 +334,8 @@ def operand_prologue(node, ctx) -> OperandPrologue | None:
         compute = "tl.float64" if out_dt == "double" else "tl.float32"
         op = "*" if node.op_type == "Mul" else "/"
         return OperandPrologue(node.inputs[i],
-                               "{t} = " + _round_to(f"{{t}}.to({compute}) {op} {scalar!r}",
-                                                    out_dt),
-                               f"{op} {scalar!r}", out_dt == "bfloat16")
+                               "{t} = " + stored(f"{{t}}.to({compute}) {op} {scalar!r}", out_dt),
+                               f"{op} {scalar!r}")
     return None
 
 
@@ -369,7 +347,7 @@ def _dtype_reason(ctx, values: Sequence[str], op: str) -> str | None:
         dt = ctx.dtype_of(value)
         if dt is None:
             return f"element type or rank of '{value}' unknown at load time"
-        if dt not in FLOATS:
+        if dt not in dtypes.FLOAT_TYPES:
             return (f"integer {op} runs on the CPU (tl.dot has no {dt} products)"
                     if "int" in dt else f"Triton's {op} does not take {dt} ('{value}')")
     return None
@@ -379,17 +357,17 @@ def _header(node, ir_text: str) -> list[str]:
     return [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
 
 
-def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, inputs,
-              fusion=None, own_out_dtype=None, dot_upcast=None):
+def _built(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, inputs,
+           fusion=None, own_out_dtype=None, dot_upcast=None) -> KernelSpec:
     """Source, kernel and launcher; ``launcher_for(fn, out_dtype, fused)``. A ``fusion``
-    (tritort.codegen.fusion's choice) appends its pointwise epilogue to the template's own."""
+    (tritort.codegen.fusion's choice) converts operands as they load and appends its
+    pointwise epilogue to the template's own."""
     fused, out_dt = None, own_out_dtype or in_dt
-    prologues, round_bf16 = {}, False
+    prologues = {}
     for index, producer in (fusion.operands.items() if fusion is not None else ()):
         rule = operand_prologue(producer, ctx)
         inputs = [rule.source if i == index else v for i, v in enumerate(inputs)]
         prologues[index] = rule.line
-        round_bf16 |= rule.round_bf16
         ir_text += f"\nprologue on operand {'AB'[index]}: {producer.name} ({rule.text})"
     if fusion is not None and fusion.epilogue is not None:
         from .epilogue import build
@@ -402,16 +380,18 @@ def _compiled(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_fo
         inputs = inputs + fused.inputs
         ir_text += "\n" + fusion.text()
     source = matmul_source(name, _header(node, ir_text), batch_rank, in_dt, out_dt,
-                           ctx.interpreted, epilogue,
-                           round_bf16 or (fused is not None and fused.uses_bf16), dot_upcast,
-                           prologues)
+                           ctx.interpreted, epilogue, dot_upcast, prologues)
     fn, path, cached = load_source(source, name, ctx)
-    return CompiledTemplate(name, launcher_for(fn, out_dt, fused), inputs, ir_text, source,
-                            path, cached)
+    return KernelSpec(name, launcher_for(fn, out_dt, fused), inputs, ir_text, source, path,
+                      cached)
 
 
 @template("MatMul")
 class MatMul(Template):
+    kind = "tiled"
+    epilogue = True  # on the output tile: bias, activation, residual, cast
+    operand_prologues = True  # a Cast or scalar scale per operand (operand_prologue)
+
     def claim(self, node, ctx) -> str | None:
         for value in node.inputs[:2]:
             rank = ctx.rank_of(value)
@@ -421,10 +401,7 @@ class MatMul(Template):
                 return f"MatMul of a 0-d tensor ('{value}')"
         return _dtype_reason(ctx, node.inputs[:2], "MatMul")
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
-        return self.compile_fused(node, ctx, name, None)
-
-    def compile_fused(self, node, ctx, name, fusion) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         a, b = node.inputs[:2]
         ra, rb = ctx.rank_of(a), ctx.rank_of(b)
         batch_rank = max(ra, rb, 2) - 2
@@ -433,10 +410,10 @@ class MatMul(Template):
                    f"A: {a} {dt}[rank {ra}] x B: {b} {dt}[rank {rb}] -> {node.outputs[0]} {dt}\n"
                    f"batch rank {batch_rank} (broadcast by strides), tl.dot accumulating in "
                    f"{acc_type(dt)}")
-        return _compiled(name, node, ctx, ir_text, batch_rank, dt, Epilogue(),
-                         lambda fn, out_dt, fused: MatMulLauncher(
-                             fn, batch_rank, out_dt, ctx.torch_device, ctx.interpreted, fused),
-                         [a, b], fusion)
+        return _built(name, node, ctx, ir_text, batch_rank, dt, Epilogue(),
+                      lambda fn, out_dt, fused: MatMulLauncher(fn, batch_rank, out_dt, ctx,
+                                                               fused),
+                      [a, b], fusion)
 
 
 def gemm_epilogue(acc: str, alpha: float, beta: float, with_c: bool) -> Epilogue:
@@ -457,6 +434,10 @@ def gemm_epilogue(acc: str, alpha: float, beta: float, with_c: bool) -> Epilogue
 
 @template("Gemm")
 class Gemm(Template):
+    kind = "tiled"
+    epilogue = True
+    operand_prologues = True
+
     def claim(self, node, ctx) -> str | None:
         for value in node.inputs[:2]:
             rank = ctx.rank_of(value)
@@ -469,10 +450,7 @@ class Gemm(Template):
             return f"Gemm's C '{c}' has rank {ctx.rank_of(c)} > 2"
         return _dtype_reason(ctx, [v for v in node.inputs[:3] if v], "Gemm")
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
-        return self.compile_fused(node, ctx, name, None)
-
-    def compile_fused(self, node, ctx, name, fusion) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         a, b = node.inputs[:2]
         c = node.inputs[2] if len(node.inputs) > 2 else ""
         alpha = float(node.attrs.get("alpha", 1.0))
@@ -490,7 +468,7 @@ class Gemm(Template):
                    f"tl.dot accumulating in {acc_type(dt)}; epilogue: "
                    f"{' '.join(ep.text) or 'none'}")
         inputs = [a, b, c] if with_c else [a, b]
-        return _compiled(name, node, ctx, ir_text, 0, dt, ep,
-                         lambda fn, out_dt, fused: GemmLauncher(
-                             fn, trans_a, trans_b, with_c, out_dt, ctx.torch_device,
-                             ctx.interpreted, fused), inputs, fusion)
+        return _built(name, node, ctx, ir_text, 0, dt, ep,
+                      lambda fn, out_dt, fused: GemmLauncher(fn, trans_a, trans_b, with_c,
+                                                             out_dt, ctx, fused),
+                      inputs, fusion)

@@ -2,14 +2,15 @@
 
 Without a tuning-database entry, :func:`pick_config` chooses from :data:`CONFIGS`: the
 largest tiles that still give enough programs to fill the GPU. :data:`TUNING` lists what
-``perf/autotune.py`` tries and the rules that prune it (see :mod:`tritort.codegen.tuning`).
+``tritort autotune`` tries and the rules that prune it (see :mod:`tritort.codegen.tuning`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-from . import tuning
+from . import tuning_space
 
 @dataclass(frozen=True)
 class GemmConfig:
@@ -48,6 +49,7 @@ def _fit(n: int, cap: int) -> int:
     return min(max(_MIN_BLOCK, 1 << max(n - 1, 0).bit_length()), cap)
 
 
+@functools.lru_cache(maxsize=4096)  # launches repeat their problems
 def pick_config(m: int, n: int, k: int, batch: int, itemsize: int,
                 interpreted: bool) -> GemmConfig:
     """The config for one launch: the largest tiles that still give enough programs."""
@@ -84,7 +86,7 @@ _TUNING_STAGES = {1: (3, 4), 2: (3, 4), 4: (2, 3, 4), 8: (2, 3)}
 _INTERPRETER_TILES = ((16, 16, 16), (32, 32, 32), (16, 32, 32), (32, 16, 16))
 
 
-def _tuning_candidates(problem: dict, device: tuning.DeviceInfo) -> list[GemmConfig]:
+def _tuning_candidates(problem: dict, device: tuning_space.DeviceInfo) -> list[GemmConfig]:
     fit_k = _fit(problem["K"], 256)
     if device.interpreted:  # timings mean nothing there: a few small tiles prove the path
         return [GemmConfig(bm, bn, min(bk, fit_k), 4, 4, 1) for bm, bn, bk in _INTERPRETER_TILES]
@@ -105,14 +107,14 @@ def _registers(cfg: GemmConfig, problem: dict, device) -> str | None:
 
 
 def _shape_key(p: dict) -> str:
-    b = tuning.bucket
+    b = tuning_space.bucket
     return f"b{b(p['batch'])}_m{b(p['M'], 16)}_n{b(p['N'], 16)}_k{b(p['K'], 16)}_{p['layout']}"
 
 
-TUNING = tuning.ConfigSpace(
+TUNING = tuning_space.ConfigSpace(
     "matmul", GemmConfig, _tuning_candidates,
-    rules=(tuning.dot_blocks("block_m", "block_n", "block_k"),
-           tuning.within_problem(block_m="M", block_n="N"), tuning.shared_memory(_staged_bytes),
-           _registers),
+    rules=(tuning_space.dot_blocks("block_m", "block_n", "block_k"),
+           tuning_space.within_problem(block_m="M", block_n="N"),
+           tuning_space.shared_memory(_staged_bytes), _registers),
     shape_key=_shape_key,
-    check=tuning.stored_config_check(("block_m", "block_n", "block_k"), low=_MIN_BLOCK))
+    check=tuning_space.stored_config_check(("block_m", "block_n", "block_k"), low=_MIN_BLOCK))

@@ -12,7 +12,7 @@ import math
 from .movement import (CopyKernel, Decline, MovementTemplate, constant_ints,
                        index_names, input_name, known_rank, launch, norm_axis, offset_expr,
                        render_kernel, strided_copy, torch_dtype)
-from .templates import CompiledTemplate, load_source, template
+from .templates import KernelSpec, load_source, template
 
 
 def _dims(prefix: str, rank: int) -> list[str]:
@@ -37,7 +37,7 @@ class Concat(MovementTemplate):
     def moved_values(self, node):
         return list(node.inputs)
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         import torch
 
         inputs, axis, rank = self.params(node, ctx)
@@ -91,7 +91,7 @@ class Split(MovementTemplate):
             raise Decline(f"Split num_outputs={parts} but {len(node.outputs)} outputs")
         return axis, sizes, parts, rank
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         import torch
 
         axis, sizes, parts, rank = self.params(node, ctx)
@@ -147,7 +147,7 @@ class Gather(MovementTemplate):
             raise Decline("Gather on a 0-d tensor")
         return norm_axis(node.attrs.get("axis", 0), data_rank), data_rank, index_rank
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         import torch
 
         axis, data_rank, index_rank = self.params(node, ctx)
@@ -167,7 +167,7 @@ class Gather(MovementTemplate):
                 out = out.view(shape[:axis] + shape[axis + 1:])
             return (out,)
 
-        return CompiledTemplate(name, run, node.inputs[:2], ir_text, source, path, cached)
+        return KernelSpec(name, run, node.inputs[:2], ir_text, source, path, cached)
 
 
 # ------------------------------------------------------------------ Pad
@@ -231,7 +231,7 @@ class Pad(MovementTemplate):
             begin[a], end[a] = pads[n], pads[len(axes) + n]
         return mode, begin, end, value, value_input, rank
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         import torch
 
         mode, begin, end, value, value_input, rank = self.params(node, ctx)
@@ -267,7 +267,7 @@ class Pad(MovementTemplate):
             return (out,)
 
         inputs = [node.inputs[0]] + ([value_input] if value_input else [])
-        return CompiledTemplate(name, run, inputs, ir_text, source, path, cached)
+        return KernelSpec(name, run, inputs, ir_text, source, path, cached)
 
 
 # ------------------------------------------------------------------ Tile
@@ -296,7 +296,7 @@ class Tile(MovementTemplate):
             raise Decline(f"Tile repeats {repeats} do not fit rank {rank}")
         return repeats, rank
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         import torch
 
         repeats, rank = self.params(node, ctx)
@@ -312,4 +312,4 @@ class Tile(MovementTemplate):
             launch(fn, numel, [x, out, numel, *dims, *ns, *strides])
             return (out,)
 
-        return CompiledTemplate(name, run, [node.inputs[0]], ir_text, source, path, cached)
+        return KernelSpec(name, run, [node.inputs[0]], ir_text, source, path, cached)

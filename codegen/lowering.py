@@ -10,14 +10,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from tritort.dtypes import FLOAT8_OCP_TYPES, FLOAT_TYPES, INT_TYPES
+
 from .ir import Cast, Const, Expr, Op
 
-FLOATS = frozenset({"float", "float16", "bfloat16", "double"})
-INTS = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
-NUMERIC = FLOATS | INTS
+NUMERIC = FLOAT_TYPES | INT_TYPES
 ALL = NUMERIC | {"bool"}
-# float8 values are loaded and stored (Cast only); arithmetic on them falls back
-FLOAT8 = frozenset({"float8e4m3fn", "float8e5m2"})
 
 Builder = Callable[[dict, Sequence[Expr | None], Sequence[str]], list[Expr]]
 
@@ -54,7 +52,7 @@ def op(name: str, *args: Expr, dtype: str | None = None) -> Op:
 
 
 def _is_float(e: Expr) -> bool:
-    return e.dtype in FLOATS
+    return e.dtype in FLOAT_TYPES
 
 
 # ------------------------------------------------------------------ arithmetic and math
@@ -72,7 +70,7 @@ def _div(attrs, xs, outs):
 _FLOAT_UNARY = {"Sqrt": "sqrt", "Exp": "exp", "Log": "log", "Ceil": "ceil", "Floor": "floor",
                 "Sin": "sin", "Cos": "cos", "Sigmoid": "sigmoid", "Erf": "erf", "Tanh": "tanh"}
 for _name, _prim in _FLOAT_UNARY.items():
-    lowering(_name, FLOATS)(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0])])
+    lowering(_name, FLOAT_TYPES)(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0])])
 
 # --- math that Triton has no primitive for, composed from exp/log/sqrt/sin/cos/floor
 
@@ -120,10 +118,10 @@ _COMPOSED = {
     "Acos": lambda x: op("sub", c(math.pi / 2, x), _asin(x)),
 }
 for _name, _build in _COMPOSED.items():
-    lowering(_name, FLOATS)(lambda attrs, xs, outs, _b=_build: [_b(xs[0])])
+    lowering(_name, FLOAT_TYPES)(lambda attrs, xs, outs, _b=_build: [_b(xs[0])])
 
 
-@lowering("Round", FLOATS)
+@lowering("Round", FLOAT_TYPES)
 def _round(attrs, xs, outs):
     """Half to even, exactly: ties go to the even neighbour."""
     x = xs[0]
@@ -135,7 +133,7 @@ def _round(attrs, xs, outs):
     return [op("where", op("eq", d, _half(x), dtype="bool"), tie, up)]
 
 
-@lowering("Pow", FLOATS, min_inputs=2)
+@lowering("Pow", FLOAT_TYPES, min_inputs=2)
 def _pow(attrs, xs, outs):
     """exp(b log|a|), with the sign of a negative base for integer exponents (NaN otherwise)."""
     a, b = xs
@@ -151,7 +149,7 @@ def _pow(attrs, xs, outs):
 
 
 def _python_float_mod(attrs, in_dtypes):
-    if not attrs.get("fmod", 0) and in_dtypes and in_dtypes[0] in FLOATS:
+    if not attrs.get("fmod", 0) and in_dtypes and in_dtypes[0] in FLOAT_TYPES:
         return "float Mod with fmod=0 (signed zeros and infinities follow numpy) runs on the CPU"
     return None
 
@@ -175,8 +173,8 @@ def _mod(attrs, xs, outs):
 
 
 for _name, _prim in {"BitwiseAnd": "and", "BitwiseOr": "or", "BitwiseXor": "xor"}.items():
-    lowering(_name, INTS)(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0], xs[1])])
-lowering("BitwiseNot", INTS)(lambda attrs, xs, outs: [op("invert", xs[0])])
+    lowering(_name, INT_TYPES)(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0], xs[1])])
+lowering("BitwiseNot", INT_TYPES)(lambda attrs, xs, outs: [op("invert", xs[0])])
 
 
 @lowering("BitShift", {"uint8", "uint16", "uint32", "uint64"}, min_inputs=2)
@@ -187,7 +185,7 @@ def _bit_shift(attrs, xs, outs):
 lowering("Neg")(lambda attrs, xs, outs: [op("neg", xs[0])])
 lowering("Abs")(lambda attrs, xs, outs: [op("abs", xs[0])])
 lowering("Identity", ALL)(lambda attrs, xs, outs: [xs[0]])
-lowering("Reciprocal", FLOATS)(lambda attrs, xs, outs: [op("fdiv", c(1.0, xs[0]), xs[0])])
+lowering("Reciprocal", FLOAT_TYPES)(lambda attrs, xs, outs: [op("fdiv", c(1.0, xs[0]), xs[0])])
 lowering("Relu")(lambda attrs, xs, outs: [op("max", xs[0], c(0, xs[0]))])
 
 
@@ -213,7 +211,7 @@ def _variadic(prim: str, mean: bool = False) -> Builder:
 LOWERINGS["Max"] = Lowering(_variadic("max"), NUMERIC)
 LOWERINGS["Min"] = Lowering(_variadic("min"), NUMERIC)
 LOWERINGS["Sum"] = Lowering(_variadic("add"), NUMERIC)
-LOWERINGS["Mean"] = Lowering(_variadic("add", mean=True), FLOATS)
+LOWERINGS["Mean"] = Lowering(_variadic("add", mean=True), FLOAT_TYPES)
 
 
 @lowering("Clip")
@@ -250,14 +248,14 @@ def _shrink(attrs, xs, outs):
                op("where", above, op("sub", x, c(bias, x)), c(0, x)))]
 
 
-@lowering("LeakyRelu", FLOATS)
+@lowering("LeakyRelu", FLOAT_TYPES)
 def _leaky_relu(attrs, xs, outs):
     x = xs[0]
     return [op("where", op("ge", x, c(0.0, x), dtype="bool"), x,
                op("mul", x, c(attrs.get("alpha", 0.01), x)))]
 
 
-@lowering("PRelu", FLOATS, min_inputs=2)
+@lowering("PRelu", FLOAT_TYPES, min_inputs=2)
 def _prelu(attrs, xs, outs):
     x, slope = xs
     return [op("where", op("lt", x, c(0.0, x), dtype="bool"), op("mul", x, slope), x)]
@@ -268,31 +266,31 @@ def _elu_core(x: Expr, alpha: float) -> Expr:
     return op("where", op("gt", x, c(0.0, x), dtype="bool"), x, neg)
 
 
-lowering("Elu", FLOATS)(lambda attrs, xs, outs: [_elu_core(xs[0], attrs.get("alpha", 1.0))])
+lowering("Elu", FLOAT_TYPES)(lambda attrs, xs, outs: [_elu_core(xs[0], attrs.get("alpha", 1.0))])
 
 
-@lowering("Selu", FLOATS)
+@lowering("Selu", FLOAT_TYPES)
 def _selu(attrs, xs, outs):
     alpha = attrs.get("alpha", 1.67326319217681884765625)
     gamma = attrs.get("gamma", 1.05070102214813232421875)
     return [op("mul", c(gamma, xs[0]), _elu_core(xs[0], alpha))]
 
 
-@lowering("Celu", FLOATS)
+@lowering("Celu", FLOAT_TYPES)
 def _celu(attrs, xs, outs):
     x, alpha = xs[0], attrs.get("alpha", 1.0)
     neg = op("mul", c(alpha, x), op("sub", op("exp", op("fdiv", x, c(alpha, x))), c(1.0, x)))
     return [op("add", op("max", x, c(0.0, x)), op("min", c(0.0, x), neg))]
 
 
-@lowering("HardSigmoid", FLOATS)
+@lowering("HardSigmoid", FLOAT_TYPES)
 def _hard_sigmoid(attrs, xs, outs):
     x = xs[0]
     y = op("add", op("mul", x, c(attrs.get("alpha", 0.2), x)), c(attrs.get("beta", 0.5), x))
     return [op("min", op("max", y, c(0.0, x)), c(1.0, x))]
 
 
-@lowering("HardSwish", FLOATS)
+@lowering("HardSwish", FLOAT_TYPES)
 def _hard_swish(attrs, xs, outs):
     x = xs[0]
     gate = op("min", op("max", op("add", op("mul", x, c(1 / 6, x)), c(0.5, x)), c(0.0, x)),
@@ -300,27 +298,27 @@ def _hard_swish(attrs, xs, outs):
     return [op("mul", x, gate)]
 
 
-lowering("Softplus", FLOATS)(lambda attrs, xs, outs: [_softplus(xs[0])])
-lowering("Softsign", FLOATS)(
+lowering("Softplus", FLOAT_TYPES)(lambda attrs, xs, outs: [_softplus(xs[0])])
+lowering("Softsign", FLOAT_TYPES)(
     lambda attrs, xs, outs: [op("fdiv", xs[0], op("add", c(1.0, xs[0]), op("abs", xs[0])))])
-lowering("Mish", FLOATS)(
+lowering("Mish", FLOAT_TYPES)(
     lambda attrs, xs, outs: [op("mul", xs[0], op("tanh", _softplus(xs[0])))])
 
 
-@lowering("Swish", FLOATS)
+@lowering("Swish", FLOAT_TYPES)
 def _swish(attrs, xs, outs):
     x = xs[0]
     return [op("mul", x, op("sigmoid", op("mul", x, c(attrs.get("alpha", 1.0), x))))]
 
 
-@lowering("ThresholdedRelu", FLOATS)
+@lowering("ThresholdedRelu", FLOAT_TYPES)
 def _thresholded_relu(attrs, xs, outs):
     x = xs[0]
     return [op("where", op("gt", x, c(attrs.get("alpha", 1.0), x), dtype="bool"), x,
                c(0.0, x))]
 
 
-@lowering("Gelu", FLOATS)
+@lowering("Gelu", FLOAT_TYPES)
 def _gelu(attrs, xs, outs):
     x = xs[0]
     half_x = op("mul", c(0.5, x), x)
@@ -343,11 +341,11 @@ for _name, _prim in _COMPARE.items():
 for _name, _prim in {"And": "and", "Or": "or", "Xor": "xor"}.items():
     lowering(_name, {"bool"})(lambda attrs, xs, outs, _p=_prim: [op(_p, xs[0], xs[1])])
 lowering("Not", {"bool"})(lambda attrs, xs, outs: [op("not", xs[0])])
-lowering("IsNaN", FLOATS | {"bool"})(
+lowering("IsNaN", FLOAT_TYPES | {"bool"})(
     lambda attrs, xs, outs: [op("ne", xs[0], xs[0], dtype="bool")])
 
 
-@lowering("IsInf", FLOATS | {"bool"})
+@lowering("IsInf", FLOAT_TYPES | {"bool"})
 def _is_inf(attrs, xs, outs):
     x = xs[0]
     pos = op("eq", x, c(math.inf, x), dtype="bool")
@@ -367,12 +365,13 @@ lowering("Where", ALL, min_inputs=3)(lambda attrs, xs, outs: [op("where", *xs, d
 
 # ---------------------------------------------------------------------------- casts
 
-@lowering("Cast", ALL | FLOAT8)
+# float8 values are loaded and stored (Cast only); arithmetic on them falls back
+@lowering("Cast", ALL | FLOAT8_OCP_TYPES)
 def _cast(attrs, xs, outs):
     return [Cast(outs[0], xs[0], bool(attrs.get("saturate", 1)))]
 
 
-@lowering("CastLike", ALL | FLOAT8, min_inputs=2)
+@lowering("CastLike", ALL | FLOAT8_OCP_TYPES, min_inputs=2)
 def _cast_like(attrs, xs, outs):
     return [Cast(outs[0], xs[0], bool(attrs.get("saturate", 1)))]
 

@@ -23,7 +23,7 @@ from tritort.graph import Node
 
 from . import target
 from .pointwise import _block_size
-from .templates import CompiledTemplate, Template, TemplateContext, load_source, template
+from .templates import KernelSpec, Template, TemplateContext, load_source, template
 
 
 class Decline(Exception):
@@ -86,6 +86,8 @@ def torch_dtype(ctx: TemplateContext, value: str):
 class MovementTemplate(Template):
     """Claims a node when its data types move and ``params`` can read its parameters."""
 
+    kind = "movement"
+
     def moved_values(self, node: Node) -> list[str]:
         """The inputs whose element type the kernel moves (outputs have the same type)."""
         return [node.inputs[0]]
@@ -106,12 +108,12 @@ class MovementTemplate(Template):
 
 
 def view_template(name: str, node: Node, describe: str, fn: Callable,
-                  host_inputs: Sequence[str] = ()) -> CompiledTemplate:
+                  host_inputs: Sequence[str] = ()) -> KernelSpec:
     """A node that becomes a torch view: no kernel, no cache file. ``host_inputs`` follow the
     data input: values ``fn`` reads in host memory (runtime starts and ends, say)."""
     ir_text = f"{name}: {node.op_type} '{node.name}' -> view: {describe}"
     source = f"# tritort view {name}: {node.op_type} node '{node.name}'\n# {describe}\n"
-    return CompiledTemplate(name, fn, [node.inputs[0], *host_inputs], ir_text, source, None,
+    return KernelSpec(name, fn, [node.inputs[0], *host_inputs], ir_text, source, None,
                             False, tuple(host_inputs))
 
 
@@ -205,8 +207,8 @@ class CopyKernel:
         return out
 
     def compiled(self, fn: Callable, inputs: list[str], ir_text: str,
-                 host_inputs: tuple[str, ...] = ()) -> CompiledTemplate:
-        return CompiledTemplate(self.name, fn, inputs, ir_text, self.source, self.path,
+                 host_inputs: tuple[str, ...] = ()) -> KernelSpec:
+        return KernelSpec(self.name, fn, inputs, ir_text, self.source, self.path,
                                 self.cached, host_inputs)
 
 
@@ -230,7 +232,7 @@ class Transpose(MovementTemplate):
             raise Decline(f"perm {perm} is not a permutation of rank {rank}")
         return perm
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         perm = self.params(node, ctx)
 
         def run(x):
@@ -273,7 +275,7 @@ class Reshape(MovementTemplate):
             raise Decline("Reshape with allowzero=1 takes 0 and -1 together")
         return shape, allowzero, known_rank(ctx, node.inputs[0])
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         shape, allowzero, rank = self.params(node, ctx)
         kernel = CopyKernel(name, node, rank, "copies the input contiguously when its strides "
                             "do not allow a view", ctx)
@@ -306,7 +308,7 @@ class Flatten(MovementTemplate):
             raise Decline(f"Flatten axis {axis} out of range for rank {rank}")
         return (axis + rank if axis < 0 else axis), rank
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         axis, rank = self.params(node, ctx)
         kernel = CopyKernel(name, node, rank, "copies the input contiguously when its strides "
                             "do not allow a view", ctx)
@@ -333,7 +335,7 @@ class Squeeze(MovementTemplate):
     def params(self, node, ctx):
         return _axes(node, ctx)
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         axes = self.params(node, ctx)
 
         def run(x):
@@ -357,7 +359,7 @@ class Unsqueeze(MovementTemplate):
             raise Decline("Unsqueeze without axes")
         return axes
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         axes = self.params(node, ctx)
 
         def run(x):
@@ -383,7 +385,7 @@ class Expand(MovementTemplate):
             return None
         return constant_ints(node, ctx, 1, "shape")
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         import torch
 
         shape = self.params(node, ctx)
@@ -457,7 +459,7 @@ class Slice(MovementTemplate):
         rank = known_rank(ctx, node.inputs[0]) if reversed_ else None
         return starts, ends, axes, steps, rank
 
-    def compile(self, node, ctx, name):
+    def build(self, node, ctx, name, fusion=None):
         starts, ends, axes, steps, rank = self.params(node, ctx)
         if starts is None:  # starts / ends / axes are values: handed over on the host
             return self._runtime_view(node, name, steps)

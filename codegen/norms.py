@@ -7,19 +7,22 @@ share its index math. Registered by importing :mod:`tritort.codegen.reductions`.
 """
 from __future__ import annotations
 
-from .rowwise import (FLOATS, Layout, TileFusion, TileLauncher, TileSource, acc_type, arg_best,
-                      check_dtypes, normalize_axes, since_version, torch_dtype)
-from .templates import CompiledTemplate, Template, load_source, template
+from tritort.dtypes import FLOAT_TYPES
+
+from .emit import acc_type
+from .rowwise import (Layout, TileFusion, TileLauncher, TileSource, arg_best, check_dtypes,
+                      normalize_axes, since_version, torch_dtype)
+from .templates import KernelSpec, Template, load_source, template
 
 
-def _compiled(name, node, ctx, k: TileSource, inputs, describe: str, **launch):
+def _built(name, node, ctx, k: TileSource, inputs, describe: str, **launch) -> KernelSpec:
     source = k.render()
     fn, path, cached = load_source(source, name, ctx)
     launcher = TileLauncher(fn, k.layout, ctx.torch_device, ctx.interpreted, **launch)
     dts = ", ".join(f"{t} {dt}" for t, dt in {**k.full, **k.rows}.items())
     ir = (f"kernel {name} {node.op_type} node={node.name!r}\n"
           f"  rank {k.layout.rank}: {k.layout.text()}\n  {dts}\n  {describe}")
-    return CompiledTemplate(name, launcher, inputs, ir, source, path, cached)
+    return KernelSpec(name, launcher, inputs, ir, source, path, cached)
 
 
 def _trailing(rank: int, axis: int) -> tuple[int, ...] | str:
@@ -41,37 +44,50 @@ def _softmax_axes(node, ctx, rank: int) -> tuple[int, ...] | str:
     return f"axis {axis} invalid for rank {rank}" if a is None else a
 
 
-@template("Softmax", "LogSoftmax", "Hardmax")
-class SoftmaxFamily(Template):
+class _SoftmaxAxis(Template):
+    """Softmax-like ops over the axes of their opset's ``axis`` rule."""
+
+    kind = "rowwise"
+
     def claim(self, node, ctx) -> str | None:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         if rank is None:
             return f"rank of '{x}' unknown at load time"
-        why = check_dtypes(ctx, [x], FLOATS, node.op_type)
+        why = check_dtypes(ctx, [x], FLOAT_TYPES, node.op_type)
         axes = _softmax_axes(node, ctx, rank)
         return why or (axes if isinstance(axes, str) else None)
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
-        return self.compile_fused(node, ctx, name, None)
 
-    def compile_fused(self, node, ctx, name, fusion: TileFusion | None) -> CompiledTemplate:
-        """Softmax and LogSoftmax take a fused prologue (computed in both passes); the
-        launcher then takes the prologue's inputs in place of the node's input."""
+@template("Hardmax")
+class Hardmax(_SoftmaxAxis):
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
+        x = node.inputs[0]
+        rank = ctx.rank_of(x)
+        dt = ctx.dtype_of(x)
+        layout = Layout.reducing(rank, _softmax_axes(node, ctx, rank))
+        k = TileSource(name, node, layout, {"x": dt, "y": dt}, {})
+        arg_best(k, "x", largest=True, last=False)
+        with k.columns("y"):
+            k.store_full("y", "tl.where(cols[None, :] == best_idx[:, None], 1.0, 0.0)")
+        return _built(name, node, ctx, k, [x], "one-hot of the first row max",
+                      full=[torch_dtype(dt)])
+
+
+@template("Softmax", "LogSoftmax")
+class Softmax(_SoftmaxAxis):
+    passes = 2  # the row max and sum, then every element
+    prologue = True  # computed in both passes
+
+    def build(self, node, ctx, name, fusion: TileFusion | None = None) -> KernelSpec:
+        """With a fused prologue the launcher takes the prologue's inputs in place of the
+        node's input."""
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         dt = ctx.dtype_of(x)
         ct = acc_type(dt)
         layout = Layout.reducing(rank, _softmax_axes(node, ctx, rank))
-        if fusion and (fusion.epilogue or node.op_type == "Hardmax"):
-            raise ValueError(f"{node.op_type} takes a fused prologue only")
         k = TileSource(name, node, layout, {"x": dt, "y": dt}, {}, fusion)
-        if node.op_type == "Hardmax":
-            arg_best(k, "x", largest=True, last=False)
-            with k.columns("y"):
-                k.store_full("y", "tl.where(cols[None, :] == best_idx[:, None], 1.0, 0.0)")
-            return _compiled(name, node, ctx, k, [x], "one-hot of the first row max",
-                             full=[torch_dtype(dt)])
         # pass 1: the row max and the sum of exp(x - max), rescaled as the max grows
         k.line(f"top = tl.full([BLOCK_M], float('-inf'), {ct})")
         k.line(f"total = tl.zeros([BLOCK_M], dtype={ct})")
@@ -92,11 +108,11 @@ class SoftmaxFamily(Template):
             else:
                 k.store_full("y", "x - shift[:, None] - tl.log(total)[:, None]")
         if fusion:
-            return _compiled(name, node, ctx, k, fusion.prologue_inputs,
-                             f"{node.op_type} computed in {ct}\n{fusion.text()}",
-                             full=[torch_dtype(dt)], data_inputs=len(fusion.prologue_inputs))
-        return _compiled(name, node, ctx, k, [x], f"{node.op_type} computed in {ct}",
-                         full=[torch_dtype(dt)])
+            return _built(name, node, ctx, k, fusion.prologue_inputs,
+                          f"{node.op_type} computed in {ct}\n{fusion.text()}",
+                          full=[torch_dtype(dt)], data_inputs=len(fusion.prologue_inputs))
+        return _built(name, node, ctx, k, [x], f"{node.op_type} computed in {ct}",
+                      full=[torch_dtype(dt)])
 
 
 # ----------------------------------------------------------------------- normalizations
@@ -129,12 +145,15 @@ def _row_shape(axes: tuple[int, ...]):
 
 @template("LayerNormalization", "RMSNormalization")
 class LayerNorm(Template):
+    kind = "rowwise"
+    passes = 3  # mean, variance, output (RMSNormalization skips the mean)
+
     def claim(self, node, ctx) -> str | None:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         if not rank:
             return f"rank of '{x}' unknown at load time" if rank is None else "0-d input"
-        why = check_dtypes(ctx, node.inputs, FLOATS, node.op_type)
+        why = check_dtypes(ctx, node.inputs, FLOAT_TYPES, node.op_type)
         if why:
             return why
         if _stash(node, ctx) is None:
@@ -145,7 +164,7 @@ class LayerNorm(Template):
         axes = _trailing(rank, node.attrs.get("axis", -1))
         return axes if isinstance(axes, str) else None
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         dt = ctx.dtype_of(x)
@@ -183,9 +202,8 @@ class LayerNorm(Template):
             k.store_full("y", y)
         row_outs = [(torch_dtype(stats[t]) if t in stats else None, _row_shape(axes))
                     for t in ["mean_out", "inv_out"]][:max(0, len(node.outputs) - 1)]
-        return _compiled(name, node, ctx, k, [x] + params,
-                         f"statistics in {st}, epsilon={eps!r}", full=[torch_dtype(dt)],
-                         rows=row_outs)
+        return _built(name, node, ctx, k, [x] + params, f"statistics in {st}, epsilon={eps!r}",
+                      full=[torch_dtype(dt)], rows=row_outs)
 
 
 def _per_channel(rank: int):
@@ -198,12 +216,15 @@ def _per_channel(rank: int):
 
 @template("InstanceNormalization", "BatchNormalization")
 class ChannelNorm(Template):
+    kind = "rowwise"
+    passes = 3  # mean, variance, output (BatchNormalization's statistics are inputs: one)
+
     def claim(self, node, ctx) -> str | None:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         if rank is None or rank < 2:
             return f"rank of '{x}' unknown at load time" if rank is None else "input below 2-D"
-        why = check_dtypes(ctx, node.inputs, FLOATS, node.op_type)
+        why = check_dtypes(ctx, node.inputs, FLOAT_TYPES, node.op_type)
         if why:
             return why
         if node.op_type == "BatchNormalization":
@@ -214,7 +235,7 @@ class ChannelNorm(Template):
                 return f"rank of '{p}' unknown or above the input's"
         return None
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         dt = ctx.dtype_of(x)
@@ -236,6 +257,6 @@ class ChannelNorm(Template):
                     k.line(f"{t} = {k.load(t, ct)}")
             k.store_full("y", formula)
         what = "per (n, c) statistics" if instance else "inference with running statistics"
-        return _compiled(name, node, ctx, k, node.inputs[:len(names) + 1],
-                         f"{what} in {ct}, epsilon={eps!r}", full=[torch_dtype(dt)],
-                         prepare=_per_channel(rank))
+        return _built(name, node, ctx, k, node.inputs[:len(names) + 1],
+                      f"{what} in {ct}, epsilon={eps!r}", full=[torch_dtype(dt)],
+                      prepare=_per_channel(rank))

@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from . import conv
-from .templates import (CompiledTemplate, Template, kernel_signature, load_source,
-                        template)
-from .emit import ROUND_BF16_SOURCE, compute_type, storage_type
-from .rowwise import FLOATS, Layout, TileLauncher, TileSource, check_dtypes, extreme, torch_dtype
+from tritort.dtypes import FLOAT_TYPES
 
-SMALL_INTS = ("int8", "uint8")
+from . import conv
+from .emit import acc_type, compute_type, helper_source, store
+from .rowwise import Layout, TileLauncher, TileSource, check_dtypes, extreme, torch_dtype
+from .templates import KernelSpec, Template, kernel_signature, load_source, template
+
+SMALL_INTS = frozenset({"int8", "uint8"})  # MaxPool computes them in int32
 # the interpreter pays per operation, not per element: big blocks (tests still see several
 # programs and a ragged last block on their larger shapes)
 _INTERPRETER_BLOCK = 2048
@@ -52,7 +53,7 @@ def _pool_params(node, ctx) -> tuple[conv.Window, bool, int] | str:
     if not 3 <= rank <= 2 + conv.MAX_SPATIAL_RANK:
         return f"{node.op_type} over {rank - 2} spatial axes (Triton's takes 1 to " \
                f"{conv.MAX_SPATIAL_RANK})"
-    allowed = FLOATS + SMALL_INTS if node.op_type == "MaxPool" else FLOATS
+    allowed = FLOAT_TYPES | SMALL_INTS if node.op_type == "MaxPool" else FLOAT_TYPES
     why = check_dtypes(ctx, [x], allowed, node.op_type)
     if why:
         return why
@@ -86,7 +87,7 @@ def pool_source(name: str, header: list[str], op: str, window: conv.Window, dtyp
                 storage_order: int = 0) -> str:
     """A MaxPool / AveragePool kernel over ``window.rank`` spatial axes."""
     r = window.rank
-    ct = compute_type(dtype) if dtype in FLOATS else "tl.int32"
+    ct = acc_type(dtype)
     sizes = [f"{p}{j}" for p in "SOPE" for j in range(r)]  # in, out, begin pad, end pad
     strides = [f"sx{j}" for j in range(r + 2)] + [f"sy{j}" for j in range(r + 2)]
     params = ["x", "y"] + (["ind"] if with_indices else []) + ["TOTAL", "C", *sizes, *strides,
@@ -100,7 +101,7 @@ def pool_source(name: str, header: list[str], op: str, window: conv.Window, dtyp
     lines += ["    nc = rem", "    c = rem % C", "    n = rem // C"]
     lines += [f"    h{j} = {conv.scaled(f'o{j}', s)} - P{j}" for j, s in enumerate(window.strides)]
     lines.append("    x_base = x + (n * sx0 + c * sx1)")
-    floats = dtype in FLOATS
+    floats = dtype in FLOAT_TYPES
     if op == "MaxPool":
         lowest = "float('-inf')" if floats else extreme(dtype, largest=False)
         lines.append(f"    acc = tl.full([BLOCK], {lowest}, {ct})")
@@ -144,15 +145,15 @@ def pool_source(name: str, header: list[str], op: str, window: conv.Window, dtyp
     else:
         result = "acc / count"
     y_off = " + ".join(["n * sy0", "c * sy1"] + [f"o{j} * sy{j + 2}" for j in range(r)])
-    stored = f"_round_bf16({result})" if dtype == "bfloat16" else result
     lines.append(f"    y_off = {y_off}")
-    lines.append(f"    tl.store(y + y_off, ({stored}).to({storage_type(dtype)}), mask=live)")
+    lines.append("    " + store("y + y_off", result, dtype, "live"))
     if with_indices:
         lines.append("    tl.store(ind + y_off, best, mask=live)")
     text = [f"# tritort pool kernel {name}", *[f"# {h}" for h in header],
             "import triton", "import triton.language as tl"]
-    if dtype == "bfloat16":
-        text.append(ROUND_BF16_SOURCE.rstrip("\n"))
+    helpers = helper_source("\n".join(lines))
+    if helpers:
+        text.append(helpers.rstrip("\n"))
     text += ["", "", "@triton.jit", *kernel_signature(name, params), *lines]
     return "\n".join(text) + "\n"
 
@@ -194,11 +195,13 @@ class PoolLauncher:
 
 @template("MaxPool", "AveragePool")
 class Pool(Template):
+    kind = "window"
+
     def claim(self, node, ctx) -> str | None:
         params = _pool_params(node, ctx)
         return params if isinstance(params, str) else None
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         window, with_indices, storage_order = _pool_params(node, ctx)
         x = node.inputs[0]
         dt = ctx.dtype_of(x)
@@ -218,7 +221,7 @@ class Pool(Template):
         fn, path, cached = load_source(source, name, ctx)
         launcher = PoolLauncher(fn, window, torch_dtype(dt), with_indices, ctx.torch_device,
                                 ctx.interpreted, node.name, node.op_type)
-        return CompiledTemplate(name, launcher, [x], ir_text, source, path, cached)
+        return KernelSpec(name, launcher, [x], ir_text, source, path, cached)
 
 
 # ------------------------------------------------------------------ global pools
@@ -226,6 +229,8 @@ class Pool(Template):
 
 @template("GlobalAveragePool", "GlobalMaxPool")
 class GlobalPool(Template):
+    kind = "rowwise"
+
     def claim(self, node, ctx) -> str | None:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
@@ -233,9 +238,9 @@ class GlobalPool(Template):
             return f"rank of '{x}' unknown at load time"
         if rank < 3:
             return f"{node.op_type} of a rank-{rank} input (needs N, C and a spatial axis)"
-        return check_dtypes(ctx, [x], FLOATS, node.op_type)
+        return check_dtypes(ctx, [x], FLOAT_TYPES, node.op_type)
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         dt = ctx.dtype_of(x)
@@ -261,4 +266,4 @@ class GlobalPool(Template):
         ir_text = (f"kernel {name} {node.op_type} node={node.name!r}\n"
                    f"  in: {x} {dt}[rank {rank}], {layout.text()}\n"
                    f"  {what} in {ct}\n  out: {node.outputs[0]} {dt}")
-        return CompiledTemplate(name, launcher, [x], ir_text, source, path, cached)
+        return KernelSpec(name, launcher, [x], ir_text, source, path, cached)

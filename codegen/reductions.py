@@ -8,10 +8,12 @@ reduced set gives the op's identity (0, 1, -inf, +inf; NaN for the mean).
 """
 from __future__ import annotations
 
-from .rowwise import (FLOATS, INTS, Layout, TileFusion, TileLauncher, TileSource, acc_type,
-                      arg_best, check_dtypes, constant_ints, extreme, normalize_axes,
-                      since_version, torch_dtype)
-from .templates import CompiledTemplate, Template, load_source, template
+from tritort.dtypes import FLOAT_TYPES, INT_TYPES
+
+from .emit import acc_type
+from .rowwise import (Layout, TileFusion, TileLauncher, TileSource, arg_best, check_dtypes,
+                      constant_ints, extreme, normalize_axes, since_version, torch_dtype)
+from .templates import KernelSpec, Template, load_source, template
 
 # op: (term accumulated per element, how terms combine, result from the folded `total`)
 _REDUCE = {
@@ -104,25 +106,26 @@ def _log_sum_exp(k: TileSource, ct: str) -> str:
     return "tl.log(total) + shift"
 
 
-@template(*_REDUCE)
+@template(*(op for op in _REDUCE if op != "ReduceLogSumExp"))
 class Reduce(Template):
+    kind = "rowwise"
+    prologue = True  # computed on each loaded tile
+    epilogue = True  # computed on each reduced row
+
     def claim(self, node, ctx) -> str | None:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         if rank is None:
             return f"rank of '{x}' unknown at load time"
-        allowed = FLOATS + INTS if node.op_type in _INT_OPS else FLOATS
-        allowed += ("bool",) if node.op_type in _BOOL_OPS else ()
+        allowed = FLOAT_TYPES | INT_TYPES if node.op_type in _INT_OPS else FLOAT_TYPES
+        allowed |= {"bool"} if node.op_type in _BOOL_OPS else set()
         why = check_dtypes(ctx, [x], allowed, node.op_type)
         if why:
             return why
         axes = reduced_axes(node, ctx, rank)
         return axes if isinstance(axes, str) else None
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
-        return self.compile_fused(node, ctx, name, None)
-
-    def compile_fused(self, node, ctx, name, fusion: TileFusion | None) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion: TileFusion | None = None) -> KernelSpec:
         """The kernel, computing ``fusion``'s prologue on each loaded tile and its epilogue
         on each reduced row; the launcher takes the prologue's inputs in place of the
         node's input, then the epilogue's, and returns the stored rows."""
@@ -138,7 +141,7 @@ class Reduce(Template):
             result = _log_sum_exp(k, ct)
         else:
             term, how, result = _REDUCE[node.op_type]
-            _fold(k, term, how, ct, dt in FLOATS)
+            _fold(k, term, how, ct, dt in FLOAT_TYPES)
         k.finish_rows(result)
         source = k.render()
         fn, path, cached = load_source(source, name, ctx)
@@ -159,24 +162,31 @@ class Reduce(Template):
               f"  out: {y} {out_dt}")
         if fusion:
             ir += "\n" + fusion.text()
-        return CompiledTemplate(name, launcher, inputs, ir, source, path, cached)
+        return KernelSpec(name, launcher, inputs, ir, source, path, cached)
+
+
+@template("ReduceLogSumExp")
+class ReduceLogSumExp(Reduce):
+    passes = 2  # the row max, then the sum of exp(x - max)
 
 
 @template("ArgMax", "ArgMin")
 class ArgReduce(Template):
+    kind = "rowwise"
+
     def claim(self, node, ctx) -> str | None:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         if not rank:
             return f"rank of '{x}' unknown at load time" if rank is None else "0-d input"
-        why = check_dtypes(ctx, [x], FLOATS + INTS, node.op_type)
+        why = check_dtypes(ctx, [x], FLOAT_TYPES | INT_TYPES, node.op_type)
         if why:
             return why
         if normalize_axes([node.attrs.get("axis", 0)], rank) is None:
             return f"axis {node.attrs.get('axis', 0)} invalid for rank {rank}"
         return None
 
-    def compile(self, node, ctx, name) -> CompiledTemplate:
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         x, y = node.inputs[0], node.outputs[0]
         rank = ctx.rank_of(x)
         axis = normalize_axes([node.attrs.get("axis", 0)], rank)
@@ -195,7 +205,7 @@ class ArgReduce(Template):
               f"  in: {x} {dt}[rank {rank}], {layout.text()}\n"
               f"  {'last' if last else 'first'} index, keepdims={int(keepdims)}\n"
               f"  out: {y} int64")
-        return CompiledTemplate(name, launcher, [x], ir, source, path, cached)
+        return KernelSpec(name, launcher, [x], ir, source, path, cached)
 
 
 # Softmax and the normalizations register on import, through the names above.

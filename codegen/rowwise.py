@@ -21,11 +21,9 @@ import onnx
 
 from tritort import dtypes
 
-from .emit import ROUND_BF16_SOURCE, ExprEmitter, compute_type, storage_type
+from .emit import (ExprEmitter, acc_type, compute_type, helper_source, round_bf16, storage_type,
+                   store, stored)
 from .ir import Const, Expr, Load, PointwiseKernel
-
-FLOATS = ("float", "float16", "bfloat16", "double")
-INTS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 
 _COMBINE_HELPERS = {
     "max": "\n\n@triton.jit\ndef _max_nan(a, b):\n"
@@ -36,18 +34,9 @@ _COMBINE_HELPERS = {
 }
 
 
-def acc_type(dtype: str) -> str:
-    """The type values are computed in: fp32 for fp16/bf16; bools and small ints widen to
-    int32 (sums and products wrap alike modulo the narrow type, so rounding on store is
-    exact)."""
-    if dtype in ("bool", "int8", "uint8", "int16", "uint16"):
-        return "tl.int32"
-    return compute_type(dtype)
-
-
 def extreme(dtype: str, largest: bool) -> str:
     """The largest (or smallest) value of dtype as a source literal: the identity of Min (Max)."""
-    if dtype in FLOATS:
+    if dtype in dtypes.FLOAT_TYPES:
         return "float('inf')" if largest else "float('-inf')"
     if dtype == "bool":
         return "1" if largest else "0"
@@ -146,6 +135,15 @@ class TileFusion:
         if not self.epilogue:
             return []
         return [(p.name, p.dtype) for p, _ in self.epilogue.outputs]
+
+    def kernel_outputs(self, anchor_outputs: Sequence[str]) -> list[str]:
+        """The values a kernel with this fusion writes, in its launcher's return order: the
+        anchor's own (with an epilogue, its result only if read elsewhere), then the
+        epilogue's."""
+        if not self.epilogue:
+            return list(anchor_outputs)
+        return list(anchor_outputs[:1] if self.store_result else []) + \
+            [v for v, _ in self.row_outputs]
 
     def text(self) -> str:
         parts = []
@@ -295,8 +293,6 @@ class TileSource:
             return f"tl.full([{block}], {ExprEmitter(None).value(e)}, {compute_type(e.dtype)})"
         emitter = TileEmitter(loads)
         value = emitter.value(e)
-        if emitter.uses_bf16:
-            self.helpers.add(ROUND_BF16_SOURCE)
         # names unique per use: a later pass must not see them as loop-carried values
         prefix = f"f{self._fused_uses}_"
         self._fused_uses += 1
@@ -307,29 +303,21 @@ class TileSource:
 
     def _reloaded(self, value: str, dtype: str, target: str) -> str:
         """value rounded to dtype and held as ``target``: as if stored and loaded again."""
-        stored = self._stored(value, dtype)
-        return stored if target == storage_type(dtype) and dtype != "bfloat16" \
-            else f"{stored}.to({target})"
-
-    def _stored(self, value: str, dtype: str) -> str:
-        if dtype == "bfloat16":
-            self.helpers.add(ROUND_BF16_SOURCE)
-            return f"_round_bf16(({value}).to(tl.float32)).to(tl.bfloat16)"
-        return f"({value}).to({storage_type(dtype)})"
+        kept = stored(value, dtype)
+        return kept if target == storage_type(dtype) and dtype != "bfloat16" \
+            else f"{kept}.to({target})"
 
     def store_full(self, t: str, value: str) -> None:
-        self.line(f"tl.store({t}_ptr + ({t}_row[:, None] + {t}_col[None, :]), "
-                  f"{self._stored(value, self.full[t])}, mask=mask)")
+        self.line(store(f"{t}_ptr + ({t}_row[:, None] + {t}_col[None, :])", value,
+                        self.full[t], "mask"))
 
     def store_row(self, t: str, value: str) -> None:
-        self.line(f"tl.store({t}_ptr + rows, {self._stored(value, self.rows[t])}, "
-                  "mask=row_mask)")
+        self.line(store(f"{t}_ptr + rows", value, self.rows[t], "row_mask"))
 
     def round_to(self, value: str, dtype: str) -> str:
         """value rounded to dtype but kept in its compute type (a cast inside the math)."""
         if dtype == "bfloat16":
-            self.helpers.add(ROUND_BF16_SOURCE)
-            return f"_round_bf16(({value}).to(tl.float32))"
+            return round_bf16(value)
         if dtype == "float16":
             return f"({value}).to(tl.float16).to(tl.float32)"
         return f"({value}).to({storage_type(dtype)})" if dtype == "float" else value
@@ -357,7 +345,8 @@ class TileSource:
         text = f"def {self.name}({', '.join(p.replace(' ', '~') for p in params)}):"
         signature = ["@triton.jit"] + [line.replace("~", " ") for line in textwrap.wrap(
             text, 100, subsequent_indent=" " * 8, break_long_words=False)]
-        return ("\n".join(header) + "\n" + "".join(sorted(self.helpers)) + "\n\n"
+        helpers = self.helpers | {helper_source("\n".join(self.lines))} - {""}
+        return ("\n".join(header) + "\n" + "".join(sorted(helpers)) + "\n\n"
                 + "\n".join(signature + self.lines) + "\n")
 
 
@@ -462,7 +451,7 @@ def arg_best(k: TileSource, t: str, largest: bool, last: bool) -> None:
     """Lines leaving in ``best_idx`` the column of each row's largest (smallest) value, the
     first such column or, with ``last``, the last one. NaN beats every number, as in numpy."""
     dtype = k.full[t]
-    floats = dtype in FLOATS
+    floats = dtype in dtypes.FLOAT_TYPES
     worst = extreme(dtype, not largest)
     k.line(f"worst = tl.full([BLOCK_M, BLOCK_N], {worst}, {acc_type(dtype)})")
     k.line(f"best = tl.full([BLOCK_M], {worst}, {acc_type(dtype)})")

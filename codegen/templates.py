@@ -1,9 +1,15 @@
 """Kernel templates: ops that are not pointwise (reductions, normalizations, data movement).
 
-Each op has one row in TEMPLATES. A row claims a node (or says why not) and compiles it
-into a kernel of its own: generated Triton source loaded through the cache, and a launcher
-working on torch tensors. Pointwise ops live in :mod:`tritort.codegen.lowering` instead, where
+Each op has one row in TEMPLATES. A row claims a node (or says why not) and builds it into a
+kernel of its own: generated Triton source loaded through the cache, and a launcher working
+on torch tensors. Pointwise ops live in :mod:`tritort.codegen.lowering` instead, where
 fusion can merge them.
+
+A template declares what it is (its ``kind``, shown in the kernel reports) and what fusion
+may give it; :mod:`tritort.codegen.fusion` reads only these declarations: the ``passes`` it
+makes over its data input (a fused prologue is recomputed on each), and which pointwise work
+its kernel can take: a ``prologue`` computing its data input on each loaded tile, an
+``epilogue`` on its result, ``operand_prologues`` converting GEMM operands as they load.
 """
 from __future__ import annotations
 
@@ -11,16 +17,18 @@ import abc
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from tritort.graph import Node
 
 from . import cache
 
+KINDS = ("rowwise", "tiled", "window", "attention", "movement")
+
 
 @dataclass
 class TemplateContext:
-    """What a template may know while claiming and compiling a node."""
+    """What a template may know while claiming and building a node."""
 
     dtype_of: Callable[[str], str | None]  # ONNX element-type name, or None if unknown
     shape_of: Callable[[str], tuple | None]  # ints and dim_param strings, or None
@@ -29,7 +37,7 @@ class TemplateContext:
     torch_device: Any
     interpreted: bool
     opset: int
-    tuning: Any = None  # the provider's codegen.tuning.TuningTable (tuned configs by kernel)
+    tuning: Any = None  # the TuningTable launchers take configs from (None: heuristics only)
 
     def rank_of(self, value: str) -> int | None:
         shape = self.shape_of(value)
@@ -37,7 +45,9 @@ class TemplateContext:
 
 
 @dataclass
-class CompiledTemplate:
+class KernelSpec:
+    """A built kernel: its launcher and what the reports show of it."""
+
     name: str
     fn: Callable[..., tuple]  # torch tensors in, tuple of torch tensors out
     inputs: list[str]  # the node's input values the launcher takes, in order
@@ -49,13 +59,34 @@ class CompiledTemplate:
 
 
 class Template(abc.ABC):
+    """One family of kernels. Subclasses declare ``kind`` and what fusion may give them."""
+
+    kind: ClassVar[str]  # one of KINDS
+    passes: ClassVar[int] = 1  # reading passes over the data input (the first input)
+    prologue: ClassVar[bool] = False  # computes pointwise producers of its data per tile
+    epilogue: ClassVar[bool] = False  # computes pointwise consumers of its result
+    operand_prologues: ClassVar[bool] = False  # converts each GEMM operand's tiles as loaded
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "kind", None) not in KINDS:
+            raise TypeError(f"template {cls.__name__} declares kind "
+                            f"{getattr(cls, 'kind', None)!r}, not one of {KINDS}")
+
+    @classmethod
+    def anchors_fusion(cls) -> bool:
+        """Can pointwise nodes join this template's kernel?"""
+        return cls.prologue or cls.epilogue or cls.operand_prologues
+
     @abc.abstractmethod
     def claim(self, node: Node, ctx: TemplateContext) -> str | None:
         """None to take the node, else why not."""
 
     @abc.abstractmethod
-    def compile(self, node: Node, ctx: TemplateContext, name: str) -> CompiledTemplate:
-        """A kernel for exactly this node."""
+    def build(self, node: Node, ctx: TemplateContext, name: str,
+              fusion: Any = None) -> KernelSpec:
+        """A kernel for exactly this node; with a ``fusion`` (a rowwise.TileFusion holding
+        only what the template declares it takes) the fused nodes' work too."""
 
 
 TEMPLATES: dict[str, Template] = {}

@@ -1,11 +1,12 @@
 """The tuner: time a recorded launch's candidate configs and pick the fastest correct one.
 
-:func:`tune` takes one :class:`tritort.codegen.tuning.RecordedLaunch` (recorded while a session ran
-under :func:`tritort.codegen.tuning.recording`), prunes its space's candidates for the problem, checks
-each candidate's output against the default config's on private copies of the launch's
-tensors, and times the ones that match with ``triton.testing.do_bench`` (in Triton's
-interpreter: one timed call, meaningless). ``perf/autotune.py`` drives it and stores the
-winners with :meth:`tritort.codegen.tuning.TuningTable.store`.
+:func:`tune` takes one :class:`tritort.codegen.tuning.RecordedLaunch` (recorded while a
+session ran under its table's :meth:`~tritort.codegen.tuning.TuningTable.recording`), prunes
+its space's candidates for the problem, checks each candidate's output against the default
+config's on private copies of the launch's tensors, and times the ones that match with
+``triton.testing.do_bench`` (in Triton's interpreter: one timed call, meaningless).
+``tritort autotune`` drives it and stores the winners with
+:meth:`tritort.codegen.tuning.TuningTable.store`.
 
 ``triton.autotune`` itself is not used at launch: it would time configs silently on the first
 call of every new key, in every process, while a normal run must never tune.

@@ -182,6 +182,19 @@ def test_get_set_tuning_results_round_trip(monkeypatch):
     assert used[0] == STORED  # the MatMul's launch (A [20, 40] @ B [40, 24])
 
 
+def test_launchers_use_the_table_their_session_resolved(monkeypatch, tmp_path):
+    """The provider resolves its table once and hands it to the launchers: moving
+    TRITORT_TUNING_DB afterwards does not change what a session's launches use."""
+    model, x = matmul_gemm_model(), feeds()
+    sess = session(model)
+    sess.set_tuning_results([item({KERNEL: {SHAPE: dataclasses.asdict(STORED)}})])
+    monkeypatch.setenv("TRITORT_TUNING_DB", str(tmp_path / "elsewhere.json"))
+    tuning.forget_tables()
+    used = spy_launches(monkeypatch, gemm)
+    sess.run(None, x)
+    assert used[0] == STORED
+
+
 def test_set_tuning_results_validators_and_configs(caplog):
     sess = session(matmul_gemm_model())
     good = {KERNEL: {SHAPE: dict(block_m=16, block_n=16, block_k=16, group_m=1, num_warps=4,

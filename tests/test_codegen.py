@@ -142,6 +142,38 @@ def test_fusion_groups_partition_and_are_checked():
         check_partition([a, b], [[a]])
 
 
+def test_shape_arithmetic_stays_on_the_host_whatever_the_claim_order():
+    """Values computed from shapes come from one pre-pass over the graph: a claim depends on
+    neither the order claims come in nor the graphs claimed before."""
+    from tritort.codegen import engine
+
+    two = helper.make_tensor("two", TP.INT64, [], [2])
+    nodes = [helper.make_node("Shape", ["X"], ["S"], name="shape"),
+             helper.make_node("Mul", ["S", "two"], ["T"], name="double"),
+             helper.make_node("Neg", ["T"], ["U"], name="neg"),
+             helper.make_node("Reshape", ["X", "U"], ["Y"], name="reshape")]
+    model = models.make(nodes, [models.vi("X", shape=["N", 3])], [models.vi("Y", shape=None)],
+                        [two])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=TRITON_FIRST)
+    placed = sess._program.partition.assignments
+    for name in ("double", "neg"):
+        assert placed[name].provider.name == "CPUExecutionProvider"
+        assert "shape arithmetic" in placed[name].declined["TritonExecutionProvider"]
+    graph, device = sess._program.graph, sess._program.providers[0]._device
+    forward = [engine.claim(n, graph, device) for n in graph.nodes]
+    backward = [engine.claim(n, graph, device) for n in reversed(graph.nodes)][::-1]
+    assert forward == backward and engine.host_shape_values(graph) == {"S", "T", "U"}
+    # the same names in another graph (a control-flow body, say) claimed for the same
+    # session, without a Shape: int64 arithmetic like any other
+    from tritort.graph import Graph
+
+    plain = helper.make_graph([helper.make_node("Mul", ["S", "two"], ["T"], name="double")],
+                              "body", [models.vi("S", TP.INT64, [2])],
+                              [models.vi("T", TP.INT64, [2])], [two])
+    body = Graph.from_proto(plain, {"": 21})
+    assert engine.claim(body.nodes[0], body, device) is None
+
+
 @interpreter_only
 def test_cuda_alias_and_unavailable_provider_warns(monkeypatch):
     data = models.add_relu().SerializeToString()

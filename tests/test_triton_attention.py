@@ -46,9 +46,9 @@ def launches(monkeypatch):
     seen = []
     real = attention.launch
 
-    def spy(fn, q, k, v, y, mask, scale, interpreted):
+    def spy(fn, q, k, v, y, mask, scale, interpreted, table):
         seen.append((q, k, v, y, mask))
-        return real(fn, q, k, v, y, mask, scale, interpreted)
+        return real(fn, q, k, v, y, mask, scale, interpreted, table)
 
     monkeypatch.setattr(attention, "launch", spy)
     return seen

@@ -1,5 +1,6 @@
 """Pointwise prologues and epilogues fused into reduction and Softmax kernels (interpreter
-mode), against onnxruntime; the bytes-saved score; the partition and acyclicity checks."""
+mode), against onnxruntime; the templates' declarations fusion reads; the bytes-saved score;
+the partition and acyclicity checks."""
 from __future__ import annotations
 
 
@@ -60,6 +61,31 @@ def _check(model, sess, feeds, tol=1e-5):
 
 def _randn(shape, dtype=np.float32, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# --------------------------------------------------------------------------- declarations
+
+REDUCE_OPS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+              "ReduceL2", "ReduceLogSum", "ReduceSumSquare", "ReduceLogSumExp"}
+
+
+def test_fusion_takes_what_templates_declare():
+    """The planner reads only the templates' declarations: these pin which ops anchor
+    fusion, how, and how many passes a prologue is recomputed on."""
+    from tritort.codegen.templates import KINDS, TEMPLATES, Template
+
+    assert all(t.kind in KINDS for t in TEMPLATES.values())
+    declared = lambda attr: {op for op, t in TEMPLATES.items() if getattr(t, attr)}  # noqa: E731
+    assert {op: TEMPLATES[op].passes for op in declared("prologue")} == {
+        **{op: 1 for op in REDUCE_OPS}, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2}
+    assert declared("epilogue") == REDUCE_OPS | {"MatMul", "Gemm", "Float8MatMul", "Conv"}
+    assert declared("operand_prologues") == {"MatMul", "Gemm"}
+    assert {op for op, t in TEMPLATES.items() if t.anchors_fusion()} == \
+        declared("prologue") | declared("epilogue")
+    assert {TEMPLATES[op].kind for op in ("MatMul", "Conv", "Softmax", "MaxPool", "Attention",
+                                          "Gather")} == set(KINDS)
+    with pytest.raises(TypeError, match="declares kind None"):
+        type("Undeclared", (Template,), {})
 
 
 # --------------------------------------------------------------------------- the score

@@ -85,9 +85,9 @@ def launches(monkeypatch):
     seen = []
     real = gemm.launch
 
-    def spy(fn, a, b, y, extra, interpreted):
+    def spy(fn, a, b, y, extra, interpreted, table):
         seen.append((a, b, y))
-        return real(fn, a, b, y, extra, interpreted)
+        return real(fn, a, b, y, extra, interpreted, table)
 
     monkeypatch.setattr(gemm, "launch", spy)
     return seen
@@ -265,7 +265,7 @@ def test_epilogue_hook_runs_extra_lines_before_the_store(tmp_path, monkeypatch):
     fn, _, _ = cache.load(source, "mm_relu", "triton-interpreter")
     a, b = torch.from_numpy(data(3, 20, 9)), torch.from_numpy(data(3, 9, 18))
     y = torch.empty(3, 20, 18)
-    gemm.launch(fn, a, b, y, (), True)
+    gemm.launch(fn, a, b, y, (), True, None)  # no tuning table: the heuristic's config
     exp = np.maximum(np.matmul(a.double().numpy(), b.double().numpy()), 0)
     np.testing.assert_allclose(y.numpy(), exp, rtol=1e-5, atol=1e-5)
 

@@ -337,7 +337,7 @@ def test_non_contiguous_input(op):
     ctx = TemplateContext(lambda v: "float", lambda v: feeds[v].shape, constants.get,
                           "triton-interpreter", torch.device("cpu"), True, 18)
     assert TEMPLATES[op].claim(graph_node, ctx) is None
-    compiled = TEMPLATES[op].compile(graph_node, ctx, f"{op.lower()}_view")
+    compiled = TEMPLATES[op].build(graph_node, ctx, f"{op.lower()}_view")
     args = [view] + [torch.from_numpy(feeds[v]) for v in compiled.inputs[1:]]
     got = compiled.fn(*args)[0].numpy()
     np.testing.assert_allclose(got, _reference(model, feeds)[0], rtol=1e-5, atol=1e-6)

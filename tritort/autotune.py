@@ -88,7 +88,8 @@ def _record_launches(sess: Any, feeds: dict, db: str | None) -> tuple[list, Any]
     (in ``db``, else the default database) that the winners go into."""
     from .codegen import tuning
 
-    with tuning.recording() as recorder:
+    # the table the session's Triton launchers were handed records what they launch
+    with sess._tuning_tables()[TRITON].recording() as recorder:
         sess.run(None, feeds)
     launches = recorder.launches
     if not launches:

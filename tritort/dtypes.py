@@ -80,6 +80,13 @@ LOW_PRECISION_FLOATS = frozenset({
     TP.FLOAT4E2M1, TP.FLOAT8E8M0, TP.FLOAT6E2M3, TP.FLOAT6E3M2,
 })
 
+# Element-type classes by DType.name, as the code generator chooses kernels by them.
+FLOAT_TYPES = frozenset({"float", "float16", "bfloat16", "double"})  # arithmetic floats
+INT_TYPES = frozenset({"int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
+                       "uint64"})
+NARROW_INT_TYPES = frozenset({"int8", "uint8", "int16", "uint16"})  # narrower than int32
+FLOAT8_OCP_TYPES = frozenset({"float8e4m3fn", "float8e5m2"})  # the OCP 8-bit floats
+
 BY_ONNX = {d.onnx: d for d in TABLE}
 BY_NAME = {d.name: d for d in TABLE}
 BY_NUMPY = {d.numpy: d for d in TABLE}
