@@ -153,7 +153,8 @@ class Tritort:
 def autotune(unit, args, budget_s: float) -> str:
     from tritort.codegen import tuner, tuning
 
-    with tuning.recording() as recorder:
+    # the table the provider handed its launchers (one per database and device) records them
+    with tuning.active_table(args[0].device).recording() as recorder:
         unit.fn(*args)
     notes = []
     for launch in recorder.launches:

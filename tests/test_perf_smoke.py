@@ -9,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str) -> str:
-    env = dict(os.environ, TRITON_INTERPRET="1")
+def _run(*args: str, **env_vars: str) -> str:
+    env = dict(os.environ, TRITON_INTERPRET="1", **env_vars)
     r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, text=True,
                        capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -40,3 +40,10 @@ def test_compute_benchmark_smoke(tmp_path):
     assert "meaningless" in out and "WRONG" not in out and "error:" not in out
     written = list(tmp_path.glob("*-compute.md"))
     assert len(written) == 1 and written[0].read_text().count("| tritort") >= 4
+
+
+def test_compute_benchmark_autotunes_on_the_providers_table(tmp_path):
+    # the launches are recorded on the table the provider handed its launchers
+    out = _run("perf/bench_compute.py", "--smoke", "--cases", "gemm", "--autotune", "0.2",
+               "--out", "", TRITORT_TUNING_DB=str(tmp_path / "tuning.json"))
+    assert out.count("x over the default config") >= 2 and "WRONG" not in out

@@ -89,7 +89,7 @@ def _record_launches(sess: Any, feeds: dict, db: str | None) -> tuple[list, Any]
     from .codegen import tuning
 
     # the table the session's Triton launchers were handed records what they launch
-    with sess._tuning_tables()[TRITON].recording() as recorder:
+    with sess.tuning_tables()[TRITON].recording() as recorder:
         sess.run(None, feeds)
     launches = recorder.launches
     if not launches:

@@ -112,7 +112,10 @@ class InferenceSession:
         return {ep.name: dict(ep.options) for ep in self._providers}
 
     # -- tuning -------------------------------------------------------------------------------
-    def _tuning_tables(self) -> dict[str, Any]:
+    def tuning_tables(self) -> dict[str, Any]:
+        """The live tuning table of each tunable provider, by provider name: its launchers
+        read configs from it, and ``table.recording()`` collects what they launch
+        (tritort.autotune tunes those)."""
         return {ep.name: ep.tuning for ep in self._providers
                 if getattr(ep, "tuning", None) is not None}
 
@@ -120,7 +123,7 @@ class InferenceSession:
         """ORT's shape: per tunable provider, {"ep", "results": {kernel key: {shape key:
         config}}, "validators"} (codegen/tuning.py describes the keys)."""
         return [{"ep": name, "results": table.results(), "validators": table.validators()}
-                for name, table in self._tuning_tables().items()]
+                for name, table in self.tuning_tables().items()]
 
     def set_tuning_results(self, results: Sequence[dict], error_on_invalid: bool = False) -> None:
         """Use these tuned configs from now on (in memory; perf/autotune.py writes the
@@ -128,7 +131,7 @@ class InferenceSession:
         if not isinstance(results, (list, tuple)):
             raise InvalidArgument(f"tuning results must be a list of dicts (as "
                                   f"get_tuning_results returns), got {type(results).__name__}")
-        tables = self._tuning_tables()
+        tables = self.tuning_tables()
         valid = []
         for index, item in enumerate(results):
             ep = item.get("ep") if isinstance(item, dict) else None
