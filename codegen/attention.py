@@ -34,8 +34,8 @@ from tritort import dtypes
 from tritort.contracts import INTERNAL_DOMAIN
 from tritort.contracts import attention_shapes
 
-from .attention_configs import (_MIN_BLOCK, TUNING, AttentionConfig,  # noqa: F401
-                                _gpu_config, kernel_key, pick_config, problem_of)
+from .attention_configs import (_MIN_BLOCK, TUNING, AttentionConfig, kernel_key, pick_config,
+                                problem_of)
 from .emit import compute_type, helper_source, store
 from .rowwise import check_dtypes, torch_dtype
 from .templates import KernelSpec, Template, kernel_signature, load_source, template

@@ -41,9 +41,7 @@ from tritort import dtypes
 from tritort.windows import output_size, resolved_pads
 
 from . import gemm
-# CONFIGS / DIRECT_CONFIGS re-exported: callers knew them as conv's
-from .conv_configs import (CONFIGS, DIRECT_CONFIGS, TUNING, ConvConfig,  # noqa: F401
-                           kernel_key, pick_config, problem_of, unusable)
+from .conv_configs import TUNING, ConvConfig, kernel_key, pick_config, problem_of, unusable
 from .emit import acc_type, helper_source, store
 from .rowwise import torch_dtype
 from .templates import KernelSpec, Template, kernel_signature, load_source, template

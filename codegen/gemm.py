@@ -32,8 +32,7 @@ import numpy as np
 from tritort import dtypes
 
 from .emit import acc_type, helper_source, store, stored
-# the configs live beside; CONFIGS and pick_config are re-exported for callers and tests
-from .gemm_configs import CONFIGS, TUNING, GemmConfig, pick_config  # noqa: F401
+from .gemm_configs import TUNING, GemmConfig, pick_config
 from .rowwise import torch_dtype
 from .templates import KernelSpec, Template, kernel_signature, load_source, template
 from .tuning import choose

@@ -332,7 +332,7 @@ def test_output_dtype_is_a_parameter_of_the_source():
 
 @pytest.mark.parametrize("itemsize", [2, 4, 8])
 def test_gpu_config_heuristic_picks_a_listed_tile(itemsize):
-    from tritort.codegen.conv import CONFIGS, pick_config
+    from tritort.codegen.conv_configs import CONFIGS, pick_config
 
     tiles = {(c.block_m, c.block_n) for c in CONFIGS[itemsize]}
     for rows, cols, k, groups in [(1, 64, 64, 1), (100352, 64, 576, 1), (3136, 256, 27, 1),

@@ -272,7 +272,7 @@ def test_epilogue_hook_runs_extra_lines_before_the_store(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("itemsize", [2, 4, 8])
 def test_gpu_config_heuristic_picks_a_listed_tile(itemsize):
-    from tritort.codegen.gemm import CONFIGS, pick_config
+    from tritort.codegen.gemm_configs import CONFIGS, pick_config
 
     tiles = {(c.block_m, c.block_n) for c in CONFIGS[itemsize]}
     for m, n, k, batch in [(1, 4096, 4096, 1), (8192, 8192, 8192, 1), (64, 64, 16, 32),
