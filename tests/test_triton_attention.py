@@ -350,7 +350,8 @@ sys.path.insert(0, sys.argv[1])
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from tritort.codegen.attention import Variant, _gpu_config, attention_source
+from tritort.codegen.attention import Variant, attention_source
+from tritort.codegen.attention_configs import _gpu_config
 
 POINTERS = {"float16": "*fp16", "bfloat16": "*bf16", "float": "*fp32"}
 for variant, head in [(Variant("float16", "additive", True), 64),
