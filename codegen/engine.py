@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from tritort import dtypes
 from tritort.contracts import INTERNAL_DOMAIN
 from tritort.graph import Graph, Node, ValueInfo
+from tritort.units import CompiledUnit
 
 from . import target
 from .fusion import AnchorGroup, AnchorPlanner, broadcast_shape, check_acyclic, \
@@ -32,19 +33,6 @@ class Device:
     name: str  # the kernel cache's device key: 'cuda:0', 'triton-interpreter'
     torch_device: Any
     tuning: Any  # the codegen.tuning.TuningTable every launcher takes its configs from
-
-
-@dataclass
-class Kernel:
-    """One compiled unit: the nodes it covers, the values it reads and writes, its launcher."""
-
-    name: str
-    nodes: list[Node]
-    inputs: list[str]
-    outputs: list[str]
-    fn: Callable[..., tuple]
-    host_inputs: frozenset = frozenset()
-    report: dict = field(default_factory=dict)  # name, kind, nodes, path, cached
 
 
 class Types:
@@ -165,10 +153,12 @@ def claim(node: Node, graph: Graph, device: Device) -> str | None:
 # ------------------------------------------------------------------ compiling
 
 
-def compile_nodes(nodes: Sequence[Node], info: Any, device: Device) -> list[Kernel]:
-    """Kernels covering exactly ``nodes`` (claimed by :func:`claim`, in topological order):
-    one per template node with the pointwise nodes fused into it, then one per group of the
-    remaining pointwise nodes. ``info``: the compile stage's view of the graph."""
+def compile_nodes(nodes: Sequence[Node], info: Any,
+                  device: Device) -> tuple[list[CompiledUnit], list[dict]]:
+    """Units covering exactly ``nodes`` (claimed by :func:`claim`, in topological order): one
+    per template node with the pointwise nodes fused into it, then one per group of the
+    remaining pointwise nodes; and a report of each kernel (name, kind, nodes, cache path).
+    ``info``: the compile stage's view of the graph."""
     from .gemm import operand_prologue
 
     types = Types(info.value)
@@ -176,7 +166,8 @@ def compile_nodes(nodes: Sequence[Node], info: Any, device: Device) -> list[Kern
     anchor_groups = AnchorPlanner(nodes, info.position, types.shape, types.dtype, info.escapes,
                                   lambda n: operand_prologue(n, ctx) is not None).plan()
     anchors = {g.anchor.name: g for g in anchor_groups}
-    kernels: list[Kernel] = []
+    units: list[CompiledUnit] = []
+    reports: list[dict] = []
     template_groups: list[list[Node]] = []
     fused_names: set[str] = set()
     for index, node in enumerate(n for n in nodes if n.op_type in TEMPLATES):
@@ -191,17 +182,18 @@ def compile_nodes(nodes: Sequence[Node], info: Any, device: Device) -> list[Kern
             fused_names.update(n.name for n in members)
         template_groups.append(members)
         dump(spec.name, spec.ir_text, spec.source)
-        kernels.append(Kernel(spec.name, members, spec.inputs, outputs, spec.fn,
-                              frozenset(spec.host_inputs),
-                              _report(spec.name, template.kind, members, spec.path,
-                                      spec.cached)))
+        units.append(CompiledUnit(spec.name, members, spec.inputs, outputs, spec.fn,
+                                  frozenset(spec.host_inputs)))
+        reports.append(_report(spec.name, template.kind, members, spec.path, spec.cached))
     pointwise = [n for n in nodes if n.op_type not in TEMPLATES and n.name not in fused_names]
     groups = fuse(pointwise, info.position, types.shape)
     check_partition(nodes, template_groups + groups)
     check_acyclic(template_groups + groups)
-    kernels += [_pointwise_kernel(group, index, info, types, device)
-                for index, group in enumerate(groups)]
-    return kernels
+    for index, group in enumerate(groups):
+        unit, report = _pointwise_kernel(group, index, info, types, device)
+        units.append(unit)
+        reports.append(report)
+    return units, reports
 
 
 def _report(name: str, kind: str, nodes: Sequence[Node], path: Any, cached: bool) -> dict:
@@ -210,7 +202,7 @@ def _report(name: str, kind: str, nodes: Sequence[Node], path: Any, cached: bool
 
 
 def _pointwise_kernel(group: list[Node], index: int, info: Any, types: Types,
-                      device: Device) -> Kernel:
+                      device: Device) -> tuple[CompiledUnit, dict]:
     import torch
 
     from . import cache
@@ -225,9 +217,9 @@ def _pointwise_kernel(group: list[Node], index: int, info: Any, types: Types,
     dump(kernel.name, kernel.text(), source)
     out_types = [getattr(torch, dtypes.BY_NAME[p.dtype].torch) for p, _ in kernel.outputs]
     launcher = PointwiseLauncher(fn, kernel, out_types, device.torch_device)
-    return Kernel(kernel.name, list(group), [p.name for p in kernel.inputs],
-                  [p.name for p, _ in kernel.outputs], launcher,
-                  report=_report(kernel.name, "pointwise", group, path, hit))
+    return (CompiledUnit(kernel.name, list(group), [p.name for p in kernel.inputs],
+                         [p.name for p, _ in kernel.outputs], launcher),
+            _report(kernel.name, "pointwise", group, path, hit))
 
 
 def _kernel_name(group: Sequence[Node], index: int) -> str:

@@ -8,40 +8,14 @@ provider never imports another's engine.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import InvalidArgument
 from ..graph import Graph, Node, ValueInfo
+from ..units import CompiledUnit  # noqa: F401  (providers and stages know it from here)
 
 CPU = "CPUExecutionProvider"
 TRITON = "TritonExecutionProvider"
-
-@dataclass
-class CompiledUnit:
-    """One callable covering one node, or several fused ones.
-
-    ``inputs`` are the values it reads (explicit inputs then implicit outer-scope ones; ''
-    for an omitted optional input), ``outputs`` the values it produces ('' if omitted).
-    ``host_inputs``: inputs it reads in host memory whatever its device (a shape, say), so
-    the plan copies them to the host rather than to the device.
-    """
-
-    name: str
-    nodes: list[Node]
-    inputs: list[str]
-    outputs: list[str]
-    fn: Callable[..., tuple]
-    host_inputs: frozenset = frozenset()
-
-    @property
-    def op_type(self) -> str:
-        return self.nodes[0].op_type if len(self.nodes) == 1 else "FusedKernel"
-
-    @property
-    def runs_subgraphs(self) -> bool:
-        return any(n.subgraphs for n in self.nodes)
-
 
 class ExecutionProvider(abc.ABC):
     name: str = ""

@@ -66,10 +66,9 @@ class TritonExecutionProvider(ExecutionProvider):
     def compile(self, nodes: Sequence[Node], info: CompileInfo) -> list[CompiledUnit]:
         from tritort.codegen import engine
 
-        kernels = engine.compile_nodes(nodes, info, self._device)
-        self.kernels += [k.report for k in kernels]
-        return [CompiledUnit(k.name, k.nodes, k.inputs, k.outputs, k.fn, k.host_inputs)
-                for k in kernels]
+        units, reports = engine.compile_nodes(nodes, info, self._device)
+        self.kernels += reports
+        return units
 
     # -- moving values ---------------------------------------------------------------------
     def to_device(self, value: Any) -> Any:
