@@ -108,3 +108,14 @@ def test_autotune_from_the_wheel_in_the_interpreter(installed, tmp_path):
     assert "timings mean nothing" in r.stdout and "1 kernel/shape pairs" in r.stdout
     [table] = json.loads(db.read_text())["tables"]
     assert table["device"] == "triton-interpreter" and len(table["results"]) == 1
+
+
+def test_the_installed_package_here_has_one_import_name_too(tmp_path):
+    # the environment the suite runs in (an editable install in CI): same single name
+    probe = ("import importlib.util as u, tritort.codegen as c, tritort.fallback_cpu as f; "
+             "print(u.find_spec('codegen'), u.find_spec('fallback_cpu'), c.__name__, f.__name__)")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, text=True,
+                       capture_output=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.stdout.split() == ["None", "None", "tritort.codegen", "tritort.fallback_cpu"], \
+        r.stderr
