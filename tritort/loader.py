@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, numpy_helper
+from onnx import external_data_helper, inliner, numpy_helper
 
 from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .graph import Graph
@@ -208,7 +208,7 @@ def load(source: Any, *, initializers: dict[str, np.ndarray] | None = None,
         model = _copy(model)  # the caller's proto is never modified
     resolve_external_data(model, model_dir, initializers)
     if model.functions:
-        model = onnx.inliner.inline_local_functions(model)
+        model = inliner.inline_local_functions(model)
     check_node_inputs(model.graph)
     apply_free_dimension_overrides(model, free_dims_by_name or {}, free_dims_by_denotation or {})
     check_and_infer(model)
