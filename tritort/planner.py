@@ -38,6 +38,23 @@ class Plan:
     fetch_slots: tuple[int, ...]
 
 
+class DeviceConstants:
+    """Device copies of a graph's constants, made once and shared by all its plans."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str], Any] = {}
+
+    def get(self, name: str, value: Any, ep) -> Any:
+        key = (name, ep.device)
+        copy = self._values.get(key)
+        if copy is None:
+            copy = self._values[key] = ep.to_device(value)
+        return copy
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 class Plans:
     """The plans of one compiled program, made once per fetch set (and per where fetched
     values end up) and shared by every run; locked, since runs may come from many threads.
@@ -50,6 +67,8 @@ class Plans:
         self.outer_names = tuple(outer_names)
         self._plans: dict[tuple, Plan] = {}
         self._lock = threading.Lock()
+        # weights a device reads, uploaded once for every plan: (name, device) -> value
+        self.device_constants = DeviceConstants()
 
     def get(self, fetches: Sequence[str], keep_on_device: bool = False) -> Plan:
         key = (tuple(fetches), keep_on_device)
@@ -60,7 +79,8 @@ class Plans:
                 if plan is None:
                     plan = self._plans[key] = make_plan(
                         self.program.graph, self.program.units, fetches,
-                        outer_names=self.outer_names, keep_on_device=keep_on_device)
+                        outer_names=self.outer_names, keep_on_device=keep_on_device,
+                        device_constants=self.device_constants)
         return plan
 
 
@@ -90,14 +110,18 @@ def device_inputs(units: Sequence[PlacedUnit], host_device: str = "cpu") -> set[
 
 def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
               host_device: str = "cpu", outer_names: Sequence[str] = (),
-              keep_on_device: bool = False) -> Plan:
+              keep_on_device: bool = False,
+              device_constants: DeviceConstants | None = None) -> Plan:
     """``outer_names``: values a subgraph reads from enclosing scopes, fed like inputs.
 
     Graph inputs read by a device provider may arrive on that device (``ANYWHERE``): device
     consumers get them through their provider's ``to_device``, host consumers through
     ``dlpack.to_host``, both passing values already in place through untouched. Fetches are
     brought to the host unless ``keep_on_device``: then each stays where its producer left it.
+    Constants a device reads come from ``device_constants`` (uploaded there on first use).
     """
+    if device_constants is None:
+        device_constants = DeviceConstants()
     needed = _needed_units(units, fetches)
     producer_of = {o: pu.provider for pu in units for o in pu.unit.outputs if o}
     slot_of: dict[str, int] = {}
@@ -125,7 +149,7 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
             elif name and device_of.get(name, host_device) != ep.device:
                 if name in graph.initializers and name not in input_slots:
                     name = _placed_constant(name, graph.initializers[name], ep, device_of,
-                                            slot, constant_slots)
+                                            slot, constant_slots, device_constants)
                 else:
                     name = _copy_step(steps, name, ep, device_of, slot, producer_of)
             ins.append(slot(name))
@@ -146,11 +170,12 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
     return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots)
 
 
-def _placed_constant(name, value, ep, device_of, slot, constant_slots) -> str:
-    """A constant the device reads is moved there once, when the plan is made, not per run."""
+def _placed_constant(name, value, ep, device_of, slot, constant_slots, device_constants) -> str:
+    """A constant the device reads is there before any run: moved once per session, shared by
+    every plan, never per run."""
     copy_name = f"{name}@{ep.device}"
     if copy_name not in device_of:
-        constant_slots.append((slot(copy_name), ep.to_device(value)))
+        constant_slots.append((slot(copy_name), device_constants.get(name, value, ep)))
         device_of[copy_name] = ep.device
     return copy_name
 
