@@ -125,3 +125,24 @@ def test_cuda_user_compute_stream_is_ordered_by_events():
     with pytest.raises(ort.InvalidArgument, match="user_compute_stream"):
         ort.InferenceSession(add_relu().SerializeToString(), providers=[
             ("TritonExecutionProvider", {"user_compute_stream": "stream"})])
+
+
+@pytest.mark.gpu
+def test_cuda_host_inputs_upload_without_blocking_the_host(monkeypatch):
+    # numpy inputs reach the device through pinned staging on the run's stream
+    sess = session(add_relu(), TRITON)
+    staged = []
+    real = torch.Tensor.pin_memory
+    monkeypatch.setattr(torch.Tensor, "pin_memory",
+                        lambda self, *a: staged.append(tuple(self.shape)) or real(self, *a))
+    a = np.random.default_rng(0).standard_normal((4096, 3)).astype(np.float32)
+    bb = np.random.default_rng(1).standard_normal((4096, 3)).astype(np.float32)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)  # the stream is busy: a blocking copy would wait here
+        y, _ = sess.run_with_ort_values(None, {"A": ort.OrtValue.ortvalue_from_numpy(a),
+                                              "B": ort.OrtValue.ortvalue_from_numpy(bb)})
+    side.synchronize()
+    assert (4096, 3) in staged
+    np.testing.assert_allclose(torch.from_dlpack(y).cpu().numpy(), np.maximum(a + bb, 0),
+                               rtol=1e-6)

@@ -83,13 +83,23 @@ class TritonExecutionProvider(ExecutionProvider):
             return None
         if isinstance(value, torch.Tensor):
             if value.device != self.torch_device:
-                value = value.to(self.torch_device)
+                value = self._upload(value) if value.device.type == "cpu" else \
+                    value.to(self.torch_device)
             return value if value.is_contiguous() else value.contiguous()
         from ..dlpack import numpy_to_torch
 
         arr = np.asarray(value)  # kernels may hand over numpy scalars
         arr = arr if arr.flags.c_contiguous else arr.copy()  # keeps 0-d arrays 0-d
-        return numpy_to_torch(arr).to(self.torch_device)
+        return self._upload(numpy_to_torch(arr))
+
+    def _upload(self, tensor: Any) -> Any:
+        """Host to device on the current stream, without blocking the host: staged through
+        pinned memory, which torch's host allocator keeps until the copy has run."""
+        if self.torch_device.type != "cuda":
+            return tensor.to(self.torch_device)
+        if not tensor.is_pinned():
+            tensor = tensor.pin_memory()
+        return tensor.to(self.torch_device, non_blocking=True)
 
     def to_host(self, value: Any) -> Any:
         """Idempotent: numpy passes through; torch tensors become numpy (a view on the CPU)."""
