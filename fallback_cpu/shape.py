@@ -5,6 +5,7 @@ Transpose, Slice, Expand); kernels never write into an input.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -296,12 +297,17 @@ def shape(ctx: NodeContext):
         e = r if end is None else min(max(end + r if end < 0 else end, 0), r)
         return (np.array(dims[s:e], dtype=np.int64),)
 
+    run.reads_only_shapes = True  # a device tensor's shape is read where it lives
     return run
 
 
 @register("Size", since=[1, 13, 19, 21, 23, 24, 25])
 def size(ctx: NodeContext):
-    return lambda x: (np.array(x.size, dtype=np.int64),)
+    def run(x):
+        return (np.array(math.prod(x.shape), dtype=np.int64),)
+
+    run.reads_only_shapes = True
+    return run
 
 
 # ------------------------------------------------------------- constants

@@ -45,12 +45,10 @@ def _tritort_runner(built, threads: int, providers: list[str], label: str, note:
 
 
 def _placement_counts(sess) -> dict[str, int]:
-    """Nodes per provider (from placement_report), and the providers the session kept."""
+    """Nodes per provider."""
     counts: dict[str, int] = {}
-    for line in sess.placement_report().splitlines():
-        if "->" in line:
-            ep = line.split("->", 1)[1].split()[0]
-            counts[ep] = counts.get(ep, 0) + 1
+    for ep in sess.placement().values():
+        counts[ep] = counts.get(ep, 0) + 1
     return counts
 
 

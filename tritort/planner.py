@@ -36,6 +36,9 @@ class Plan:
     constant_slots: list[tuple[int, Any]]  # initializers, placed before each run
     input_slots: dict[str, int]
     fetch_slots: tuple[int, ...]
+    # values a run reads back from a device before its fetches (graph inputs included when
+    # the caller placed them there): each one synchronizes the host with the device
+    host_reads: tuple[str, ...] = ()
 
 
 class DeviceConstants:
@@ -143,7 +146,9 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
         unit, ep = pu.unit, pu.provider
         ins = []
         for name in unit.inputs:
-            if name in unit.host_inputs:
+            if name in unit.shape_inputs:
+                pass
+            elif name in unit.host_inputs:
                 if device_of.get(name, host_device) != host_device:
                     name = _copy_step(steps, name, None, device_of, slot, producer_of)
             elif name and device_of.get(name, host_device) != ep.device:
@@ -159,6 +164,9 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
                 device_of[o] = ep.device
         steps.append(Step(unit.fn, tuple(ins), outs, (), unit.op_type, ep.name, unit.name,
                           unit.runs_subgraphs))
+    # values copied to the host so far are read there mid-run: each waits for the device
+    host_reads = tuple(n[:-len(host_device) - 1] for n in device_of
+                       if n.endswith(f"@{host_device}"))
     fetch_names = []
     for f in fetches:
         if not keep_on_device and device_of.get(f, host_device) != host_device:
@@ -167,7 +175,8 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
     fetch_slots = tuple(slot_of[f] for f in fetch_names)
     _assign_lifetimes(steps, set(fetch_slots) | {s for s, _ in constant_slots},
                       set(input_slots.values()))
-    return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots)
+    return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots,
+                host_reads)
 
 
 def _placed_constant(name, value, ep, device_of, slot, constant_slots, device_constants) -> str:

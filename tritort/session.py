@@ -172,8 +172,20 @@ class InferenceSession:
                        f"'{RECORD_ASSIGNMENT_KEY}' to '1' before creating the session")
         return self._program.assignment_info()
 
+    def placement(self) -> dict[str, str]:
+        """Node name -> the provider that runs it, in execution order."""
+        return {name: a.provider.name
+                for name, a in self._program.partition.assignments.items()}
+
     def placement_report(self) -> str:
-        """Which provider runs each node, and why higher-priority providers passed on it."""
+        """Which provider runs each node, and why higher-priority providers passed on it;
+        last, which values a run reads back from a device (each read waits for it)."""
+        reads = self._plans.get(self._output_names, keep_on_device=True).host_reads
+        if any(ep.device != "cpu" for ep in self._providers):
+            summary = ", ".join(reads) if reads else "none"
+            return (f"{self._program.partition.report()}\n"
+                    f"host synchronizations during a run (device values read on the host): "
+                    f"{summary}")
         return self._program.partition.report()
 
     # -- profiling ----------------------------------------------------------------------------

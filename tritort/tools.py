@@ -154,8 +154,7 @@ def random_inputs(model: ModelLike, shapes: dict[str, list[int]] | None = None, 
 def placement_summary(sess: Any) -> str:
     """'CPUExecutionProvider: 3 nodes, ...': how many nodes each provider runs."""
     counts: dict[str, int] = {}
-    for line in sess.placement_report().splitlines():
-        ep = line.split("->")[1].split()[0]
+    for ep in sess.placement().values():
         counts[ep] = counts.get(ep, 0) + 1
     return ", ".join(f"{ep}: {n} nodes" for ep, n in counts.items()) or "no nodes"
 

@@ -27,6 +27,9 @@ class CompiledUnit:
     outputs: list[str]
     fn: Callable[..., tuple]
     host_inputs: frozenset = frozenset()
+    # inputs it reads only for their shape (Shape, Size): passed wherever they live, never
+    # copied, so a shape read is no host synchronization
+    shape_inputs: frozenset = frozenset()
 
     @property
     def op_type(self) -> str:

@@ -41,10 +41,14 @@ class CPUExecutionProvider(ExecutionProvider):
     def compile(self, nodes: Sequence[Node], info: CompileInfo) -> list[CompiledUnit]:
         from tritort.fallback_cpu import build_kernel
 
-        return [CompiledUnit(node.name, [node], node.inputs + node.implicit_inputs,
-                             node.outputs, build_kernel(node, info.opsets, info.value_types,
-                                                        _subgraph_builder(node, info)))
-                for node in nodes]
+        units = []
+        for node in nodes:
+            fn = build_kernel(node, info.opsets, info.value_types, _subgraph_builder(node, info))
+            shape_only = frozenset(node.inputs) if getattr(fn, "reads_only_shapes", False) \
+                else frozenset()
+            units.append(CompiledUnit(node.name, [node], node.inputs + node.implicit_inputs,
+                                      node.outputs, fn, shape_inputs=shape_only))
+        return units
 
 
 def _subgraph_builder(node: Node, info: CompileInfo):
