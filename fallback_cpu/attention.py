@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from tritort.dtypes import numpy_dtype
+from tritort.runstate import check as check_terminate
 
 from .nn_util import narrow, sigmoid, widen
 from .registry import register
@@ -230,6 +231,7 @@ def linear_attention(ctx):
         out = np.empty((b, kv_heads, group, t, d_v), dtype=np.float32)
         qg = q4.reshape(b, kv_heads, group, t, d_k)
         for step in range(t):  # the recurrence is sequential in time
+            check_terminate()
             k_t, v_t = k4[:, :, step], v4[:, :, step]
             if gated:
                 state = state * decay_factor[:, :, step][..., None]

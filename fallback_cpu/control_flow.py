@@ -2,7 +2,8 @@
 
 These run subgraphs through the runners that ``ctx.subgraph(attr)`` builds (once, in the
 factory). Values the subgraphs read from enclosing scopes arrive positionally after the
-node's explicit inputs, named by ``ctx.implicit_inputs``.
+node's explicit inputs, named by ``ctx.implicit_inputs``. Every trip checks the run's
+terminate flag (``tritort.runstate``): a Loop of 2**63 trips stops when asked.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import onnx
 
 from tritort.dtypes import numpy_dtype
+from tritort.runstate import check as check_terminate
 
 from .registry import NodeContext, register
 
@@ -86,6 +88,7 @@ def loop(ctx: NodeContext):
         i = 0
         # Like onnxruntime, the body's condition output always decides whether to go on.
         while keep_going and (limit is None or i < limit):
+            check_terminate()  # a Loop may run for ever: its run's terminate flag ends it
             outs = body.run([np.array(i, dtype=np.int64), cond_value, *carried], outer)
             cond_value = outs[0]
             keep_going = _truth(cond_value)
@@ -129,6 +132,7 @@ def scan_v8(ctx: NodeContext):
                 raise ValueError(f"Scan '{ctx.name}': sequence length {n} outside [0, {max_len}]")
             per_step: list[list] = [[] for _ in scan_types]
             for t in range(n):
+                check_terminate()
                 elems = [x[b, n - 1 - t, ...] if rev else x[b, t, ...]
                          for x, rev in zip(scan_inputs, reverse_in)]
                 outs = body.run([*states, *elems], outer)
@@ -187,6 +191,7 @@ def scan(ctx: NodeContext):
             raise ValueError(f"Scan '{ctx.name}': scan inputs have different sequence lengths")
         steps: list[list] = [[] for _ in scan_types]
         for t in range(length):
+            check_terminate()
             # [i, ...] keeps a 0-d step an array, not a numpy scalar
             elems = [x[length - 1 - t, ...] if rev else x[t, ...]
                      for x, rev in zip(scan_inputs, reverse_in)]
@@ -217,6 +222,7 @@ def sequence_map(ctx: NodeContext):
                 raise ValueError(f"SequenceMap '{ctx.name}': sequence inputs differ in length")
         results: list[list] = [[] for _ in range(num_outputs)]
         for i in range(count):
+            check_terminate()
             feeds = [x[i] if isinstance(x, list) else x for x in explicit]
             for acc, value in zip(results, body.run(feeds, outer)):
                 acc.append(value)

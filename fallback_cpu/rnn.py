@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tritort.runstate import check as check_terminate
+
 from .nn_util import narrow, sigmoid, widen
 from .registry import register
 
@@ -101,6 +103,7 @@ class _Recurrent:
             proj = (xs.reshape(seq * batch, -1) @ ww[d].T).reshape(seq, batch, -1) + bias[d, :gh]
             cur = [s[d] for s in states]
             for t in range(seq):
+                check_terminate()  # long sequences: the run's terminate flag, per step
                 active = (t < lens)[:, None]
                 h, new = step(d, proj[t], cur, rw[d], bias[d, gh:])
                 cur = [np.where(active, n, c) for n, c in zip(new, cur)]

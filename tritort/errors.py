@@ -73,8 +73,19 @@ def node_failure(node_desc: str, op_type: str, exc: BaseException) -> Fail:
         f"Status Message: {type(exc).__name__}: {exc}")
 
 
+def node_error(node_desc: str, op_type: str, exc: BaseException) -> OrtError:
+    """:func:`node_failure`, keeping the class of an ORT error the kernel raised itself, as
+    ORT keeps a kernel's status code (an index out of range is ``InvalidArgument``)."""
+    if not isinstance(exc, OrtError):
+        return node_failure(node_desc, op_type, exc)
+    return type(exc)(
+        f"Non-zero status code returned while running {op_type} node. Name:'{node_desc}' "
+        f"Status Message: {exc}")
+
+
 __all__ = [
     "OrtError", "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError",
     "RuntimeException", "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph",
     "EPFail", "ModelLoadCanceled", "ModelRequiresCompilation", "NotFound", "node_failure",
+    "node_error",
 ]

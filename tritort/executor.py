@@ -12,8 +12,9 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
+from . import runstate
 from .compiler import Program
-from .errors import Fail, OrtError, node_failure
+from .errors import OrtError, node_error
 from .graph import Graph, free_names
 from .planner import Plan, Plans
 from .profiling import Profiler
@@ -73,10 +74,25 @@ def execute(plan: Plan, feeds: dict[str, Any], terminate=None,
             profiler: Profiler | None = None) -> list[Any]:
     """Run ``plan`` on ``feeds`` (name -> value); returns the fetched values in order.
 
-    ``terminate`` is an object with ``is_set()``, checked between steps. A step with donors
-    drops its dying inputs from the slots before it runs; where one of them is then held by
-    nothing else, its kernel's in-place form may write the result into that buffer.
+    ``terminate`` is an object with ``is_set()``, checked between steps; for the duration of
+    the run it is also the current run's flag (``runstate``), which the kernels that loop in
+    Python check per iteration. A run without one (a control-flow body's, run by
+    :class:`SubgraphRunner` from inside its node's kernel) takes the current run's flag, so a
+    body stops as promptly as its outer graph. A step with donors drops its dying inputs from
+    the slots before it runs; where one of them is then held by nothing else, its kernel's
+    in-place form may write the result into that buffer.
     """
+    if terminate is None:
+        return _execute(plan, feeds, runstate.current(), profiler)
+    token = runstate.enter(terminate)
+    try:
+        return _execute(plan, feeds, terminate, profiler)
+    finally:
+        runstate.leave(token)
+
+
+def _execute(plan: Plan, feeds: dict[str, Any], terminate, profiler: Profiler | None,
+             ) -> list[Any]:
     slots: list[Any] = [None] * plan.num_slots
     for s, value in plan.constant_slots:
         slots[s] = value
@@ -86,7 +102,7 @@ def execute(plan: Plan, feeds: dict[str, Any], terminate=None,
     value = results = None  # no stray reference may keep a value alive for _spare
     for step in plan.steps:
         if terminate is not None and terminate.is_set():
-            raise Fail("Exiting due to terminate flag being set to true.")
+            raise runstate.terminated()
         args = [slots[s] if s >= 0 else None for s in step.in_slots]
         if profiler is not None:
             t0 = time.monotonic_ns()
@@ -99,11 +115,15 @@ def execute(plan: Plan, feeds: dict[str, Any], terminate=None,
             else:
                 results = step.fn(*args)
         except OrtError as e:
+            if terminate is not None and terminate.is_set():
+                raise runstate.terminated() from e
             if step.runs_subgraphs:
                 raise
-            raise node_failure(step.label, step.op_type, e) from e
+            raise node_error(step.label, step.op_type, e) from e
         except Exception as e:  # any kernel failure becomes ORT's error naming the node
-            raise node_failure(step.label, step.op_type, e) from e
+            if terminate is not None and terminate.is_set():
+                raise runstate.terminated() from e
+            raise node_error(step.label, step.op_type, e) from e
         if profiler is not None:
             _record(profiler, step, t0, args, results)
         for s, value in zip(step.out_slots, results):
@@ -131,7 +151,11 @@ def _shape(value: Any) -> Any:
 
 
 class SubgraphRunner:
-    """A compiled control-flow body: ``run(feeds, outer) -> outputs``."""
+    """A compiled control-flow body: ``run(feeds, outer) -> outputs``.
+
+    A body runs inside its node's kernel, so within the outer run: it checks that run's
+    terminate flag (``runstate``) between its steps, and its own Loops and Scans check it
+    per iteration."""
 
     def __init__(self, graph: Graph, providers: Sequence[ExecutionProvider],
                  outer_names: Sequence[str], config: dict[str, str] | None = None) -> None:
