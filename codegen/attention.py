@@ -36,6 +36,7 @@ from tritort.contracts import attention_shapes
 
 from .attention_configs import (_MIN_BLOCK, TUNING, AttentionConfig, kernel_key, pick_config,
                                 problem_of)
+from .cache import KERNEL
 from .emit import compute_type, helper_source, store
 from .rowwise import check_dtypes, torch_dtype
 from .templates import KernelSpec, Template, kernel_signature, load_source, template
@@ -199,7 +200,7 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
         "y_ptrs = y + (b * syb + h * syh + rows[:, None] * sym + offs_dv[None, :] * syd)",
         store("y_ptrs", "out", v.dtype, "in_m[:, None] & in_dv[None, :]"),
     ]
-    lines = [f"# tritort attention kernel {name}", *[f"# {h}" for h in header],
+    lines = ["# tritort attention kernel", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
     helpers = helper_source("\n".join(body))
     if helpers:
@@ -396,8 +397,8 @@ def _mask_rank_reason(ctx, mask: str) -> str | None:
 def _built(name, node, ctx, variant: Variant, ir_text: str, launcher_for,
            inputs) -> KernelSpec:
     header = [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
-    source = attention_source(name, header, variant, ctx.interpreted)
-    fn, path, cached = load_source(source, name, ctx)
+    source = attention_source(KERNEL, header, variant, ctx.interpreted)
+    fn, path, cached = load_source(source, KERNEL, ctx)
     return KernelSpec(name, launcher_for(Kernel(fn, variant)), inputs, ir_text, source, path,
                       cached)
 

@@ -41,6 +41,7 @@ from tritort import dtypes
 from tritort.windows import output_size, resolved_pads
 
 from . import gemm
+from .cache import KERNEL
 from .conv_configs import TUNING, ConvConfig, kernel_key, pick_config, problem_of, unusable
 from .emit import acc_type, helper_source, store
 from .rowwise import torch_dtype
@@ -370,7 +371,7 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
     else:
         body = _gemm_body(spec, interpreted)
     body += _finish(spec, epilogue, out_dtype)
-    lines = [f"# tritort conv kernel {name}", *[f"# {h}" for h in header],
+    lines = ["# tritort conv kernel", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
     helpers = helper_source("\n".join(body))
     if helpers:
@@ -520,8 +521,8 @@ def build_conv(node, ctx, name: str, fusion: Any = None) -> KernelSpec:
                   f"K (channel, tap); tl.dot accumulating in {acc_type(spec.dtype)}")
                + (f"\n{fusion.text()}" if fusion is not None else ""))
     header = [f"ONNX node: {node.name} (Conv)", *ir_text.splitlines()[1:]]
-    source = conv_source(name, header, spec, out_dtype, ctx.interpreted, epilogue)
-    fn, path, cached = load_source(source, name, ctx)
+    source = conv_source(KERNEL, header, spec, out_dtype, ctx.interpreted, epilogue)
+    fn, path, cached = load_source(source, KERNEL, ctx)
     launcher = ConvLauncher(fn, spec, torch_dtype(out_dtype), ctx, node.name, fused)
     return KernelSpec(name, launcher, inputs, ir_text, source, path, cached)
 

@@ -12,6 +12,7 @@ import ml_dtypes
 
 from tritort import dtypes
 
+from .cache import KERNEL
 from .ir import Cast, Const, Expr, Load, PointwiseKernel
 
 _COMPUTE = {"float": "tl.float32", "float16": "tl.float32", "bfloat16": "tl.float32",
@@ -238,7 +239,7 @@ class ExprEmitter:
         header = [f"# tritort fused kernel {k.name}",
                   f"# ONNX nodes: {', '.join(f'{n} ({o})' for n, o in zip(k.nodes, k.node_ops))}",
                   "import triton", "import triton.language as tl", "", "",
-                  "@triton.jit", f"def {k.name}({', '.join(params)}):"]
+                  "@triton.jit", f"def {KERNEL}({', '.join(params)}):"]
         source = "\n".join(header + body) + "\n"
         return source + helper_source(source)
 

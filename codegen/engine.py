@@ -157,8 +157,8 @@ def compile_nodes(nodes: Sequence[Node], info: Any,
                   device: Device) -> tuple[list[CompiledUnit], list[dict]]:
     """Units covering exactly ``nodes`` (claimed by :func:`claim`, in topological order): one
     per template node with the pointwise nodes fused into it, then one per group of the
-    remaining pointwise nodes; and a report of each kernel (name, kind, nodes, cache path).
-    ``info``: the compile stage's view of the graph."""
+    remaining pointwise nodes; and a report of each unit (name, kernel, kind, nodes, cache
+    path). ``info``: the compile stage's view of the graph."""
     from .gemm import operand_prologue
 
     types = Types(info.value)
@@ -181,10 +181,11 @@ def compile_nodes(nodes: Sequence[Node], info: Any,
             members, outputs = group.nodes, fusion.kernel_outputs(node.outputs)
             fused_names.update(n.name for n in members)
         template_groups.append(members)
-        dump(spec.name, spec.ir_text, spec.source)
+        dump(spec.name, spec.ir_text, spec.source, spec.path, members)
         units.append(CompiledUnit(spec.name, members, spec.inputs, outputs, spec.fn,
                                   frozenset(spec.host_inputs)))
-        reports.append(_report(spec.name, template.kind, members, spec.path, spec.cached))
+        reports.append(_report(spec.name, spec.kernel, template.kind, members, spec.path,
+                               spec.cached))
     pointwise = [n for n in nodes if n.op_type not in TEMPLATES and n.name not in fused_names]
     groups = fuse(pointwise, info.position, types.shape)
     check_partition(nodes, template_groups + groups)
@@ -196,9 +197,13 @@ def compile_nodes(nodes: Sequence[Node], info: Any,
     return units, reports
 
 
-def _report(name: str, kind: str, nodes: Sequence[Node], path: Any, cached: bool) -> dict:
-    return {"name": name, "kind": kind, "nodes": [n.name for n in nodes], "path": str(path),
-            "cached": cached}
+def _report(name: str, kernel: str | None, kind: str, nodes: Sequence[Node], path: Any,
+            cached: bool) -> dict:
+    """One unit's line in the kernel reports: ``name`` the unit's (descriptive, as in the
+    placement report and errors), ``kernel`` its jitted function's (``k_`` + the hash of its
+    body, shared by every unit whose code is the same; None for a view)."""
+    return {"name": name, "kernel": kernel, "kind": kind, "nodes": [n.name for n in nodes],
+            "path": str(path), "cached": cached}
 
 
 def _pointwise_kernel(group: list[Node], index: int, info: Any, types: Types,
@@ -213,13 +218,13 @@ def _pointwise_kernel(group: list[Node], index: int, info: Any, types: Types,
     kernel = build_kernel(_kernel_name(group, index), group, types.dtype, types.rank,
                           lambda v: info.escapes(v, names))
     source = emit(kernel)
-    fn, path, hit = cache.load(source, kernel.name, device.name)
-    dump(kernel.name, kernel.text(), source)
+    fn, path, hit = cache.load(source, cache.KERNEL, device.name)
+    dump(kernel.name, kernel.text(), source, path, group)
     out_types = [getattr(torch, dtypes.BY_NAME[p.dtype].torch) for p, _ in kernel.outputs]
     launcher = PointwiseLauncher(fn, kernel, out_types, device.torch_device)
     return (CompiledUnit(kernel.name, list(group), [p.name for p in kernel.inputs],
                          [p.name for p, _ in kernel.outputs], launcher),
-            _report(kernel.name, "pointwise", group, path, hit))
+            _report(kernel.name, path.stem, "pointwise", group, path, hit))
 
 
 def _kernel_name(group: Sequence[Node], index: int) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 
 from tritort import dtypes
 
+from .cache import KERNEL
 from .emit import acc_type, helper_source, store, stored
 from .gemm_configs import TUNING, GemmConfig, pick_config
 from .rowwise import torch_dtype
@@ -160,7 +161,7 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
         f"    out_idx_{r + 1} = cols",
         *epilogue_and_store("acc", epilogue.lines, out_dtype),
     ]
-    lines = [f"# tritort matmul kernel {name}", *[f"# {h}" for h in header],
+    lines = ["# tritort matmul kernel", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
     helpers = helper_source("\n".join(body))
     if helpers:
@@ -378,9 +379,9 @@ def _built(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, 
         out_dt = fused.out_dtype
         inputs = inputs + fused.inputs
         ir_text += "\n" + fusion.text()
-    source = matmul_source(name, _header(node, ir_text), batch_rank, in_dt, out_dt,
+    source = matmul_source(KERNEL, _header(node, ir_text), batch_rank, in_dt, out_dt,
                            ctx.interpreted, epilogue, dot_upcast, prologues)
-    fn, path, cached = load_source(source, name, ctx)
+    fn, path, cached = load_source(source, KERNEL, ctx)
     return KernelSpec(name, launcher_for(fn, out_dt, fused), inputs, ir_text, source, path,
                       cached)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tritort.dtypes import FLOAT_TYPES
 
+from .cache import KERNEL
 from .emit import acc_type
 from .rowwise import (Layout, TileFusion, TileLauncher, TileSource, arg_best, check_dtypes,
                       normalize_axes, since_version, torch_dtype)
@@ -17,7 +18,7 @@ from .templates import KernelSpec, Template, load_source, template
 
 def _built(name, node, ctx, k: TileSource, inputs, describe: str, **launch) -> KernelSpec:
     source = k.render()
-    fn, path, cached = load_source(source, name, ctx)
+    fn, path, cached = load_source(source, KERNEL, ctx)
     launcher = TileLauncher(fn, k.layout, ctx.torch_device, ctx.interpreted, **launch)
     dts = ", ".join(f"{t} {dt}" for t, dt in {**k.full, **k.rows}.items())
     ir = (f"kernel {name} {node.op_type} node={node.name!r}\n"

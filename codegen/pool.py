@@ -23,6 +23,7 @@ import numpy as np
 from tritort.dtypes import FLOAT_TYPES
 
 from . import conv
+from .cache import KERNEL
 from .emit import acc_type, compute_type, helper_source, store
 from .rowwise import Layout, TileLauncher, TileSource, check_dtypes, extreme, torch_dtype
 from .templates import KernelSpec, Template, kernel_signature, load_source, template
@@ -149,7 +150,7 @@ def pool_source(name: str, header: list[str], op: str, window: conv.Window, dtyp
     lines.append("    " + store("y + y_off", result, dtype, "live"))
     if with_indices:
         lines.append("    tl.store(ind + y_off, best, mask=live)")
-    text = [f"# tritort pool kernel {name}", *[f"# {h}" for h in header],
+    text = ["# tritort pool kernel", *[f"# {h}" for h in header],
             "import triton", "import triton.language as tl"]
     helpers = helper_source("\n".join(lines))
     if helpers:
@@ -216,9 +217,9 @@ class Pool(Template):
                    f"{window.text()}\n{what}; one output element per lane, looping over "
                    f"{window.taps} taps")
         header = [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
-        source = pool_source(name, header, node.op_type, window, dt, include_pad,
+        source = pool_source(KERNEL, header, node.op_type, window, dt, include_pad,
                              with_indices, storage_order)
-        fn, path, cached = load_source(source, name, ctx)
+        fn, path, cached = load_source(source, KERNEL, ctx)
         launcher = PoolLauncher(fn, window, torch_dtype(dt), with_indices, ctx.torch_device,
                                 ctx.interpreted, node.name, node.op_type)
         return KernelSpec(name, launcher, [x], ir_text, source, path, cached)
@@ -260,7 +261,7 @@ class GlobalPool(Template):
             result, what = f"tl.reduce(acc, 1, {combine})", "max, NaN propagated"
         k.store_row("y", result)
         source = k.render()
-        fn, path, cached = load_source(source, name, ctx)
+        fn, path, cached = load_source(source, KERNEL, ctx)
         launcher = TileLauncher(fn, layout, ctx.torch_device, ctx.interpreted,
                                 rows=[(torch_dtype(dt), lambda s: (*s[:2], *(1,) * (len(s) - 2)))])
         ir_text = (f"kernel {name} {node.op_type} node={node.name!r}\n"

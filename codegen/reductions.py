@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tritort.dtypes import FLOAT_TYPES, INT_TYPES
 
+from .cache import KERNEL
 from .emit import acc_type
 from .rowwise import (Layout, TileFusion, TileLauncher, TileSource, arg_best, check_dtypes,
                       constant_ints, extreme, normalize_axes, since_version, torch_dtype)
@@ -144,7 +145,7 @@ class Reduce(Template):
             _fold(k, term, how, ct, dt in FLOAT_TYPES)
         k.finish_rows(result)
         source = k.render()
-        fn, path, cached = load_source(source, name, ctx)
+        fn, path, cached = load_source(source, KERNEL, ctx)
         out_shape = _out_shape(reduced, keepdims)
         stored = [out_dt] if not fusion or not fusion.epilogue or fusion.store_result else []
         stored += [dt_ for _, dt_ in fusion.row_outputs] if fusion else []
@@ -198,7 +199,7 @@ class ArgReduce(Template):
         arg_best(k, "x", node.op_type == "ArgMax", last)
         k.store_row("y", "best_idx")
         source = k.render()
-        fn, path, cached = load_source(source, name, ctx)
+        fn, path, cached = load_source(source, KERNEL, ctx)
         launcher = TileLauncher(fn, layout, ctx.torch_device, ctx.interpreted,
                                 rows=[(torch_dtype("int64"), _out_shape(axis, keepdims))])
         ir = (f"kernel {name} {node.op_type} node={node.name!r}\n"

@@ -21,6 +21,7 @@ import onnx
 
 from tritort import dtypes
 
+from .cache import KERNEL
 from .emit import (ExprEmitter, acc_type, compute_type, helper_source, round_bf16, storage_type,
                    store, stored)
 from .ir import Const, Expr, Load, PointwiseKernel
@@ -342,7 +343,7 @@ class TileSource:
             header.append(f"# fused ONNX nodes: {fused}")
         header += ["import triton", "import triton.language as tl"]
         # wrap between parameters only ("BLOCK_M: tl.constexpr" stays whole)
-        text = f"def {self.name}({', '.join(p.replace(' ', '~') for p in params)}):"
+        text = f"def {KERNEL}({', '.join(p.replace(' ', '~') for p in params)}):"
         signature = ["@triton.jit"] + [line.replace("~", " ") for line in textwrap.wrap(
             text, 100, subsequent_indent=" " * 8, break_long_words=False)]
         helpers = self.helpers | {helper_source("\n".join(self.lines))} - {""}

@@ -57,6 +57,12 @@ class KernelSpec:
     cached: bool
     host_inputs: tuple[str, ...] = ()  # inputs the launcher takes as host (numpy) arrays
 
+    @property
+    def kernel(self) -> str | None:
+        """The jitted function's name, ``k_`` + its body's hash (see :mod:`.cache`); None for
+        a view, which runs no kernel."""
+        return None if self.path is None else self.path.stem
+
 
 class Template(abc.ABC):
     """One family of kernels. Subclasses declare ``kind`` and what fusion may give them."""
@@ -104,8 +110,10 @@ def template(*op_types: str):
     return wrap
 
 
-def load_source(source: str, name: str, ctx: TemplateContext) -> tuple[Any, Path, bool]:
-    """Compile ``source`` (defining ``@triton.jit def name``) through the kernel cache."""
+def load_source(source: str, name: str, ctx: TemplateContext) -> cache.Loaded:
+    """Compile ``source`` (defining ``@triton.jit def name``) through the kernel cache: its
+    leading comment lines are the dump's header, the rest is hashed with the function
+    renamed, so nothing but the code may differ between two nodes' kernels there."""
     return cache.load(source, name, ctx.device)
 
 
@@ -121,14 +129,26 @@ def kernel_signature(name: str, params: Sequence[str], width: int = 96) -> list[
     return lines + [line]
 
 
-def dump(name: str, ir_text: str, source: str) -> None:
+def dump(unit: str, ir_text: str, source: str, path: Path | None,
+         nodes: Sequence[Node]) -> None:
+    """With ``TRITORT_DUMP_DIR`` set, write a unit's tile IR (``{unit}.tileir.txt``) and its
+    kernel (``{unit}.py``) there: the source's header, a line naming the cached kernel and
+    the ONNX nodes the unit covers (written only here: neither is hashed), then the kernel
+    as cached, its function named by its hash."""
     folder = os.environ.get("TRITORT_DUMP_DIR")
     if not folder:
         return
-    path = Path(folder)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / f"{name}.tileir.txt").write_text(ir_text + "\n")
-    (path / f"{name}.py").write_text(source)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{unit}.tileir.txt").write_text(ir_text + "\n")
+    header, text = cache.split(source)
+    covers = ", ".join(f"{n.name} ({n.op_type})" for n in nodes)
+    if path is not None:
+        header += f"# kernel {path.stem} ({path}); unit {unit}: {covers}\n"
+        text = path.read_text()
+    else:
+        header += f"# no kernel (a view); unit {unit}: {covers}\n"
+    (out / f"{unit}.py").write_text(header + text)
 
 
 # The families register their rows on import; they need the names above to exist first.

@@ -110,7 +110,7 @@ def test_symbolic_shapes_one_kernel_two_sizes(tmp_path, monkeypatch, op):
     model = pool_model(op, 4, kernel_shape=[3, 3], strides=[2, 1], auto_pad="SAME_UPPER")
     # the larger size spans several programs and a ragged last block
     check(model, data(1, 3, 7, 8), data(2, 4, 33, 35), data(1, 1, 2, 3))
-    assert len(list(tmp_path.glob(f"{op.lower()}_*.py"))) == 1
+    assert len(list(tmp_path.glob("k_*.py"))) == 1  # one kernel file, named by its hash
 
 
 @pytest.mark.parametrize("storage_order", [0, 1])
