@@ -2,15 +2,18 @@
 
     python perf/compile_check.py MODEL.onnx [--shapes name=d0,d1 ...] [--arch 90]
     python perf/compile_check.py --model bert      # a benchmark model at its quick size
+    python perf/compile_check.py --model bert --layers 12   # ... with 12 layers
 
 The model runs once on the Triton provider in Triton's interpreter, with the sources and
 launch configs a GPU would get (``TRITORT_GPU_SOURCES=1``), while every kernel launch is
-recorded: source file, argument types, constexprs, num_warps and num_stages. Each distinct
-launch is then compiled by Triton's real compiler for ``cuda`` at the given compute
-capability (ptxas included), in a subprocess without the interpreter. The table says, per
-kernel: compiled or the error, shared memory, and whether tl.dot became Hopper's wgmma.
-Nothing here times anything; it catches what the interpreter accepts and the compiler does
-not (types, layouts, shared memory over the limit).
+recorded: kernel (its cache file), argument types, constexprs, num_warps and num_stages.
+Each distinct launch is then compiled by Triton's real compiler for ``cuda`` at the given
+compute capability (ptxas included), in a subprocess without the interpreter and with an
+empty Triton cache (a cold compile). The table says, per launch: the kernel (named by the
+hash of its code, so the layers of a model share theirs) and the units running it,
+compiled or the error, shared memory, and whether tl.dot became Hopper's wgmma; then the
+wall time of the recording run and of the compiles. It catches what the interpreter accepts
+and the compiler does not (types, layouts, shared memory over the limit).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +58,8 @@ def _arg_type(value: Any) -> tuple[str, Any]:
 class _Recorder:
     """Wraps a loaded kernel: ``fn[grid](*args, **kw)`` is recorded, then run."""
 
-    def __init__(self, fn: Any, path: Path, name: str, jobs: dict) -> None:
-        self.fn, self.path, self.name, self.jobs = fn, path, name, jobs
+    def __init__(self, fn: Any, path: Path, jobs: dict) -> None:
+        self.fn, self.path, self.name, self.jobs = fn, path, path.stem, jobs
 
     def __getattr__(self, item):
         return getattr(self.fn, item)
@@ -87,7 +91,8 @@ class _Recorder:
 
 
 def record(model_path: str, feeds: dict | None, shapes: list[str] = ()) -> list[dict]:
-    """Run the model once on the Triton provider (interpreter, GPU sources); the launches.
+    """Run the model once on the Triton provider (interpreter, GPU sources); the distinct
+    launches, each with the units (as the placement report names them) whose kernel it ran.
     Without ``feeds``, random inputs of the ``shapes`` given as NAME=D0,D1,..."""
     os.environ["TRITON_INTERPRET"] = "1"
     os.environ["TRITORT_GPU_SOURCES"] = "1"
@@ -101,8 +106,8 @@ def record(model_path: str, feeds: dict | None, shapes: list[str] = ()) -> list[
     real_load = cache.load
 
     def load(source, name, device):
-        fn, path, hit = real_load(source, name, device)
-        return _Recorder(fn, path, name, jobs), path, hit
+        loaded = real_load(source, name, device)
+        return loaded._replace(fn=_Recorder(loaded.fn, loaded.path, jobs))
 
     cache.load = load
     try:
@@ -116,7 +121,14 @@ def record(model_path: str, feeds: dict | None, shapes: list[str] = ()) -> list[
             sess.run(None, feeds)
     finally:
         cache.load = real_load
-    return list(jobs.values())
+    units: dict[str, list[str]] = {}
+    for ep in sess._program.providers:
+        for report in getattr(ep, "kernels", []):
+            units.setdefault(report["kernel"], []).append(report["name"])
+    jobs = list(jobs.values())
+    for job in jobs:
+        job["units"] = units.get(job["name"], [])
+    return jobs
 
 
 _COMPILE = r"""
@@ -145,8 +157,10 @@ for job in jobs:
 
 
 def compile_all(jobs: list[dict], arch: int) -> list[dict]:
+    """Each job compiled in one subprocess, from an empty Triton cache: a cold compile."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("TRITON_INTERPRET", "TRITORT_GPU_SOURCES")}
+    env["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="tritort-compile-triton-")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(jobs, f, default=str)
     run = subprocess.run([sys.executable, "-c", _COMPILE, f.name, str(arch)], env=env,
@@ -157,14 +171,20 @@ def compile_all(jobs: list[dict], arch: int) -> list[dict]:
     return results
 
 
+def _units(names: list[str]) -> str:
+    return "-" if not names else names[0] + (f" +{len(names) - 1}" if len(names) > 1 else "")
+
+
 def table(jobs: list[dict], results: list[dict]) -> str:
-    lines = [f"{'kernel':<44} {'warps':>5} {'stages':>6} {'shared':>8} {'mma':>6}  result",
-             "-" * 90]
+    """One row per launch: its kernel, the first unit running it (+ how many more), ..."""
+    lines = [f"{'kernel':<14} {'units':<32} {'warps':>5} {'stages':>6} {'shared':>8} "
+             f"{'mma':>6}  result", "-" * 90]
     for job, res in zip(jobs, results):
         opts = job["options"]
-        lines.append(f"{job['name'][:44]:<44} {opts.get('num_warps', '-'):>5} "
-                     f"{opts.get('num_stages', '-'):>6} {res.get('shared', '-'):>8} "
-                     f"{res.get('mma', '-'):>6}  {'ok' if res['ok'] else res['error']}")
+        lines.append(f"{job['name']:<14} {_units(job['units'])[:32]:<32} "
+                     f"{opts.get('num_warps', '-'):>5} {opts.get('num_stages', '-'):>6} "
+                     f"{res.get('shared', '-'):>8} {res.get('mma', '-'):>6}  "
+                     f"{'ok' if res['ok'] else res['error']}")
     return "\n".join(lines)
 
 
@@ -176,8 +196,9 @@ def _feeds(args) -> tuple[str, dict]:
         # breaks Triton's interpreter later in the same process
         subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
                         f"from perf import models; models.get_model({args.model!r}, "
-                        f"quick={not args.full})"], check=True, capture_output=True)
-        built = models.get_model(args.model, quick=not args.full)
+                        f"quick={not args.full}, layers={args.layers!r})"],
+                       check=True, capture_output=True)
+        built = models.get_model(args.model, quick=not args.full, layers=args.layers)
         return str(built.path), built.feeds
     return args.path, None
 
@@ -187,18 +208,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", nargs="?", help="an ONNX model")
     parser.add_argument("--model", help="a benchmark model (perf/models.py) instead")
     parser.add_argument("--full", action="store_true", help="the benchmark model's full size")
+    parser.add_argument("--layers", type=int, help="the benchmark model's layer count")
     parser.add_argument("--shapes", nargs="*", default=[], help="name=d0,d1,... per input")
     parser.add_argument("--arch", type=int, default=90, help="compute capability (90: H100)")
     args = parser.parse_args(argv)
     if not args.path and not args.model:
         parser.error("give a model path or --model NAME")
+    if args.layers is not None and not args.model:
+        parser.error("--layers sets a benchmark model's layer count: give --model NAME")
     path, feeds = _feeds(args)
+    start = time.perf_counter()
     jobs = record(path, feeds, args.shapes)
+    recorded = time.perf_counter() - start
+    start = time.perf_counter()
     results = compile_all(jobs, args.arch)
-    print(f"{len(jobs)} distinct kernel launches of {path}, compiled for sm_{args.arch}:")
+    compiled = time.perf_counter() - start
+    kernels = {job["name"] for job in jobs}
+    units = {unit for job in jobs for unit in job["units"]}
+    print(f"{len(jobs)} distinct kernel launches of {len(kernels)} distinct kernels "
+          f"({len(units)} units) of {path}, compiled for sm_{args.arch}:")
     print(table(jobs, results))
     failed = sum(not r["ok"] for r in results)
     print(f"{len(jobs) - failed} compiled, {failed} failed")
+    print(f"interpreter run (recording) {recorded:.1f} s; cold compile of {len(jobs)} "
+          f"launches {compiled:.1f} s")
     return 1 if failed else 0
 
 

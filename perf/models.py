@@ -142,7 +142,7 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_config(name: str, quick: bool, batch: int | None = None,
-                   seq: int | None = None) -> dict[str, Any]:
+                   seq: int | None = None, layers: int | None = None) -> dict[str, Any]:
     if name in LIGHT_MODELS:
         return {"batch": 1, "image": 224}  # fixed batch of 1 (their Reshapes say so)
     cfg = dict(TORCH_CONFIGS[name]["quick" if quick else "full"])
@@ -150,16 +150,21 @@ def resolve_config(name: str, quick: bool, batch: int | None = None,
         cfg["batch"] = batch
     if seq is not None and "seq" in cfg:
         cfg["seq"] = seq
+    if layers is not None:
+        if "layers" not in cfg:
+            raise ValueError(f"model '{name}' has no layer count to set")
+        cfg["layers"] = layers
     return cfg
 
 
 def get_model(name: str, quick: bool = False, batch: int | None = None, seq: int | None = None,
-              cache: str | os.PathLike | None = None, log: Callable[[str], None] | None = None
-              ) -> BuiltModel:
-    """Build (or load from the cache) one benchmark model and its seeded inputs."""
+              cache: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
+              layers: int | None = None) -> BuiltModel:
+    """Build (or load from the cache) one benchmark model and its seeded inputs; ``layers``
+    overrides the configuration's layer count (bert, gpt2, vit, mlp)."""
     if name not in DESCRIPTIONS:
         raise ValueError(f"unknown model '{name}'; known: {', '.join(ALL_MODELS)}")
-    cfg = resolve_config(name, quick, batch, seq)
+    cfg = resolve_config(name, quick, batch, seq, layers)
     folder = cache_dir(cache)
     t0 = time.perf_counter()
     if name in LIGHT_MODELS:

@@ -2,6 +2,7 @@
 compiler for sm_90 on this GPU-less machine (ptxas included)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +43,11 @@ def test_kernels_compile_for_hopper(tmp_path):
                               "TRITORT_CACHE_DIR": str(tmp_path / "cache"),
                               "PYTHONPATH": str(ROOT)})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines()
-            if line.split() and line.split()[-1] == "ok"}
-    gemm = next(r for name, r in rows.items() if name.startswith("matmul"))
-    assert gemm[4] == "wgmma", gemm  # fp16 tl.dot became Hopper's warpgroup MMA
-    assert any(name.startswith("layernormalization") for name in rows)
+    # kernel (named by its code's hash), first unit running it, [+more], warps, ..., mma, ok
+    rows = [line.split() for line in run.stdout.splitlines()
+            if line.split() and line.split()[-1] == "ok"]
+    assert all(re.fullmatch(r"k_[0-9a-f]{12}", row[0]) for row in rows), rows
+    gemm = next(r for r in rows if r[1].startswith("matmul"))
+    assert gemm[-2] == "wgmma", gemm  # fp16 tl.dot became Hopper's warpgroup MMA
+    assert any(r[1].startswith("layernormalization") for r in rows)
     assert "0 failed" in run.stdout
