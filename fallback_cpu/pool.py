@@ -1,7 +1,10 @@
 """Pooling kernels of the NumPy provider: Max/Average/Lp pooling, their Global forms, MaxUnpool.
 
 Each kernel tap is one strided view (no copy) of the padded input; reductions accumulate
-tap by tap, vectorized over batch, channels and output positions.
+tap by tap, vectorized over batch, channels and output positions. The input is checked
+against the window before any tap exists (``PoolParams.check``): a window larger than the
+padded input is ``InvalidArgument``, and an output with no positions is returned at once,
+so an absurd kernel_shape costs nothing.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import math
 
 import numpy as np
 
+from tritort.errors import InvalidArgument
 from tritort.windows import output_size, resolved_pads
 
 from .nn_util import int_or_list, narrow, pad_spatial, widen
@@ -18,6 +22,7 @@ from .registry import register
 
 class PoolParams:
     def __init__(self, ctx):
+        self.op_type = ctx.op_type
         self.kernel = list(ctx.attr("kernel_shape"))
         nd = len(self.kernel)
         self.strides = int_or_list(ctx.attr("strides"), nd, 1)
@@ -38,9 +43,36 @@ class PoolParams:
             extent = (k - 1) * d + 1
             o = output_size(size, extent, s, pb, pe, self.ceil_mode,
                             self.auto_pad in ("SAME_UPPER", "SAME_LOWER"))
-            out.append(max(o, 0))
+            if o < 0:
+                raise InvalidArgument(
+                    f"{self.op_type}: the window does not fit the padded input on spatial axis "
+                    f"{i}: kernel {k} with dilation {d} spans {extent} positions, the input has "
+                    f"{size} plus pads {pb} and {pe}; the output size would be {o}. Check "
+                    f"kernel_shape {self.kernel}, pads, strides {self.strides} and dilations "
+                    f"{self.dilations} against the input's spatial shape {list(in_spatial)}.")
+            out.append(o)
             padded_ends.append(max(pe, (o - 1) * s + extent - size - pb))
         return begins, padded_ends, ends, out
+
+    def check(self, x) -> bool:
+        """Validate ``x`` against the window (rank, sizes): False when the output has no
+        positions, so the kernel returns an empty result without building a tap."""
+        nd = len(self.kernel)
+        if x.ndim != nd + 2:
+            raise InvalidArgument(
+                f"{self.op_type}: the input has shape {list(x.shape)} (rank {x.ndim}); "
+                f"kernel_shape {self.kernel} needs rank {nd + 2} (N, C and {nd} spatial axes)")
+        for name, values in (("strides", self.strides), ("dilations", self.dilations)):
+            if len(values) != nd or any(v < 1 for v in values):
+                raise InvalidArgument(f"{self.op_type}: {name} {values} must be {nd} positive "
+                                      f"values, one per axis of kernel_shape {self.kernel}")
+        _, _, _, out = self.layout(x.shape[2:])
+        return all(o > 0 for o in out)
+
+    def empty(self, x, dtype=None):
+        """The (N, C, *out) result of an input whose output has no positions."""
+        _, _, _, out = self.layout(x.shape[2:])
+        return np.zeros(tuple(x.shape[:2]) + tuple(out), dtype=dtype or x.dtype)
 
     def taps(self, x, value):
         """Pad ``x`` with ``value``; return the layout and, per kernel tap, its strided
@@ -121,6 +153,9 @@ def max_pool(ctx):
     want_indices = ctx.num_outputs > 1 and bool(ctx.output_names[1])
 
     def run(x):
+        if not p.check(x):
+            y = p.empty(x)
+            return (y,) if not want_indices else (y, p.empty(x, np.int64))
         wx = widen(x)
         if not want_indices:
             return (narrow(p.reduce_windows(wx, _lowest(wx.dtype), np.maximum), x.dtype),)
@@ -171,6 +206,8 @@ def average_pool(ctx):
     counts: dict[tuple, np.ndarray | float] = {}  # per input spatial shape
 
     def run(x):
+        if not p.check(x):
+            return (p.empty(x),)
         wx = widen(x)
         total = p.reduce_windows(wx, 0, np.add)
         count = counts.get(x.shape[2:])
@@ -196,6 +233,8 @@ def lp_pool(ctx):
     power = float(ctx.attr("p", 2))
 
     def run(x):
+        if not p.check(x):
+            return (p.empty(x),)
         _, views = p.taps(np.power(np.abs(widen(x)), power), 0)
         total = views[0][1].copy()
         for _, v in views[1:]:

@@ -103,9 +103,11 @@ _REDUCTIONS = {
 def _register_reduction(op_type: str, fn, axes_input_since: int, since) -> None:
     @register(op_type, since)
     def factory(ctx: NodeContext):
-        keepdims = bool(ctx.attr("keepdims", 1))
+        # flags are on only when 1, as onnx's shape inference and onnxruntime read them
+        # (keepdims=2 reduces the rank: the inferred output type says so)
+        keepdims = ctx.attr("keepdims", 1) == 1
         axes_from_input = ctx.since_version >= axes_input_since
-        noop = axes_from_input and bool(ctx.attr("noop_with_empty_axes", 0))
+        noop = axes_from_input and ctx.attr("noop_with_empty_axes", 0) == 1
         attr_axes = None if axes_from_input else ctx.attr("axes")
 
         def run(data, axes=None):
@@ -132,7 +134,7 @@ def _arg_reduction(op_type: str, fn) -> None:
     @register(op_type, [1, 11, 12, 13])
     def factory(ctx: NodeContext):
         axis = ctx.attr("axis", 0)
-        keepdims = bool(ctx.attr("keepdims", 1))
+        keepdims = ctx.attr("keepdims", 1) == 1  # as onnx's inference reads it
         last = bool(ctx.attr("select_last_index", 0))
 
         def run(data):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -331,21 +330,39 @@ def test_sequence_ops_do_not_mutate_their_input():
         sequence_insert(ctx)(seq, np.zeros(1), np.array(3, np.int64))
 
 
-def test_sequence_at_length_and_bfloat16_concat():
-    xs = [np.array([1.5, 2.0], ml_dtypes.bfloat16), np.array([-3.0], ml_dtypes.bfloat16)]
-    seq_in = seq_info("xs", TP.BFLOAT16, None)
+def _sequence_model(elem):
+    seq_in = seq_info("xs", elem, None)
     nodes = [oh.make_node("SequenceAt", ["xs", "pos"], ["at"]),
              oh.make_node("SequenceLength", ["xs"], ["n"]),
              oh.make_node("ConcatFromSequence", ["xs"], ["cat"], axis=0)]
-    model = make_model(nodes, [seq_in, tensor("pos", TP.INT32, [])],
-                       [tensor("at", TP.BFLOAT16, [None]), tensor("n", TP.INT64, []),
-                        tensor("cat", TP.BFLOAT16, [None])], 17)
+    return make_model(nodes, [seq_in, tensor("pos", TP.INT32, [])],
+                      [tensor("at", elem, [None]), tensor("n", TP.INT64, []),
+                       tensor("cat", elem, [None])], 17)
+
+
+def test_sequence_at_length_and_float16_concat():
+    xs = [np.array([1.5, 2.0], np.float16), np.array([-3.0], np.float16)]
+    model = _sequence_model(TP.FLOAT16)
     from onnx.reference import ReferenceEvaluator
     expected = ReferenceEvaluator(model).run(None, {"xs": xs, "pos": np.array(-1, np.int32)})
     got = run_model(model, [xs, np.array(-1, np.int32)])
     for e, a in zip(expected, got):
         assert_same(np.asarray(e), a, 0, 0)
-    assert got[2].dtype == ml_dtypes.bfloat16 and got[1].dtype == np.int64 and got[1].ndim == 0
+    assert got[2].dtype == np.float16 and got[1].dtype == np.int64 and got[1].ndim == 0
+
+
+def test_bfloat16_sequences_are_outside_the_sequence_ops_constraints():
+    """No sequence op's type constraint lists seq(tensor(bfloat16)): the model is refused
+    at session creation, as onnxruntime refuses it."""
+    if SESSION is None:
+        pytest.skip("needs the session")
+    import tritort
+
+    model = _sequence_model(TP.BFLOAT16)
+    with pytest.raises(tritort.InvalidGraph, match=r"seq\(tensor\(bfloat16\)\).*SequenceAt"):
+        SESSION(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidGraph):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 # --- optionals ------------------------------------------------------------------------------

@@ -159,6 +159,8 @@ class InputSpec:
                                f"(tensor({actual})) , expected: ({expected})")
 
     def _tensor(self, value: Any, where: str) -> np.ndarray:
+        if isinstance(value, np.generic) and not isinstance(value, (np.str_, np.bytes_)):
+            value = np.asarray(value)  # a numpy scalar has a dtype: checked as a 0-d array
         if not isinstance(value, np.ndarray):
             if isinstance(value, (list, tuple, int, float, bool, str, np.generic)):
                 dtype = self.dtype if self.dtype is not None and self.dtype != object else None

@@ -1,7 +1,9 @@
 """Load stage: bytes or path -> checked, inlined, shape-inferred model and its Graph."""
 from __future__ import annotations
 
+import heapq
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +12,9 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, inliner, numpy_helper
 
-from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
-from .graph import Graph
+from . import validate
+from .errors import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+from .graph import Graph, outer_scope_names
 
 # Newest opset this runtime knows, per domain, taken from the onnx schemas it was built on.
 SUPPORTED_OPSETS: dict[str, int] = {}
@@ -118,7 +121,7 @@ def run_checker(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        raise InvalidGraph(f"This is an invalid model. {_first_line(e)}") from None
+        raise InvalidGraph(f"This is an invalid model. {_checker_message(e)}") from None
     finally:
         for t in shapeless:
             t.ClearField("shape")
@@ -128,11 +131,13 @@ WEIGHT_ELEMENTS = 1024  # larger initializers are weights: no shape computation 
 
 
 def check_and_infer(model: onnx.ModelProto) -> None:
-    """The checker and shape inference, run on the model minus its weights.
+    """The checker, shape inference and validation (``validate``), run on the model minus
+    its weights.
 
-    Both serialize the model they are given; without the weights that is a few kilobytes,
+    All serialize the model they are given; without the weights that is a few kilobytes,
     not the whole file. Weights become typed graph inputs for the duration; the inferred
-    value types and node annotations are copied back.
+    value types and node annotations are copied back. The inference that types the graph is
+    lenient; the strict one that follows only validates.
     """
     skeleton = onnx.ModelProto()
     for field in ("ir_version", "opset_import", "producer_name", "domain", "model_version"):
@@ -159,9 +164,66 @@ def check_and_infer(model: onnx.ModelProto) -> None:
         inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
     except Exception as e:  # inference errors are model errors, whatever their class
         raise InvalidGraph(f"shape inference failed: {_first_line(e)}") from None
+    opsets = opset_map(model)
+    validate.check_types(inferred.graph, opsets)
+    validate.strict_inference(skeleton, opsets)
+    validate.check_attribute_choices(skeleton.graph)
     for field in ("node", "output", "value_info"):
         src.ClearField(field)
         getattr(src, field).extend(getattr(inferred.graph, field))
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Put the nodes of the main graph in topological order, as ORT does for a model whose
+    nodes are listed out of order (the checker requires the order); the order of a sorted
+    graph is kept. A cycle is ``Fail``, ORT's class. Like ORT, bodies are not sorted: the
+    checker refuses one out of order."""
+    produced = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    needs = [{produced[name] for name in _reads(n) if name in produced} for n in graph.node]
+    if all(all(j < i for j in deps) for i, deps in enumerate(needs)):
+        return
+    # Kahn's algorithm, lowest index first: a sorted prefix keeps its order
+    pending = [len(deps) for deps in needs]
+    readers: list[list[int]] = [[] for _ in needs]
+    for i, deps in enumerate(needs):
+        for j in deps:
+            readers[j].append(i)
+    ready = [i for i, n in enumerate(pending) if n == 0]
+    heapq.heapify(ready)
+    order, placed = [], [False] * len(needs)
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        placed[i] = True
+        for r in readers[i]:
+            pending[r] -= 1
+            if pending[r] == 0:
+                heapq.heappush(ready, r)
+    if len(order) != len(needs):
+        stuck = [graph.node[i] for i in range(len(needs)) if not placed[i]]
+        names = ", ".join(f"{n.op_type} '{n.name}'" for n in stuck[:6])
+        raise Fail(f"This is an invalid model. Error: the graph is not acyclic: {names} "
+                   f"{'...' if len(stuck) > 6 else ''}read each other's outputs, directly or "
+                   "through other nodes.")
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """What a node reads: its inputs and the outer-scope names its subgraphs use."""
+    return {i for i in node.input if i} | outer_scope_names(node)
+
+
+def name_nodes(graph: onnx.GraphProto) -> None:
+    """Give unnamed nodes the name the runtime knows them by (``OpType_index``), so every
+    message, the checker's and inference's included, names the node."""
+    for name, node in zip(validate.node_names(graph), graph.node):
+        if not node.name:
+            node.name = name
+        for attr in node.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                name_nodes(g)
 
 
 def check_node_inputs(graph: onnx.GraphProto) -> None:
@@ -210,9 +272,12 @@ def load(source: Any, *, initializers: dict[str, np.ndarray] | None = None,
     if model.functions:
         model = inliner.inline_local_functions(model)
     check_node_inputs(model.graph)
+    name_nodes(model.graph)
+    sort_nodes(model.graph)
+    validate.check_initializers(model.graph, WEIGHT_ELEMENTS)
     apply_free_dimension_overrides(model, free_dims_by_name or {}, free_dims_by_denotation or {})
     check_and_infer(model)
-    graph_inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    graph_inits = {t.name: validate.to_array(t) for t in model.graph.initializer}
     for name, value in initializers.items():
         _check_override(model.graph, name, value, graph_inits)
         graph_inits[name] = value
@@ -241,6 +306,18 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy
+
+
+_CHECKER_CONTEXT = re.compile(r"==> Context: Bad node spec for node\. Name: (.*?) OpType: (\S+)")
+
+
+def _checker_message(e: Exception) -> str:
+    """The checker's first lines, naming the node its context line names."""
+    text = _first_line(e)
+    m = _CHECKER_CONTEXT.search(str(e))
+    if m is not None:
+        return f"In Node '{m.group(1)}' ({m.group(2)}): {text}"
+    return text
 
 
 def _first_line(e: Exception) -> str:
