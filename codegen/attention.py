@@ -34,6 +34,7 @@ from tritort import dtypes
 from tritort.contracts import INTERNAL_DOMAIN
 from tritort.contracts import attention_shapes
 
+from .launch import launch_kernel
 from .attention_configs import (_MIN_BLOCK, TUNING, AttentionConfig, kernel_key, pick_config,
                                 problem_of)
 from .cache import KERNEL
@@ -260,10 +261,10 @@ def _run(fn: Any, cfg: AttentionConfig, q: Any, k: Any, v: Any, y: Any, *mask: A
         high = float(np.float32(scale))
         scales = (high, float(np.float32(scale - high)))
     grid = (math.ceil(sq / cfg.block_m), b * h)
-    fn[grid](q, k, v, y, *mask, sq, sk, h, h // hk, d, dv, *scales, *q.stride(), *k.stride(),
-             *v.stride(), *y.stride(), *mask_args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-             BLOCK_D=_block(d), BLOCK_DV=_block(dv), num_warps=cfg.num_warps,
-             num_stages=cfg.num_stages)
+    launch_kernel(fn, grid, q, k, v, y, *mask, sq, sk, h, h // hk, d, dv, *scales, *q.stride(),
+           *k.stride(), *v.stride(), *y.stride(), *mask_args, BLOCK_M=cfg.block_m,
+           BLOCK_N=cfg.block_n, BLOCK_D=_block(d), BLOCK_DV=_block(dv),
+           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def _check_heads(op: str, q, k, v) -> None:

@@ -40,6 +40,7 @@ import numpy as np
 from tritort import dtypes
 from tritort.windows import output_size, resolved_pads
 
+from .launch import launch_kernel
 from . import gemm
 from .cache import KERNEL
 from .conv_configs import TUNING, ConvConfig, kernel_key, pick_config, problem_of, unusable
@@ -427,10 +428,10 @@ def _run(fn: Any, cfg: ConvConfig, x: Any, w: Any, b: Any, y: Any, *extra: Any,
         grid = (blocks_m * math.ceil(mg / cfg.block_n), spec.group)
         blocks = {"BLOCK_K": cfg.block_k}
     bias = [b] if spec.with_bias else []
-    fn[grid](x, w, *bias, y, *extra, rows, m, spec.channels_per_group, mg, *x.shape[2:], *outs,
-             *begins, *x.stride(), *w.stride(), *(b.stride() if spec.with_bias else ()),
-             *y.stride(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **blocks,
-             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch_kernel(fn, grid, x, w, *bias, y, *extra, rows, m, spec.channels_per_group, mg,
+           *x.shape[2:], *outs, *begins, *x.stride(), *w.stride(),
+           *(b.stride() if spec.with_bias else ()), *y.stride(), BLOCK_M=cfg.block_m,
+           BLOCK_N=cfg.block_n, **blocks, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 @functools.lru_cache(maxsize=64)

@@ -31,6 +31,7 @@ import numpy as np
 
 from tritort import dtypes
 
+from .launch import launch_kernel
 from .cache import KERNEL
 from .emit import acc_type, helper_source, store, stored
 from .gemm_configs import TUNING, GemmConfig, pick_config
@@ -205,10 +206,10 @@ def _run(fn: Any, cfg: GemmConfig, a: Any, b: Any, y: Any, *extra: Any) -> None:
     *batch, m, k = a.shape
     n = b.shape[-1]
     tiles = math.ceil(m / cfg.block_m) * math.ceil(n / cfg.block_n)
-    fn[(math.prod(batch) * tiles,)](a, b, y, *extra, m, n, k, *batch, *a.stride(), *b.stride(),
-                                    *y.stride(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-                                    BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-                                    num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch_kernel(fn, (math.prod(batch) * tiles,), a, b, y, *extra, m, n, k, *batch, *a.stride(),
+           *b.stride(), *y.stride(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+           BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
+           num_stages=cfg.num_stages)
 
 
 def _check_k(op: str, a_shape, b_shape, ka: int, kb: int) -> None:

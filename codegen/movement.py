@@ -22,6 +22,7 @@ from tritort import dtypes
 from tritort.graph import Node
 
 from . import target
+from .launch import launch_kernel
 from .pointwise import _block_size
 from .templates import KernelSpec, Template, TemplateContext, load_source, template
 
@@ -156,7 +157,7 @@ def launch(fn: Any, numel: int, args: Sequence[Any]) -> None:
     if numel == 0:
         return
     block, warps = _block_size(numel, target.interpreted())
-    fn[((numel + block - 1) // block,)](*args, BLOCK=block, num_warps=warps)
+    launch_kernel(fn, ((numel + block - 1) // block,), *args, BLOCK=block, num_warps=warps)
 
 
 # ------------------------------------------------------------------ strided copy

@@ -8,6 +8,7 @@ from tritort.graph import Node
 
 from . import target
 from .ir import Cast, Expr, Load, Op, PointwiseKernel, TensorParam
+from .launch import launch_kernel
 from .lowering import lower_node
 
 
@@ -119,5 +120,6 @@ class PointwiseLauncher:
             strides.extend(s or (0,))
         block, warps = _block_size(numel, self.interpreted)
         grid = ((numel + block - 1) // block,)
-        self.fn[grid](*inputs, *outs, numel, *dims, *strides, BLOCK=block, num_warps=warps)
+        launch_kernel(self.fn, grid, *inputs, *outs, numel, *dims, *strides, BLOCK=block,
+               num_warps=warps)
         return tuple(outs)

@@ -22,6 +22,7 @@ import numpy as np
 
 from tritort.dtypes import FLOAT_TYPES
 
+from .launch import launch_kernel
 from . import conv
 from .cache import KERNEL
 from .emit import acc_type, compute_type, helper_source, store
@@ -188,9 +189,9 @@ class PoolLauncher:
             block, warps = pick_block(total, self.interpreted)
             fn_args = [x, y] + ([ind] if ind is not None else [])
             with np.errstate(all="ignore"):  # the interpreter computes masked lanes' 0 / 0
-                self.fn[(math.ceil(total / block),)](
-                    *fn_args, total, x.shape[1], *x.shape[2:], *outs, *begins, *ends,
-                    *x.stride(), *y.stride(), BLOCK=block, num_warps=warps)
+                launch_kernel(self.fn, (math.ceil(total / block),), *fn_args, total, x.shape[1],
+                       *x.shape[2:], *outs, *begins, *ends, *x.stride(), *y.stride(),
+                       BLOCK=block, num_warps=warps)
         return (y, ind) if ind is not None else (y,)
 
 

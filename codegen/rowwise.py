@@ -21,6 +21,7 @@ import onnx
 
 from tritort import dtypes
 
+from .launch import launch_kernel
 from .cache import KERNEL
 from .emit import (ExprEmitter, acc_type, compute_type, helper_source, round_bf16, storage_type,
                    store, stored)
@@ -442,9 +443,9 @@ class TileLauncher:
         grid = ((n_rows + block_m - 1) // block_m,)
         # masked lanes compute 0/0 and log(0) too; numpy (the interpreter) would warn
         with np.errstate(all="ignore"):
-            self.fn[grid](*tensors, *(r for r in rows if r is not None), n_rows, n_cols,
-                          *(shape[a] for a in axes), *strides, BLOCK_M=block_m,
-                          BLOCK_N=block_n, num_warps=warps)
+            launch_kernel(self.fn, grid, *tensors, *(r for r in rows if r is not None), n_rows,
+                   n_cols, *(shape[a] for a in axes), *strides, BLOCK_M=block_m,
+                   BLOCK_N=block_n, num_warps=warps)
         return outputs
 
 

@@ -39,6 +39,8 @@ class Plan:
     # values a run reads back from a device before its fetches (graph inputs included when
     # the caller placed them there): each one synchronizes the host with the device
     host_reads: tuple[str, ...] = ()
+    # graph inputs whose values (not only shapes) a step reads on the host
+    host_value_inputs: tuple[str, ...] = ()
 
 
 class DeviceConstants:
@@ -142,8 +144,12 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
     for name in device_inputs(units, host_device).intersection(graph.input_names):
         device_of[name] = ANYWHERE
     steps: list[Step] = []
+    host_value_inputs: list[str] = []
     for pu in needed:
         unit, ep = pu.unit, pu.provider
+        host_value_inputs += [x for x in unit.inputs if x in input_slots and x not in
+                              unit.shape_inputs and (ep.device == host_device
+                                                     or x in unit.host_inputs)]
         ins = []
         for name in unit.inputs:
             if name in unit.shape_inputs:
@@ -176,7 +182,7 @@ def make_plan(graph: Graph, units: list[PlacedUnit], fetches: Sequence[str],
     _assign_lifetimes(steps, set(fetch_slots) | {s for s, _ in constant_slots},
                       set(input_slots.values()))
     return Plan(steps, slot_of, len(slot_of), constant_slots, input_slots, fetch_slots,
-                host_reads)
+                host_reads, tuple(dict.fromkeys(host_value_inputs)))
 
 
 def _placed_constant(name, value, ep, device_of, slot, constant_slots, device_constants) -> str:

@@ -19,12 +19,15 @@ from .executor import build_subgraph, execute
 from .feeds import InputSpec, NodeArg, node_arg
 from .options import RunOptions, SessionOptions
 from .ortvalue import OrtValue
-from .planner import Plan, Plans, device_inputs
+from .planner import Plans, device_inputs
 from .profiling import Profiler
+from .replay import BoundPlans
 
 log = logging.getLogger("tritort")
 
 RECORD_ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
+# "0" runs every launch through its launcher: no recorded launches replayed
+BOUND_PLANS_KEY = "tritort.bound_plans"
 EXTERNAL_DIR_KEY = "session.model_external_initializers_file_folder_path"
 
 
@@ -210,6 +213,11 @@ class InferenceSession:
             spec.devices = devices
         self._host_only = all(ep.device == "cpu" for ep in self._providers)
         self._guard: tuple | None = None
+        self._bound_plans: BoundPlans | None = None
+        launching = [ep for ep in self._providers if hasattr(ep, "torch_device")]
+        if launching and self._sess_options._config.get(BOUND_PLANS_KEY, "1") != "0":
+            cuda_graph = launching[0].options.get("enable_cuda_graph", "0") == "1"
+            self._bound_plans = BoundPlans(launching[0], read_on_device, cuda_graph)
         if cuda:
             ep = cuda[0]
             text = ep.options.get("user_compute_stream", "").strip()
@@ -220,22 +228,36 @@ class InferenceSession:
                                       f"(an integer), got '{text}'") from None
             self._guard = (ep.torch_device, stream or None)
 
-    def _execute(self, plan: Plan, feeds: dict[str, Any], terminate) -> list[Any]:
+    def _execute(self, fetches: list[str], feeds: dict[str, Any], terminate, on_device: bool,
+                 borrowed: bool) -> list[Any]:
         if self._scoped:  # provider settings that hold during a run (BLAS threads)
             with contextlib.ExitStack() as stack:
                 for ep in self._scoped:
                     stack.enter_context(ep.run_scope())
-                return self._execute_on_device(plan, feeds, terminate)
-        return self._execute_on_device(plan, feeds, terminate)
+                return self._execute_on_device(fetches, feeds, terminate, on_device, borrowed)
+        return self._execute_on_device(fetches, feeds, terminate, on_device, borrowed)
 
-    def _execute_on_device(self, plan: Plan, feeds: dict[str, Any], terminate) -> list[Any]:
+    def _execute_on_device(self, fetches: list[str], feeds: dict[str, Any], terminate,
+                           on_device: bool, borrowed: bool) -> list[Any]:
         if self._guard is None:
-            return execute(plan, feeds, terminate, self._profiler)
+            return self._execute_plan(fetches, feeds, terminate, on_device, borrowed)
         device, stream = self._guard
         with dlpack.StreamGuard(device, stream) as guard:
-            results = execute(plan, feeds, terminate, self._profiler)
+            results = self._execute_plan(fetches, feeds, terminate, on_device, borrowed)
             guard.hand_over(results)
         return results
+
+    def _execute_plan(self, fetches: list[str], feeds: dict[str, Any], terminate,
+                      on_device: bool, borrowed: bool) -> list[Any]:
+        """The recorded launches of the input signature where the plan can be bound (not
+        while profiling: its events are per node), else the plan's steps."""
+        if self._bound_plans is not None and self._profiler is None:
+            plan = self._plans.get(fetches, keep_on_device=True)
+            results = self._bound_plans.run(plan, feeds, terminate)
+            if results is not None:
+                return [_handed_over(r, on_device, borrowed) for r in results]
+        plan = self._plans.get(fetches, keep_on_device=on_device)
+        return execute(plan, feeds, terminate, self._profiler)
 
     def _callers_stream(self) -> Callable:
         """A context factory making this thread's current CUDA stream current in another."""
@@ -302,23 +324,23 @@ class InferenceSession:
         return feeds
 
     def _run(self, fetches: list[str], feeds: dict[str, Any], run_options,
-             on_device: bool = False) -> list[Any]:
+             on_device: bool = False, borrowed: bool = False) -> list[Any]:
         """Run on converted feeds. Results are host values, or with ``on_device`` values where
-        their producers left them (torch tensors for the Triton provider)."""
+        their producers left them (torch tensors for the Triton provider); ``borrowed``: the
+        caller copies them before the next run, so they may be the session's own buffers."""
         if run_options is not None and not isinstance(run_options, RunOptions):
             raise InvalidArgument(f"run_options must be a RunOptions, got "
                                   f"{type(run_options).__name__}")
         terminate = run_options._terminate if run_options is not None else None
-        plan = self._plans.get(fetches, keep_on_device=on_device)
         try:
-            results = self._execute(plan, feeds, terminate)
+            results = self._execute(fetches, feeds, terminate, on_device, borrowed)
         except EPFail:
             if not self._fallback or self.get_providers() == [eps.CPU]:
                 raise
             log.warning("a provider failed; falling back to %s for this session", eps.CPU)
             self.set_providers([eps.CPU])
             feeds = {k: dlpack.to_host(v) for k, v in feeds.items()}
-            return self._run(fetches, feeds, run_options, on_device)
+            return self._run(fetches, feeds, run_options, on_device, borrowed)
         if on_device:
             return [self._detach_device(r, feeds) for r in results]
         return [self._detach(r, feeds) for r in results]
@@ -410,6 +432,17 @@ class InferenceSession:
             raise InvalidArgument("this IOBinding belongs to another session; create one with "
                                   "this session's io_binding()")
         iobinding._run(run_options)
+
+
+def _handed_over(value: Any, on_device: bool, borrowed: bool) -> Any:
+    """A bound plan's output (its own buffer, rewritten by its next run) as the caller may
+    keep it: a host copy, a device clone, or the buffer itself when ``borrowed``."""
+    if not dlpack.is_torch(value):
+        return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+    if not on_device:
+        host = dlpack.to_host(value)
+        return host.copy() if value.device.type == "cpu" else host
+    return value if borrowed else value.clone()
 
 
 def _root(arr: Any) -> Any:

@@ -23,7 +23,9 @@ class TritonExecutionProvider(ExecutionProvider):
     option_docs = {"device_id": "CUDA device ordinal to run on (default '0')",
                    "user_compute_stream": "address of a CUDA stream (cudaStream_t, as an "
                                           "integer) to run on instead of torch's current "
-                                          "stream; ordered against it with events"}
+                                          "stream; ordered against it with events",
+                   "enable_cuda_graph": "'1': each input signature's recorded launches are "
+                                        "captured into a CUDA graph and replayed"}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

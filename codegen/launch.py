@@ -1,0 +1,104 @@
+"""Every kernel launch goes through :func:`launch_kernel`, so a run's launches can be recorded
+once and replayed: a bound plan walks the recorded launches instead of the launchers (no
+shape math, no config lookups, no allocation, no argument binding per launch).
+
+Recording is scoped to a context (a contextvar, so concurrent runs on other threads are not
+recorded into it); outside one, :func:`launch_kernel` is just ``fn[grid](*args, **meta)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+_recording: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "tritort_recorded_launches", default=None)
+# set while a kernel runs: what the interpreter does to tensors is the kernel's own work
+_in_kernel: contextvars.ContextVar[bool] = contextvars.ContextVar("tritort_in_kernel",
+                                                                  default=False)
+
+
+@dataclass
+class Launch:
+    """One recorded launch: the jitted function, its grid, arguments and launch options, and
+    the compiled kernel Triton returned (None in the interpreter)."""
+
+    fn: Any
+    grid: tuple
+    args: tuple
+    meta: dict
+    kernel: Any
+
+
+def launch_kernel(fn: Any, grid: tuple, *args: Any, **meta: Any) -> Any:
+    launches = _recording.get()
+    if launches is None:
+        return fn[grid](*args, **meta)
+    token = _in_kernel.set(True)
+    try:
+        kernel = fn[grid](*args, **meta)
+    finally:
+        _in_kernel.reset(token)
+    launches.append(Launch(fn, tuple(grid), args, meta, kernel))
+    return kernel
+
+
+def in_kernel() -> bool:
+    """Is a recorded kernel launch under way on this thread?"""
+    return _in_kernel.get()
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Launch]]:
+    """The launches made in this context (this thread's), in order."""
+    launches: list[Launch] = []
+    token = _recording.set(launches)
+    try:
+        yield launches
+    finally:
+        _recording.reset(token)
+
+
+class Prepared:
+    """A recorded launch ready to go again: ``go(stream, values)`` with ``values`` its
+    positional arguments, bound once (:attr:`values`; a replay may swap the tensors of some
+    positions for others of the same shape and strides).
+
+    On a GPU the compiled kernel's own runner is called (what Triton's ``JITFunction.run``
+    would bind on every call, done once); in the interpreter, or for a kernel Triton did not
+    hand back, the jitted function is called as the launcher did."""
+
+    def __init__(self, recorded: Launch) -> None:
+        kernel = recorded.kernel
+        self.compiled = kernel is not None and hasattr(kernel, "__getitem__") and \
+            hasattr(kernel, "run")
+        if not self.compiled:
+            self.values = tuple(recorded.args)
+            self._fn, self._grid, self._meta = recorded.fn, recorded.grid, recorded.meta
+            return
+        signature = inspect.signature(recorded.fn.fn)
+        bound = signature.bind(*recorded.args, **{k: v for k, v in recorded.meta.items()
+                                                  if k in signature.parameters})
+        bound.apply_defaults()
+        self.values = tuple(bound.arguments.values())
+        self._runner = kernel[tuple(recorded.grid) + (1,) * (3 - len(recorded.grid))]
+
+    def go(self, stream: Any, values: tuple) -> None:
+        if self.compiled:
+            self._runner(*values, stream=stream)
+            return
+        token = _in_kernel.set(True)  # the interpreter's tensor work is the kernel's
+        try:
+            self._fn[self._grid](*values, **self._meta)
+        finally:
+            _in_kernel.reset(token)
+
+
+def current_stream() -> Any:
+    """The stream launches go to now, as Triton's launcher takes it (None in the interpreter)."""
+    from triton.runtime import driver
+
+    active = driver.active
+    return active.get_current_stream(active.get_current_device())
