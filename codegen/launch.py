@@ -62,38 +62,78 @@ def recording() -> Iterator[list[Launch]]:
 
 
 class Prepared:
-    """A recorded launch ready to go again: ``go(stream, values)`` with ``values`` its
-    positional arguments, bound once (:attr:`values`; a replay may swap the tensors of some
-    positions for others of the same shape and strides).
+    """A recorded launch ready to go again: ``call(stream, values)`` gives the function and
+    the arguments that launch it.
 
-    On a GPU the compiled kernel's own runner is called (what Triton's ``JITFunction.run``
-    would bind on every call, done once); in the interpreter, or for a kernel Triton did not
-    hand back, the jitted function is called as the launcher did."""
+    :attr:`arguments` are its positional arguments, bound once, tensors included;
+    :attr:`values` what the launch passes: on a GPU the compiled kernel's launcher is called
+    as Triton's ``JITFunction.run`` calls it (argument binding, done once) with each tensor
+    as its address, which the launcher takes without asking the driver about it; in the
+    interpreter, or for a kernel Triton did not hand back, the jitted function is called as
+    the launcher did. A replay may swap the tensor at a position for another of the same
+    shape and strides (:meth:`passed`)."""
 
     def __init__(self, recorded: Launch) -> None:
         kernel = recorded.kernel
         self.compiled = kernel is not None and hasattr(kernel, "__getitem__") and \
             hasattr(kernel, "run")
         if not self.compiled:
-            self.values = tuple(recorded.args)
+            self.arguments = self.values = tuple(recorded.args)
             self._fn, self._grid, self._meta = recorded.fn, recorded.grid, recorded.meta
             return
         signature = inspect.signature(recorded.fn.fn)
         bound = signature.bind(*recorded.args, **{k: v for k, v in recorded.meta.items()
                                                   if k in signature.parameters})
         bound.apply_defaults()
-        self.values = tuple(bound.arguments.values())
-        self._runner = kernel[tuple(recorded.grid) + (1,) * (3 - len(recorded.grid))]
+        self.arguments = tuple(bound.arguments.values())  # keeps the tensors alive
+        self.values = tuple(self.passed(v) for v in self.arguments)
+        grid = tuple(recorded.grid) + (1,) * (3 - len(recorded.grid))
+        self._runner = kernel[grid]  # loads the module; with launch hooks, the fallback
+        self._launch = kernel.run  # the compiled launcher itself
+        self._head = (*grid[:3],)
+        self._tail = (kernel.function, kernel.packed_metadata, None, None, None)
+
+    def rebind(self, moved: Any) -> None:
+        """Each argument replaced by ``moved(argument)`` (a view of the same shape and strides
+        elsewhere: the plan's memory arena)."""
+        self.arguments = tuple(moved(a) for a in self.arguments)
+        self.values = tuple(self.passed(a) for a in self.arguments)
+
+    def passed(self, value: Any) -> Any:
+        """``value`` as this launch passes it (a tensor's address on a GPU)."""
+        if self.compiled and hasattr(value, "data_ptr") and hasattr(value, "untyped_storage"):
+            return value.data_ptr()
+        return value
+
+    def call(self, stream: Any, values: tuple) -> tuple[Any, tuple]:
+        """(function, arguments): calling the one with the other launches the kernel."""
+        if not self.compiled:
+            return self._interpret, (values,)
+        if hooks_set():
+            return self._hooked, (stream, values)
+        return self._launch, (*self._head, stream, *self._tail, *values)
 
     def go(self, stream: Any, values: tuple) -> None:
-        if self.compiled:
-            self._runner(*values, stream=stream)
-            return
+        function, arguments = self.call(stream, values)
+        function(*arguments)
+
+    def _hooked(self, stream: Any, values: tuple) -> None:
+        self._runner(*values, stream=stream)
+
+    def _interpret(self, values: tuple) -> None:
         token = _in_kernel.set(True)  # the interpreter's tensor work is the kernel's
         try:
             self._fn[self._grid](*values, **self._meta)
         finally:
             _in_kernel.reset(token)
+
+
+def hooks_set() -> bool:
+    """Are Triton's launch hooks (a profiler's) set? They need the full launch path."""
+    from triton import knobs
+
+    return knobs.runtime.launch_enter_hook is not None or \
+        knobs.runtime.launch_exit_hook is not None
 
 
 def current_stream() -> Any:

@@ -251,3 +251,38 @@ def test_a_bound_run_can_be_captured_by_the_caller():
     np.testing.assert_allclose(z.cpu().numpy(), reference({"A": a.cpu().numpy(),
                                                            "B": b.cpu().numpy()}),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_the_arena_holds_the_peak_of_live_intermediates_not_their_sum():
+    # five MatMuls in a row: each result dies at the next, so two buffers' worth suffice
+    weights = [numpy_helper.from_array(_rng.standard_normal((16, 16)).astype(np.float32),
+                                       f"W{i}") for i in range(5)]
+    names = ["X", "H0", "H1", "H2", "H3", "Y"]
+    nodes = [helper.make_node("MatMul", [names[i], f"W{i}"], [names[i + 1]], name=f"mm{i}")
+             for i in range(5)]
+    model = models.make(nodes, [models.vi("X", shape=["N", 16])], [models.vi("Y", shape=None)],
+                        weights)
+    sess, reference = triton_session(model), _reference(model)
+    for _ in range(3):
+        x = _rng.standard_normal((32, 16)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"X": x})[0], reference({"X": x}), rtol=1e-4,
+                                   atol=1e-4)
+    [bound] = _bound(sess)
+    per_value = 32 * 16 * 4
+    assert bound.recorded_bytes == 5 * per_value
+    assert bound.arena.numel() <= 2 * per_value
+
+
+def test_blocks_share_memory_only_when_their_lifetimes_do_not_overlap():
+    from tritort.arena import ALIGN, Block, place
+
+    blocks = [Block(1, 1000, 0, 2), Block(2, 500, 1, 3), Block(3, 1000, 3, 5),
+              Block(4, 300, 4, 4)]
+    size = place(blocks)
+    for a in blocks:
+        for b in blocks:
+            if a is not b and a.first <= b.last and b.first <= a.last:
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+        assert a.offset % ALIGN == 0
+    assert blocks[2].offset == 0  # the first block is dead by then: its range is reused
+    assert size < sum(b.nbytes for b in blocks)

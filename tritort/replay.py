@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import dlpack
+from . import arena, dlpack
 from .errors import Fail
 from .executor import execute
 from .planner import Plan
@@ -43,6 +43,9 @@ _ALLOCATIONS_AND_VIEWS = frozenset({
 })
 # copies a replay may keep as they were made: host data (shapes, constants) put on a device
 _HOST_COPIES = frozenset({"_to_copy", "copy_", "_pin_memory", "pin_memory"})
+# allocations whose contents only kernels write: the arena may place them
+_UNINITIALIZED = frozenset({"empty", "empty_strided", "empty_like", "new_empty",
+                            "new_empty_strided"})
 
 
 def signature(feeds: dict[str, Any]) -> tuple | None:
@@ -91,11 +94,15 @@ class BoundPlan:
         self.inputs = inputs
         self.buffers = buffers  # the plan's own: name -> tensor
         self.launches = launches
-        self.patches = [_input_views(p.values, inputs) for p in launches]
+        self.patches = [_input_views(p.arguments, inputs) for p in launches]
+        self._patched_launches = [i for i, patch in enumerate(self.patches) if patch]
+        self._calls: dict[tuple, list] = {}  # (stream, hooks set) -> each launch's call
         self.outputs = outputs
         self.output_patches = _input_views(outputs, inputs)  # fetches that are inputs
         self.interpreted = interpreted
         self.graph: Any = None  # a torch.cuda.CUDAGraph once captured
+        self.arena: Any = None  # one buffer holding every intermediate, placed by lifetime
+        self.recorded_bytes = 0  # what the intermediates took while recorded
         self.lock = threading.Lock()  # its buffers: one run at a time
 
     def run(self, feeds: dict[str, Any], terminate) -> list[Any]:
@@ -107,19 +114,28 @@ class BoundPlan:
         if self.graph is not None:
             self.graph.replay()
             return self._outputs(current)
-        from .codegen.launch import current_stream
+        from .codegen.launch import current_stream, hooks_set
 
         stream = None if self.interpreted else current_stream()
-        for i, (launch, patch) in enumerate(zip(self.launches, self.patches)):
+        key = (stream, hooks_set())
+        calls = self._calls.get(key)
+        if calls is None:  # the launch calls with the recorded arguments, for this stream
+            calls = self._calls[key] = [p.call(stream, p.values) for p in self.launches]
+        patched = {i: self._patched(i, current) for i in self._patched_launches}
+        for i, (function, arguments) in enumerate(calls):
             if i % TERMINATE_EVERY == 0 and terminate is not None and terminate.is_set():
                 raise Fail("Exiting due to terminate flag being set to true.")
-            values = launch.values
-            if patch:
-                values = list(values)
-                for position, name, view in patch:
-                    values[position] = _same_view(view, self.inputs[name], current[name])
-            launch.go(stream, values)
+            if i in patched:
+                function, arguments = self.launches[i].call(stream, patched[i])
+            function(*arguments)
         return self._outputs(current)
+
+    def _patched(self, index: int, current: dict[str, Any]) -> tuple:
+        """Launch ``index``'s values with this run's inputs swapped in."""
+        launch, values = self.launches[index], list(self.launches[index].values)
+        for position, name, view in self.patches[index]:
+            values[position] = launch.passed(_same_view(view, self.inputs[name], current[name]))
+        return tuple(values)
 
     def _outputs(self, current: dict[str, Any]) -> list[Any]:
         outputs = list(self.outputs)
@@ -163,7 +179,8 @@ class BoundPlan:
             for launch, patch in zip(self.launches, self.patches):
                 values = list(launch.values)
                 for position, name, view in patch:
-                    values[position] = _same_view(view, self.inputs[name], self.buffers[name])
+                    values[position] = launch.passed(
+                        _same_view(view, self.inputs[name], self.buffers[name]))
                 launch.go(stream, values)
         self.graph = graph
 
@@ -262,8 +279,16 @@ class BoundPlans:
             self.refusals[(id(plan), key)] = (f"the run computes outside its kernels: "
                                               f"{', '.join(sorted(audit.refused))}")
             return None, outputs
-        bound = BoundPlan(inputs, buffers, [launch.Prepared(r) for r in launches], outputs,
+        prepared = [launch.Prepared(r) for r in launches]
+        del launches  # the recorded tensors go with them once the arena holds their data
+        blocks = arena.lifetimes(audit.allocated, [p.arguments for p in prepared], outputs)
+        size = arena.place(blocks)
+        memory, moved = arena.rebase(blocks, size, self.provider.torch_device)
+        for p in prepared:
+            p.rebind(moved)
+        bound = BoundPlan(inputs, buffers, prepared, [moved(o) for o in outputs],
                           self.interpreted)
+        bound.arena, bound.recorded_bytes = memory, sum(b.nbytes for b in blocks)
         if self.cuda_graph and not self.interpreted:
             bound.capture()
         return bound, outputs
@@ -303,14 +328,19 @@ class _Audit:
 
         audit = self
         self.refused: set[str] = set()
+        self.allocated: dict[int, int] = {}  # storage address -> bytes, made by launchers
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                result = func(*args, **(kwargs or {}))
                 if not in_kernel():
                     name = func.overloadpacket.__name__
                     if name not in _ALLOCATIONS_AND_VIEWS and not _host_copy(name, args):
                         audit.refused.add(name)
-                return func(*args, **(kwargs or {}))
+                    elif name in _UNINITIALIZED and result.untyped_storage().nbytes():
+                        storage = result.untyped_storage()
+                        audit.allocated[storage.data_ptr()] = storage.nbytes()
+                return result
 
         self._mode = Mode()
         self._mode.__enter__()
