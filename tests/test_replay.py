@@ -153,7 +153,7 @@ def test_a_plan_reading_device_values_on_the_host_runs_unbound():
         got = sess.run(None, {"X": np.array(x, np.float32)})[0]
         np.testing.assert_array_equal(got, np.array(np.nonzero(np.maximum(x, 0))))
     [reason] = sess._bound_plans.refusals.values()
-    assert reason == "the run reads device values on the host: R"
+    assert reason == "the run reads device values on the host: nonzero (NonZero) reads R"
     assert _bound(sess) == []
 
 
@@ -286,3 +286,21 @@ def test_blocks_share_memory_only_when_their_lifetimes_do_not_overlap():
         assert a.offset % ALIGN == 0
     assert blocks[2].offset == 0  # the first block is dead by then: its range is reused
     assert size < sum(b.nbytes for b in blocks)
+
+
+def test_cuda_graph_refuses_a_run_it_could_not_capture_naming_the_node():
+    nodes = [helper.make_node("Relu", ["X"], ["R"], name="relu"),
+             helper.make_node("NonZero", ["R"], ["Y"], name="nonzero")]
+    model = models.make(nodes, [models.vi("X", shape=[4])],
+                        [models.vi("Y", TensorProto.INT64, shape=None)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=[
+        ("TritonExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"])
+    x = np.array([-1, 2, 0, 3], np.float32)
+    for _ in range(2):  # refused again from the kept reason
+        with pytest.raises(ort.Fail, match=r"cannot be captured into a CUDA graph: the run "
+                                           r"reads device values on the host: nonzero "
+                                           r"\(NonZero\) reads R"):
+            sess.run(None, {"X": x})
+    with pytest.raises(ort.InvalidArgument, match="enable_cuda_graph is '0' or '1', got 'yes'"):
+        ort.InferenceSession(model.SerializeToString(), providers=[
+            ("TritonExecutionProvider", {"enable_cuda_graph": "yes"})])

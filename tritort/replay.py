@@ -72,7 +72,12 @@ def unbindable_reason(plan: Plan) -> str | None:
         if step.runs_subgraphs:
             return f"{step.label} ({step.op_type}) runs control flow on the host"
     if plan.host_reads:
-        return f"the run reads device values on the host: {', '.join(plan.host_reads)}"
+        readers = []
+        for value in plan.host_reads:
+            slot = plan.slot_of.get(f"{value}@cpu")
+            readers += [f"{s.label} ({s.op_type}) reads {value}" for s in plan.steps
+                        if slot in s.in_slots and s.op_type != "Copy"]
+        return f"the run reads device values on the host: {'; '.join(readers)}"
     if plan.host_value_inputs:
         return (f"a host step reads the values of input(s) "
                 f"{', '.join(plan.host_value_inputs)}")
@@ -236,18 +241,21 @@ class BoundPlans:
         take the ordinary path (a plan that cannot be bound, or busy on another thread)."""
         key = signature(feeds)
         if key is None:
+            self._refuse(plan, None, "an input is not a tensor")
             return None
         with self._lock:
             table = self._bound.setdefault(id(plan), collections.OrderedDict())
             bound = table.get(key)
             if bound is not None:
                 table.move_to_end(key)
-            elif (id(plan), key) in self.refusals:
-                return None
+            refused = self.refusals.get((id(plan), key))
+        if refused is not None:
+            self._refuse(plan, None, refused)
+            return None
         if bound is None:
             reason = unbindable_reason(plan)
             if reason is not None:
-                self.refusals[(id(plan), key)] = reason
+                self._refuse(plan, key, reason)
                 return None
             bound, outputs = self._bind(plan, feeds, terminate, key)
             if bound is not None:
@@ -263,6 +271,15 @@ class BoundPlans:
         finally:
             bound.lock.release()
 
+    def _refuse(self, plan: Plan, key: tuple | None, reason: str) -> None:
+        """Keep why this signature runs unbound; with CUDA graphs asked for, refuse the run."""
+        if key is not None:
+            self.refusals[(id(plan), key)] = reason
+        if self.cuda_graph:
+            raise Fail(f"enable_cuda_graph: this run cannot be captured into a CUDA graph: "
+                       f"{reason}. Run the session without enable_cuda_graph, or keep these "
+                       f"nodes off the host.")
+
     def _bind(self, plan: Plan, feeds: dict[str, Any], terminate,
               key) -> tuple[BoundPlan | None, list[Any]]:
         """Run ``plan`` once, recording: (the bound plan, or None with the reason kept when the
@@ -276,8 +293,8 @@ class BoundPlans:
         with launch.recording() as launches, _Audit() as audit:
             outputs = execute(plan, {**feeds, **inputs}, terminate)
         if audit.refused:
-            self.refusals[(id(plan), key)] = (f"the run computes outside its kernels: "
-                                              f"{', '.join(sorted(audit.refused))}")
+            self._refuse(plan, key, f"the run computes outside its kernels: "
+                                    f"{', '.join(sorted(audit.refused))}")
             return None, outputs
         prepared = [launch.Prepared(r) for r in launches]
         del launches  # the recorded tensors go with them once the arena holds their data

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import InvalidArgument
 from ..graph import Graph, Node
 from . import TRITON, CompiledUnit, CompileInfo, ExecutionProvider
 
@@ -47,6 +48,9 @@ class TritonExecutionProvider(ExecutionProvider):
 
         from tritort.codegen import engine, tuning
 
+        if self.options.get("enable_cuda_graph", "0") not in ("0", "1"):
+            raise InvalidArgument(f"{TRITON}: enable_cuda_graph is '0' or '1', got "
+                                  f"'{self.options['enable_cuda_graph']}'")
         device_id = self.options.get("device_id", "0")
         if not device_id.isdigit():
             raise ValueError(f"{TRITON}: device_id must be a non-negative integer, got "
