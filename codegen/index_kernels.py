@@ -1,4 +1,4 @@
-"""Kernel templates that must move data: Concat, Split, Gather, Pad, Tile.
+"""Kernel templates that must move data: Concat, Split, Gather, GatherND, Pad, Tile.
 
 Each kernel walks the flat index of what it writes, splits it into an N-d index over runtime
 dims and turns that into a source offset through runtime strides, so one kernel serves every
@@ -165,6 +165,68 @@ class Gather(MovementTemplate):
                                *indices.stride(), data.shape[axis]])
             if index_rank == 0:
                 out = out.view(shape[:axis] + shape[axis + 1:])
+            return (out,)
+
+        return KernelSpec(name, run, node.inputs[:2], ir_text, source, path, cached)
+
+
+def gather_nd_source(name, node, data_rank: int, index_rank: int, depth: int,
+                     batch: int) -> tuple[str, str]:
+    """out[b..., j..., t...] = data[b..., k_0, ..., k_{depth-1}, t...] with
+    k_c = indices[b..., j..., c]: GatherND's tuples of ``depth`` indices after ``batch``
+    shared leading dims."""
+    rank = index_rank - 1 + data_rank - batch - depth
+    ir_text = (f"{name}: GatherND '{node.name}' batch_dims={batch}, {depth}-tuples, data rank "
+               f"{data_rank}, indices rank {index_rank} -> rank {rank}\n"
+               "out[b, j, t] = data[b, k, t] with k = indices[b, j, :] (+ dim if negative); "
+               "out-of-range k reads 0")
+    idx = index_names(rank)
+    leading, trailing = idx[:index_rank - 1], idx[index_rank - 1:]
+    ds, js, ns = _dims("ds", data_rank), _dims("js", index_rank), _dims("n", depth)
+    params = ["data", "indices", "out", "numel", *_dims("d", rank), *ds, *js, *ns]
+    # offs * 0 keeps a rank-0 result's row a block, as loads under a block mask need
+    row = offset_expr(leading, js[:-1]) if leading else "offs * 0"
+    body = ["    ok = mask", f"    row = {row}"]
+    for c in range(depth):
+        body += [f"    k{c} = tl.load(indices + row + {c} * {js[-1]}, mask=mask).to(tl.int64)",
+                 f"    k{c} = tl.where(k{c} < 0, k{c} + n{c}, k{c})",
+                 f"    ok = ok & (k{c} >= 0) & (k{c} < n{c})"]
+    position = leading[:batch] + [f"k{c}" for c in range(depth)] + trailing
+    body += [f"    v = tl.load(data + ({offset_expr(position, ds)}), mask=ok)",
+             "    tl.store(out + offs, v, mask=mask)"]
+    return render_kernel(name, node, ir_text, params, rank, body), ir_text
+
+
+@template("GatherND")
+class GatherND(MovementTemplate):
+    def params(self, node, ctx):
+        if ctx.dtype_of(node.inputs[1]) != "int64":
+            raise Decline(f"GatherND indices of type {ctx.dtype_of(node.inputs[1])}")
+        data_rank = known_rank(ctx, node.inputs[0])
+        index_rank = known_rank(ctx, node.inputs[1])
+        shape = ctx.shape_of(node.inputs[1])
+        depth = shape[-1] if shape and isinstance(shape[-1], int) else None
+        batch = int(node.attrs.get("batch_dims", 0))
+        if index_rank < 1 or depth is None:
+            raise Decline("GatherND's index tuple length is unknown at load time")
+        if not 0 <= batch < min(data_rank, index_rank) or batch + depth > data_rank:
+            raise Decline(f"GatherND batch_dims {batch} with {depth}-tuples does not fit data "
+                          f"of rank {data_rank}")
+        return data_rank, index_rank, depth, batch
+
+    def build(self, node, ctx, name, fusion=None):
+        import torch
+
+        data_rank, index_rank, depth, batch = self.params(node, ctx)
+        source, ir_text = gather_nd_source(name, node, data_rank, index_rank, depth, batch)
+        fn, path, cached = load_source(source, name, ctx)
+
+        def run(data, indices):
+            shape = list(indices.shape[:-1]) + list(data.shape[batch + depth:])
+            out = torch.empty(shape, dtype=data.dtype, device=ctx.torch_device)
+            numel = out.numel()
+            launch(fn, numel, [data, indices, out, numel, *shape, *data.stride(),
+                               *indices.stride(), *data.shape[batch:batch + depth]])
             return (out,)
 
         return KernelSpec(name, run, node.inputs[:2], ir_text, source, path, cached)
