@@ -16,6 +16,8 @@ from onnx.reference.op_run import OpRun
 from onnx.reference.ops import aionnx_preview, aionnx_preview_training, aionnxml
 from onnx.reference.ops import load_op as _load_onnx_op
 
+from tritort.errors import Fail
+
 from .registry import REGISTRY, NodeContext, normalize_domain
 
 # (domain, op_type) -> why the op runs on onnx.reference.
@@ -50,7 +52,41 @@ _LOADERS = {
 }
 
 
+def _check_tree_ensemble(ctx: NodeContext) -> None:
+    """onnx.reference walks each tree until a LEAF: node links that loop would never end."""
+    from .ml import check_tree_links
+
+    a = ctx.attrs
+    trees, ids = a.get("nodes_treeids") or [], a.get("nodes_nodeids") or []
+    modes = a.get("nodes_modes") or []
+    true_ids, false_ids = a.get("nodes_truenodeids") or [], a.get("nodes_falsenodeids") or []
+    index = {(t, n): i for i, (t, n) in enumerate(zip(trees, ids))}
+    children = []
+    for i, (t, mode) in enumerate(zip(trees, modes)):
+        kids = []
+        if mode != "LEAF":
+            for child in (true_ids[i] if i < len(true_ids) else None,
+                          false_ids[i] if i < len(false_ids) else None):
+                if (t, child) not in index:
+                    raise Fail(f"{ctx.op_type} node '{ctx.name}': branch {i} (tree {t}, node "
+                               f"{ids[i] if i < len(ids) else '?'}) links to node id {child}, "
+                               f"which tree {t} does not have")
+                kids.append(index[(t, child)])
+        children.append(kids)
+    check_tree_links(f"{ctx.op_type} node '{ctx.name}'", children, [])
+
+
+# ops whose attributes onnx.reference trusts: checked once, when the kernel is built
+VALIDATORS = {
+    ("ai.onnx.ml", "TreeEnsembleClassifier"): _check_tree_ensemble,
+    ("ai.onnx.ml", "TreeEnsembleRegressor"): _check_tree_ensemble,
+}
+
+
 def _reference_factory(ctx: NodeContext):
+    validator = VALIDATORS.get((ctx.domain, ctx.op_type))
+    if validator is not None:
+        validator(ctx)
     cls = _LOADERS[ctx.domain](ctx.domain, ctx.op_type, ctx.since_version)
     run_params = {"log": lambda *a: None, "opsets": dict(ctx.opsets), "verbose": 0,
                   "new_ops": None, "existing_functions": {},

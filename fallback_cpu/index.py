@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tritort.errors import InvalidArgument
+
 from .registry import NodeContext, register
 from .shape import norm_axis
 
@@ -49,7 +51,16 @@ def gather(ctx: NodeContext):
 
     def run(x, indices):
         # np.take accepts negative indices in [-dim, dim) and raises outside it.
-        return (np.take(x, indices, axis=norm_axis(axis, x.ndim)),)
+        a = norm_axis(axis, x.ndim)
+        try:
+            return (np.take(x, indices, axis=a),)
+        except IndexError:
+            dim = x.shape[a]
+            bad = indices[(indices < -dim) | (indices >= dim)].reshape(-1)[:1]
+            raise InvalidArgument(  # ORT's class and wording
+                f"indices element out of data bounds, idx={int(bad[0]) if bad.size else '?'} "
+                f"must be within the inclusive range [{-dim},{dim - 1}] (axis {a} of data "
+                f"shape {list(x.shape)})") from None
 
     return run
 

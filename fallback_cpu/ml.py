@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tritort.errors import Fail
+
 from .registry import ML_DOMAIN, NodeContext, register
 
 # ------------------------------------------------------------- LabelEncoder
@@ -147,6 +149,43 @@ def post_transform(scores: np.ndarray, kind: int) -> np.ndarray:
     return scores
 
 
+def check_tree_links(where: str, children: list[list[int]], roots, leaves: int | None = None,
+                     leaf_links: list[list[int]] | None = None) -> None:
+    """Trees must be trees: every branch's children exist and no path comes back to a node
+    it left (a cycle would walk for ever). ``children[i]`` lists the branch nodes node ``i``
+    leads to; ``leaf_links`` the leaves, which must be below ``leaves``."""
+    n = len(children)
+    for i, kids in enumerate(children):
+        bad = [k for k in kids if not 0 <= k < n]
+        if bad:
+            raise Fail(f"{where}: node {i} links to node {bad[0]}, outside the {n} nodes")
+    for i, kids in enumerate(leaf_links or []):
+        bad = [k for k in kids if leaves is not None and not 0 <= k < leaves]
+        if bad:
+            raise Fail(f"{where}: node {i} links to leaf {bad[0]}, outside the {leaves} leaves")
+    bad_roots = [r for r in roots if not 0 <= r < n]
+    if bad_roots:
+        raise Fail(f"{where}: tree root {bad_roots[0]} is outside the {n} nodes")
+    state = [0] * n  # 0 unseen, 1 on the current path, 2 done
+    for root in range(n):
+        if state[root]:
+            continue
+        stack = [(root, iter(children[root]))]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            child = next(it, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+            elif state[child] == 1:
+                raise Fail(f"{where}: the node links form a cycle through node {child}; each "
+                           "tree must lead from its root to leaves")
+            elif state[child] == 0:
+                state[child] = 1
+                stack.append((child, iter(children[child])))
+
+
 @register("TreeEnsemble", since=[5], domain=ML_DOMAIN)
 def tree_ensemble(ctx: NodeContext):
     a = ctx.attrs
@@ -163,6 +202,11 @@ def tree_ensemble(ctx: NodeContext):
     leaf_weights = np.asarray(a["leaf_weights"]).astype(np.float64).reshape(-1)
     roots = np.asarray(a["tree_roots"], dtype=np.int64)
     n_targets = int(a["n_targets"])
+    links = [((int(true_ids[i]), true_leaf[i]), (int(false_ids[i]), false_leaf[i]))
+             for i in range(modes.size)]
+    check_tree_links(f"TreeEnsemble node '{ctx.name}'",
+                     [[c for c, leaf in pair if not leaf] for pair in links], roots.tolist(),
+                     leaf_targets.size, [[c for c, leaf in pair if leaf] for pair in links])
     aggregate = a.get("aggregate_function", 1)
     transform = a.get("post_transform", 0)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tritort.errors import InvalidArgument
+
 from .registry import ML_DOMAIN, NodeContext, register
 
 
@@ -57,8 +59,18 @@ def cast_map(ctx: NodeContext):
         keys = sorted(m)
         if dense:
             values = [m[k] for k in keys]
-        else:  # sparse: positions 0..max_map-1, missing keys are 0
-            values = [m.get(i, 0) for i in range(max_map)]
+        else:  # sparse: positions 0..max_map-1, missing keys are 0 (filled at numpy speed:
+            # max_map comes from the model, and may be absurd)
+            if max_map < 0:
+                raise InvalidArgument(f"CastMap '{ctx.name}': max_map is {max_map}; a sparse "
+                                      "map needs max_map >= 0")
+            out = np.full(max_map, "0" if dtype is object else 0, dtype=dtype)
+            for k in keys:
+                if 0 <= k < max_map:
+                    v = m[k]
+                    out[k] = str(v) if dtype is object else \
+                        float(v) if dtype is np.float32 else int(float(v))
+            return (out.reshape(1, -1),)
         if dtype is object:
             out = np.empty(len(values), dtype=object)
             out[:] = [str(v) for v in values]

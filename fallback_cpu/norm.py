@@ -202,11 +202,14 @@ def lrn(ctx):
         sq = wx * wx
         # channel window [c - before, c + after]: one shifted add per window slot
         c = x.shape[1]
+        # slots further than c - 1 channels away only ever add padding zeros: a window
+        # wider than the channels (size comes from the model) costs no more than 2c - 1
+        lo, hi = min(before, max(c - 1, 0)), min(after, max(c - 1, 0))
         pad = [(0, 0)] * x.ndim
-        pad[1] = (before, after)
+        pad[1] = (lo, hi)
         padded = np.pad(sq, pad)
         window = padded[:, 0:c].copy()
-        for k in range(1, size):
+        for k in range(1, lo + hi + 1):
             window += padded[:, k:k + c]
         y = wx / np.power(bias + alpha / size * window, beta)
         return (narrow(y, x.dtype),)

@@ -12,6 +12,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from tritort.dtypes import numpy_dtype
+from tritort.errors import InvalidArgument
 
 from .registry import NodeContext, register
 
@@ -225,6 +226,11 @@ def slice_view(x: np.ndarray, starts, ends, axes=None, steps=None) -> np.ndarray
     starts, ends = int_list(starts), int_list(ends)
     axes = list(range(len(starts))) if axes is None else norm_axes(int_list(axes), x.ndim)
     steps = [1] * len(starts) if steps is None else int_list(steps)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise InvalidArgument(f"Slice: starts {starts}, ends {ends}, axes {axes} and steps "
+                              f"{steps} must have one value per sliced axis (the same length)")
+    if len(set(axes)) != len(axes):
+        raise InvalidArgument(f"Slice: axes {axes} repeat an axis")
     index = [slice(None)] * x.ndim
     for a, s, e, st in zip(axes, starts, ends, steps):
         index[a] = _onnx_slice(s, e, st, x.shape[a])

@@ -157,6 +157,24 @@ def test_declared_output_shape_contradicting_inference_loads_as_in_onnxruntime()
     _same_as_onnxruntime(m, {"X": np.array([-1, 1], np.float32)})
 
 
+@pytest.mark.skipif("TRITON_INTERPRET" not in __import__("os").environ,
+                    reason="Triton runs in its interpreter here")
+def test_declared_shapes_contradicting_inference_do_not_reach_triton_kernels():
+    """The runtime types the graph from inference then (kernels specialize on rank): the
+    Triton-first session runs it as onnxruntime does. get_outputs() reports the inferred
+    shape, where onnxruntime repeats the declared one."""
+    m = models.make([helper.make_node("Abs", ["X"], ["T"]), helper.make_node("Neg", ["T"],
+                                                                             ["Y"])],
+                    [vi("X", shape=[3, 4])], [vi("Y", shape=[1])])
+    m.graph.value_info.append(vi("T", shape=[7]))
+    x = -np.arange(12, dtype=np.float32).reshape(3, 4)
+    sess = ort.InferenceSession(m.SerializeToString(),
+                                providers=["TritonExecutionProvider", "CPUExecutionProvider"])
+    assert set(sess.placement().values()) == {"TritonExecutionProvider"}
+    np.testing.assert_array_equal(sess.run(None, {"X": x})[0], -np.abs(x))
+    assert sess.get_outputs()[0].shape == [3, 4]
+
+
 def test_function_op_with_default_attribute_loads():
     """MeanVarianceNormalization without ``axes``: onnx's strict inference of its function
     body does not apply the default (test_mvn); the validation spells it out."""
@@ -246,6 +264,88 @@ def test_pool_input_of_the_wrong_rank_is_invalid_argument():
     with pytest.raises(ort.InvalidArgument, match=r"shape \[16\] \(rank 1\); kernel_shape "
                                                   r"\[2, 2\] needs rank 4"):
         sess.run(None, {"X": np.ones(16, np.float32)})
+
+
+def test_slice_parameters_of_different_lengths_are_invalid_argument():
+    m = one_node("Slice", ["X", "s", "e"], ["Y"], [vi("X", shape=[4, 4]),
+                                                   vi("s", TP.INT64, ["k"]),
+                                                   vi("e", TP.INT64, ["j"])], [vi("Y")])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=CPU)
+    with pytest.raises(ort.InvalidArgument, match=r"starts \[0, 0\], ends \[2\].*same length"):
+        sess.run(None, {"X": np.ones((4, 4), np.float32), "s": np.array([0, 0]),
+                        "e": np.array([2])})
+
+
+def test_gather_index_out_of_range_is_invalid_argument_as_in_onnxruntime():
+    m = one_node("Gather", ["X", "I"], ["Y"], [vi("X", shape=[2, 3]), vi("I", TP.INT64, [1])],
+                 [vi("Y")])
+    feeds = {"X": np.ones((2, 3), np.float32), "I": np.array([5])}
+    with pytest.raises(ort.InvalidArgument, match=r"idx=5 must be within the inclusive range "
+                                                  r"\[-2,1\]"):
+        ort.InferenceSession(m.SerializeToString(), providers=CPU).run(None, feeds)
+    with pytest.raises(ORT_CLASSES.InvalidArgument):
+        onnxruntime.InferenceSession(m.SerializeToString(), providers=CPU).run(None, feeds)
+
+
+def tree_regressor(true_ids, opset_ml=3):
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["X"], ["Y"], domain="ai.onnx.ml", nodes_treeids=[0, 0, 0],
+        nodes_nodeids=[0, 1, 2], nodes_modes=["BRANCH_LEQ", "BRANCH_LEQ", "LEAF"],
+        nodes_featureids=[0, 0, 0], nodes_values=[0.5, 0.5, 0.0], nodes_truenodeids=true_ids,
+        nodes_falsenodeids=[2, 2, 0], target_treeids=[0], target_nodeids=[2], target_ids=[0],
+        target_weights=[1.0], n_targets=1)
+    m = models.make([node], [vi("X", shape=[2, 1])], [vi("Y", shape=[2, 1])], opset=17)
+    m.opset_import.append(helper.make_opsetid("ai.onnx.ml", opset_ml))
+    return m
+
+
+def tree_ensemble_v5(true_id, true_leaf):
+    node = helper.make_node(
+        "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml", nodes_featureids=[0, 0],
+        nodes_splits=numpy_helper.from_array(np.array([0.5, 0.2], np.float32)),
+        nodes_modes=numpy_helper.from_array(np.array([0, 0], np.uint8)),
+        nodes_truenodeids=[1, true_id], nodes_trueleafs=[0, true_leaf],
+        nodes_falsenodeids=[0, 1], nodes_falseleafs=[1, 1], leaf_targetids=[0, 0],
+        leaf_weights=numpy_helper.from_array(np.array([1.0, 2.0], np.float32)),
+        tree_roots=[0], n_targets=1)
+    m = models.make([node], [vi("X", shape=[2, 1])], [vi("Y", shape=[2, 1])], opset=21)
+    m.opset_import.append(helper.make_opsetid("ai.onnx.ml", 5))
+    return m
+
+
+@pytest.mark.parametrize("model,pattern", [
+    (tree_regressor([1, 0, 0]), r"TreeEnsembleRegressor node.*cycle through node 0"),
+    (tree_regressor([1, 7, 0]), r"links to node id 7, which tree 0 does not have"),
+    (tree_ensemble_v5(0, 0), r"TreeEnsemble node.*cycle through node 0"),
+    (tree_ensemble_v5(9, 1), r"links to leaf 9, outside the 2 leaves"),
+], ids=["regressor-cycle", "regressor-missing-node", "v5-cycle", "v5-missing-leaf"])
+def test_tree_links_that_loop_or_dangle_are_refused_at_creation(model, pattern):
+    """A tree whose links come back to a node would be walked for ever."""
+    with pytest.raises(ort.Fail, match=pattern):
+        ort.InferenceSession(model.SerializeToString(), providers=CPU)
+
+
+def test_valid_trees_still_run():
+    x = np.array([[0.1], [0.9]], np.float32)
+    got = ort.InferenceSession(tree_regressor([1, 2, 0]).SerializeToString(),
+                               providers=CPU).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got, [[1.0], [1.0]])
+    got = ort.InferenceSession(tree_ensemble_v5(1, 1).SerializeToString(),
+                               providers=CPU).run(None, {"X": x})[0]
+    assert got.shape == (2, 1)
+
+
+def test_an_absurd_lrn_size_costs_nothing_beyond_the_data():
+    """LRN's window slots beyond the channels add zeros: a size of 10**9 is not a loop of
+    10**9 numpy calls."""
+    lrn = one_node("LRN", ["X"], ["Y"], [vi("X", shape=[1, 4, 2, 2])], [vi("Y")], opset=13,
+                   size=10**9 + 1)
+    x = np.random.default_rng(0).standard_normal((1, 4, 2, 2)).astype(np.float32)
+    t0 = time.monotonic()
+    got = ort.InferenceSession(lrn.SerializeToString(), providers=CPU).run(None, {"X": x})[0]
+    assert time.monotonic() - t0 < 5
+    window = (x * x).sum(axis=1, keepdims=True)  # every channel is in every window
+    np.testing.assert_allclose(got, x / (1 + 1e-4 / (10**9 + 1) * window) ** 0.75, rtol=1e-5)
 
 
 # -------------------------------------------------------------- run() inputs, as a property

@@ -160,17 +160,27 @@ def check_and_infer(model: onnx.ModelProto) -> None:
         elif t.name not in listed:
             dst.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
     run_checker(skeleton)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
-    except Exception as e:  # inference errors are model errors, whatever their class
-        raise InvalidGraph(f"shape inference failed: {_first_line(e)}") from None
+    inferred = _lenient_inference(skeleton)
     opsets = opset_map(model)
     validate.check_types(inferred.graph, opsets)
-    validate.strict_inference(skeleton, opsets)
+    if validate.strict_inference(skeleton, opsets):
+        # declared shapes that contradict inference: ORT merges leniently and runs the
+        # model; the runtime types it from inference (kernels specialize on those shapes)
+        relaxed = onnx.ModelProto()
+        relaxed.CopyFrom(skeleton)
+        validate.drop_declared_shapes(relaxed.graph)
+        inferred = _lenient_inference(relaxed)
     validate.check_attribute_choices(skeleton.graph)
     for field in ("node", "output", "value_info"):
         src.ClearField(field)
         getattr(src, field).extend(getattr(inferred.graph, field))
+
+
+def _lenient_inference(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as e:  # inference errors are model errors, whatever their class
+        raise InvalidGraph(f"shape inference failed: {_first_line(e)}") from None
 
 
 def sort_nodes(graph: onnx.GraphProto) -> None:

@@ -320,8 +320,10 @@ _ELEM_DIFF = re.compile(r"Inferred elem type differs from existing elem type: \(
 _SHAPE_CONFLICT = "Inferred shape and existing shape differ"
 
 
-def strict_inference(model: onnx.ModelProto, opsets: dict[str, int]) -> None:
-    """onnx's shape inference in strict mode (on a copy): its errors raise ``Fail``.
+def strict_inference(model: onnx.ModelProto, opsets: dict[str, int]) -> bool:
+    """onnx's shape inference in strict mode (on a copy): its errors raise ``Fail``. True
+    when the model's declared shapes contradict the inferred ones (see below): the caller
+    then types the graph from inference without them.
 
     Two places where strict mode is stricter than ORT about a model ORT runs:
 
@@ -337,14 +339,14 @@ def strict_inference(model: onnx.ModelProto, opsets: dict[str, int]) -> None:
     _prepare(probe.graph, opsets)
     try:
         _infer(probe)
-        return
+        return False
     except Exception as e:  # noqa: BLE001  (onnx raises InferenceError and others)
         error = e
     if _SHAPE_CONFLICT in str(error):
-        _drop_declared_shapes(probe.graph, top=True)
+        drop_declared_shapes(probe.graph)
         try:
             _infer(probe)
-            return
+            return True
         except Exception as e:  # noqa: BLE001
             error = e
     raise _inference_error(error, probe.graph) from None
@@ -377,14 +379,16 @@ def _prepare(graph: onnx.GraphProto, opsets: dict[str, int]) -> None:
             _prepare(g, opsets)
 
 
-def _drop_declared_shapes(graph: onnx.GraphProto, top: bool) -> None:
+def drop_declared_shapes(graph: onnx.GraphProto, top: bool = True) -> None:
+    """Clear the shapes (not the types) declared for values: ``value_info``, outputs, and
+    inside bodies their inputs too."""
     values = list(graph.value_info) + list(graph.output) + ([] if top else list(graph.input))
     for vi in values:
         if vi.type.HasField("tensor_type"):
             vi.type.tensor_type.ClearField("shape")
     for node in graph.node:
         for _, g in _subgraphs(node):
-            _drop_declared_shapes(g, top=False)
+            drop_declared_shapes(g, top=False)
 
 
 def _declared(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
