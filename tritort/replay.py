@@ -52,7 +52,7 @@ def signature(feeds: dict[str, Any]) -> tuple | None:
     """What a bound plan is specialized on: each input's shape, dtype and device; None for
     feeds a replay cannot take (sequences, maps)."""
     key = []
-    for name, value in feeds.items():
+    for name, value in sorted(feeds.items(), key=lambda item: item[0]):
         if value is None:
             key.append((name, None))
         elif isinstance(value, np.ndarray):
