@@ -222,3 +222,29 @@ def test_optimized_model_with_internal_op_is_saved(tmp_path):
     saved = onnx.load(str(tmp_path / "opt.onnx"))
     assert any(n.domain == INTERNAL_DOMAIN for n in saved.graph.node)
     assert {o.domain for o in saved.opset_import} >= {"", INTERNAL_DOMAIN}
+
+
+def test_bfloat16_conv_folds_batchnorm():
+    # bfloat16 weights absorb the BatchNormalization too (rounded once, to bfloat16)
+    import ml_dtypes
+
+    model = _conv_model(["bn"])
+    for model_input in list(model.graph.input) + list(model.graph.output):
+        model_input.type.tensor_type.elem_type = TP.BFLOAT16
+    for i, init in enumerate(model.graph.initializer):
+        value = numpy_helper.to_array(init).astype(ml_dtypes.bfloat16)
+        model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, init.name))
+    model.opset_import[0].version = 22  # Conv takes bfloat16 from opset 22
+    assert _optimized_ops(model) == [("", "Conv"), ("", "Relu")]
+    x = _rng.standard_normal((2, 4, 7, 7)).astype(ml_dtypes.bfloat16)
+    got = ort.InferenceSession(model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    wide = _conv_model(["bn"])  # the same values in float32, on onnxruntime
+    for i, init in enumerate(model.graph.initializer):
+        value = numpy_helper.to_array(init).astype(np.float32)
+        wide.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, init.name))
+    expected = onnxruntime.InferenceSession(wide.SerializeToString(), providers=[
+        "CPUExecutionProvider"]).run(None, {"X": x.astype(np.float32)})[0]
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(got.astype(np.float32), expected, rtol=2 ** -6,
+                               atol=2 ** -6 * scale)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 import onnx
 
+from . import dtypes
 from .contracts import ATTENTION_OP, FLOAT8_MATMUL_OP, FLOAT8_TYPES, INTERNAL_DOMAIN
 from .graph import Graph, Node
 
@@ -60,7 +62,7 @@ def _add_constant(graph: Graph, base: str, value: np.ndarray) -> str:
     name = _fresh_name(graph, base)
     graph.initializers[name] = value
     graph.value_types[name] = onnx.helper.make_tensor_type_proto(
-        onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+        dtypes.from_numpy(value.dtype).onnx, value.shape)
     return name
 
 
@@ -122,6 +124,12 @@ def _affine(n: Node, value: str, uses: _Uses, rank: int, channels: int, axis: in
             "Sub": (ones, -vec)}[n.op_type]
 
 
+# weights that absorb a per-channel affine op, rounded once to their own type (float8 weights
+# are not re-quantized)
+_FOLDABLE = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64,
+                                            ml_dtypes.bfloat16))
+
+
 def fold_channel_affine(graph: Graph) -> int:
     """Fold per-channel affine followers into Conv / Gemm weights; returns how many folded."""
     uses = _Uses(graph)
@@ -147,7 +155,7 @@ def _fold_into(n: Node, follower: Node, uses: _Uses, graph: Graph) -> bool:
     if n.op_type == "BatchNormalization":
         return _fold_into_batchnorm(n, follower, uses, graph)
     w = uses.constant(n.inputs[1]) if len(n.inputs) > 1 else None
-    if w is None or w.dtype.kind != "f":
+    if w is None or w.dtype not in _FOLDABLE:
         return False
     if n.op_type == "Conv":
         channels, axis, rank = w.shape[0], 1, w.ndim
@@ -188,7 +196,7 @@ def _fold_into_batchnorm(n: Node, follower: Node, uses: _Uses, graph: Graph) -> 
     mean is 0 and variance 1 (its scale absorbs the sqrt(1 + epsilon))."""
     rank = _rank(graph, n.outputs[0])
     scale = uses.constant(n.inputs[1])
-    if rank is None or rank < 2 or scale is None or scale.dtype.kind != "f":
+    if rank is None or rank < 2 or scale is None or scale.dtype not in _FOLDABLE:
         return False
     channels = scale.shape[0]
     first = _affine(n, n.inputs[0], uses, rank, channels, 1)
