@@ -1,0 +1,280 @@
+"""onnxruntime's ``com.microsoft`` operators on tritort's NumPy provider, against onnxruntime.
+
+Each test builds a small model with onnx.helper and runs it on both runtimes (CPU providers,
+onnxruntime with its graph optimizations off so it runs the node as written). float32 results
+are compared at rtol 1e-5 unless a test says why it uses another tolerance. Helpers here are
+shared by the other tests/test_contrib_ops_*.py files.
+
+This file: the normalizations, the GELU family and the other activations, BiasAdd, FusedMatMul,
+FusedConv, and the error for a contrib op without a kernel.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import tritort as ort
+from tritort import fallback_cpu
+from tritort.errors import InvalidGraph, NotImplemented
+from tritort.fallback_cpu.registry import REGISTRY, NodeContext
+from tritort.graph import Node
+
+MS = "com.microsoft"
+CPU = ["CPUExecutionProvider"]
+
+
+class Rng:
+    """Each test draws the same data whatever ran before it (xdist reorders tests)."""
+
+    gen = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    Rng.gen = np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
+def randn(*shape, dtype=np.float32, scale=1.0):
+    return (Rng.gen.standard_normal(shape) * scale).astype(dtype)
+
+
+def randint(lo, hi, *shape, dtype=np.int32):
+    return Rng.gen.integers(lo, hi, shape).astype(dtype)
+
+
+def _elem(dtype) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def build(nodes, feeds, outputs, inits=None, opset=17, out_types=None, ms_opset=1):
+    """A model of ``nodes``: ``feeds`` become graph inputs of their exact shapes, ``inits``
+    initializers; ``outputs`` typed from ``out_types`` (name -> element type) or untyped."""
+    inits = inits or {}
+    ins = [helper.make_tensor_value_info(k, _elem(v.dtype), v.shape) for k, v in feeds.items()]
+    if out_types is None:
+        outs = [helper.make_empty_tensor_value_info(o) for o in outputs]
+    else:
+        outs = [helper.make_tensor_value_info(o, out_types[o], None) for o in outputs]
+    graph = helper.make_graph(nodes, "g", ins, outs,
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(MS, ms_opset)])
+    model.ir_version = 10
+    return model
+
+
+def run_ort(model, feeds):
+    so = onnxruntime.SessionOptions()
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = onnxruntime.InferenceSession(model.SerializeToString(), so, providers=CPU)
+    return sess.run(None, feeds)
+
+
+def run_tritort(model, feeds, **options):
+    so = ort.SessionOptions()
+    for k, v in options.items():
+        setattr(so, k, v)
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=CPU)
+    return sess.run(None, feeds)
+
+
+def assert_close(got, want, rtol, atol, name=""):
+    assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
+    assert got.shape == want.shape, (name, got.shape, want.shape)
+    if got.dtype.kind in "iub":
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    else:
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol,
+                                   atol=atol, err_msg=name)
+
+
+def check(nodes, feeds, outputs, inits=None, rtol=1e-5, atol=1e-6, opset=17, skip=(),
+          tol=None):
+    """Run ``nodes`` on onnxruntime and tritort and compare every output (but ``skip``);
+    ``tol`` maps an output name to its own (rtol, atol). Returns tritort's outputs."""
+    if isinstance(nodes, onnx.NodeProto):
+        nodes = [nodes]
+    want = run_ort(build(nodes, feeds, outputs, inits, opset), feeds)
+    types = {o: _elem(w.dtype) for o, w in zip(outputs, want)}
+    model = build(nodes, feeds, outputs, inits, opset, out_types=types)
+    got = run_tritort(model, feeds)
+    for name, g, w in zip(outputs, got, want):
+        if name not in skip:
+            r, a = (tol or {}).get(name, (rtol, atol))
+            assert_close(g, w, r, a, name)
+    return got
+
+
+def run_kernel(node, feeds, opset=17):
+    """``node`` straight through the NumPy registry, no session (for the default-domain ops
+    onnx's checker refuses at load time)."""
+    opsets = {"": opset, MS: 1}
+    n = Node.from_proto(node, 0)
+    since, factory = REGISTRY.lookup(n.domain, n.op_type, opsets[n.domain])
+    ctx = NodeContext(n.op_type, n.domain, n.name, n.attrs, opsets[n.domain], since, n.inputs,
+                      n.outputs, proto=node, opsets=opsets)
+    return factory(ctx)(*[feeds.get(i) if i else None for i in n.inputs])
+
+
+def ms(op_type, inputs, outputs, **attrs):
+    return helper.make_node(op_type, inputs, outputs, domain=MS, **attrs)
+
+
+# ------------------------------------------------------------------ normalizations
+
+
+@pytest.mark.parametrize("skip_shape", ["BSH", "1SH", "SH"])
+@pytest.mark.parametrize("with_beta,with_bias", [(True, True), (True, False), (False, True),
+                                                 (False, False)])
+def test_skip_layer_normalization(skip_shape, with_beta, with_bias):
+    b, s, hidden = 2, 5, 16
+    feeds = {"x": randn(b, s, hidden), "skip": randn(*{"BSH": (b, s, hidden), "1SH": (1, s, hidden),
+                                                       "SH": (s, hidden)}[skip_shape]),
+             "gamma": randn(hidden)}
+    inputs = ["x", "skip", "gamma", "", ""]
+    if with_beta:
+        feeds["beta"] = randn(hidden)
+        inputs[3] = "beta"
+    if with_bias:
+        feeds["bias"] = randn(hidden)
+        inputs[4] = "bias"
+    while inputs[-1] == "":
+        inputs.pop()
+    node = ms("SkipLayerNormalization", inputs, ["y", "mean", "inv_std", "sum"], epsilon=1e-5)
+    check(node, feeds, ["y", "mean", "inv_std", "sum"])
+
+
+def test_skip_layer_normalization_default_epsilon_and_2d_input():
+    feeds = {"x": randn(7, 32), "skip": randn(7, 32), "gamma": randn(32), "beta": randn(32)}
+    check(ms("SkipLayerNormalization", ["x", "skip", "gamma", "beta"], ["y"]), feeds, ["y"])
+
+
+def test_skip_layer_normalization_only_sum_output():
+    feeds = {"x": randn(2, 3, 8), "skip": randn(2, 3, 8), "gamma": randn(8), "bias": randn(8)}
+    check(ms("SkipLayerNormalization", ["x", "skip", "gamma", "", "bias"], ["y", "", "", "sum"]),
+          feeds, ["y", "sum"])
+
+
+def test_skip_layer_normalization_float16():
+    """float16: statistics in float32, the stored sum rounded to float16 first."""
+    feeds = {k: v.astype(np.float16) for k, v in {
+        "x": randn(2, 4, 32), "skip": randn(2, 4, 32), "gamma": randn(32), "beta": randn(32),
+        "bias": randn(32)}.items()}
+    check(ms("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"],
+             ["y", "mean", "inv_std", "sum"]), feeds, ["y", "mean", "inv_std", "sum"],
+          rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 5, 16), (6, 24)])
+def test_skip_simplified_layer_normalization(with_bias, shape):
+    feeds = {"x": randn(*shape), "skip": randn(*shape), "gamma": randn(shape[-1])}
+    inputs = ["x", "skip", "gamma"]
+    if with_bias:
+        feeds["bias"] = randn(shape[-1])
+        inputs.append("bias")
+    check(ms("SkipSimplifiedLayerNormalization", inputs, ["y", "mean", "inv_std", "sum"],
+             epsilon=1e-6), feeds, ["y", "mean", "inv_std", "sum"])
+
+
+def test_skip_simplified_layer_normalization_float16():
+    feeds = {k: v.astype(np.float16) for k, v in {
+        "x": randn(2, 3, 64), "skip": randn(2, 3, 64), "gamma": randn(64)}.items()}
+    check(ms("SkipSimplifiedLayerNormalization", ["x", "skip", "gamma"], ["y", "", "", "sum"]),
+          feeds, ["y", "sum"], rtol=1e-3, atol=2e-3)
+
+
+def test_skip_layer_normalization_rejects_a_bad_skip():
+    feeds = {"x": randn(2, 3, 8), "skip": randn(2, 4, 8), "gamma": randn(8)}
+    model = build([ms("SkipLayerNormalization", ["x", "skip", "gamma"], ["y"])], feeds, ["y"],
+                  out_types={"y": TensorProto.FLOAT})
+    with pytest.raises(ort.Fail, match="skip"):
+        run_tritort(model, feeds)
+
+
+def _simplified_layer_norm_session(node, feeds, outputs):
+    """SimplifiedLayerNormalization lives in the default domain, where onnx's checker has no
+    schema for it: until the loader lets such nodes through, compare the kernel alone."""
+    model = build([node], feeds, outputs, opset=17)
+    want = run_ort(model, feeds)
+    types = {o: _elem(w.dtype) for o, w in zip(outputs, want)}
+    try:
+        got = run_tritort(build([node], feeds, outputs, opset=17, out_types=types), feeds)
+    except InvalidGraph as e:
+        assert "SimplifiedLayerNormalization" in str(e) or "No Op registered" in str(e)
+        got = list(run_kernel(node, feeds))
+    return got, want
+
+
+@pytest.mark.parametrize("axis", [-1, -2, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_simplified_layer_normalization(axis, dtype):
+    feeds = {"x": randn(2, 3, 8, dtype=dtype)}
+    feeds["scale"] = randn(*feeds["x"].shape[axis:], dtype=dtype)
+    node = helper.make_node("SimplifiedLayerNormalization", ["x", "scale"], ["y", "inv"],
+                            axis=axis, epsilon=1e-5)
+    got, want = _simplified_layer_norm_session(node, feeds, ["y", "inv"])
+    for name, g, w in zip(["y", "inv"], got, want):
+        assert_close(g, w, 1e-5 if dtype == np.float32 else 1e-12, 1e-6, name)
+
+
+def test_simplified_layer_normalization_float16():
+    feeds = {"x": randn(4, 64, dtype=np.float16), "scale": randn(64, dtype=np.float16)}
+    node = helper.make_node("SimplifiedLayerNormalization", ["x", "scale"], ["y", "inv"])
+    got, want = _simplified_layer_norm_session(node, feeds, ["y", "inv"])
+    assert_close(got[0], want[0], 1e-3, 2e-3, "y")
+    assert_close(got[1], want[1], 1e-5, 1e-6, "inv")
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_layer_normalization_before_opset_17(axis):
+    """onnxruntime's default-domain LayerNormalization-1, which models exported at opset < 17
+    carry; onnx's checker has no schema for it, so the kernel runs alone here."""
+    feeds = {"x": randn(2, 3, 8)}
+    feeds["scale"], feeds["bias"] = randn(*feeds["x"].shape[axis:]), randn(*feeds["x"].shape[axis:])
+    node = helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y", "mean", "inv"],
+                            axis=axis, epsilon=1e-5)
+    want = run_ort(build([node], feeds, ["y", "mean", "inv"], opset=14), feeds)
+    got = run_kernel(node, feeds, opset=14)
+    for name, g, w in zip(["y", "mean", "inv"], got, want):
+        assert_close(g, w, 1e-5, 1e-6, name)
+
+
+@pytest.mark.parametrize("segments", [True, False])
+@pytest.mark.parametrize("mask", [True, False])
+@pytest.mark.parametrize("positions", [None, "1S", "BS"])
+def test_embed_layer_normalization(segments, mask, positions):
+    b, s, hidden, vocab = 2, 5, 16, 11
+    feeds = {"ids": randint(0, vocab, b, s)}
+    inputs = ["ids", "", "word", "pos", "", "gamma", "beta", "", ""]
+    inits = {"word": randn(vocab, hidden), "pos": randn(8, hidden), "gamma": randn(hidden),
+             "beta": randn(hidden)}
+    if segments:
+        feeds["seg"] = randint(0, 2, b, s)
+        inits["segtab"] = randn(2, hidden)
+        inputs[1], inputs[4] = "seg", "segtab"
+    if mask:
+        feeds["mask"] = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32)
+        inputs[7] = "mask"
+    if positions:
+        feeds["posid"] = randint(0, 8, *((1, s) if positions == "1S" else (b, s)))
+        inputs[8] = "posid"
+    while inputs[-1] == "":
+        inputs.pop()
+    node = ms("EmbedLayerNormalization", inputs, ["y", "mask_index", "emb_sum"], epsilon=1e-5)
+    check(node, feeds, ["y", "mask_index", "emb_sum"], inits=inits)
+
+
+def test_embed_layer_normalization_rejects_an_out_of_range_id():
+    feeds = {"ids": np.array([[0, 9]], np.int32)}
+    inits = {"word": randn(4, 8), "pos": randn(4, 8), "gamma": randn(8), "beta": randn(8)}
+    node = ms("EmbedLayerNormalization", ["ids", "", "word", "pos", "", "gamma", "beta"], ["y"])
+    model = build([node], feeds, ["y"], inits, out_types={"y": TensorProto.FLOAT})
+    with pytest.raises(ort.Fail, match="out of range"):
+        run_tritort(model, feeds)
