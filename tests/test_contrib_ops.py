@@ -41,7 +41,7 @@ def _seeded(request):
 
 
 def randn(*shape, dtype=np.float32, scale=1.0):
-    return (Rng.gen.standard_normal(shape) * scale).astype(dtype)
+    return np.asarray(Rng.gen.standard_normal(shape) * scale).astype(dtype)
 
 
 def randint(lo, hi, *shape, dtype=np.int32):
@@ -278,3 +278,138 @@ def test_embed_layer_normalization_rejects_an_out_of_range_id():
     model = build([node], feeds, ["y"], inits, out_types={"y": TensorProto.FLOAT})
     with pytest.raises(ort.Fail, match="out of range"):
         run_tritort(model, feeds)
+
+
+# ------------------------------------------------------------------ GELU family, activations
+
+
+def _gelu_ref(x):
+    from scipy.special import erf
+    x = x.astype(np.float64)
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16), (5,), ()])
+def test_gelu(shape):
+    x = randn(*shape, scale=3.0)
+    check(ms("Gelu", ["x"], ["y"]), {"x": x}, ["y"])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_gelu_other_types_against_float64(dtype):
+    """onnxruntime's CPU Gelu is float32 only: double and float16 against exact values."""
+    x = randn(4, 33, dtype=dtype, scale=3.0)
+    (y,) = run_kernel(ms("Gelu", ["x"], ["y"]), {"x": x})
+    assert y.dtype == dtype
+    want = _gelu_ref(x)
+    np.testing.assert_allclose(y.astype(np.float64), want, rtol=1e-14 if dtype == np.float64
+                               else 1e-3, atol=1e-14 if dtype == np.float64 else 1e-3)
+
+
+def test_bias_gelu():
+    check(ms("BiasGelu", ["a", "b"], ["y"]), {"a": randn(2, 4, 32), "b": randn(32)}, ["y"])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 4, 32), (7, 3)])
+def test_fast_gelu(bias, shape):
+    feeds = {"x": randn(*shape, scale=3.0)}
+    if bias:
+        feeds["bias"] = randn(shape[-1])
+    check(ms("FastGelu", list(feeds), ["y"]), feeds, ["y"])
+
+
+@pytest.mark.parametrize("alpha", [None, 1.0, -0.5])
+def test_quick_gelu(alpha):
+    attrs = {} if alpha is None else {"alpha": alpha}
+    check(ms("QuickGelu", ["x"], ["y"], **attrs), {"x": randn(3, 5, 8, scale=4.0)}, ["y"])
+
+
+def test_quick_gelu_extreme_values_stay_finite():
+    x = np.array([-1e4, -100.0, 0.0, 100.0, 1e4, np.inf, -np.inf], np.float32)
+    check(ms("QuickGelu", ["x"], ["y"]), {"x": x}, ["y"])
+
+
+def test_bias_add():
+    """onnxruntime's CPU provider has no BiasAdd kernel (CUDA only): exact float64 reference."""
+    feeds = {"x": randn(2, 6, 8), "bias": randn(8), "skip": randn(2, 6, 8)}
+    (y,) = run_kernel(ms("BiasAdd", ["x", "bias", "skip"], ["y"]), feeds)
+    np.testing.assert_allclose(y, feeds["x"] + feeds["bias"] + feeds["skip"], rtol=1e-6)
+    model = build([ms("BiasAdd", ["x", "bias", "skip"], ["y"])], feeds, ["y"],
+                  out_types={"y": TensorProto.FLOAT})
+    (got,) = run_tritort(model, feeds)
+    np.testing.assert_array_equal(got, y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_bias_split_gelu(dtype):
+    """CUDA only in onnxruntime: against a float64 reference of the spec's formula."""
+    feeds = {"x": randn(2, 4, 16, dtype=dtype), "bias": randn(16, dtype=dtype)}
+    (y,) = run_kernel(ms("BiasSplitGelu", ["x", "bias"], ["y"]), feeds)
+    s = feeds["x"].astype(np.float64) + feeds["bias"].astype(np.float64)
+    want = s[..., :8] * _gelu_ref(s[..., 8:])
+    assert y.dtype == dtype and y.shape == (2, 4, 8)
+    tol = 1e-6 if dtype == np.float32 else 2e-3
+    np.testing.assert_allclose(y.astype(np.float64), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("sa,sb,attrs", [
+    ((3, 4), (4, 5), {}),
+    ((3, 4), (5, 4), {"transB": 1, "alpha": 0.125}),
+    ((4, 3), (4, 5), {"transA": 1}),
+    ((2, 4, 3), (2, 5, 4), {"transA": 1, "transB": 1, "alpha": -2.0}),
+    ((2, 3, 4), (4, 5), {}),
+    ((4,), (4, 5), {}),
+    ((3, 4), (4,), {"alpha": 3.0}),
+    ((4, 2, 3, 5), (2, 3, 5, 6), {"transBatchA": 1}),
+    ((4, 2, 3, 5), (2, 3, 4, 6), {"transBatchA": 1, "transA": 1}),
+    ((2, 3, 4, 5), (6, 2, 3, 5), {"transBatchB": 1, "transB": 1}),
+    ((4, 3, 5), (5, 3, 6), {"transBatchA": 1, "transBatchB": 1, "alpha": 0.5}),
+    ((1, 3, 4), (2, 1, 4, 5), {}),
+])
+def test_fused_matmul(sa, sb, attrs):
+    check(ms("FusedMatMul", ["a", "b"], ["y"], **attrs), {"a": randn(*sa), "b": randn(*sb)},
+          ["y"])
+
+
+def test_fused_matmul_trans_batch_needs_equal_ranks():
+    feeds = {"a": randn(4, 3, 5), "b": randn(5, 6)}
+    model = build([ms("FusedMatMul", ["a", "b"], ["y"], transBatchA=1)], feeds, ["y"],
+                  out_types={"y": TensorProto.FLOAT})
+    with pytest.raises(ort.Fail, match="same rank"):
+        run_tritort(model, feeds)
+
+
+@pytest.mark.parametrize("activation,params", [
+    (None, None), ("Relu", None), ("Tanh", None), ("Sigmoid", None), ("LeakyRelu", [0.2]),
+    ("Clip", [-0.5, 0.75]), ("HardSigmoid", [0.3, 0.4])])
+@pytest.mark.parametrize("with_z", [True, False])
+def test_fused_conv(activation, params, with_z):
+    feeds = {"x": randn(2, 3, 7, 7)}
+    inits = {"w": randn(4, 3, 3, 3), "b": randn(4)}
+    inputs = ["x", "w", "b"]
+    if with_z:
+        feeds["z"] = randn(2, 4, 4, 4)
+        inputs.append("z")
+    attrs = {"strides": [2, 2], "pads": [1, 1, 1, 1]}
+    if activation:
+        attrs["activation"] = activation
+    if params:
+        attrs["activation_params"] = params
+    check(ms("FusedConv", inputs, ["y"], **attrs), feeds, ["y"], inits=inits)
+
+
+@pytest.mark.parametrize("group,auto_pad,dil", [(1, "SAME_UPPER", 1), (3, "NOTSET", 2),
+                                               (6, "VALID", 1)])
+def test_fused_conv_grouped_and_padded(group, auto_pad, dil):
+    feeds = {"x": randn(1, 6, 9, 8)}
+    inits = {"w": randn(6, 6 // group, 3, 3)}
+    attrs = {"group": group, "activation": "Relu", "dilations": [dil, dil]}
+    if auto_pad != "NOTSET":
+        attrs["auto_pad"] = auto_pad
+    check(ms("FusedConv", ["x", "w"], ["y"], **attrs), feeds, ["y"], inits=inits)
+
+
+def test_fused_conv_1d():
+    check(ms("FusedConv", ["x", "w", "b"], ["y"], activation="Relu"),
+          {"x": randn(2, 3, 10)}, ["y"], inits={"w": randn(5, 3, 3), "b": randn(5)})
