@@ -725,6 +725,8 @@ def run_one(runtime: str, model: bytes, feeds: dict[str, Any]) -> dict[str, Any]
     stage = "load"
     try:
         sess = ort.InferenceSession(model, so, providers=RUNTIMES[runtime])
+        if runtime == "triton":
+            result["on_triton"] = "TritonExecutionProvider" in sess.placement().values()
         stage = "run"
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -958,6 +960,8 @@ def fuzz(mutants: int, seed: int, runtimes: list[str], timeout: float = TIMEOUT_
             report["mutants"] += 1
             for rt, r in results.items():
                 outcomes[f"{rt}:{outcome(r)}"] += 1
+                if r.get("on_triton"):
+                    outcomes[f"{rt}:placed nodes on Triton"] += 1
             entry = {"mutant": m.key, "case": m.case, "mutations": m.mutations}
             for rt, kind in _failure(results):
                 r = results[rt]

@@ -205,6 +205,27 @@ def test_a_body_out_of_order_is_refused_as_in_onnxruntime():
     ort_refuses(m, "InvalidGraph")
 
 
+def sparse_add(values, indices, dims):
+    sp = helper.make_sparse_tensor(numpy_helper.from_array(np.array(values, np.float32), "W"),
+                                   numpy_helper.from_array(np.array(indices, np.int64), "i"),
+                                   dims)
+    m = one_node("Add", ["X", "W"], ["Y"], [vi("X", shape=dims)], [vi("Y")])
+    m.graph.sparse_initializer.append(sp)
+    return m
+
+
+@pytest.mark.parametrize("values,indices,dims", [([5.0, 7.0], [1, 3], [4]),
+                                                 ([5.0, 7.0], [[0, 1], [1, 0]], [2, 2])],
+                         ids=["linear-indices", "coordinates"])
+def test_sparse_initializers_are_densified_as_in_onnxruntime(values, indices, dims):
+    _same_as_onnxruntime(sparse_add(values, indices, dims), {"X": np.ones(dims, np.float32)})
+
+
+def test_sparse_initializer_indices_outside_its_dims_are_refused():
+    with pytest.raises(ort.Fail, match=r"Sparse initializer 'W'.*dims \[4\]"):
+        ort.InferenceSession(sparse_add([5.0], [9], [4]).SerializeToString(), providers=CPU)
+
+
 def test_unnamed_nodes_are_named_as_the_runtime_names_them():
     m = one_node("Relu", ["X"], ["Y"], [vi("X", shape=[2])], [vi("Y", shape=[2])])
     sess = ort.InferenceSession(m.SerializeToString(), providers=CPU)

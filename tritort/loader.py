@@ -176,6 +176,30 @@ def check_and_infer(model: onnx.ModelProto) -> None:
         getattr(src, field).extend(getattr(inferred.graph, field))
 
 
+def densify_sparse_initializers(graph: onnx.GraphProto) -> None:
+    """Sparse initializers become dense ones, as ORT makes them at load (every kernel reads
+    dense tensors); indices outside the dims are ``Fail``, naming the initializer."""
+    for sp in list(graph.sparse_initializer):
+        name, dims = sp.values.name, [int(d) for d in sp.dims]
+        values = validate.to_array(sp.values).reshape(-1)
+        indices = validate.to_array(sp.indices).astype(np.int64)
+        size = int(np.prod(dims, dtype=np.int64))
+        if indices.ndim == 2 and len(dims) > 1:
+            if indices.shape[1] != len(dims) or (indices < 0).any() or \
+                    (indices >= np.array(dims)).any():
+                raise Fail(f"Sparse initializer '{name}': indices {indices.tolist()[:4]} do not "
+                           f"address dims {dims}")
+            indices = np.ravel_multi_index(tuple(indices.T), dims)
+        indices = indices.reshape(-1)
+        if indices.size != values.size or (indices < 0).any() or (indices >= size).any():
+            raise Fail(f"Sparse initializer '{name}': {indices.size} indices for {values.size} "
+                       f"values, each within the {size} elements of dims {dims}")
+        dense = np.zeros(size, dtype=values.dtype)
+        dense[indices] = values
+        graph.initializer.append(numpy_helper.from_array(dense.reshape(dims), name))
+    graph.ClearField("sparse_initializer")
+
+
 def _lenient_inference(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False)
@@ -281,6 +305,7 @@ def load(source: Any, *, initializers: dict[str, np.ndarray] | None = None,
     resolve_external_data(model, model_dir, initializers)
     if model.functions:
         model = inliner.inline_local_functions(model)
+    densify_sparse_initializers(model.graph)
     check_node_inputs(model.graph)
     name_nodes(model.graph)
     sort_nodes(model.graph)

@@ -284,6 +284,8 @@ ATTRIBUTE_CHOICES: dict[tuple[str, str], dict[str, tuple]] = {
                        "coordinate_transformation_mode": ("half_pixel", "output_half_pixel")},
     ("", "StringNormalizer"): {"case_change_action": ("LOWER", "UPPER", "NONE")},
     ("", "NonMaxSuppression"): {"center_point_box": (0, 1)},
+    ("", "Mod"): {"fmod": (0, 1)},
+    ("", "CumSum"): {"exclusive": (0, 1), "reverse": (0, 1)},
     ("ai.onnx.ml", "CastMap"): {"cast_to": ("TO_FLOAT", "TO_INT64", "TO_STRING"),
                                 "map_form": ("DENSE", "SPARSE")},
     ("ai.onnx.ml", "Normalizer"): {"norm": ("MAX", "L1", "L2")},
