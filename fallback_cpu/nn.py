@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from tritort.errors import Fail, InvalidArgument
 from tritort.windows import resolved_pads
 
 from . import pool  # noqa: F401  (registers the pooling kernels)
@@ -41,6 +42,7 @@ class ConvParams:
 
 def conv_nd(x, w, bias, group, strides, dilations, pads):
     """N-D grouped convolution of already widened arrays; returns (N, M, *out)."""
+    _check_conv(x, w, group, strides, dilations, pads)
     n, c = x.shape[:2]
     m = w.shape[0]
     kernel = w.shape[2:]
@@ -63,6 +65,33 @@ def conv_nd(x, w, bias, group, strides, dilations, pads):
     if bias is not None:
         y += bias.reshape((m,) + (1,) * len(out_shape))
     return y
+
+
+def _check_conv(x, w, group, strides, dilations, pads):
+    """The input against the weights and the window, before anything is allocated, with
+    ORT's Conv classes: ranks, channels per group and parameters ``Fail``, a window larger
+    than the padded input ``InvalidArgument``."""
+    nd = w.ndim - 2
+    if x.ndim != w.ndim or nd < 1:
+        raise Fail(f"Conv: input shape {list(x.shape)} and weight shape "
+                              f"{list(w.shape)} must have the same rank (at least 3)")
+    c, m = x.shape[1], w.shape[0]
+    if group < 1 or c % group or m % group or w.shape[1] * group != c:
+        raise Fail(f"Conv: the input has {c} channels, the weights {list(w.shape)} "
+                              f"with group {group} need {w.shape[1] * group} (and "
+                              f"{m} output channels divisible by the group)")
+    if len(strides) != nd or len(dilations) != nd or len(pads) != 2 * nd or \
+            min(strides) < 1 or min(dilations) < 1:
+        raise Fail(f"Conv: strides {list(strides)} and dilations {list(dilations)} "
+                              f"need {nd} positive values, pads {list(pads)} {2 * nd}")
+    for i, (size, k, d, pb, pe) in enumerate(zip(x.shape[2:], w.shape[2:], dilations,
+                                                 pads[:nd], pads[nd:])):
+        if size + pb + pe < (k - 1) * d + 1:
+            raise InvalidArgument(
+                f"Conv: the window does not fit the padded input on spatial axis {i}: kernel "
+                f"{k} with dilation {d} spans {(k - 1) * d + 1} positions, the input has "
+                f"{size} plus pads {pb} and {pe} (input shape {list(x.shape)}, weight shape "
+                f"{list(w.shape)})")
 
 
 def _im2col(xp, group, kernel, strides, dilations, out_shape):

@@ -287,6 +287,26 @@ def test_pool_input_of_the_wrong_rank_is_invalid_argument():
         sess.run(None, {"X": np.ones(16, np.float32)})
 
 
+@pytest.mark.parametrize("w_shape,attrs,cls,pattern", [
+    ((1, 1, 6, 6), {}, "InvalidArgument",
+     r"window does not fit the padded input on spatial axis 0: kernel 6"),
+    ((1, 1, 3, 3), {"dilations": [10**9, 1]}, "InvalidArgument",
+     r"kernel 3 with dilation 1000000000"),
+    ((1, 2, 3, 3), {}, "Fail", r"the input has 1 channels, the weights \[1, 2, 3, 3\]"),
+], ids=["kernel", "dilation", "channels"])
+def test_conv_input_that_does_not_fit_the_weights(w_shape, attrs, cls, pattern):
+    """Refused before anything is allocated, with onnxruntime's class."""
+    m = one_node("Conv", ["X", "W"], ["Y"], [vi("X", shape=["N", "C", "H", "W"]),
+                                             vi("W", shape=["M", "K", "h", "w"])], [vi("Y")],
+                 **attrs)
+    feeds = {"X": X44, "W": np.ones(w_shape, np.float32)}
+    with pytest.raises(getattr(ort, cls), match=pattern) as info:
+        ort.InferenceSession(m.SerializeToString(), providers=CPU).run(None, feeds)
+    assert type(info.value) is getattr(ort, cls)
+    with pytest.raises(getattr(ORT_CLASSES, cls)):
+        onnxruntime.InferenceSession(m.SerializeToString(), providers=CPU).run(None, feeds)
+
+
 def test_slice_parameters_of_different_lengths_are_invalid_argument():
     m = one_node("Slice", ["X", "s", "e"], ["Y"], [vi("X", shape=[4, 4]),
                                                    vi("s", TP.INT64, ["k"]),
