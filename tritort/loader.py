@@ -154,10 +154,14 @@ def check_and_infer(model: onnx.ModelProto) -> None:
     dst.value_info.extend(src.value_info)
     dst.sparse_initializer.extend(src.sparse_initializer)
     listed = {i.name for i in src.input}
+    # before IR 4 the checker wants every initializer listed as an input too; onnxruntime
+    # loads IR-3 models that do not list them (constants, as load() makes them)
+    old_ir = model.ir_version < 4
     for t in src.initializer:
-        if int(np.prod(t.dims, dtype=np.int64)) <= WEIGHT_ELEMENTS:
+        small = int(np.prod(t.dims, dtype=np.int64)) <= WEIGHT_ELEMENTS
+        if small:
             dst.initializer.append(t)
-        elif t.name not in listed:
+        if t.name not in listed and (not small or old_ir):
             dst.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
     run_checker(skeleton)
     inferred = _lenient_inference(skeleton)
