@@ -95,13 +95,18 @@ def assert_close(got, want, rtol, atol, name=""):
 
 
 def check(nodes, feeds, outputs, inits=None, rtol=1e-5, atol=1e-6, opset=17, skip=(),
-          tol=None):
+          tol=None, types=None):
     """Run ``nodes`` on onnxruntime and tritort and compare every output (but ``skip``);
-    ``tol`` maps an output name to its own (rtol, atol). Returns tritort's outputs."""
+    ``tol`` maps an output name to its own (rtol, atol); ``types`` declares output element
+    types onnxruntime cannot infer. Returns tritort's outputs."""
     if isinstance(nodes, onnx.NodeProto):
         nodes = [nodes]
-    want = run_ort(build(nodes, feeds, outputs, inits, opset), feeds)
-    types = {o: _elem(w.dtype) for o, w in zip(outputs, want)}
+    if types is None:
+        want = run_ort(build(nodes, feeds, outputs, inits, opset), feeds)
+        types = {o: _elem(w.dtype) for o, w in zip(outputs, want)}
+    else:
+        types = {o: types.get(o, TensorProto.FLOAT) for o in outputs}
+        want = run_ort(build(nodes, feeds, outputs, inits, opset, out_types=types), feeds)
     model = build(nodes, feeds, outputs, inits, opset, out_types=types)
     got = run_tritort(model, feeds)
     for name, g, w in zip(outputs, got, want):
@@ -413,3 +418,52 @@ def test_fused_conv_grouped_and_padded(group, auto_pad, dil):
 def test_fused_conv_1d():
     check(ms("FusedConv", ["x", "w", "b"], ["y"], activation="Relu"),
           {"x": randn(2, 3, 10)}, ["y"], inits={"w": randn(5, 3, 3), "b": randn(5)})
+
+
+# ------------------------------------------------------------------ unsupported contrib ops
+
+
+def _two_unsupported_nodes():
+    feeds = {"x": randn(2, 8)}
+    nodes = [ms("Gelu", ["x"], ["g"], name="gelu"),
+             ms("NoSuchContribOp", ["g"], ["a"], name="first_missing"),
+             ms("AlsoMissing", ["a"], ["y"], name="second_missing")]
+    return build(nodes, feeds, ["y"], out_types={"y": TensorProto.FLOAT})
+
+
+def test_unsupported_contrib_op_names_the_node_and_op():
+    with pytest.raises(NotImplemented) as info:
+        ort.InferenceSession(_two_unsupported_nodes().SerializeToString(), providers=CPU)
+    message = str(info.value)
+    assert "NoSuchContribOp" in message and "first_missing" in message
+    assert "com.microsoft" in message
+
+
+@pytest.mark.xfail(reason="partition stops at the first node without a provider (issue 13: "
+                          "the change to tritort/partition.py is proposed, not made here)")
+def test_unsupported_contrib_ops_are_all_listed():
+    with pytest.raises(NotImplemented) as info:
+        ort.InferenceSession(_two_unsupported_nodes().SerializeToString(), providers=CPU)
+    assert "second_missing" in str(info.value) and "AlsoMissing" in str(info.value)
+
+
+@pytest.mark.xfail(reason="the CPU provider's reason does not list the domain's kernels yet "
+                          "(issue 13: the change to fallback_cpu/registry.py is proposed)")
+def test_unsupported_contrib_op_lists_the_supported_ones():
+    with pytest.raises(NotImplemented) as info:
+        ort.InferenceSession(_two_unsupported_nodes().SerializeToString(), providers=CPU)
+    message = str(info.value)
+    for op in ("SkipLayerNormalization", "GroupQueryAttention", "FastGelu"):
+        assert op in message
+
+
+def test_every_contrib_row_is_in_the_com_microsoft_domain():
+    """The kernels of this issue are registered where onnxruntime registers them."""
+    expected = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+                "EmbedLayerNormalization", "Gelu", "BiasGelu", "FastGelu", "QuickGelu",
+                "BiasAdd", "BiasSplitGelu", "FusedMatMul", "FusedConv", "Attention",
+                "MultiHeadAttention", "RotaryEmbedding", "GroupQueryAttention"}
+    registered = {op for d, op, _ in fallback_cpu.REGISTRY.ops() if d == MS}
+    assert expected <= registered, expected - registered
+    assert REGISTRY.lookup("", "SimplifiedLayerNormalization", 1) is not None
+    assert REGISTRY.lookup("", "LayerNormalization", 16)[0] == 1

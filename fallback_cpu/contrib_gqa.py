@@ -1,0 +1,188 @@
+"""onnxruntime's ``com.microsoft`` GroupQueryAttention on the NumPy provider.
+
+Per batch entry b the cache holds ``T = seqlens_k[b] + 1`` tokens after the step; the chunk's
+first ``Q = query_seqlens[b]`` rows are valid (default ``min(S, T)``), so ``P = T - Q`` tokens
+were cached before it: the first prompt of a right-padded batch has ``P = 0``, a decode step
+``Q = 1``. The new K/V rows (all S of them without ``query_seqlens``, as onnxruntime writes
+them, else the Q valid ones) go to rows ``P ..`` of ``present_key``/``present_value``
+(B, N_kv, max(past buffer, total_sequence_length), H), after the first P rows of the past
+(when past and present share one buffer, the past's other rows are kept too; rows past T are
+unspecified by the operator). Query row s sits at position ``P + s``: with ``causal`` it sees
+keys ``j <= P + s`` (and ``j < T``), with ``local_window_size`` W only keys ``j > P + s - W``.
+
+Also: packed QKV (query (B, S, (N + 2 N_kv) H) without key/value), ``do_rotary`` (RoPE on Q and
+K with the cos/sin caches, position ``P + s`` or ``position_ids``, of which the first prompt
+reads only the first column as onnxruntime does; partial rotation when the caches are
+narrower than H / 2; ``rotary_interleaved``), ``softcap`` (``c tanh(scores / c)`` after the
+scale), ``attention_bias`` (B or 1, N or 1, S, total_sequence_length), ``head_sink`` or
+``smooth_softmax`` (an extra logit per head, 0 for smooth softmax, in each softmax
+denominator), ``q_norm_weight``/``k_norm_weight`` (per-head RMS normalization of Q and K
+before the rotation), ``output_qk`` (``qk_output`` 1: the scores before the softmax, 2: the
+probabilities; 0 at keys a row does not see). A row with no visible key (only a padding row
+can have one) gives zeros.
+
+Refused with a clear error: quantized caches (``k_scale``/``v_scale``, ``k_quant_type``),
+``sliding_window_cache``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .contrib_attention import attend, cache_rows, rotate, work_dtype
+from .nn_util import narrow, widen
+from .registry import register
+
+MS_DOMAIN = "com.microsoft"
+
+
+def _rms(x4: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    ms = np.mean(x4 * x4, axis=-1, keepdims=True)
+    return x4 / np.sqrt(ms + x4.dtype.type(eps)) * weight
+
+
+@register("GroupQueryAttention", since=1, domain=MS_DOMAIN)
+def group_query_attention(ctx):
+    n = int(ctx.attr("num_heads"))
+    nk = int(ctx.attr("kv_num_heads"))
+    scale_attr = ctx.attr("scale")
+    softcap = float(ctx.attr("softcap", 0.0))
+    window = int(ctx.attr("local_window_size", -1))
+    rotary = bool(ctx.attr("do_rotary", 0))
+    interleaved = bool(ctx.attr("rotary_interleaved", 0))
+    causal = bool(ctx.attr("causal", 1))
+    qk_mode = int(ctx.attr("qk_output", 0))
+    smooth = int(ctx.attr("smooth_softmax", -1)) == 1
+    eps = float(ctx.attr("qk_norm_epsilon", 1e-6))
+    q_eps = float(ctx.attr("q_norm_epsilon", eps))
+    k_eps = float(ctx.attr("k_norm_epsilon", eps))
+    if ctx.attr("sliding_window_cache", 0):
+        raise ValueError("sliding_window_cache (window-sized KV buffers) is not supported")
+    for name in ("k_quant_type", "v_quant_type"):
+        if ctx.attr(name, "NONE") not in ("NONE", ""):
+            raise ValueError(f"{name}={ctx.attr(name)!r}: quantized KV caches are not supported")
+    if n % max(nk, 1) or nk <= 0:
+        raise ValueError(f"num_heads {n} must be a positive multiple of kv_num_heads {nk}")
+    if not causal and window >= 0:
+        raise ValueError("local_window_size must be -1 when causal is 0")
+    names = list(ctx.output_names) + [""] * 4
+    want = [bool(x) for x in names]
+
+    def run(query, key=None, value=None, past_key=None, past_value=None, seqlens_k=None,
+            total_sequence_length=None, cos_cache=None, sin_cache=None, position_ids=None,
+            attention_bias=None, head_sink=None, k_scale=None, v_scale=None,
+            q_norm_weight=None, k_norm_weight=None, query_seqlens=None):
+        if k_scale is not None or v_scale is not None:
+            raise ValueError("k_scale/v_scale (quantized KV caches) are not supported")
+        dtype = query.dtype
+        work = work_dtype(dtype)
+        b, s = query.shape[:2]
+        if key is None:  # packed QKV
+            if value is not None:
+                raise ValueError("packed QKV query takes no key or value")
+            width = query.shape[2]
+            if width % (n + 2 * nk):
+                raise ValueError(f"packed QKV width {width} is not a multiple of num_heads + 2 "
+                                 f"* kv_num_heads = {n + 2 * nk}")
+            h = width // (n + 2 * nk)
+            q, k, v = (query[..., :n * h], query[..., n * h:(n + nk) * h],
+                       query[..., (n + nk) * h:])
+        else:
+            if value is None:
+                raise ValueError("key needs value")
+            q, k, v = query, key, value
+            h = q.shape[2] // n
+            if q.shape[2] % n or k.shape[2] != nk * h or v.shape[2] % nk:
+                raise ValueError(f"query {list(q.shape)}, key {list(k.shape)} and value "
+                                 f"{list(v.shape)} do not fit {n} query and {nk} key/value "
+                                 f"heads")
+            if k.shape[1] != s:
+                raise ValueError("key and value must have the query's sequence length")
+        q4 = widen(q).astype(work, copy=False).reshape(b, s, n, h)
+        k4 = widen(k).astype(work, copy=False).reshape(b, s, nk, h)
+        v4 = widen(v).astype(work, copy=False).reshape(b, s, nk, -1)
+        if q_norm_weight is not None or k_norm_weight is not None:
+            if q_norm_weight is None or k_norm_weight is None:
+                raise ValueError("q_norm_weight and k_norm_weight go together")
+            q4 = _rms(q4, widen(q_norm_weight).astype(work), q_eps)
+            k4 = _rms(k4, widen(k_norm_weight).astype(work), k_eps)
+        totals = np.asarray(seqlens_k).reshape(-1).astype(np.int64) + 1
+        if totals.shape != (b,):
+            raise ValueError(f"seqlens_k must have shape ({b},), got "
+                             f"{list(np.shape(seqlens_k))}")
+        if query_seqlens is not None:
+            valid = np.asarray(query_seqlens).reshape(-1).astype(np.int64)
+            if valid.shape != (b,) or (valid < 0).any() or (valid > np.minimum(s, totals)).any():
+                raise ValueError(f"query_seqlens {valid.tolist()} must lie in [0, min(S, "
+                                 f"seqlens_k + 1)] per batch entry")
+        else:
+            valid = np.minimum(s, totals)
+        if (totals < 1).any():
+            raise ValueError(f"seqlens_k {(totals - 1).tolist()} must be >= 0")
+        past = totals - valid
+        total_len = int(np.asarray(total_sequence_length).reshape(-1)[0])
+        buf = 0 if past_key is None else past_key.shape[2]
+        if (past > buf).any():
+            raise ValueError(f"the past buffers hold {buf} positions but seqlens_k asks for "
+                             f"{int(past.max())} cached ones")
+        if rotary:
+            if cos_cache is None or sin_cache is None:
+                raise ValueError("do_rotary needs cos_cache and sin_cache")
+            if position_ids is not None:
+                pos = np.asarray(position_ids).astype(np.int64)
+                if pos.shape != (b, s):
+                    raise ValueError(f"position_ids must have shape ({b}, {s})")
+                if not past.any():  # the first prompt: onnxruntime reads the first entry
+                    pos = np.broadcast_to(pos[0, 0] + np.arange(s)[None, :], (b, s))
+            else:
+                pos = past[:, None] + np.arange(s)[None, :]
+            cos, sin = cache_rows(cos_cache, pos, work), cache_rows(sin_cache, pos, work)
+            q4, k4 = rotate(q4, cos, sin, interleaved), rotate(k4, cos, sin, interleaved)
+        cache_dtype = past_key.dtype if past_key is not None else dtype
+        present_len = max(buf, total_len, int(totals.max()))
+        outs_kv = []
+        for past_x, new in ((past_key, k4), (past_value, v4)):
+            present = np.zeros((b, nk, present_len, new.shape[-1]), dtype=cache_dtype)
+            if past_x is not None:
+                present[:, :, :buf] = past_x
+            rows = new.transpose(0, 2, 1, 3)
+            for i in range(b):
+                count = s if query_seqlens is None else int(valid[i])
+                count = min(count, present_len - int(past[i]))
+                present[i, :, past[i]:past[i] + count] = narrow(rows[i, :, :count], cache_dtype)
+            outs_kv.append(present)
+        t = int(totals.max())
+        keys = widen(outs_kv[0][:, :, :t]).astype(work, copy=False)
+        vals = widen(outs_kv[1][:, :, :t]).astype(work, copy=False)
+        j = np.arange(t)[None, None, :]
+        at = past[:, None, None] + np.arange(s)[None, :, None]  # (B, S, 1) query positions
+        seen = j < totals[:, None, None]
+        if causal:
+            seen = seen & (j <= at)
+        if window > 0:
+            seen = seen & (j > at - window)
+        bias = np.where(seen, work.type(0), work.type(-np.inf))[:, None]  # (B, 1, S, T)
+        if attention_bias is not None:
+            ab = widen(attention_bias).astype(work, copy=False)
+            if ab.ndim != 4 or ab.shape[-1] < t:
+                raise ValueError(f"attention_bias must be (B or 1, N or 1, S, total) with at "
+                                 f"least {t} columns, got {list(ab.shape)}")
+            bias = bias + ab[..., :t]
+        sink = None
+        if head_sink is not None:
+            sink = widen(head_sink).astype(work, copy=False).reshape(n)
+        elif smooth:
+            sink = np.zeros(n, work)
+        scale = 1 / np.sqrt(h) if scale_attr is None else float(scale_attr)
+        y, raw, probs = attend(q4.transpose(0, 2, 1, 3), keys, vals, scale, bias, softcap,
+                               sink, want_scores=want[3] and qk_mode == 1)
+        y[np.isnan(y)] = 0
+        out = [narrow(np.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(b, s, -1), dtype),
+               outs_kv[0], outs_kv[1], None]
+        if want[3]:
+            full = np.zeros((b, n, s, max(total_len, t)), dtype=work)
+            picked = raw if qk_mode == 1 else probs
+            full[..., :t] = np.where(seen[:, None], picked, 0)
+            out[3] = narrow(full, dtype)
+        return tuple(out)
+
+    return run
