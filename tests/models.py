@@ -53,3 +53,10 @@ def slow_chain(n: int = 200, size: int = 256) -> onnx.ModelProto:
         prev = f"t{i}"
     nodes.append(helper.make_node("Identity", [prev], ["Y"], name="out"))
     return make(nodes, [vi("X", shape=[size, size])], [vi("Y", shape=[size, size])], [w])
+
+
+def relu_nonzero() -> onnx.ModelProto:
+    """Y = NonZero(Relu(X)): Relu can run on a device, NonZero only on the host."""
+    return make([helper.make_node("Relu", ["X"], ["R"], name="relu"),
+                 helper.make_node("NonZero", ["R"], ["Y"], name="nonzero")],
+                [vi("X", shape=[4])], [vi("Y", TP.INT64, shape=None)])

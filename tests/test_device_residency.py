@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import tritort as ort
 from tests import models
@@ -87,10 +87,7 @@ def test_shape_reads_a_device_value_in_place():
 
 def test_the_report_names_what_a_run_reads_back_from_the_device():
     # NonZero runs on the CPU: the device's Relu result must come back to the host for it
-    nodes = [helper.make_node("Relu", ["X"], ["R"], name="relu"),
-             helper.make_node("NonZero", ["R"], ["Y"], name="nonzero")]
-    model = models.make(nodes, [models.vi("X", shape=[4])],
-                        [models.vi("Y", TensorProto.INT64, shape=None)])
+    model = models.relu_nonzero()
     sess = triton_session(model, on_triton=["relu"])
     assert sess._plans.get(["Y"], keep_on_device=True).host_reads == ("R",)
     assert sess.placement_report().endswith(

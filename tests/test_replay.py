@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tritort as ort
@@ -144,10 +144,7 @@ def test_outputs_handed_out_are_not_rewritten_by_the_next_run():
 
 
 def test_a_plan_reading_device_values_on_the_host_runs_unbound():
-    nodes = [helper.make_node("Relu", ["X"], ["R"], name="relu"),
-             helper.make_node("NonZero", ["R"], ["Y"], name="nonzero")]
-    model = models.make(nodes, [models.vi("X", shape=[4])],
-                        [models.vi("Y", TensorProto.INT64, shape=None)])
+    model = models.relu_nonzero()
     sess = triton_session(model, on_triton=["relu"])
     for x in ([-1, 2, 0, 3], [5, -2, 1, 0]):
         got = sess.run(None, {"X": np.array(x, np.float32)})[0]
@@ -289,10 +286,7 @@ def test_blocks_share_memory_only_when_their_lifetimes_do_not_overlap():
 
 
 def test_cuda_graph_refuses_a_run_it_could_not_capture_naming_the_node():
-    nodes = [helper.make_node("Relu", ["X"], ["R"], name="relu"),
-             helper.make_node("NonZero", ["R"], ["Y"], name="nonzero")]
-    model = models.make(nodes, [models.vi("X", shape=[4])],
-                        [models.vi("Y", TensorProto.INT64, shape=None)])
+    model = models.relu_nonzero()
     sess = ort.InferenceSession(model.SerializeToString(), providers=[
         ("TritonExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"])
     x = np.array([-1, 2, 0, 3], np.float32)
