@@ -66,6 +66,13 @@ class NotFound(OrtError):
     pass
 
 
+class InvalidArgumentValue(InvalidArgument, ValueError):
+    """An ``InvalidArgument`` that onnxruntime's Python layer raises as ``ValueError``
+    (required inputs missing from a run's feed; malformed ``providers`` arguments): code
+    written for onnxruntime catches it with ``except ValueError``, and ``except
+    InvalidArgument``/``RuntimeError`` still catch it as every other argument error."""
+
+
 def node_failure(node_desc: str, op_type: str, exc: BaseException) -> Fail:
     """The error for a kernel that raised while running a node (ORT's class and wording)."""
     return Fail(
@@ -86,6 +93,7 @@ def node_error(node_desc: str, op_type: str, exc: BaseException) -> OrtError:
 __all__ = [
     "OrtError", "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError",
     "RuntimeException", "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph",
-    "EPFail", "ModelLoadCanceled", "ModelRequiresCompilation", "NotFound", "node_failure",
+    "EPFail", "ModelLoadCanceled", "ModelRequiresCompilation", "NotFound",
+    "InvalidArgumentValue", "node_failure",
     "node_error",
 ]

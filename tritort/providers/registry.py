@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Sequence
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, InvalidArgumentValue
 from . import CPU, TRITON, ExecutionProvider
 
 # Every provider name ORT knows, so code that lists them finds ours among them.
@@ -43,35 +43,53 @@ def resolve(providers: Sequence[Any] | None,
     """
     registry = _registry()
     names_opts: list[tuple[str, dict]] = []
+    if isinstance(providers, (str, bytes)):
+        raise InvalidArgumentValue(f"'providers' should be a sequence of provider names or "
+                                   f"(name, options dict) tuples, not a string ({providers!r})")
     providers = list(providers or [CPU])
     if provider_options is not None:
         if any(isinstance(p, tuple) for p in providers):
-            raise InvalidArgument("options were given both inside 'providers' and as "
-                                  "'provider_options'; use one form")
+            raise InvalidArgumentValue("options were given both inside 'providers' and as "
+                                       "'provider_options'; use one form")
         if len(provider_options) != len(providers):
-            raise InvalidArgument(f"'providers' has {len(providers)} entries but "
-                                  f"'provider_options' has {len(provider_options)}")
+            raise InvalidArgumentValue(
+                f"'providers' and 'provider_options' should be the same length if both are "
+                f"given: 'providers' has {len(providers)} entries, 'provider_options' "
+                f"{len(provider_options)}")
     for i, p in enumerate(providers):
         if isinstance(p, tuple):
             if len(p) != 2 or not isinstance(p[1], dict):
-                raise InvalidArgument(f"provider entry {p!r} must be a name or (name, options dict)")
+                raise InvalidArgumentValue(f"'providers' values must be either strings or "
+                                           f"(string, dict) tuples; got {p!r}")
             name, opts = p
         else:
             name, opts = p, (provider_options[i] if provider_options is not None else {})
         if not isinstance(name, str):
-            raise InvalidArgument(f"provider names are strings, got {type(name).__name__}")
+            raise InvalidArgumentValue(f"provider names are strings, got "
+                                       f"{type(name).__name__}")
+        if not isinstance(opts, dict):
+            raise InvalidArgumentValue(f"'provider_options' values must be dicts, got "
+                                       f"{type(opts).__name__} for {name}")
         names_opts.append((name, dict(opts)))
     seen: list[ExecutionProvider] = []
+    asked: set[str] = set()
     for name, opts in names_opts:
         name = ALIASES.get(name, name)
         if name not in registry:
             if name in ALL_PROVIDER_NAMES:
-                raise InvalidArgument(f"{name} is not available in this build; available "
-                                      f"providers: {list(registry)}")
-            raise InvalidArgument(f"unknown provider '{name}'; known providers: "
-                                  f"{ALL_PROVIDER_NAMES}")
-        if any(ep.name == name for ep in seen):
-            raise InvalidArgument(f"provider '{name}' is listed twice")
+                # ORT's Python layer warns and goes on without it, so lists written for
+                # several builds (TensorRT, CUDA, CPU) work everywhere
+                warnings.warn(f"Specified provider '{name}' is not in available provider "
+                              f"names. Available providers: '{', '.join(available_providers())}'",
+                              UserWarning, stacklevel=4)
+                continue
+            raise InvalidArgument(f"Unknown Provider Type: {name} (an unknown provider; known "
+                                  f"providers: {ALL_PROVIDER_NAMES})")
+        if name in asked:
+            warnings.warn(f"Duplicate provider '{name}' encountered, ignoring.", UserWarning,
+                          stacklevel=4)
+            continue
+        asked.add(name)
         reason = registry[name].unavailable_reason()
         if reason is not None:
             warnings.warn(f"{name} was requested but cannot be used: {reason}. Its nodes run "
