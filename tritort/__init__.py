@@ -8,6 +8,12 @@ import logging
 
 import numpy as _np
 
+from .adapters import AdapterFormat, LoraAdapter  # noqa: F401
+from .allocators import (  # noqa: F401
+    OrtAllocatorType, OrtArenaCfg, OrtDevice, OrtDeviceMemoryType, OrtDeviceVendorId,
+    OrtMemoryInfo, OrtMemoryInfoDeviceType, OrtMemType, create_and_register_allocator,
+    create_and_register_allocator_v2,
+)
 from .errors import (  # noqa: F401
     EngineError, EPFail, Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, ModelLoaded,
     NoModel, NoSuchFile, NotFound, NotImplemented, OrtError, RuntimeException,
@@ -22,6 +28,7 @@ from .ortvalue import OrtValue  # noqa: F401
 from .providers.registry import ALL_PROVIDER_NAMES as _ALL_PROVIDERS
 from .providers.registry import available_providers as _available
 from .session import InferenceSession  # noqa: F401
+from .sparse import OrtSparseFormat, SparseTensor  # noqa: F401
 from .version import __version__  # noqa: F401
 
 _log = logging.getLogger("tritort")
@@ -47,10 +54,20 @@ def get_version_string() -> str:
 
 
 def get_build_info() -> str:
+    """onnxruntime's layout ("ORT Build Info: key=value, ..."), with tritort's facts."""
     import onnx
 
-    return (f"tritort {__version__}, onnx {onnx.__version__}, numpy {_np.__version__}, "
-            f"providers {_available()}")
+    return (f"tritort Build Info: version={__version__}, build type=Release, "
+            f"onnx={onnx.__version__}, numpy={_np.__version__}, "
+            f"providers={'+'.join(_available())}")
+
+
+def enable_telemetry_events() -> None:
+    """A no-op: tritort collects no telemetry (onnxruntime's call, kept for its callers)."""
+
+
+def disable_telemetry_events() -> None:
+    """A no-op: tritort collects no telemetry, so there is none to disable."""
 
 
 def set_seed(seed: int) -> None:

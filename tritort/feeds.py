@@ -10,6 +10,7 @@ import onnx
 from . import dlpack, dtypes
 from .errors import InvalidArgument
 from .ortvalue import OrtValue
+from .sparse import SparseTensor
 
 
 @dataclass
@@ -32,10 +33,12 @@ def _shape_of(tp: onnx.TypeProto) -> list:
     inner = tp
     while inner.WhichOneof("value") == "optional_type":
         inner = inner.optional_type.elem_type
-    if inner.WhichOneof("value") != "tensor_type" or not inner.tensor_type.HasField("shape"):
+    kind = inner.WhichOneof("value")
+    if kind not in ("tensor_type", "sparse_tensor_type") \
+            or not getattr(inner, kind).HasField("shape"):
         return []
     out: list = []
-    for d in inner.tensor_type.shape.dim:
+    for d in getattr(inner, kind).shape.dim:
         which = d.WhichOneof("value")
         out.append(d.dim_value if which == "dim_value" else d.dim_param if which == "dim_param"
                    else None)
@@ -62,6 +65,23 @@ def _is_producer(value: Any) -> bool:
         or dlpack.is_capsule(value)
 
 
+def _strings(value: np.ndarray) -> np.ndarray:
+    """A string tensor from a numpy str, bytes or void array: an object array of ``str`` (what
+    onnxruntime returns for strings), bytes decoded as UTF-8; bytes that are not UTF-8 text
+    stay ``bytes``. A void element's bytes are all kept, as onnxruntime keeps them."""
+    if value.dtype.kind == "U":
+        return value.astype(object)
+    items = value.reshape(-1)
+    raw = [v.tobytes() for v in items] if value.dtype.kind == "V" else items.tolist()
+    try:
+        text = [b.decode("utf-8") for b in raw]
+    except UnicodeDecodeError:
+        text = raw
+    out = np.empty(len(text), dtype=object)
+    out[:] = text
+    return out.reshape(value.shape)
+
+
 class InputSpec:
     """How one graph input is converted and checked."""
 
@@ -81,6 +101,11 @@ class InputSpec:
             self.dtype_text = dtypes.onnx_type_name(tensor.tensor_type.elem_type)
             if tensor.tensor_type.HasField("shape"):
                 self.dims = _shape_of(tensor)
+        elif self.kind == "sparse_tensor_type" and tensor.sparse_tensor_type.elem_type:
+            self.dtype = dtypes.numpy_dtype(tensor.sparse_tensor_type.elem_type)
+            self.dtype_text = self.type_text
+            if tensor.sparse_tensor_type.HasField("shape"):
+                self.dims = _shape_of(tensor)
         elif self.kind == "sequence_type":
             elem = tensor.sequence_type.elem_type
             if elem.WhichOneof("value") == "tensor_type" and elem.tensor_type.elem_type:
@@ -91,9 +116,13 @@ class InputSpec:
     devices: tuple = ()  # the CUDA devices its providers run on, as ('cuda', n)
 
     def convert(self, value: Any) -> Any:
+        if self.kind == "sparse_tensor_type" and value is not None:
+            return self._sparse(value._value if isinstance(value, OrtValue) else value)
         if not isinstance(value, np.ndarray) and value is not None:
             if isinstance(value, OrtValue):
                 value = value._value
+            if isinstance(value, SparseTensor):
+                return self._sparse(value)
             if _is_producer(value):
                 value = dlpack.as_tensor(value)
                 if dlpack.is_torch(value):
@@ -116,6 +145,22 @@ class InputSpec:
                                       f"got {type(value).__name__}")
             return value
         return self._tensor(value, self.name)
+
+    def _sparse(self, value: Any) -> SparseTensor:
+        """A sparse tensor for a ``sparse_tensor(T)`` input, checked against its type."""
+        if self.kind != "sparse_tensor_type":
+            raise InvalidArgument(f"input '{self.name}' is {self.type_text}, but it was given "
+                                  f"a SparseTensor; feed a dense array")
+        if not isinstance(value, SparseTensor):
+            raise InvalidArgument(
+                f"input '{self.name}' is {self.type_text}; it takes a SparseTensor "
+                f"(SparseTensor.sparse_coo_from_numpy or sparse_csr_from_numpy), got "
+                f"{type(value).__name__}")
+        if self.dtype is not None and value._dtype.numpy != self.dtype:
+            raise self._type_error(self.name, value._dtype.name)
+        if self.dims is not None:
+            self._check_shape(tuple(value.dense_shape()), self.name)
+        return value
 
     def _torch_tensor(self, t: Any, where: str) -> Any:
         """Check a torch tensor against the model; keep it for device consumers, else host."""
@@ -155,8 +200,9 @@ class InputSpec:
 
     def _type_error(self, where: str, actual: str) -> InvalidArgument:
         expected = self.dtype_text if self.kind == "tensor_type" else self.type_text
+        kind = "sparse_tensor" if self.kind == "sparse_tensor_type" else "tensor"
         return InvalidArgument(f"Unexpected input data type for '{where}'. Actual: "
-                               f"(tensor({actual})) , expected: ({expected})")
+                               f"({kind}({actual})) , expected: ({expected})")
 
     def _tensor(self, value: Any, where: str) -> np.ndarray:
         if isinstance(value, np.generic) and not isinstance(value, (np.str_, np.bytes_)):
@@ -172,8 +218,8 @@ class InputSpec:
             else:
                 raise InvalidArgument(f"input '{where}': expected a numpy array, OrtValue, torch "
                                       f"tensor, list or scalar, got {type(value).__name__}")
-        if value.dtype.kind in "US":
-            value = value.astype(object)
+        if value.dtype.kind in "US" or (value.dtype.kind == "V" and self.dtype == np.object_):
+            value = _strings(value)
         if self.dtype is not None and value.dtype != self.dtype:
             actual = dtypes.from_numpy(value.dtype).name if value.dtype in dtypes.BY_NUMPY \
                 else str(value.dtype)

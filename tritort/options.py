@@ -1,11 +1,17 @@
 """SessionOptions, RunOptions and their enums, with ONNX Runtime's names and defaults."""
 from __future__ import annotations
 
+import copy
 import enum
+import json
+import logging
+import os
 import threading
 from typing import Any
 
-from .errors import InvalidArgument, NotImplemented
+from .errors import Fail, InvalidArgument, NotImplemented
+
+log = logging.getLogger("tritort")
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -123,6 +129,15 @@ class SessionOptions(_ConfigEntries):
     def add_free_dimension_override_by_denotation(self, dim_denotation: str, dim_value: int) -> None:
         self.free_dimensions_by_denotation[dim_denotation] = _dim_value(dim_denotation, dim_value)
 
+    def _copy(self) -> "SessionOptions":
+        """A copy whose containers are its own (what a session keeps of these options)."""
+        other = copy.copy(self)
+        other._config = dict(self._config)
+        other.initializers = dict(self.initializers)
+        other.free_dimensions_by_name = dict(self.free_dimensions_by_name)
+        other.free_dimensions_by_denotation = dict(self.free_dimensions_by_denotation)
+        return other
+
     def register_custom_ops_library(self, library_path: str) -> None:
         raise NotImplemented(
             f"register_custom_ops_library('{library_path}'): tritort runs no native custom-op "
@@ -148,6 +163,18 @@ class RunOptions(_ConfigEntries):
     def __init__(self) -> None:
         super().__init__()
         self._terminate = threading.Event()
+        self._active_adapters: list = []
+
+    def add_active_adapter(self, adapter) -> None:
+        """Feed this LoRA adapter's parameters to every run using these options (the first
+        active adapter that names an input wins, over later ones and the run's own feed)."""
+        from .adapters import LoraAdapter
+
+        if not isinstance(adapter, LoraAdapter):
+            raise TypeError(f"add_active_adapter expects a LoraAdapter, got "
+                            f"{type(adapter).__name__}")
+        adapter.parameters  # noqa: B018  (refuses an adapter that was never loaded)
+        self._active_adapters.append(adapter)
 
     @property
     def terminate(self) -> bool:
@@ -168,3 +195,90 @@ class RunOptions(_ConfigEntries):
 
     def get_run_config_entry(self, key: str) -> str:
         return self._get_entry(key)
+
+
+# -- the session options a model carries (onnxruntime's ORT_LOAD_CONFIG_FROM_MODEL) ----------
+LOAD_CONFIG_ENV = "ORT_LOAD_CONFIG_FROM_MODEL"
+# tritort's session config entry with the same effect as the environment variable
+LOAD_CONFIG_KEY = "session.load_config_from_model"
+ORT_CONFIG_KEY = "ort_config"  # the model metadata entry holding the JSON
+
+
+def load_config_from_model(options: SessionOptions, read_config_from_model: Any = None) -> bool:
+    """Whether a session reads its options from the model: InferenceSession's
+    ``read_config_from_model`` argument when given, else ``ORT_LOAD_CONFIG_FROM_MODEL=1`` or
+    the session config entry ``session.load_config_from_model`` = "1"."""
+    env = os.environ.get(LOAD_CONFIG_ENV)
+    if env not in (None, "", "0", "1"):
+        raise Fail(f"The only supported values for the environment variable {LOAD_CONFIG_ENV} "
+                   f"are '0' and '1'. The environment variable contained the value: {env}")
+    if read_config_from_model is not None:
+        return int(read_config_from_model) == 1
+    return env == "1" or options._config.get(LOAD_CONFIG_KEY) == "1"
+
+
+def options_from_model(ort_config: str | None) -> SessionOptions:
+    """The session options onnxruntime builds from a model's ``ort_config`` metadata: default
+    options, then the ``session_options`` object's ``intra_op_num_threads``,
+    ``inter_op_num_threads``, ``execution_mode``, ``graph_optimization_level`` and
+    ``enable_profiling`` (integers, checked as onnxruntime checks them); other keys are
+    ignored, as onnxruntime ignores them."""
+    options = SessionOptions()
+    if ort_config is None:
+        return options
+    try:
+        parsed = json.loads(ort_config)
+    except ValueError as e:
+        raise Fail(f"Json stored in the `{ORT_CONFIG_KEY}` key cannot be parsed. Error message: "
+                   f"{e}") from None
+    section = parsed.get("session_options") if isinstance(parsed, dict) else None
+    if not isinstance(section, dict):
+        log.info("no session options in the model's %s", ORT_CONFIG_KEY)
+        return options
+    for key, value in section.items():
+        apply = _MODEL_OPTIONS.get(key)
+        if apply is None:
+            log.info("Ignoring unsupported session option in ORT config: %s", key)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Fail(f"{key} option in the model file must be an integer (in the model's "
+                       f"{ORT_CONFIG_KEY}: got {json.dumps(value)})")
+        apply(options, value)
+    return options
+
+
+def _threads(attr: str):
+    def apply(options: SessionOptions, value: int) -> None:
+        if value < 0:
+            raise Fail(f"Unsupported value for {attr}: {value} (in the model's "
+                       f"{ORT_CONFIG_KEY}; 0 or more)")
+        setattr(options, attr, value)
+    return apply
+
+
+def _choice(attr: str, enum_type, message: str):
+    def apply(options: SessionOptions, value: int) -> None:
+        if value not in {int(m) for m in enum_type}:
+            raise Fail(f"{message}: {value} (in the model's {ORT_CONFIG_KEY}; one of "
+                       f"{sorted(int(m) for m in enum_type)})")
+        setattr(options, attr, enum_type(value))
+    return apply
+
+
+def _profiling(options: SessionOptions, value: int) -> None:
+    if value not in (0, 1):
+        raise Fail(f"Unsupported value for enable_profiling option: {value} (in the model's "
+                   f"{ORT_CONFIG_KEY}; 0 or 1)")
+    options.enable_profiling = value == 1
+
+
+_MODEL_OPTIONS = {
+    "intra_op_num_threads": _threads("intra_op_num_threads"),
+    "inter_op_num_threads": _threads("inter_op_num_threads"),
+    "execution_mode": _choice("execution_mode", ExecutionMode,
+                              "Unsupported execution_mode value in ORT config"),
+    "graph_optimization_level": _choice("graph_optimization_level", GraphOptimizationLevel,
+                                        "Unsupported graph_optimization_level value in ORT "
+                                        "config"),
+    "enable_profiling": _profiling,
+}

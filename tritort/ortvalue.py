@@ -14,6 +14,7 @@ import numpy as np
 
 from . import dlpack, dtypes
 from .errors import InvalidArgument
+from .sparse import SparseTensor
 
 
 def _check_device(device_type: str, device_id: int) -> tuple[str, int]:
@@ -120,6 +121,20 @@ class OrtValue:
         _element(value)
         return OrtValue(value)
 
+    @staticmethod
+    def ort_value_from_sparse_tensor(sparse_tensor: SparseTensor) -> "OrtValue":
+        """An OrtValue holding ``sparse_tensor`` (its memory shared)."""
+        if not isinstance(sparse_tensor, SparseTensor):
+            raise InvalidArgument(f"ort_value_from_sparse_tensor expects a SparseTensor, got "
+                                  f"{type(sparse_tensor).__name__}")
+        return OrtValue(sparse_tensor)
+
+    def as_sparse_tensor(self) -> SparseTensor:
+        """The SparseTensor this OrtValue holds."""
+        if not isinstance(self._value, SparseTensor):
+            raise InvalidArgument(f"this OrtValue holds {self.data_type()}, not a SparseTensor")
+        return self._value
+
     def to_dlpack(self) -> Any:
         """A DLPack capsule over this value's memory (ORT's name)."""
         return self.__dlpack__()
@@ -148,7 +163,7 @@ class OrtValue:
         return self._value is not None
 
     def is_sparse_tensor(self) -> bool:
-        return False
+        return isinstance(self._value, SparseTensor)
 
     def _tensor(self) -> Any:
         value = self._value
@@ -157,17 +172,23 @@ class OrtValue:
         raise InvalidArgument(f"this OrtValue holds {self.data_type()}, not a tensor")
 
     def shape(self) -> list[int]:
+        if isinstance(self._value, SparseTensor):
+            return self._value.dense_shape()
         return list(self._tensor().shape)
 
     def data_type(self) -> str:
         return _describe(self._value)
 
     def element_type(self) -> int:
+        if isinstance(self._value, SparseTensor):
+            return self._value.element_type()
         return _element(self._tensor()).onnx
 
     def device_name(self) -> str:
         """'cpu' or 'cuda' (ORT's names)."""
         value = self._value
+        if isinstance(value, SparseTensor):
+            return value.device_name()
         if dlpack.is_torch(value):
             return value.device.type
         return "cpu"
@@ -192,6 +213,9 @@ class OrtValue:
         value = self._value
         if isinstance(value, np.ndarray):
             return value
+        if isinstance(value, SparseTensor):
+            raise InvalidArgument("this OrtValue holds a SparseTensor: read it with "
+                                  "as_sparse_tensor() (values(), as_coo_view(), ...)")
         return dlpack.to_host(value)
 
     def update_inplace(self, np_arr: Any) -> None:
@@ -215,8 +239,9 @@ class OrtValue:
             dst.copy_(src.reshape(dst.shape))
 
     def __repr__(self) -> str:
-        shape = f" shape={self.shape()}" if self.is_tensor() else ""
-        device = dlpack.device_text(dlpack.device_of(self._value))
+        shape = f" shape={self.shape()}" if self.is_tensor() or self.is_sparse_tensor() else ""
+        value = self._value._values if isinstance(self._value, SparseTensor) else self._value
+        device = dlpack.device_text(dlpack.device_of(value))
         return f"OrtValue({self.data_type()}{shape}, device={device})"
 
 
@@ -239,6 +264,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         inner = _describe(value[0]) if value else "tensor(undefined)"
         return f"seq({inner})"
+    if isinstance(value, SparseTensor):
+        return value.data_type()
     if isinstance(value, dict):
         return "map"
     if value is None:

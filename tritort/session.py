@@ -4,20 +4,24 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
 
-from . import dlpack, loader, optimizer
+from . import allocators, dlpack, loader, optimizer, sparse
+from .adapters import active_feeds
 from .providers import registry as eps
 from .compiler import Program
-from .errors import EPFail, Fail, InvalidArgument, OrtError
+from .errors import EPFail, Fail, InvalidArgument, InvalidArgumentValue, NoSuchFile, OrtError
 from .executor import build_subgraph, execute
 from .feeds import InputSpec, NodeArg, node_arg
-from .options import RunOptions, SessionOptions
+from .options import (ORT_CONFIG_KEY, RunOptions, SessionOptions, load_config_from_model,
+                      options_from_model)
 from .ortvalue import OrtValue
 from .planner import Plans, device_inputs
 from .profiling import Profiler
@@ -29,6 +33,12 @@ RECORD_ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
 # "0" runs every launch through its launcher: no recorded launches replayed
 BOUND_PLANS_KEY = "tritort.bound_plans"
 EXTERNAL_DIR_KEY = "session.model_external_initializers_file_folder_path"
+# optimized_model_filepath: initializers of at least MIN bytes go to this file, beside the model
+OPTIMIZED_EXTERNAL_FILE_KEY = "session.optimized_model_external_initializers_file_name"
+OPTIMIZED_EXTERNAL_MIN_KEY = "session.optimized_model_external_initializers_min_size_in_bytes"
+OPTIMIZED_EXTERNAL_MIN_DEFAULT = 1024  # onnxruntime's
+# "1": the session uses the allocator create_and_register_allocator registered
+USE_ENV_ALLOCATORS_KEY = "session.use_env_allocators"
 
 
 class InferenceSession:
@@ -37,6 +47,10 @@ class InferenceSession:
     def __init__(self, path_or_bytes: Any, sess_options: SessionOptions | None = None,
                  providers: Sequence[Any] | None = None,
                  provider_options: Sequence[dict] | None = None, **kwargs: Any) -> None:
+        # onnxruntime's keyword arguments: read_config_from_model (1: take the session
+        # options from the model's ort_config), enable_fallback
+        self._read_config_from_model = kwargs.pop("read_config_from_model", None)
+        enable_fallback = kwargs.pop("enable_fallback", 1)
         if kwargs:
             raise InvalidArgument(f"unexpected keyword arguments {sorted(kwargs)}")
         if sess_options is not None and not isinstance(sess_options, SessionOptions):
@@ -44,19 +58,21 @@ class InferenceSession:
                                   f"{type(sess_options).__name__}")
         self._model_source = path_or_bytes
         self._sess_options = sess_options if sess_options is not None else SessionOptions()
-        self._fallback = True
+        self._fallback = int(enable_fallback) == 1
         self._profiler: Profiler | None = None
         self._create(providers, provider_options)
 
     # -- creation -----------------------------------------------------------------------------
     def _create(self, providers, provider_options) -> None:
-        so = self._sess_options
+        # providers first: a bad list leaves the session as it was (set_providers)
+        resolved = eps.resolve(providers, provider_options)
+        so, source, external_dir = self._options_for_model()
+        self._options_in_use = so
         if so.enable_profiling:
             self._profiler = Profiler(so.profile_file_prefix)
         t0 = time.monotonic_ns()
-        external_dir = so._config.get(EXTERNAL_DIR_KEY)
         loaded = loader.load(
-            self._model_source,
+            source,
             initializers={k: v.numpy() for k, v in so.initializers.items()},
             free_dims_by_name=so.free_dimensions_by_name,
             free_dims_by_denotation=so.free_dimensions_by_denotation,
@@ -69,10 +85,14 @@ class InferenceSession:
         self._outputs_meta = list(loaded.graph.outputs)
         self._output_names = [o.name for o in self._outputs_meta]
         self._specs = {vi.name: InputSpec(vi) for vi in self._inputs_meta}
+        self._sparse_outputs = {vi.name for vi in self._outputs_meta
+                                if vi.type.WhichOneof("value") == "sparse_tensor_type"}
         graph = optimizer.optimize(loaded.graph, int(so.graph_optimization_level))
         if so.optimized_model_filepath:
-            self._save_optimized(graph, so.optimized_model_filepath)
-        self._providers = eps.resolve(providers, provider_options)
+            self._save_optimized(graph, so.optimized_model_filepath, so._config)
+        self._shared_allocators = (allocators.shared_allocators()
+                                   if so._config.get(USE_ENV_ALLOCATORS_KEY) == "1" else [])
+        self._providers = resolved
         for ep in self._providers:
             ep.configure(so)
         self._scoped = [ep for ep in self._providers if ep.run_scope() is not None]
@@ -85,11 +105,67 @@ class InferenceSession:
             self._profiler.record("session_initialization", "Session", t0, time.monotonic_ns(),
                                   {"nodes": len(graph.nodes)})
 
-    def _save_optimized(self, graph, path: str) -> None:
+    def _options_for_model(self) -> tuple[SessionOptions, Any, str | None]:
+        """The options this session runs with, the model source to load and the folder of
+        its external data. Reading the options from the model (ORT_LOAD_CONFIG_FROM_MODEL=1,
+        the config entry session.load_config_from_model, or read_config_from_model=1), they
+        are, as in onnxruntime, default options plus what the model's ort_config sets."""
+        so = self._sess_options
+        if not load_config_from_model(so, self._read_config_from_model):
+            return so, self._model_source, so._config.get(EXTERNAL_DIR_KEY)
+        proto, model_dir = loader.read_model(self._model_source)
+        text = next((p.value for p in proto.metadata_props if p.key == ORT_CONFIG_KEY), None)
+        return options_from_model(text), proto, str(model_dir) if model_dir else None
+
+    def _save_optimized(self, graph, path: str, config: dict[str, str]) -> None:
+        """Write the optimized model; with the config entry
+        session.optimized_model_external_initializers_file_name, the initializers of at
+        least ..._min_size_in_bytes bytes (1024 by default; strings never) go to that file,
+        beside the model, in the order of the model's initializers. Everything is checked
+        before anything is written."""
         src = self._loaded.proto
         opsets = [onnx.helper.make_opsetid(d, v) for d, v in graph.opsets.items()]
         model = onnx.helper.make_model(graph.to_proto(), opset_imports=opsets,
                                        producer_name="tritort", ir_version=src.ir_version)
+        name = config.get(OPTIMIZED_EXTERNAL_FILE_KEY, "")
+        if not name:
+            onnx.save(model, path)
+            return
+        text = config.get(OPTIMIZED_EXTERNAL_MIN_KEY, str(OPTIMIZED_EXTERNAL_MIN_DEFAULT))
+        try:
+            min_size = int(text)
+        except ValueError:
+            min_size = -1
+        if min_size < 0:
+            raise InvalidArgument(f"session config entry {OPTIMIZED_EXTERNAL_MIN_KEY} must be "
+                                  f"a number of bytes (an integer >= 0), got '{text}'")
+        folder = Path(os.path.abspath(path)).parent
+        target = (folder / name).resolve()
+        if os.path.isabs(name) or not target.is_relative_to(folder.resolve()):
+            raise InvalidArgument(
+                f"session config entry {OPTIMIZED_EXTERNAL_FILE_KEY} = '{name}' must name a "
+                f"file inside the optimized model's folder {folder} (a relative path without "
+                "'..'): a model's external data is loaded from its own folder only")
+        if not target.parent.is_dir():
+            raise NoSuchFile(f"cannot write the optimized model's external initializers to "
+                             f"{target}: the folder {target.parent} does not exist")
+        blobs, offset = [], 0
+        for tensor in model.graph.initializer:
+            if tensor.data_type == onnx.TensorProto.STRING or not tensor.HasField("raw_data") \
+                    or len(tensor.raw_data) < min_size:
+                continue
+            data = tensor.raw_data
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", name), ("offset", str(offset)),
+                               ("length", str(len(data)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            blobs.append(data)
+            offset += len(data)
+        with open(target, "wb") as f:
+            for data in blobs:
+                f.write(data)
         onnx.save(model, path)
 
     # -- metadata -----------------------------------------------------------------------------
@@ -106,7 +182,8 @@ class InferenceSession:
         return self._loaded.metadata
 
     def get_session_options(self) -> SessionOptions:
-        return self._sess_options
+        """The options in use: those given, or those read from the model."""
+        return self._options_in_use
 
     def get_providers(self) -> list[str]:
         return [ep.name for ep in self._providers]
@@ -167,7 +244,7 @@ class InferenceSession:
 
     def get_provider_graph_assignment_info(self):
         try:
-            enabled = self._sess_options.get_session_config_entry(RECORD_ASSIGNMENT_KEY) == "1"
+            enabled = self._options_in_use.get_session_config_entry(RECORD_ASSIGNMENT_KEY) == "1"
         except OrtError:
             enabled = False
         if not enabled:
@@ -215,7 +292,7 @@ class InferenceSession:
         self._guard: tuple | None = None
         self._bound_plans: BoundPlans | None = None
         launching = [ep for ep in self._providers if hasattr(ep, "torch_device")]
-        if launching and self._sess_options._config.get(BOUND_PLANS_KEY, "1") != "0":
+        if launching and self._options_in_use._config.get(BOUND_PLANS_KEY, "1") != "0":
             cuda_graph = launching[0].options.get("enable_cuda_graph", "0") == "1"
             self._bound_plans = BoundPlans(launching[0], read_on_device, cuda_graph)
         if cuda:
@@ -303,10 +380,22 @@ class InferenceSession:
                                       f"{self._output_names}")
         return names
 
-    def _feeds(self, input_feed) -> dict[str, Any]:
+    def _feeds(self, input_feed, run_options=None) -> dict[str, Any]:
+        """The run's inputs, converted and checked: the feed, with the parameters of the run
+        options' active LoRA adapters (which win, as in onnxruntime). Required inputs missing
+        are ``ValueError`` as in onnxruntime (also ``InvalidArgument``); that is checked
+        first, as onnxruntime does, then the names and values."""
         if not isinstance(input_feed, dict):
             raise InvalidArgument(f"input_feed must be a dict of name -> value, got "
                                   f"{type(input_feed).__name__}")
+        adapters = getattr(run_options, "_active_adapters", None)
+        if adapters:
+            input_feed = {**input_feed, **active_feeds(adapters)}
+        missing = [vi.name for vi in self._required
+                   if vi.name not in input_feed and not self._specs[vi.name].optional]
+        if missing:
+            raise InvalidArgumentValue(f"Required inputs ({missing}) are missing from input "
+                                       f"feed ({list(input_feed)}).")
         feeds = {}
         for name, value in input_feed.items():
             spec = self._specs.get(name)
@@ -314,11 +403,6 @@ class InferenceSession:
                 raise InvalidArgument(f"Invalid input name: {name}. Valid inputs: "
                                       f"{[vi.name for vi in self._inputs_meta]}")
             feeds[name] = spec.convert(value)
-        missing = [vi.name for vi in self._required
-                   if vi.name not in feeds and not self._specs[vi.name].optional]
-        if missing:
-            raise InvalidArgument(f"Required inputs ({missing}) are missing from input feed "
-                                  f"({list(input_feed)}).")
         for vi in self._required:
             feeds.setdefault(vi.name, None)
         return feeds
@@ -341,6 +425,10 @@ class InferenceSession:
             self.set_providers([eps.CPU])
             feeds = {k: dlpack.to_host(v) for k, v in feeds.items()}
             return self._run(fetches, feeds, run_options, on_device, borrowed)
+        if self._sparse_outputs:  # a sparse initializer returned: dense inside, sparse out
+            results = [sparse.from_dense(dlpack.to_host(r))
+                       if name in self._sparse_outputs and not isinstance(r, sparse.SparseTensor)
+                       and r is not None else r for name, r in zip(fetches, results)]
         if on_device:
             return [self._detach_device(r, feeds) for r in results]
         return [self._detach(r, feeds) for r in results]
@@ -384,7 +472,7 @@ class InferenceSession:
 
     def run(self, output_names, input_feed, run_options: RunOptions | None = None) -> list[Any]:
         fetches = self._fetch_names(output_names)
-        return self._run(fetches, self._feeds(input_feed), run_options)
+        return self._run(fetches, self._feeds(input_feed, run_options), run_options)
 
     def run_with_ort_values(self, output_names, input_dict_ort_values,
                             run_options: RunOptions | None = None) -> list[OrtValue]:
@@ -395,15 +483,15 @@ class InferenceSession:
                 raise InvalidArgument(f"input '{name}' must be an OrtValue, got "
                                       f"{type(v).__name__}")
         fetches = self._fetch_names(output_names)
-        results = self._run(fetches, self._feeds(input_dict_ort_values), run_options,
-                            on_device=True)
+        results = self._run(fetches, self._feeds(input_dict_ort_values, run_options),
+                            run_options, on_device=True)
         return [OrtValue(r) for r in results]
 
     def run_async(self, output_names, input_feed, callback: Callable, user_data: Any,
                   run_options: RunOptions | None = None) -> None:
         """Run on a worker thread; ``callback(results, user_data, err)`` gets the outcome."""
         fetches = self._fetch_names(output_names)
-        feeds = self._feeds(input_feed)
+        feeds = self._feeds(input_feed, run_options)
         on_callers_stream = self._callers_stream()  # torch's current stream is per thread
 
         def work() -> None:
