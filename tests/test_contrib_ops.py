@@ -453,7 +453,7 @@ def test_unsupported_contrib_op_lists_the_supported_ones():
     with pytest.raises(NotImplemented) as info:
         ort.InferenceSession(_two_unsupported_nodes().SerializeToString(), providers=CPU)
     message = str(info.value)
-    for op in ("SkipLayerNormalization", "GroupQueryAttention", "FastGelu"):
+    for op in ("SkipLayerNormalization", "GroupQueryAttention", "FastGelu", "QGemm"):
         assert op in message
 
 
@@ -462,7 +462,10 @@ def test_every_contrib_row_is_in_the_com_microsoft_domain():
     expected = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
                 "EmbedLayerNormalization", "Gelu", "BiasGelu", "FastGelu", "QuickGelu",
                 "BiasAdd", "BiasSplitGelu", "FusedMatMul", "FusedConv", "Attention",
-                "MultiHeadAttention", "RotaryEmbedding", "GroupQueryAttention"}
+                "MultiHeadAttention", "RotaryEmbedding", "GroupQueryAttention", "MatMulNBits",
+                "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QLinearAdd",
+                "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearGlobalAveragePool",
+                "QLinearConcat", "QLinearAveragePool", "QLinearSoftmax"}
     registered = {op for d, op, _ in fallback_cpu.REGISTRY.ops() if d == MS}
     assert expected <= registered, expected - registered
     assert REGISTRY.lookup("", "SimplifiedLayerNormalization", 1) is not None

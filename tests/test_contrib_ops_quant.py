@@ -244,3 +244,135 @@ def test_qgemm(quantized_out, trans_a, trans_b, per_column, with_c, dtype):
         inputs.pop()
     check(ms("QGemm", inputs, ["Y"], transA=trans_a, transB=trans_b, alpha=0.5), feeds, ["Y"],
           inits=inits, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ QOperator set
+
+
+def q8(dtype, *shape):
+    lo, hi = (-128, 128) if dtype == np.int8 else (0, 256)
+    return randint(lo, hi, *shape, dtype=dtype)
+
+
+def qparams(name, dtype, scale, zero):
+    return {f"{name}_s": np.array(scale, np.float32), f"{name}_z": np.array(zero, dtype)}
+
+
+@pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shapes", [((2, 3, 4), (2, 3, 4)), ((2, 3, 4), (4,)), ((3, 1), (1, 5))])
+def test_qlinear_binary(op, dtype, shapes):
+    feeds = {"a": q8(dtype, *shapes[0]), "b": q8(dtype, *shapes[1])}
+    inits = {**qparams("a", dtype, 0.05, 10 if dtype == np.uint8 else -3),
+             **qparams("b", dtype, 0.02, 130 if dtype == np.uint8 else 4),
+             **qparams("c", dtype, 0.07 if op == "QLinearAdd" else 0.5,
+                       100 if dtype == np.uint8 else 2)}
+    check(ms(op, ["a", "a_s", "a_z", "b", "b_s", "b_z", "c_s", "c_z"], ["c"]), feeds, ["c"],
+          inits=inits)
+
+
+@pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
+def test_qlinear_binary_omitted_zero_points_are_zero(op):
+    """onnxruntime's type inference refuses omitted zero points: it runs explicit zeros."""
+    feeds = {"a": q8(np.uint8, 3, 4), "b": q8(np.uint8, 3, 4)}
+    inits = {**qparams("a", np.uint8, 0.05, 0), **qparams("b", np.uint8, 0.02, 0),
+             **qparams("c", np.uint8, 0.3, 0)}
+    explicit = build([ms(op, ["a", "a_s", "a_z", "b", "b_s", "b_z", "c_s", "c_z"], ["c"])],
+                     feeds, ["c"], inits, out_types={"c": TensorProto.UINT8})
+    (want,) = run_ort(explicit, feeds)
+    del inits["a_z"], inits["b_z"], inits["c_z"]
+    omitted = build([ms(op, ["a", "a_s", "", "b", "b_s", "", "c_s"], ["c"])], feeds, ["c"],
+                    inits, out_types={"c": TensorProto.UINT8})
+    (got,) = run_tritort(omitted, feeds)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op,attrs", [("QLinearSigmoid", {}), ("QLinearLeakyRelu", {}),
+                                      ("QLinearLeakyRelu", {"alpha": 0.3})])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qlinear_unary(op, attrs, dtype):
+    """Every 8-bit value once, plus a random tensor."""
+    codes = np.arange(256).astype(np.int64) - (128 if dtype == np.int8 else 0)
+    feeds = {"x": np.concatenate([codes.astype(dtype), q8(dtype, 40)])}
+    inits = {**qparams("x", dtype, 0.06, 120 if dtype == np.uint8 else -5),
+             **qparams("y", dtype, 1 / 256 if op == "QLinearSigmoid" else 0.05,
+                       0 if op == "QLinearSigmoid" and dtype == np.uint8 else 7)}
+    check(ms(op, ["x", "x_s", "x_z", "y_s", "y_z"], ["y"], **attrs), feeds, ["y"], inits=inits)
+
+
+@pytest.mark.parametrize("channels_last", [0, 1])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (1, 4, 7)])
+def test_qlinear_global_average_pool(channels_last, dtype, shape):
+    x = q8(dtype, *shape)
+    inits = {**qparams("x", dtype, 0.1, 20 if dtype == np.uint8 else -10),
+             **qparams("y", dtype, 0.03, 5)}
+    check(ms("QLinearGlobalAveragePool", ["x", "x_s", "x_z", "y_s", "y_z"], ["y"],
+             channels_last=channels_last), {"x": x}, ["y"], inits=inits)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+    {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+    {"kernel_shape": [3, 2], "auto_pad": "SAME_UPPER"},
+    {"kernel_shape": [3, 3], "channels_last": 1, "pads": [1, 0, 1, 0]},
+])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qlinear_average_pool(attrs, dtype):
+    x = q8(dtype, 2, 3, 7, 6)
+    if attrs.get("channels_last"):
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    inits = {**qparams("x", dtype, 0.1, 20 if dtype == np.uint8 else -10),
+             **qparams("y", dtype, 0.08, 7)}
+    node = ms("QLinearAveragePool", ["x", "x_s", "x_z", "y_s", "y_z"], ["y"], **attrs)
+    model = build([node], {"x": x}, ["y"], inits,
+                  out_types={"y": TensorProto.UINT8 if dtype == np.uint8 else TensorProto.INT8})
+    (want,) = run_ort(model, {"x": x})
+    (got,) = run_tritort(model, {"x": x})
+    assert got.dtype == want.dtype and got.shape == want.shape
+    # these scales put some window means exactly half way between two codes (in exact
+    # arithmetic); onnxruntime's float32 steps then round either way: one unit, rarely
+    diff = np.abs(got.astype(np.int32) - want.astype(np.int32))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.05
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_qlinear_concat(dtype, axis):
+    a, b, c = q8(dtype, 2, 3, 4), q8(dtype, 2, 3, 4), q8(dtype, 2, 3, 4)
+    inits = {**qparams("y", dtype, 0.05, 3), **qparams("a", dtype, 0.05, 3),
+             **qparams("b", dtype, 0.11, -7 if dtype == np.int8 else 40),
+             **qparams("c", dtype, 0.02, 0)}
+    check(ms("QLinearConcat", ["y_s", "y_z", "a", "a_s", "a_z", "b", "b_s", "b_z", "c", "c_s",
+                               "c_z"], ["y"], axis=axis), {"a": a, "b": b, "c": c}, ["y"],
+          inits=inits)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("opset,axis", [(13, -1), (13, 1), (12, 1), (12, 2), (11, -1)])
+def test_qlinear_softmax(dtype, opset, axis):
+    """onnxruntime exponentiates through a float table and divides once: one unit apart at
+    most where a value sits on a rounding boundary."""
+    x = q8(dtype, 2, 3, 5)
+    inits = {**qparams("x", dtype, 0.08, 10 if dtype == np.uint8 else -20),
+             **qparams("y", dtype, 1 / 256, 0 if dtype == np.uint8 else -128)}
+    node = ms("QLinearSoftmax", ["x", "x_s", "x_z", "y_s", "y_z"], ["y"], opset=opset,
+              axis=axis)
+    model = build([node], {"x": x}, ["y"], inits,
+                  out_types={"y": TensorProto.UINT8 if dtype == np.uint8 else TensorProto.INT8})
+    (want,) = run_ort(model, {"x": x})
+    (got,) = run_tritort(model, {"x": x})
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= 1
+
+
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+def test_qlinear_average_pool_exact_away_from_ties(count_include_pad):
+    """Scales whose ratio puts no window mean on a half code: the results are identical."""
+    x = q8(np.uint8, 2, 3, 9, 8)
+    inits = {**qparams("x", np.uint8, 0.0731, 17), **qparams("y", np.uint8, 0.0517, 9)}
+    check(ms("QLinearAveragePool", ["x", "x_s", "x_z", "y_s", "y_z"], ["y"],
+             kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+             count_include_pad=count_include_pad), {"x": x}, ["y"], inits=inits)
