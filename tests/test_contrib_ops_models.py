@@ -104,3 +104,55 @@ def test_ort_optimized_bert(tmp_path, gelu, expect):
     # and the fused graph computes what the plain export does
     plain_out = onnxruntime.InferenceSession(plain, providers=CPU).run(None, feeds)[0]
     np.testing.assert_allclose(got, plain_out, rtol=1e-4, atol=1e-4)
+
+
+class _SmallCnn(torch.nn.Module):
+    """Conv/ReLU, a residual Add, AveragePool, x * sigmoid(x), GlobalAveragePool, Linear,
+    Softmax: quantized as QOperators these become QLinearConv, QLinearAdd, QLinearAveragePool,
+    QLinearSigmoid, QLinearMul, QLinearGlobalAveragePool, QGemm and QLinearSoftmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(x))
+        b = torch.nn.functional.avg_pool2d(torch.relu(self.c2(a)) + a, 2)
+        b = torch.sigmoid(b) * b
+        p = torch.nn.functional.adaptive_avg_pool2d(b, 1).flatten(1)
+        return torch.softmax(self.fc(p), -1)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_qoperator_quantized_cnn(tmp_path):
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    torch.manual_seed(0)
+    plain, path = str(tmp_path / "cnn.onnx"), str(tmp_path / "cnn_q.onnx")
+    torch.onnx.export(_SmallCnn().eval(), (torch.randn(1, 3, 8, 8),), plain, input_names=["x"],
+                      output_names=["y"], opset_version=13, dynamo=False)
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.data = iter([{"x": np.random.default_rng(i).standard_normal(
+                (1, 3, 8, 8)).astype(np.float32)} for i in range(8)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantization.quantize_static(plain, path, Reader(),
+                                 quant_format=quantization.QuantFormat.QOperator,
+                                 activation_type=quantization.QuantType.QUInt8,
+                                 weight_type=quantization.QuantType.QUInt8)
+    ops = Counter((n.domain, n.op_type) for n in onnx.load(path).graph.node)
+    for op in ("QLinearAdd", "QLinearAveragePool", "QLinearSigmoid", "QLinearMul",
+               "QLinearGlobalAveragePool", "QGemm", "QLinearSoftmax"):
+        assert ops[("com.microsoft", op)] > 0, ops
+    sess = ort.InferenceSession(path, providers=CPU)
+    reference = onnxruntime.InferenceSession(path, providers=CPU)
+    for seed in range(4):
+        x = np.random.default_rng(100 + seed).standard_normal((1, 3, 8, 8)).astype(np.float32)
+        # the softmax output's quantum is 1/256: at most one apart on a rounding tie
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0],
+                                   reference.run(None, {"x": x})[0], rtol=0, atol=1 / 256 + 1e-7)
