@@ -8,9 +8,9 @@ from .registry import (  # noqa: F401
 )
 from . import (  # noqa: F401  (imported for their registrations)
     activations, attention, cast, contrib_act, contrib_attention, contrib_gqa, contrib_norm,
-    contrib_qlinear, contrib_quant, contrib_sparse, control_flow, elementwise, fused, image, index, linalg, ml,
-    ml_maps, nn, norm, pool, quantize, random, reduce, rnn, sampling, sequence, shape, signal,
-    strings, training,
+    contrib_qlinear, contrib_quant, contrib_sparse, control_flow, elementwise, fused, image,
+    index, linalg, ml, ml_maps, nn, norm, pool, quantize, random, reduce, rnn, sampling,
+    sequence, shape, signal, strings, training,
 )
 from . import delegated as _delegated
 
