@@ -31,6 +31,12 @@ def _horner(coeffs, t: np.ndarray) -> np.ndarray:
 
 def erf32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """erf of a float32 array (NaN stays NaN, +-inf gives +-1); ``out`` may be ``x``."""
+    if np.ndim(x) == 0:  # ufuncs give 0-d arrays back as scalars, which out= cannot take
+        result = erf32(np.reshape(x, 1)).reshape(())
+        if out is None:
+            return result
+        out[...] = result
+        return out
     xc = np.clip(x, -_F4, _F4)
     t = xc * xc
     num = _horner(_ERF_P, t)

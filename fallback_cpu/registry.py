@@ -142,7 +142,13 @@ def missing_kernel(domain: str, op_type: str, opsets: dict[str, int]) -> str | N
     if opset is None:
         return f"the model imports no opset for domain '{domain}'"
     if REGISTRY.lookup(domain, op_type, opset) is None:
-        return f"no NumPy kernel for {domain or 'ai.onnx'}::{op_type} at opset {opset}"
+        reason = f"no NumPy kernel for {domain or 'ai.onnx'}::{op_type} at opset {opset}"
+        if normalize_domain(domain) not in (ONNX_DOMAIN, ML_DOMAIN):
+            # a vendor domain (com.microsoft, ...): say what does run there
+            known = sorted({op for d, op, _ in REGISTRY.ops() if d == normalize_domain(domain)})
+            reason += (f"; the NumPy kernels of domain '{domain}' are: {', '.join(known)}"
+                       if known else f"; there is no NumPy kernel in domain '{domain}'")
+        return reason
     return None
 
 

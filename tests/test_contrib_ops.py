@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tritort as ort
 from tritort import fallback_cpu
-from tritort.errors import InvalidGraph, NotImplemented
+from tritort.errors import NotImplemented
 from tritort.fallback_cpu.registry import REGISTRY, NodeContext
 from tritort.graph import Node
 
@@ -205,15 +205,11 @@ def test_skip_layer_normalization_rejects_a_bad_skip():
 
 def _simplified_layer_norm_session(node, feeds, outputs):
     """SimplifiedLayerNormalization lives in the default domain, where onnx's checker has no
-    schema for it: until the loader lets such nodes through, compare the kernel alone."""
+    schema for it: the loader checks it as a custom op and the session runs it."""
     model = build([node], feeds, outputs, opset=17)
     want = run_ort(model, feeds)
     types = {o: _elem(w.dtype) for o, w in zip(outputs, want)}
-    try:
-        got = run_tritort(build([node], feeds, outputs, opset=17, out_types=types), feeds)
-    except InvalidGraph as e:
-        assert "SimplifiedLayerNormalization" in str(e) or "No Op registered" in str(e)
-        got = list(run_kernel(node, feeds))
+    got = run_tritort(build([node], feeds, outputs, opset=17, out_types=types), feeds)
     return got, want
 
 
@@ -240,13 +236,15 @@ def test_simplified_layer_normalization_float16():
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_layer_normalization_before_opset_17(axis):
     """onnxruntime's default-domain LayerNormalization-1, which models exported at opset < 17
-    carry; onnx's checker has no schema for it, so the kernel runs alone here."""
+    carry; onnx's checker has no schema for it, so the loader checks it as a custom op."""
     feeds = {"x": randn(2, 3, 8)}
     feeds["scale"], feeds["bias"] = randn(*feeds["x"].shape[axis:]), randn(*feeds["x"].shape[axis:])
     node = helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y", "mean", "inv"],
                             axis=axis, epsilon=1e-5)
-    want = run_ort(build([node], feeds, ["y", "mean", "inv"], opset=14), feeds)
-    got = run_kernel(node, feeds, opset=14)
+    outputs = ["y", "mean", "inv"]
+    want = run_ort(build([node], feeds, outputs, opset=14), feeds)
+    types = {o: _elem(w.dtype) for o, w in zip(outputs, want)}
+    got = run_tritort(build([node], feeds, outputs, opset=14, out_types=types), feeds)
     for name, g, w in zip(["y", "mean", "inv"], got, want):
         assert_close(g, w, 1e-5, 1e-6, name)
 
@@ -439,16 +437,12 @@ def test_unsupported_contrib_op_names_the_node_and_op():
     assert "com.microsoft" in message
 
 
-@pytest.mark.xfail(reason="partition stops at the first node without a provider (issue 13: "
-                          "the change to tritort/partition.py is proposed, not made here)")
 def test_unsupported_contrib_ops_are_all_listed():
     with pytest.raises(NotImplemented) as info:
         ort.InferenceSession(_two_unsupported_nodes().SerializeToString(), providers=CPU)
     assert "second_missing" in str(info.value) and "AlsoMissing" in str(info.value)
 
 
-@pytest.mark.xfail(reason="the CPU provider's reason does not list the domain's kernels yet "
-                          "(issue 13: the change to fallback_cpu/registry.py is proposed)")
 def test_unsupported_contrib_op_lists_the_supported_ones():
     with pytest.raises(NotImplemented) as info:
         ort.InferenceSession(_two_unsupported_nodes().SerializeToString(), providers=CPU)

@@ -185,6 +185,9 @@ def test_erf32_accuracy_over_float32_range():
     special_values = erf32(np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32))
     np.testing.assert_array_equal(special_values[[0, 1, 3]], [1, -1, 0])
     assert np.isnan(special_values[2]) and np.signbit(special_values[4])
+    scalar = np.array(0.7, np.float32)  # 0-d, also written in place
+    assert erf32(scalar).shape == () and abs(float(erf32(scalar)) - special.erf(0.7)) < 1e-7
+    assert erf32(scalar, out=scalar) is scalar and abs(float(scalar) - special.erf(0.7)) < 1e-7
 
 
 def test_gelu_chain_in_place_matches_onnxruntime():

@@ -129,6 +129,26 @@ def run_checker(model: onnx.ModelProto) -> None:
 
 WEIGHT_ELEMENTS = 1024  # larger initializers are weights: no shape computation reads them
 
+# Ops onnxruntime registers in the default domain where onnx has no schema, with the first
+# onnx opset that defines the op (None: none does). ORT-optimized models carry them as
+# ai.onnx nodes (T5/LLaMA's SimplifiedLayerNormalization; LayerNormalization below opset 17),
+# so the checker and inference see them under a stand-in domain, as custom ops.
+ORT_DEFAULT_DOMAIN_OPS = {"SimplifiedLayerNormalization": None, "LayerNormalization": 17}
+_STAND_IN_DOMAIN = "ai.tritort.ort_default_domain"
+
+
+def _hide_ort_default_domain_ops(graph: onnx.GraphProto, opset: int) -> list[int]:
+    """Move the top-level nodes of ORT_DEFAULT_DOMAIN_OPS that onnx cannot check at
+    ``opset`` into the stand-in domain; returns their indices."""
+    hidden = []
+    for i, node in enumerate(graph.node):
+        if node.domain in ("", "ai.onnx") and node.op_type in ORT_DEFAULT_DOMAIN_OPS:
+            first = ORT_DEFAULT_DOMAIN_OPS[node.op_type]
+            if first is None or opset < first:
+                node.domain = _STAND_IN_DOMAIN
+                hidden.append(i)
+    return hidden
+
 
 def check_and_infer(model: onnx.ModelProto) -> None:
     """The checker, shape inference and validation (``validate``), run on the model minus
@@ -163,6 +183,9 @@ def check_and_infer(model: onnx.ModelProto) -> None:
             dst.initializer.append(t)
         if t.name not in listed and (not small or old_ir):
             dst.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    hidden = _hide_ort_default_domain_ops(dst, opset_map(model).get("", 1))
+    if hidden:
+        skeleton.opset_import.append(onnx.helper.make_opsetid(_STAND_IN_DOMAIN, 1))
     run_checker(skeleton)
     inferred = _lenient_inference(skeleton)
     opsets = opset_map(model)
@@ -175,6 +198,8 @@ def check_and_infer(model: onnx.ModelProto) -> None:
         validate.drop_declared_shapes(relaxed.graph)
         inferred = _lenient_inference(relaxed)
     validate.check_attribute_choices(skeleton.graph)
+    for i in hidden:  # back in the default domain, where the kernel registries look
+        inferred.graph.node[i].domain = ""
     for field in ("node", "output", "value_info"):
         src.ClearField(field)
         getattr(src, field).extend(getattr(inferred.graph, field))

@@ -80,6 +80,7 @@ def topological_order(graph: Graph) -> list[Node]:
 
 def partition(graph: Graph, providers: list[ExecutionProvider]) -> Partition:
     assignments: dict[str, Assignment] = {}
+    unplaced: list[str] = []
     for node in topological_order(graph):
         declined: dict[str, str] = {}
         for ep in providers:
@@ -90,8 +91,14 @@ def partition(graph: Graph, providers: list[ExecutionProvider]) -> Partition:
             declined[ep.name] = reason
         else:
             opset = graph.opsets.get(node.domain)
-            raise NotImplemented(
+            unplaced.append(
                 f"Could not find an implementation for {node.op_type}({opset}) node with name "
                 f"'{node.name}' (domain '{node.domain or 'ai.onnx'}'): "
                 + "; ".join(f"{k}: {v}" for k, v in declined.items()))
+    if unplaced:
+        # every node no provider takes, not only the first: a model missing several ops
+        # (an ORT-optimized graph, say) is diagnosed in one try
+        if len(unplaced) > 1:
+            unplaced.insert(0, f"{len(unplaced)} nodes have no implementation:")
+        raise NotImplemented("\n".join(unplaced))
     return Partition(assignments)
