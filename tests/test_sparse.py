@@ -223,3 +223,24 @@ def test_sparse_to_dense_matmul():
     np.testing.assert_allclose(want, 2 * DENSE @ b)
     for kind in KINDS:
         np.testing.assert_allclose(ours.run(None, {"A": _make(ort, kind), "B": b})[0], want)
+
+
+def test_sparse_initializer_returned_as_a_sparse_output():
+    # the initializer is densified for the kernels; the output keeps its declared sparse type
+    w = helper.make_sparse_tensor(numpy_helper.from_array(VALUES, "w"),
+                                  numpy_helper.from_array(LINEAR, "w_indices"), [3, 4])
+    model = models.make([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                        [models.vi("x", shape=[2, 3])],
+                        [models.vi("y", shape=[2, 4]), _sparse_vi("w")])
+    model.graph.sparse_initializer.append(w)
+    data = model.SerializeToString()
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    sess = ort.InferenceSession(data)
+    assert [o.type for o in sess.get_outputs()] == ["tensor(float)", "sparse_tensor(float)"]
+    y, w_out = sess.run(None, {"x": x})
+    want_y = onnxruntime.InferenceSession(data, providers=CPU).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(y, want_y)
+    assert w_out.dense_shape() == [3, 4]
+    dense = np.zeros(12, np.float32)
+    dense[w_out.as_coo_view().indices().reshape(-1)] = w_out.values()
+    np.testing.assert_array_equal(dense.reshape(3, 4), DENSE)

@@ -205,9 +205,21 @@ def check_and_infer(model: onnx.ModelProto) -> None:
         getattr(src, field).extend(getattr(inferred.graph, field))
 
 
-def densify_sparse_initializers(graph: onnx.GraphProto) -> None:
+def densify_sparse_initializers(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
     """Sparse initializers become dense ones, as ORT makes them at load (every kernel reads
-    dense tensors); indices outside the dims are ``Fail``, naming the initializer."""
+    dense tensors); indices outside the dims are ``Fail``, naming the initializer. A graph
+    output of sparse type that one of them is is typed dense for checking and inference:
+    returns those outputs' declared types, for :func:`restore_sparse_outputs`."""
+    declared = {}
+    densified = {sp.values.name for sp in graph.sparse_initializer}
+    for output in graph.output:
+        if output.name in densified and output.type.HasField("sparse_tensor_type"):
+            declared[output.name] = onnx.TypeProto()
+            declared[output.name].CopyFrom(output.type)
+            sparse_type = output.type.sparse_tensor_type
+            output.type.CopyFrom(onnx.helper.make_tensor_type_proto(
+                sparse_type.elem_type, None))
+            output.type.tensor_type.shape.CopyFrom(sparse_type.shape)
     for sp in list(graph.sparse_initializer):
         name, dims = sp.values.name, [int(d) for d in sp.dims]
         values = validate.to_array(sp.values).reshape(-1)
@@ -227,6 +239,14 @@ def densify_sparse_initializers(graph: onnx.GraphProto) -> None:
         dense[indices] = values
         graph.initializer.append(numpy_helper.from_array(dense.reshape(dims), name))
     graph.ClearField("sparse_initializer")
+    return declared
+
+
+def restore_sparse_outputs(graph: onnx.GraphProto, declared: dict[str, onnx.TypeProto]) -> None:
+    """Graph outputs back to their declared sparse types (the session returns them sparse)."""
+    for output in graph.output:
+        if output.name in declared:
+            output.type.CopyFrom(declared[output.name])
 
 
 def _lenient_inference(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -334,13 +354,14 @@ def load(source: Any, *, initializers: dict[str, np.ndarray] | None = None,
     resolve_external_data(model, model_dir, initializers)
     if model.functions:
         model = inliner.inline_local_functions(model)
-    densify_sparse_initializers(model.graph)
+    sparse_outputs = densify_sparse_initializers(model.graph)
     check_node_inputs(model.graph)
     name_nodes(model.graph)
     sort_nodes(model.graph)
     validate.check_initializers(model.graph, WEIGHT_ELEMENTS)
     apply_free_dimension_overrides(model, free_dims_by_name or {}, free_dims_by_denotation or {})
     check_and_infer(model)
+    restore_sparse_outputs(model.graph, sparse_outputs)
     graph_inits = {t.name: validate.to_array(t) for t in model.graph.initializer}
     for name, value in initializers.items():
         _check_override(model.graph, name, value, graph_inits)
