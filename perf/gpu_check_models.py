@@ -44,6 +44,12 @@ def low_precision(model, dtype: str):
     elem, np_type = {"float16": (TensorProto.FLOAT16, np.float16),
                      "bfloat16": (TensorProto.BFLOAT16, ml_dtypes.bfloat16)}[dtype]
     big = float(ml_dtypes.finfo(np_type).max)
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                default=22)
+    if dtype == "bfloat16" and opset < 22:  # Conv, Gemm and others take bfloat16 from 22
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, 22)
 
     def cast(t):
         array = np.clip(numpy_helper.to_array(t), -big, big).astype(np_type)
