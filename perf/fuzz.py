@@ -444,6 +444,20 @@ def m_feed_values(model, feeds, rng):
     return f"feed_values {name}"
 
 
+def m_feed_sizes(model, feeds, rng):
+    """Integer inputs (shapes, repeats, indices, trip counts) all set to one large value:
+    what a model that computes sizes from its inputs can be asked to allocate."""
+    names = [k for k, v in feeds.items() if isinstance(v, np.ndarray) and v.size
+             and v.dtype.kind in "iu"]
+    if not names:
+        return None
+    name = rng.choice(names)
+    x = feeds[name]
+    value = min(rng.choice([2**16, 2**20, 2**31, 2**40]), int(np.iinfo(x.dtype).max))
+    feeds[name] = np.full_like(x, value)
+    return f"feed_sizes {name}={value}"
+
+
 def _mutate_tensor(t: TensorProto, rng):
     try:
         a = numpy_helper.to_array(t)
@@ -649,6 +663,7 @@ def m_ir_version(model, feeds, rng):
 MUTATIONS: list[tuple[Callable, int]] = [
     (m_attr_value, 14), (m_attr_drop, 5), (m_attr_add, 4), (m_attr_retype, 3),
     (m_input_type, 8), (m_input_shape, 6), (m_feed_shape, 12), (m_feed_values, 8),
+    (m_feed_sizes, 3),
     (m_initializer, 8), (m_node_input, 6), (m_node_output, 4), (m_op_type, 3), (m_opset, 4),
     (m_node_order, 2), (m_node_structure, 3), (m_graph_io, 4), (m_value_info, 3),
     (m_ir_version, 1),

@@ -307,6 +307,14 @@ def test_conv_input_that_does_not_fit_the_weights(w_shape, attrs, cls, pattern):
         onnxruntime.InferenceSession(m.SerializeToString(), providers=CPU).run(None, feeds)
 
 
+def test_a_kernel_out_of_memory_is_fail_naming_the_node_and_the_session_runs_on():
+    m = one_node("ConstantOfShape", ["S"], ["Y"], [vi("S", TP.INT64, [2])], [vi("Y")])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=CPU)
+    with pytest.raises(ort.Fail, match=r"ConstantOfShape node.*MemoryError"):
+        sess.run(None, {"S": np.array([2**40, 2**20])})
+    assert sess.run(None, {"S": np.array([2, 3])})[0].shape == (2, 3)
+
+
 def test_slice_parameters_of_different_lengths_are_invalid_argument():
     m = one_node("Slice", ["X", "s", "e"], ["Y"], [vi("X", shape=[4, 4]),
                                                    vi("s", TP.INT64, ["k"]),

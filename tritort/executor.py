@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from typing import Any, Sequence
 
 import numpy as np
@@ -123,6 +124,8 @@ def _execute(plan: Plan, feeds: dict[str, Any], terminate, profiler: Profiler | 
         except Exception as e:  # any kernel failure becomes ORT's error naming the node
             if terminate is not None and terminate.is_set():
                 raise runstate.terminated() from e
+            if isinstance(e, MemoryError):
+                raise _out_of_memory(step, e, slots, args) from None
             raise node_error(step.label, step.op_type, e) from e
         if profiler is not None:
             _record(profiler, step, t0, args, results)
@@ -133,6 +136,15 @@ def _execute(plan: Plan, feeds: dict[str, Any], terminate, profiler: Profiler | 
         for s in step.free_slots:
             slots[s] = None
     return [slots[s] for s in plan.fetch_slots]
+
+
+def _out_of_memory(step, e: MemoryError, slots: list, args: list) -> OrtError:
+    """A kernel ran out of memory: the run releases its values and the kernel's frames
+    before it builds the error, which needs memory too (else MemoryError escapes)."""
+    slots.clear()
+    args.clear()
+    traceback.clear_frames(e.__traceback__)
+    return node_error(step.label, step.op_type, e)
 
 
 def _record(profiler: Profiler, step, t0: int, args, results) -> None:
