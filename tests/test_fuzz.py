@@ -40,7 +40,7 @@ def _describe(report) -> str:
 
 
 def _run(mutants, seed, runtimes):
-    report = fuzz.fuzz(mutants, seed, runtimes, timeout=20.0)
+    report = fuzz.fuzz(mutants, seed, runtimes, timeout=10.0)
     assert report["mutants"] == mutants
     assert not report["failures"], _describe(report)
     # the mutants reach every stage: refused at load, refused at run, and run
@@ -58,6 +58,19 @@ def test_fuzz_triton_first():
     _run(300, 202, ["triton", "ort"])
 
 
+def test_a_run_past_the_timeout_is_stopped_by_its_terminate_flag_and_is_slow():
+    """A Loop of 2**62 trips is a valid model: the worker stops it with RunOptions.terminate
+    and reports it slow, not hung."""
+    name, model, feeds = next(c for c in fuzz.synthetic_cases() if c[0] == "synthetic_loop")
+    worker = fuzz.Worker("cpu")
+    try:
+        r = worker.run(model, {**feeds, "trips": fuzz.np.array(2**62, fuzz.np.int64)}, 1.0)
+        assert r["stage"] == "slow" and "terminate" in r["msg"], r
+        assert fuzz.outcome(r) == "slow" and r["seconds"] < 10
+    finally:
+        worker.stop()
+
+
 def test_mutants_are_a_function_of_seed_and_index():
     a, b = fuzz.make_mutant(7, 3), fuzz.make_mutant(7, 3)
     assert (a.case, a.model, a.mutations) == (b.case, b.model, b.mutations)
@@ -69,7 +82,7 @@ def test_a_worker_reports_a_hang_and_a_crash_and_recovers():
     crash; the next mutant gets a fresh worker."""
     worker = fuzz.Worker("cpu")
     try:
-        hang = worker.run(b"", {"__fuzz_sleep__": 30}, timeout=2.0)
+        hang = worker.run(b"", {"__fuzz_sleep__": 30}, timeout=1.0, grace=1.0)
         assert hang["stage"] == "hang"
         crash = worker.run(b"", {"__fuzz_abort__": True}, timeout=20.0)
         assert crash["stage"] == "crash" and "SIGABRT" in crash["msg"], crash
