@@ -48,6 +48,11 @@ def short_float_data(name, n):
     return t
 
 
+def without_opsets(model):
+    del model.opset_import[:]
+    return model
+
+
 # (id, model, tritort class, message pattern, onnxruntime class): the same class as ORT's
 INVALID = [
     ("type outside the constraints",
@@ -110,6 +115,11 @@ INVALID = [
               [raw_initializer("W", [2000], 8)]),
      ort.Fail, r"Initializer 'W': dims \[2000\] \(float\) need 8000 bytes of raw_data, the "
                r"initializer has 8", "Fail"),
+    ("no opset imported", without_opsets(
+        one_node("LayerNormalization", ["X", "S"], ["Y"], [vi("X", shape=[2, 3]),
+                                                           vi("S", shape=[3])],
+                 [vi("Y", shape=[2, 3])], opset=17)),
+     ort.Fail, r"Missing opset in the model", "Fail"),
     ("a cycle",
      models.make([helper.make_node("Relu", ["b"], ["a"], name="r1"),
                   helper.make_node("Relu", ["a"], ["b"], name="r2"),
@@ -126,6 +136,20 @@ def test_invalid_model_refused_like_onnxruntime(model, cls, pattern, ort_cls):
         ort.InferenceSession(model.SerializeToString(), providers=CPU)
     assert type(info.value) is cls  # the class itself, not a subclass
     ort_refuses(model, ort_cls)
+
+
+def test_a_node_in_a_domain_the_model_does_not_import_is_refused():
+    """(onnxruntime assumes an opset for the default domain; tritort refuses, as the
+    checker does.)"""
+    m = one_node("LayerNormalization", ["X", "S"], ["Y"], [vi("X", shape=[2, 3]),
+                                                           vi("S", shape=[3])],
+                 [vi("Y", shape=[2, 3])])
+    m.opset_import[0].domain = "ai.onnx.ml"
+    m.opset_import[0].version = 3
+    with pytest.raises(ort.InvalidGraph, match=r"In Node 'LayerNormalization_0' "
+                                               r"\(LayerNormalization\): No opset import for "
+                                               r"domain 'ai.onnx'"):
+        ort.InferenceSession(m.SerializeToString(), providers=CPU)
 
 
 def test_a_kernel_attribute_table_entry_names_real_attributes():

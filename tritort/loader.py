@@ -357,6 +357,7 @@ def load(source: Any, *, initializers: dict[str, np.ndarray] | None = None,
     sparse_outputs = densify_sparse_initializers(model.graph)
     check_node_inputs(model.graph)
     name_nodes(model.graph)
+    validate.check_opset_imports(model)
     sort_nodes(model.graph)
     validate.check_initializers(model.graph, WEIGHT_ELEMENTS)
     apply_free_dimension_overrides(model, free_dims_by_name or {}, free_dims_by_denotation or {})
