@@ -152,6 +152,20 @@ def test_a_node_in_a_domain_the_model_does_not_import_is_refused():
         ort.InferenceSession(m.SerializeToString(), providers=CPU)
 
 
+@pytest.mark.parametrize("inputs,pattern", [
+    (["A", ""], r"In Node 'Max_0' \(Max\): input 1 \('data_0'\) is empty.*variadic"),
+    (["", "A"], r"In Node 'Max_0' \(Max\): input 0 \('data_0'\) is empty"),
+], ids=["variadic", "first"])
+@pytest.mark.parametrize("providers", [CPU, ["TritonExecutionProvider", "CPUExecutionProvider"]],
+                         ids=["cpu", "triton"])
+def test_an_empty_input_name_where_the_op_requires_one_is_refused(inputs, pattern, providers):
+    """Found by the fuzzer: Max(x, "") ran on the CPU, crashed the Triton provider's code
+    generator, and crashes onnxruntime (SIGSEGV; not run here)."""
+    m = one_node("Max", inputs, ["Y"], [vi("A", TP.INT32, [3])], [vi("Y", TP.INT32, [3])])
+    with pytest.raises(ort.InvalidGraph, match=pattern):
+        ort.InferenceSession(m.SerializeToString(), providers=providers)
+
+
 def test_a_kernel_attribute_table_entry_names_real_attributes():
     """Every attribute the choice table checks exists in its op's schema."""
     import onnx

@@ -5,7 +5,8 @@ The loader calls these on the model it has parsed, before any kernel exists:
 - :func:`check_initializers`: every initializer holds as many values as its dims say (the
   checker only sees the small ones: the loader hands it the model without its weights);
 - :func:`check_types`: every node input's type against its op schema's type constraints
-  (``onnx.defs``), and each type parameter bound to one type per node;
+  (``onnx.defs``), each type parameter bound to one type per node, and only optional
+  inputs left empty;
 - :func:`check_attribute_choices`: string and int attributes that name one of a few
   choices, where ORT's kernels refuse the others when they are created;
 - :func:`strict_inference`: onnx's shape inference in strict mode, whose errors ORT raises
@@ -30,6 +31,7 @@ from .errors import Fail, InvalidGraph
 
 _A = AttributeProto
 _VARIADIC = onnx.defs.OpSchema.FormalParameterOption.Variadic
+_OPTIONAL = onnx.defs.OpSchema.FormalParameterOption.Optional
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -245,6 +247,11 @@ def _check_node_types(node, name: str, schema, types) -> None:
         if i >= len(formal) and formal[-1].option != _VARIADIC:
             break  # too many inputs: the checker's error
         param = formal[min(i, len(formal) - 1)]
+        if not value and param.option != _OPTIONAL:
+            raise InvalidGraph(
+                f"This is an invalid model. In Node '{name}' ({node.op_type}): input {i} "
+                f"('{param.name}') is empty, but only optional inputs may be omitted; it is "
+                f"{'variadic' if param.option == _VARIADIC else 'required'}.")
         actual = type_str(types.get(value)) if value else None
         if actual is None:
             continue
