@@ -166,6 +166,17 @@ def test_an_empty_input_name_where_the_op_requires_one_is_refused(inputs, patter
         ort.InferenceSession(m.SerializeToString(), providers=providers)
 
 
+@pytest.mark.parametrize("num_outputs", [2, 3, 5])
+def test_split_num_outputs_other_than_its_outputs_is_refused_before_inference(num_outputs):
+    """onnx's Split inference aborts the process (a C++ assertion) when num_outputs is below
+    the node's output count; the fuzzer found it. Such a node never reaches it."""
+    m = one_node("Split", ["X"], ["a", "b", "c", "d"], [vi("X", shape=[2, 8])],
+                 [vi(o) for o in "abcd"], opset=18, axis=1, num_outputs=num_outputs)
+    with pytest.raises(ort.Fail, match=rf"Node \(Split_0\) Op \(Split\).*num_outputs is "
+                                       rf"{num_outputs}, but the node has 4 outputs"):
+        ort.InferenceSession(m.SerializeToString(), providers=CPU)
+
+
 def test_a_kernel_attribute_table_entry_names_real_attributes():
     """Every attribute the choice table checks exists in its op's schema."""
     import onnx

@@ -187,6 +187,7 @@ def check_and_infer(model: onnx.ModelProto) -> None:
     if hidden:
         skeleton.opset_import.append(onnx.helper.make_opsetid(_STAND_IN_DOMAIN, 1))
     run_checker(skeleton)
+    validate.check_before_inference(skeleton.graph)
     inferred = _lenient_inference(skeleton)
     opsets = opset_map(model)
     validate.check_types(inferred.graph, opsets)

@@ -9,6 +9,8 @@ The loader calls these on the model it has parsed, before any kernel exists:
   inputs left empty;
 - :func:`check_attribute_choices`: string and int attributes that name one of a few
   choices, where ORT's kernels refuse the others when they are created;
+- :func:`check_before_inference`: nodes onnx's shape inference would abort the process on
+  (a C++ assertion), refused before it runs;
 - :func:`strict_inference`: onnx's shape inference in strict mode, whose errors ORT raises
   too (it runs the same inference functions while resolving the graph).
 
@@ -343,6 +345,35 @@ def check_attribute_choices(graph: onnx.GraphProto) -> None:
                                f"{value!r}; expected one of {', '.join(map(repr, allowed))}")
         for _, g in _subgraphs(node):
             check_attribute_choices(g)
+
+
+# -------------------------------------------------------- before onnx's inference sees a node
+
+
+def _split_outputs(node: onnx.NodeProto) -> str | None:
+    for a in node.attribute:
+        if a.name == "num_outputs" and a.type == _A.INT and a.i != len(node.output):
+            return (f"num_outputs is {a.i}, but the node has {len(node.output)} outputs; they "
+                    "must be equal")
+    return None
+
+
+# (domain, op_type) -> the check of a node that onnx's shape inference would abort the
+# process on (a C++ assertion, SIGABRT) rather than raise: such nodes never reach it
+INFERENCE_PRECONDITIONS = {
+    ("", "Split"): _split_outputs,
+}
+
+
+def check_before_inference(graph: onnx.GraphProto) -> None:
+    for name, node in zip(node_names(graph), graph.node):
+        check = INFERENCE_PRECONDITIONS.get(("" if node.domain == "ai.onnx" else node.domain,
+                                             node.op_type))
+        why = check(node) if check is not None else None
+        if why is not None:
+            raise Fail(f"Node ({name}) Op ({node.op_type}) [ShapeInferenceError] {why}")
+        for _, g in _subgraphs(node):
+            check_before_inference(g)
 
 
 # -------------------------------------------------------------------------- strict inference
