@@ -16,6 +16,7 @@ from tritort.dtypes import numpy_dtype
 from tritort.runstate import check as check_terminate
 
 from .registry import NodeContext, register
+from .shape import norm_axis
 
 _SUBGRAPH_OP_VERSIONS = [1, 11, 13, 16, 19, 21, 23, 24, 25]
 
@@ -184,7 +185,7 @@ def scan(ctx: NodeContext):
         explicit, outer = _split_inputs(ctx, inputs)
         states = list(explicit[:num_states])
         # Move each scan axis to the front once (a view), so a step is a plain index.
-        scan_inputs = [np.moveaxis(x, ax % x.ndim, 0) if ax % x.ndim else x
+        scan_inputs = [np.moveaxis(x, norm_axis(ax, x.ndim), 0) if norm_axis(ax, x.ndim) else x
                        for x, ax in zip(explicit[num_states:num_states + num_scan_in], in_axes)]
         length = scan_inputs[0].shape[0]
         if any(x.shape[0] != length for x in scan_inputs):
@@ -204,7 +205,7 @@ def scan(ctx: NodeContext):
             if rev:
                 acc.reverse()
             rank = (acc[0].ndim if acc else _empty_stack(tp).ndim - 1) + 1
-            results.append(_stack(acc, tp, ax % rank))
+            results.append(_stack(acc, tp, norm_axis(ax, rank)))
         return tuple(results)
     return run
 

@@ -13,6 +13,7 @@ import numpy as np
 from . import sampling  # noqa: F401  (registers GridSample, AffineGrid, RoiAlign)
 from .nn_util import narrow, widen
 from .registry import register
+from .shape import norm_axes
 
 
 def _source_coords(mode, out_len, in_len, scale, roi):
@@ -123,7 +124,7 @@ class ResizeParams:
     def plan(self, shape, roi, scales, sizes):
         """Per-axis (output length, float scale, roi pair) for the whole rank."""
         rank = len(shape)
-        axes = [a % rank for a in self.axes] if self.axes else list(range(rank))
+        axes = norm_axes(self.axes, rank) if self.axes else list(range(rank))
         full_scales = [1.0] * rank
         out = list(shape)
         if sizes is not None and sizes.size:
@@ -231,7 +232,7 @@ def center_crop_pad(ctx):
 
     def run(x, shape):
         rank = x.ndim
-        axes = [a % rank for a in axes_attr] if axes_attr else list(range(rank))
+        axes = norm_axes(axes_attr, rank) if axes_attr else list(range(rank))
         out_shape = list(x.shape)
         src = [slice(None)] * rank
         dst = [slice(None)] * rank

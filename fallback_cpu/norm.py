@@ -11,6 +11,7 @@ from tritort.dtypes import numpy_dtype
 from .nn_util import narrow, widen
 from .numeric import fits_into, with_inplace
 from .registry import register
+from .shape import norm_axis
 
 
 def _channel_shape(x, p):
@@ -130,7 +131,7 @@ def layer_normalization(ctx):
     stat_dtype = np.dtype(numpy_dtype(ctx.output_elem_type(1) or stash_type))
 
     def run(x, scale, bias=None):
-        a = axis % x.ndim if x.ndim else 0
+        a = norm_axis(axis, x.ndim) if x.ndim else 0
         if x.ndim and x.dtype == _stash_dtype(x.dtype, stash_type) == scale.dtype and \
                 scale.ndim <= x.ndim - a and \
                 (bias is None or (bias.dtype == x.dtype and bias.ndim <= x.ndim - a)):
@@ -157,7 +158,7 @@ def rms_normalization(ctx):
     stash_type = int(ctx.attr("stash_type", 1))
 
     def run(x, scale):
-        a = axis % x.ndim if x.ndim else 0
+        a = norm_axis(axis, x.ndim) if x.ndim else 0
         axes = tuple(range(a, x.ndim))
         xs = x.astype(_stash_dtype(x.dtype, stash_type))
         inv_rms = 1 / np.sqrt(np.mean(xs * xs, axis=axes, keepdims=True) + eps)

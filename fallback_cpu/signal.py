@@ -11,6 +11,7 @@ import numpy as np
 from tritort.dtypes import numpy_dtype
 
 from .registry import NodeContext, register
+from .shape import norm_axis
 
 
 def _to_complex(x: np.ndarray) -> np.ndarray:
@@ -31,7 +32,7 @@ def _to_real_pair(z: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def dft(x: np.ndarray, axis: int, length: int | None, inverse: bool, onesided: bool):
-    axis = axis % x.ndim
+    axis = norm_axis(axis, x.ndim)
     z = _to_complex(x)
     if inverse:
         if onesided:  # one-sided spectrum in, real signal out

@@ -2,8 +2,9 @@
 
 Mutants are made from the ONNX node conformance cases shipped with onnx (every op, with
 valid inputs) and a few multi-node models of the fuzzer's own (weights over the loader's
-1024-element threshold, folded shape arithmetic, a Loop): one or two mutations each, of attributes (values, types, presence), types
-and shapes (declared and fed), initializers (values, dims, dtype, truncated data), graph
+1024-element threshold, folded shape arithmetic, a Loop): one or two mutations each, of
+attributes (values, types, presence), types and shapes (declared and fed), input values
+(NaN, extremes, large sizes), initializers (values, dims, dtype, truncated data), graph
 structure (inputs, outputs, node order, duplicates, cycles, removed nodes), op types,
 domains and opsets, inside control-flow bodies too. Mutant ``i`` of seed ``S`` depends on
 nothing else, so any finding is replayed with ``--replay S:i``.

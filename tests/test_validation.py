@@ -364,6 +364,17 @@ def test_a_kernel_out_of_memory_is_fail_naming_the_node_and_the_session_runs_on(
     assert sess.run(None, {"S": np.array([2, 3])})[0].shape == (2, 3)
 
 
+def test_an_axis_outside_the_rank_is_an_error_not_wrapped_around():
+    """LayerNormalization's axis 3 on a rank-3 input normalized over every axis (3 % 3 = 0);
+    onnxruntime refuses it (at load: its own inference), tritort when the rank is known."""
+    m = one_node("LayerNormalization", ["X", "S"], ["Y"], [vi("X", shape=["a", "b", "c"]),
+                                                           vi("S", shape=["c"])], [vi("Y")],
+                 axis=3)
+    feeds = {"X": np.ones((1, 2, 3), np.float32), "S": np.ones(3, np.float32)}
+    with pytest.raises(ort.Fail, match=r"LayerNormalization.*axis 3 out of range for rank 3"):
+        ort.InferenceSession(m.SerializeToString(), providers=CPU).run(None, feeds)
+
+
 def test_slice_parameters_of_different_lengths_are_invalid_argument():
     m = one_node("Slice", ["X", "s", "e"], ["Y"], [vi("X", shape=[4, 4]),
                                                    vi("s", TP.INT64, ["k"]),
