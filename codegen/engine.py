@@ -20,6 +20,7 @@ from tritort.units import CompiledUnit
 from . import target
 from .fusion import AnchorGroup, AnchorPlanner, broadcast_shape, check_acyclic, \
     check_partition, fuse
+from .keys import op_key
 from .templates import TEMPLATES, Template, TemplateContext, dump
 
 _SHAPE_OPS = ("Shape", "Size")
@@ -123,19 +124,20 @@ def claim(node: Node, graph: Graph, device: Device) -> str | None:
     """None if codegen takes ``node`` of ``graph``, else why not."""
     from .lowering import LOWERINGS
 
-    if node.domain not in _DOMAINS:
+    key = op_key(node)
+    if key is None:
         return f"no Triton lowering for domain '{node.domain}'"
     types = Types(graph.value)
     if _shape_arithmetic(node, types, host_shape_values(graph)):
         return "shape arithmetic (int64 vectors) stays on the host, where Reshape, " \
                "Expand and the like read it"
-    template = TEMPLATES.get(node.op_type)
+    template = TEMPLATES.get(key)
     if template is not None:
         return template.claim(node, template_context(types, graph.initializers,
                                                      graph.opsets[""], device))
-    row = LOWERINGS.get(node.op_type)
+    row = LOWERINGS.get(key)
     if row is None:
-        return f"no Triton lowering for {node.op_type}"
+        return f"no Triton lowering for {key}"
     present = [i for i in node.inputs if i]
     if len(present) < row.min_inputs:
         return f"{node.op_type} with {len(present)} inputs"
@@ -170,8 +172,8 @@ def compile_nodes(nodes: Sequence[Node], info: Any,
     reports: list[dict] = []
     template_groups: list[list[Node]] = []
     fused_names: set[str] = set()
-    for index, node in enumerate(n for n in nodes if n.op_type in TEMPLATES):
-        template = TEMPLATES[node.op_type]
+    for index, node in enumerate(n for n in nodes if op_key(n) in TEMPLATES):
+        template = TEMPLATES[op_key(node)]
         group = anchors.get(node.name)
         fusion = _tile_fusion(group, template, info, types) if group else None
         _check_declared(node, template, fusion)
@@ -186,7 +188,7 @@ def compile_nodes(nodes: Sequence[Node], info: Any,
                                   frozenset(spec.host_inputs)))
         reports.append(_report(spec.name, spec.kernel, template.kind, members, spec.path,
                                spec.cached))
-    pointwise = [n for n in nodes if n.op_type not in TEMPLATES and n.name not in fused_names]
+    pointwise = [n for n in nodes if op_key(n) not in TEMPLATES and n.name not in fused_names]
     groups = fuse(pointwise, info.position, types.shape)
     check_partition(nodes, template_groups + groups)
     check_acyclic(template_groups + groups)

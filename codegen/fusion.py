@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from tritort import dtypes
 from tritort.graph import Node
 
+from .keys import op_key
 from .templates import TEMPLATES, Template
 
 Shape = tuple  # of ints and dim_param strings
@@ -79,7 +80,7 @@ _NOT_FUSED_TYPES = dtypes.FLOAT8_OCP_TYPES  # special values need the pointwise 
 
 def template_of(node: Node) -> Template | None:
     """The node's template (its declarations), or None for a pointwise node."""
-    return TEMPLATES.get(node.op_type)
+    return TEMPLATES.get(op_key(node))
 
 
 def estimated_bytes(shape: Shape, dtype: str) -> int:

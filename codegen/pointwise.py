@@ -9,6 +9,7 @@ from tritort.graph import Node
 from . import target
 from .ir import Cast, Expr, Load, Op, PointwiseKernel, TensorParam
 from .launch import launch_kernel
+from .keys import op_key
 from .lowering import lower_node
 
 
@@ -30,7 +31,7 @@ def build_kernel(name: str, group: Sequence[Node], dtype_of: Callable[[str], str
                 exprs[value] = Load(dtype_of(value), len(inputs) - 1)
             args.append(exprs[value])
         outs = [o for o in node.outputs if o]
-        results = lower_node(node.op_type, node.attrs, args, [dtype_of(o) for o in outs])
+        results = lower_node(op_key(node), node.attrs, args, [dtype_of(o) for o in outs])
         for value, expr in zip(outs, results):
             exprs[value] = expr
             produced.append(value)
