@@ -318,17 +318,22 @@ def _thresholded_relu(attrs, xs, outs):
                c(0.0, x))]
 
 
+def erf_gelu(x: Expr) -> Expr:
+    """0.5 x (1 + erf(x / sqrt 2))."""
+    return op("mul", op("mul", c(0.5, x), x),
+              op("add", c(1.0, x), op("erf", op("mul", x, c(1 / math.sqrt(2), x)))))
+
+
+def tanh_gelu(x: Expr) -> Expr:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    cube = op("mul", op("mul", x, x), x)
+    inner = op("mul", c(math.sqrt(2 / math.pi), x), op("add", x, op("mul", c(0.044715, x), cube)))
+    return op("mul", op("mul", c(0.5, x), x), op("add", c(1.0, x), op("tanh", inner)))
+
+
 @lowering("Gelu", FLOAT_TYPES)
 def _gelu(attrs, xs, outs):
-    x = xs[0]
-    half_x = op("mul", c(0.5, x), x)
-    if attrs.get("approximate", "none") == "tanh":
-        cube = op("mul", op("mul", x, x), x)
-        inner = op("mul", c(math.sqrt(2 / math.pi), x),
-                   op("add", x, op("mul", c(0.044715, x), cube)))
-        return [op("mul", half_x, op("add", c(1.0, x), op("tanh", inner)))]
-    return [op("mul", half_x,
-               op("add", c(1.0, x), op("erf", op("mul", x, c(1 / math.sqrt(2), x)))))]
+    return [tanh_gelu(xs[0]) if attrs.get("approximate", "none") == "tanh" else erf_gelu(xs[0])]
 
 
 # ---------------------------------------------------------------- comparisons and logic
@@ -379,3 +384,7 @@ def _cast_like(attrs, xs, outs):
 def lower_node(op_type: str, attrs: dict[str, Any], inputs: Sequence[Expr | None],
                out_dtypes: Sequence[str]) -> list[Expr]:
     return LOWERINGS[op_type].build(attrs, inputs, out_dtypes)
+
+
+# com.microsoft's rows register on import; they need the names above to exist first.
+from . import lowering_contrib  # noqa: E402,F401
