@@ -7,6 +7,8 @@ share its index math. Registered by importing :mod:`tritort.codegen.reductions`.
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 from tritort.dtypes import FLOAT_TYPES
 
 from .cache import KERNEL
@@ -16,7 +18,7 @@ from .rowwise import (Layout, TileFusion, TileLauncher, TileSource, arg_best, ch
 from .templates import KernelSpec, Template, load_source, template
 
 
-def _built(name, node, ctx, k: TileSource, inputs, describe: str, **launch) -> KernelSpec:
+def built(name, node, ctx, k: TileSource, inputs, describe: str, **launch) -> KernelSpec:
     source = k.render()
     fn, path, cached = load_source(source, KERNEL, ctx)
     launcher = TileLauncher(fn, k.layout, ctx.torch_device, ctx.interpreted, **launch)
@@ -26,7 +28,7 @@ def _built(name, node, ctx, k: TileSource, inputs, describe: str, **launch) -> K
     return KernelSpec(name, launcher, inputs, ir, source, path, cached)
 
 
-def _trailing(rank: int, axis: int) -> tuple[int, ...] | str:
+def trailing_axes(rank: int, axis: int) -> tuple[int, ...] | str:
     """Axes axis..rank-1, or why axis is out of range."""
     a = normalize_axes([axis], rank)
     return f"axis {axis} invalid for rank {rank}" if a is None else tuple(range(a[0], rank))
@@ -40,7 +42,7 @@ def _softmax_axes(node, ctx, rank: int) -> tuple[int, ...] | str:
     if rank == 0:
         return ()
     if coerce_2d:  # before opset 13 the input is flattened to 2-D at axis
-        return _trailing(rank, axis)
+        return trailing_axes(rank, axis)
     a = normalize_axes([axis], rank)
     return f"axis {axis} invalid for rank {rank}" if a is None else a
 
@@ -71,7 +73,7 @@ class Hardmax(_SoftmaxAxis):
         arg_best(k, "x", largest=True, last=False)
         with k.columns("y"):
             k.store_full("y", "tl.where(cols[None, :] == best_idx[:, None], 1.0, 0.0)")
-        return _built(name, node, ctx, k, [x], "one-hot of the first row max",
+        return built(name, node, ctx, k, [x], "one-hot of the first row max",
                       full=[torch_dtype(dt)])
 
 
@@ -109,30 +111,39 @@ class Softmax(_SoftmaxAxis):
             else:
                 k.store_full("y", "x - shift[:, None] - tl.log(total)[:, None]")
         if fusion:
-            return _built(name, node, ctx, k, fusion.prologue_inputs,
+            return built(name, node, ctx, k, fusion.prologue_inputs,
                           f"{node.op_type} computed in {ct}\n{fusion.text()}",
                           full=[torch_dtype(dt)], data_inputs=len(fusion.prologue_inputs))
-        return _built(name, node, ctx, k, [x], f"{node.op_type} computed in {ct}",
+        return built(name, node, ctx, k, [x], f"{node.op_type} computed in {ct}",
                       full=[torch_dtype(dt)])
 
 
 # ----------------------------------------------------------------------- normalizations
 
-def _mean_and_inv_std(k: TileSource, st: str, eps: float) -> None:
-    """Two passes leaving each row's `mean` and `inv_std` = 1/sqrt(var + eps) in type st."""
+def row_statistics(k: TileSource, st: str, eps: float, rms: bool = False,
+                   data: Callable[[], str] | None = None, tensors: Sequence[str] = ("x",)) -> None:
+    """Passes leaving each row's ``inv_std`` = 1/sqrt(var + eps) in type st: var is the mean
+    square with ``rms``, else the centred variance, and ``mean`` is left too. ``data()`` is
+    the data tile's text in st inside ``columns(*tensors)`` (default: x loaded)."""
+    data = data or (lambda: k.load("x", st))
     k.line(f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={st})")
-    with k.columns("x"):
-        k.line(f"acc += tl.where(mask, {k.load('x', st)}, 0.0)")
-    k.line("mean = tl.sum(acc, axis=1) / N")
-    # the variance of the centred values: no cancellation as in E[x^2] - E[x]^2
-    k.line(f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={st})")
-    with k.columns("x"):
-        k.line(f"centred = tl.where(mask, {k.load('x', st)} - mean[:, None], 0.0)")
-        k.line("acc += centred * centred")
+    if rms:
+        with k.columns(*tensors):
+            k.line(f"x = tl.where(mask, {data()}, 0.0)")
+            k.line("acc += x * x")
+    else:
+        with k.columns(*tensors):
+            k.line(f"acc += tl.where(mask, {data()}, 0.0)")
+        k.line("mean = tl.sum(acc, axis=1) / N")
+        # the variance of the centred values: no cancellation as in E[x^2] - E[x]^2
+        k.line(f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={st})")
+        with k.columns(*tensors):
+            k.line(f"centred = tl.where(mask, ({data()}) - mean[:, None], 0.0)")
+            k.line("acc += centred * centred")
     k.line(f"inv_std = 1.0 / tl.sqrt(tl.sum(acc, axis=1) / N + {float(eps)!r})")
 
 
-def _stash(node, ctx) -> str | None:
+def stats_type(node, ctx) -> str | None:
     """The statistics' compute type for stash_type, or None if unsupported."""
     stash = node.attrs.get("stash_type", 1)
     if ctx.dtype_of(node.inputs[0]) == "double" or stash == 11:
@@ -140,7 +151,7 @@ def _stash(node, ctx) -> str | None:
     return "tl.float32" if stash == 1 else None
 
 
-def _row_shape(axes: tuple[int, ...]):
+def row_shape(axes: tuple[int, ...]):
     return lambda shape: tuple(1 if a in axes else d for a, d in enumerate(shape))
 
 
@@ -157,21 +168,21 @@ class LayerNorm(Template):
         why = check_dtypes(ctx, node.inputs, FLOAT_TYPES, node.op_type)
         if why:
             return why
-        if _stash(node, ctx) is None:
+        if stats_type(node, ctx) is None:
             return f"stash_type {node.attrs.get('stash_type')}"
         for p in node.inputs[1:]:
             if p and (ctx.rank_of(p) is None or ctx.rank_of(p) > rank):
                 return f"rank of '{p}' unknown or above the input's"
-        axes = _trailing(rank, node.attrs.get("axis", -1))
+        axes = trailing_axes(rank, node.attrs.get("axis", -1))
         return axes if isinstance(axes, str) else None
 
     def build(self, node, ctx, name, fusion=None) -> KernelSpec:
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         dt = ctx.dtype_of(x)
-        axes = _trailing(rank, node.attrs.get("axis", -1))
+        axes = trailing_axes(rank, node.attrs.get("axis", -1))
         eps = node.attrs.get("epsilon", 1e-5)
-        st, xt = _stash(node, ctx), acc_type(dt)
+        st, xt = stats_type(node, ctx), acc_type(dt)
         params = [p for p in node.inputs[1:3] if p]
         names = ["scale", "bias"][:len(params)]
         outputs = list(node.outputs) + [""] * (3 - len(node.outputs))
@@ -182,14 +193,7 @@ class LayerNorm(Template):
         full = {"x": dt, **{t: ctx.dtype_of(p) for t, p in zip(names, params)}, "y": dt}
         k = TileSource(name, node, Layout.reducing(rank, axes), full, stats)
         rms = node.op_type == "RMSNormalization"
-        if rms:
-            k.line(f"acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={st})")
-            with k.columns("x"):
-                k.line(f"x = tl.where(mask, {k.load('x', st)}, 0.0)")
-                k.line("acc += x * x")
-            k.line(f"inv_std = 1.0 / tl.sqrt(tl.sum(acc, axis=1) / N + {float(eps)!r})")
-        else:
-            _mean_and_inv_std(k, st, eps)
+        row_statistics(k, st, eps, rms)
         for t in stats:
             k.store_row(t, "mean" if t == "mean_out" else "inv_std")
         with k.columns(*full):
@@ -201,9 +205,9 @@ class LayerNorm(Template):
             if "bias" in names:
                 y += " + " + k.load("bias", xt)
             k.store_full("y", y)
-        row_outs = [(torch_dtype(stats[t]) if t in stats else None, _row_shape(axes))
+        row_outs = [(torch_dtype(stats[t]) if t in stats else None, row_shape(axes))
                     for t in ["mean_out", "inv_out"]][:max(0, len(node.outputs) - 1)]
-        return _built(name, node, ctx, k, [x] + params, f"statistics in {st}, epsilon={eps!r}",
+        return built(name, node, ctx, k, [x] + params, f"statistics in {st}, epsilon={eps!r}",
                       full=[torch_dtype(dt)], rows=row_outs)
 
 
@@ -248,7 +252,7 @@ class ChannelNorm(Template):
                 "y": dt}
         k = TileSource(name, node, Layout.reducing(rank, range(2, rank)), full, {})
         if instance:
-            _mean_and_inv_std(k, ct, eps)
+            row_statistics(k, ct, eps)
             formula = "(x - mean[:, None]) * inv_std[:, None] * scale + bias"
         else:
             formula = f"(x - mean) * (scale / tl.sqrt(var + {eps!r})) + bias"
@@ -258,6 +262,10 @@ class ChannelNorm(Template):
                     k.line(f"{t} = {k.load(t, ct)}")
             k.store_full("y", formula)
         what = "per (n, c) statistics" if instance else "inference with running statistics"
-        return _built(name, node, ctx, k, node.inputs[:len(names) + 1],
+        return built(name, node, ctx, k, node.inputs[:len(names) + 1],
                       f"{what} in {ct}, epsilon={eps!r}", full=[torch_dtype(dt)],
                       prepare=_per_channel(rank))
+
+
+# onnxruntime's normalizations share these passes; their rows register on import.
+from . import norms_contrib  # noqa: E402,F401

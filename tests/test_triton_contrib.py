@@ -106,3 +106,114 @@ def test_bias_add():
     (got,) = sess.run(None, feeds)
     want = sum(v.astype(np.float64) for v in feeds.values())
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ normalizations
+
+
+@pytest.mark.parametrize("skip_shape", ["BSH", "1SH", "SH"])
+@pytest.mark.parametrize("with_beta,with_bias", [(True, True), (True, False), (False, True),
+                                                 (False, False)])
+def test_skip_layer_normalization(skip_shape, with_beta, with_bias):
+    b, s, hidden = 2, 5, 16
+    feeds = {"x": randn(b, s, hidden),
+             "skip": randn(*{"BSH": (b, s, hidden), "1SH": (1, s, hidden),
+                             "SH": (s, hidden)}[skip_shape]),
+             "gamma": randn(hidden)}
+    inputs = ["x", "skip", "gamma", "", ""]
+    if with_beta:
+        feeds["beta"] = randn(hidden)
+        inputs[3] = "beta"
+    if with_bias:
+        feeds["bias"] = randn(hidden)
+        inputs[4] = "bias"
+    while inputs[-1] == "":
+        inputs.pop()
+    outputs = ["y", "mean", "inv_std", "sum"]
+    check_triton(ms("SkipLayerNormalization", inputs, outputs, epsilon=1e-5), feeds, outputs)
+
+
+@pytest.mark.parametrize("outputs", [["y"], ["y", "", "", "sum"], ["y", "mean"],
+                                     ["y", "", "inv_std"]], ids=str)
+def test_skip_layer_normalization_optional_outputs(outputs):
+    feeds = {"x": randn(2, 3, 8), "skip": randn(2, 3, 8), "gamma": randn(8), "bias": randn(8)}
+    check_triton(ms("SkipLayerNormalization", ["x", "skip", "gamma", "", "bias"], outputs),
+                 feeds, [o for o in outputs if o])
+
+
+def test_skip_layer_normalization_2d_input_and_default_epsilon():
+    feeds = {"x": randn(7, 32), "skip": randn(7, 32), "gamma": randn(32), "beta": randn(32)}
+    check_triton(ms("SkipLayerNormalization", ["x", "skip", "gamma", "beta"], ["y"]), feeds,
+                 ["y"])
+
+
+def test_skip_layer_normalization_float16():
+    """float16: statistics in float32, the stored sum rounded to float16 first."""
+    feeds = {k: v.astype(np.float16) for k, v in {
+        "x": randn(2, 4, 32), "skip": randn(2, 4, 32), "gamma": randn(32), "beta": randn(32),
+        "bias": randn(32)}.items()}
+    outputs = ["y", "mean", "inv_std", "sum"]
+    check_triton(ms("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"], outputs),
+                 feeds, outputs, rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 5, 16), (6, 24)])
+def test_skip_simplified_layer_normalization(with_bias, shape):
+    feeds = {"x": randn(*shape), "skip": randn(*shape), "gamma": randn(shape[-1])}
+    inputs = ["x", "skip", "gamma"]
+    if with_bias:
+        feeds["bias"] = randn(shape[-1])
+        inputs.append("bias")
+    outputs = ["y", "mean", "inv_std", "sum"]
+    check_triton(ms("SkipSimplifiedLayerNormalization", inputs, outputs, epsilon=1e-6), feeds,
+                 outputs)
+
+
+def test_skip_simplified_layer_normalization_float16():
+    feeds = {k: v.astype(np.float16) for k, v in {
+        "x": randn(2, 3, 64), "skip": randn(2, 3, 64), "gamma": randn(64)}.items()}
+    check_triton(ms("SkipSimplifiedLayerNormalization", ["x", "skip", "gamma"],
+                    ["y", "", "", "sum"]), feeds, ["y", "sum"], rtol=1e-3, atol=2e-3)
+
+
+def test_skip_layer_normalization_with_a_bad_skip_stays_on_the_cpu():
+    feeds = {"x": randn(2, 3, 8), "skip": randn(2, 1, 8), "gamma": randn(8)}
+    model = build([ms("SkipLayerNormalization", ["x", "skip", "gamma"], ["y"], name="sln")],
+                  feeds, ["y"], out_types={"y": TensorProto.FLOAT})
+    sess = _session(model)
+    assignment = sess._program.partition.assignments["sln"]
+    assert assignment.provider.name == "CPUExecutionProvider"
+    assert "skip of shape [2, 1, 8]" in str(assignment.declined)
+    with pytest.raises(ort.Fail, match="skip"):
+        sess.run(None, feeds)
+
+
+@pytest.mark.parametrize("axis", [-1, -2, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_simplified_layer_normalization(axis, dtype):
+    """Default domain, where onnxruntime registers it (the loader checks it as a custom op)."""
+    feeds = {"x": randn(2, 3, 8, dtype=dtype)}
+    feeds["scale"] = randn(*feeds["x"].shape[axis:], dtype=dtype)
+    node = helper.make_node("SimplifiedLayerNormalization", ["x", "scale"], ["y", "inv"],
+                            axis=axis, epsilon=1e-5)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    check_triton(node, feeds, ["y", "inv"], rtol=tol, atol=tol)
+
+
+def test_simplified_layer_normalization_float16():
+    feeds = {"x": randn(4, 64, dtype=np.float16), "scale": randn(64, dtype=np.float16)}
+    node = helper.make_node("SimplifiedLayerNormalization", ["x", "scale"], ["y", "inv"])
+    check_triton(node, feeds, ["y", "inv"], rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_layer_normalization_before_opset_17(axis):
+    """onnxruntime's default-domain LayerNormalization-1 takes ai.onnx LayerNormalization's
+    row: the same computation."""
+    feeds = {"x": randn(2, 3, 8)}
+    feeds["scale"] = randn(*feeds["x"].shape[axis:])
+    feeds["bias"] = randn(*feeds["x"].shape[axis:])
+    node = helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y", "mean", "inv"],
+                            axis=axis, epsilon=1e-5)
+    check_triton(node, feeds, ["y", "mean", "inv"], opset=14)
