@@ -147,6 +147,11 @@ def claim(node: Node, graph: Graph, device: Device) -> str | None:
             return f"element type or rank of '{value}' unknown at load time"
         if dt not in row.dtypes:
             return f"Triton's {node.op_type} does not take {dt} ('{value}')"
+    if row.refuses_shapes is not None:
+        reason = row.refuses_shapes(node.attrs, [types.shape(v) if v else None
+                                                 for v in node.inputs])
+        if reason:
+            return reason
     if row.refuses is not None:
         return row.refuses(node.attrs, [types.dtype(v) for v in present])
     return None

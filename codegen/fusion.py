@@ -193,7 +193,16 @@ class AnchorPlanner:
 
     def _free(self, node: Node) -> bool:
         return self.is_pointwise(node) and node.name not in self.taken and \
-            not node.subgraphs and all(o for o in node.outputs)
+            not node.subgraphs and all(o for o in node.outputs) and not self._aligned(node)
+
+    def _aligned(self, node: Node) -> bool:
+        """Has per-axis inputs (a 1-D scale along a channel axis): templates load fused
+        inputs by numpy broadcasting only, so such a node runs in a pointwise kernel."""
+        from .lowering import aligned_inputs
+
+        ranks = [len(self.shape_of(v)) if v and self.shape_of(v) is not None else None
+                 for v in node.inputs]
+        return bool(aligned_inputs(op_key(node), node.attrs, ranks))
 
     def _prologue_candidate(self, node: Node, members: set[str], target: Shape) -> bool:
         if not self._free(node):

@@ -45,6 +45,8 @@ class TensorParam:
     name: str  # the ONNX value it binds to
     dtype: str
     rank: int
+    # a 1-D input laid along one axis: this many trailing size-1 dims make it broadcast
+    trailing: int = 0
 
 
 @dataclass
@@ -60,7 +62,8 @@ class PointwiseKernel:
         """The printable form: one line per input, shared subexpression and output."""
         lines = [f"kernel {self.name} rank={self.rank} nodes=[{', '.join(self.nodes)}]"]
         for i, p in enumerate(self.inputs):
-            lines.append(f"  in{i}: {p.name} {p.dtype}[rank {p.rank}] (broadcast load)")
+            along = f", along dim -{p.trailing + 1}" if p.trailing else ""
+            lines.append(f"  in{i}: {p.name} {p.dtype}[rank {p.rank}] (broadcast load{along})")
         names: dict[Expr, str] = {}
         body: list[str] = []
 

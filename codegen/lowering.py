@@ -27,20 +27,35 @@ class Lowering:
     min_inputs: int = 1
     # (attrs, input dtypes) -> why this form stays on the CPU, or None
     refuses: Callable[[dict, Sequence[str]], str | None] | None = None
+    # (attrs, input shapes, None where unknown) -> why this form stays on the CPU, or None
+    refuses_shapes: Callable[[dict, Sequence[tuple | None]], str | None] | None = None
+    # (attrs, input ranks) -> {input index: output dims after the one it lies along}: a 1-D
+    # input laid along one axis (a per-axis scale), not numpy-broadcast from the right
+    aligned: Callable[[dict, Sequence[int | None]], dict[int, int]] | None = None
 
 
 LOWERINGS: dict[str, Lowering] = {}
 
 
-def lowering(op_types: str | Sequence[str], dtypes=NUMERIC, min_inputs: int = 1, refuses=None):
+def lowering(op_types: str | Sequence[str], dtypes=NUMERIC, min_inputs: int = 1, refuses=None,
+             refuses_shapes=None, aligned=None):
     names = [op_types] if isinstance(op_types, str) else list(op_types)
 
     def wrap(build: Builder) -> Builder:
         for name in names:
-            LOWERINGS[name] = Lowering(build, frozenset(dtypes), min_inputs, refuses)
+            LOWERINGS[name] = Lowering(build, frozenset(dtypes), min_inputs, refuses,
+                                       refuses_shapes, aligned)
         return build
 
     return wrap
+
+
+def aligned_inputs(key: str | None, attrs: dict, ranks: Sequence[int | None]) -> dict[int, int]:
+    """The row's axis-aligned inputs (see ``Lowering.aligned``) for these input ranks."""
+    row = LOWERINGS.get(key)
+    if row is None or row.aligned is None:
+        return {}
+    return {i: t for i, t in row.aligned(attrs, ranks).items() if t > 0}
 
 
 def c(value, like: Expr) -> Const:
@@ -379,6 +394,10 @@ def _cast(attrs, xs, outs):
 @lowering("CastLike", ALL | FLOAT8_OCP_TYPES, min_inputs=2)
 def _cast_like(attrs, xs, outs):
     return [Cast(outs[0], xs[0], bool(attrs.get("saturate", 1)))]
+
+
+# QuantizeLinear / DequantizeLinear rows register themselves (a module of their own)
+from . import lowering_quant  # noqa: E402,F401
 
 
 def lower_node(op_type: str, attrs: dict[str, Any], inputs: Sequence[Expr | None],

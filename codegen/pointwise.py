@@ -10,7 +10,7 @@ from . import target
 from .ir import Cast, Expr, Load, Op, PointwiseKernel, TensorParam
 from .launch import launch_kernel
 from .keys import op_key
-from .lowering import lower_node
+from .lowering import aligned_inputs, lower_node
 
 
 def build_kernel(name: str, group: Sequence[Node], dtype_of: Callable[[str], str],
@@ -22,14 +22,20 @@ def build_kernel(name: str, group: Sequence[Node], dtype_of: Callable[[str], str
     produced: list[str] = []
     for node in group:
         args: list[Expr | None] = []
-        for value in node.inputs:
+        # a per-axis input is loaded as its own parameter: the same value may broadcast
+        # from the right elsewhere in the group
+        along = aligned_inputs(op_key(node), node.attrs,
+                               [rank_of(v) if v else None for v in node.inputs])
+        for index, value in enumerate(node.inputs):
             if not value:
                 args.append(None)
                 continue
-            if value not in exprs:
-                inputs.append(TensorParam(value, dtype_of(value), rank_of(value)))
-                exprs[value] = Load(dtype_of(value), len(inputs) - 1)
-            args.append(exprs[value])
+            key = (value, along[index]) if index in along else value
+            if key not in exprs:
+                inputs.append(TensorParam(value, dtype_of(value), rank_of(value),
+                                          along.get(index, 0)))
+                exprs[key] = Load(dtype_of(value), len(inputs) - 1)
+            args.append(exprs[key])
         outs = [o for o in node.outputs if o]
         results = lower_node(op_key(node), node.attrs, args, [dtype_of(o) for o in outs])
         for value, expr in zip(outs, results):
@@ -105,6 +111,8 @@ class PointwiseLauncher:
     def __call__(self, *inputs):
         import torch
 
+        inputs = [t.reshape(tuple(t.shape) + (1,) * p.trailing) if p.trailing else t
+                  for t, p in zip(inputs, self.kernel.inputs)]
         shape = torch.broadcast_shapes(*(t.shape for t in inputs)) if inputs else ()
         rank = self.kernel.rank
         if max(len(shape), 1) != rank:

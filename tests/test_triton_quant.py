@@ -1,0 +1,163 @@
+"""Quantized graphs on Triton (interpreter) against onnxruntime: QuantizeLinear and
+DequantizeLinear as pointwise lowerings (per-tensor and per-axis, int8/uint8/int16, with and
+without zero points, fused with their neighbours), what stays on the CPU and why, and QDQ
+models' placement."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+from tests import models
+from tests.triton_env import requires_triton, triton_session
+
+pytestmark = requires_triton
+T = "TritonExecutionProvider"
+_rng = np.random.default_rng(13)
+_NP = {TP.INT8: np.int8, TP.UINT8: np.uint8, TP.INT16: np.int16, TP.UINT16: np.uint16,
+       TP.FLOAT: np.float32, TP.FLOAT16: np.float16, TP.INT32: np.int32}
+
+
+def kernels(sess) -> list[dict]:
+    """The Triton provider's kernel report: one entry per unit it compiled."""
+    return next(ep for ep in sess._program.providers if ep.name == T).kernels
+
+
+def oracle(model, feeds):
+    so = onnxruntime.SessionOptions()
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return onnxruntime.InferenceSession(model.SerializeToString(), so,
+                                        providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _params(shape, axis, per_axis, q_type, scale_type=TP.FLOAT, with_zero=True):
+    n = shape[axis] if per_axis else None
+    size = (n,) if per_axis else ()
+    scale = (_rng.uniform(0.02, 0.2, size)).astype(_NP[scale_type])
+    lo, hi = {TP.INT8: (-20, 20), TP.UINT8: (100, 150), TP.INT16: (-300, 300),
+              TP.UINT16: (1000, 2000), TP.INT32: (0, 1)}[q_type]
+    inits = [numpy_helper.from_array(scale, "s")]
+    if with_zero:
+        zero = _rng.integers(lo, hi, size).astype(_NP[q_type])
+        inits.append(numpy_helper.from_array(zero, "z"))
+    return inits
+
+
+def _q_model(shape, axis, per_axis, q_type, x_type=TP.FLOAT, with_zero=True, opset=21):
+    inits = _params(shape, axis, per_axis, q_type, x_type, with_zero)
+    ins = ["X", "s", "z"] if with_zero else ["X", "s"]
+    node = helper.make_node("QuantizeLinear", ins, ["Y"], name="q", axis=axis)
+    return models.make([node], [models.vi("X", x_type, list(shape))],
+                       [models.vi("Y", q_type, None)], inits, opset=opset)
+
+
+@pytest.mark.parametrize("shape,axis,per_axis", [
+    ((2, 3, 4, 5), 1, False), ((2, 3, 4, 5), 1, True), ((2, 3, 4, 5), -1, True),
+    ((6, 7), 0, True), ((5,), 0, True), ((), 1, False)])
+@pytest.mark.parametrize("q_type", [TP.INT8, TP.UINT8, TP.INT16])
+def test_quantize_linear_is_exact(shape, axis, per_axis, q_type):
+    model = _q_model(shape, axis, per_axis, q_type)
+    x = np.asarray(_rng.standard_normal(shape) * 6, np.float32)
+    # ties: multiples of half a step round to the even neighbour, and values far out clamp
+    scale = numpy_helper.to_array(model.graph.initializer[0])
+    x.reshape(-1)[:3] = np.array([0.5, 1.5, -2.5], np.float32)[:x.size] * scale.reshape(-1)[0]
+    x.reshape(-1)[-1:] = 1e6
+    sess = triton_session(model)
+    got = sess.run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got, oracle(model, {"X": x})[0])
+    assert got.dtype == _NP[q_type]
+
+
+@pytest.mark.parametrize("x_type", [TP.FLOAT16])
+def test_quantize_half_precision_input(x_type):
+    model = _q_model((3, 4), 1, True, TP.UINT8, x_type)
+    x = (_rng.standard_normal((3, 4)) * 4).astype(np.float16)
+    got = triton_session(model).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got, oracle(model, {"X": x})[0])
+
+
+def test_quantize_without_zero_point_is_uint8():
+    model = _q_model((4, 5), 1, False, TP.UINT8, with_zero=False)
+    x = (_rng.standard_normal((4, 5)) * 8).astype(np.float32)
+    got = triton_session(model).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got, oracle(model, {"X": x})[0])
+
+
+def _dq_model(shape, axis, per_axis, q_type, out_type=TP.FLOAT, with_zero=True, opset=21):
+    inits = _params(shape, axis, per_axis, q_type, out_type, with_zero)
+    ins = ["X", "s", "z"] if with_zero else ["X", "s"]
+    node = helper.make_node("DequantizeLinear", ins, ["Y"], name="dq", axis=axis)
+    return models.make([node], [models.vi("X", q_type, list(shape))],
+                       [models.vi("Y", out_type, None)], inits, opset=opset)
+
+
+@pytest.mark.parametrize("shape,axis,per_axis", [
+    ((2, 3, 4, 5), 1, False), ((2, 3, 4, 5), 1, True), ((2, 3, 4, 5), 2, True),
+    ((6, 7), 0, True), ((), 1, False)])
+@pytest.mark.parametrize("q_type", [TP.INT8, TP.UINT8, TP.UINT16])
+def test_dequantize_linear(shape, axis, per_axis, q_type):
+    model = _dq_model(shape, axis, per_axis, q_type)
+    info = np.iinfo(_NP[q_type])
+    x = np.asarray(_rng.integers(info.min, info.max, shape, endpoint=True), _NP[q_type])
+    got = triton_session(model).run(None, {"X": x})[0]
+    np.testing.assert_allclose(got, oracle(model, {"X": x})[0], rtol=1e-6, atol=0)
+
+
+def test_dequantize_int32_and_half_outputs():
+    model = _dq_model((4, 6), 1, True, TP.INT32, with_zero=False)
+    x = _rng.integers(-2**30, 2**30, (4, 6)).astype(np.int32)
+    got = triton_session(model).run(None, {"X": x})[0]
+    np.testing.assert_allclose(got, oracle(model, {"X": x})[0], rtol=1e-6)
+    model = _dq_model((4, 6), 0, True, TP.INT8, TP.FLOAT16)
+    x = _rng.integers(-128, 128, (4, 6)).astype(np.int8)
+    got = triton_session(model).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got, oracle(model, {"X": x})[0])
+
+
+def test_qdq_chain_fuses_into_one_pointwise_kernel():
+    """x -> Q -> DQ -> Relu -> Q -> DQ: one pointwise kernel, per-axis and per-tensor mixed."""
+    c = 3
+    inits = [numpy_helper.from_array(np.array([0.05, 0.1, 0.2], np.float32), "sc"),
+             numpy_helper.from_array(np.array([1, -2, 3], np.int8), "zc"),
+             numpy_helper.from_array(np.array(0.07, np.float32), "st"),
+             numpy_helper.from_array(np.array(128, np.uint8), "zt")]
+    nodes = [helper.make_node("QuantizeLinear", ["X", "sc", "zc"], ["q1"], name="q1", axis=1),
+             helper.make_node("DequantizeLinear", ["q1", "sc", "zc"], ["d1"], name="d1", axis=1),
+             helper.make_node("Relu", ["d1"], ["r"], name="relu"),
+             helper.make_node("QuantizeLinear", ["r", "st", "zt"], ["q2"], name="q2"),
+             helper.make_node("DequantizeLinear", ["q2", "st", "zt"], ["Y"], name="d2")]
+    model = models.make(nodes, [models.vi("X", shape=["N", c, 4, 4])],
+                        [models.vi("Y", shape=None)], inits)
+    sess = triton_session(model)
+    x = (_rng.standard_normal((2, c, 4, 4)) * 3).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"X": x})[0], oracle(model, {"X": x})[0],
+                               rtol=1e-6, atol=1e-7)
+    assert [k["nodes"] for k in kernels(sess)] == [["q1", "d1", "relu", "q2", "d2"]]
+
+
+@pytest.mark.parametrize("node,reason", [
+    (helper.make_node("DequantizeLinear", ["X", "s"], ["Y"], name="dq", axis=1, block_size=2),
+     "block-wise"),
+])
+def test_block_wise_stays_on_the_cpu_with_a_reason(node, reason):
+    inits = [numpy_helper.from_array(np.full((2, 2), 0.1, np.float32), "s")]
+    model = models.make([node], [models.vi("X", TP.INT8, [2, 4])],
+                        [models.vi("Y", shape=None)], inits)
+    sess = triton_session(model, on_triton=[])
+    assert sess.placement()["dq"] == "CPUExecutionProvider"
+    assert reason in sess.placement_report()
+    x = _rng.integers(-128, 128, (2, 4)).astype(np.int8)
+    np.testing.assert_allclose(sess.run(None, {"X": x})[0], oracle(model, {"X": x})[0])
+
+
+def test_four_bit_types_stay_on_the_cpu_with_a_reason():
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             helper.make_tensor("z", TP.INT4, [], [1])]
+    node = helper.make_node("QuantizeLinear", ["X", "s", "z"], ["Y"], name="q")
+    model = models.make([node], [models.vi("X", shape=[2, 4])],
+                        [models.vi("Y", TP.INT4, None)], inits)
+    sess = triton_session(model, on_triton=[])
+    assert sess.placement()["q"] == "CPUExecutionProvider"
+    assert "packed two a byte" in sess.placement_report()
