@@ -1,5 +1,5 @@
 """``tritort`` / ``python -m tritort``: demo, run any model, show where its nodes run, tune its
-Triton kernels. Everything here works from an installed wheel; the benchmarks are checkout
+Triton kernels, serve it with Ray Serve. Everything here works from an installed wheel; the benchmarks are checkout
 scripts (perf/bench.py)."""
 from __future__ import annotations
 
@@ -165,6 +165,60 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="an .onnx file every node of the cluster can read")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas of the model")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="requests joined into one run (1: no batching)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
+                        help="how long a batch waits to fill up")
+    parser.add_argument("--address", default=None,
+                        help="a Ray cluster to join (ray://HOST:10001 or 'auto'); default: "
+                             "start a local one")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0: all)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--route", default="/", help="the URL path the model answers on")
+    parser.add_argument("--num-cpus", type=float, default=1,
+                        help="CPUs per replica: also its intra-op and BLAS threads")
+    parser.add_argument("--provider", "--providers", dest="providers", nargs="*", default=None,
+                        help="e.g. TritonExecutionProvider CPUExecutionProvider (Triton: one "
+                             "GPU per replica)")
+
+
+def cmd_serve(args) -> int:
+    """Serve MODEL over HTTP and Ray handles until Ctrl-C."""
+    try:
+        import ray
+        from ray import serve
+
+        from . import serve as tritort_serve
+    except ImportError as e:
+        print(f"{e}; install the extra: pip install 'tritort[serve]'", file=sys.stderr)
+        return 1
+    if not Path(args.model).is_file():
+        raise NoSuchFile(f"{args.model} does not exist")
+    ray.init(address=args.address, include_dashboard=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    application = tritort_serve.app(
+        args.model, providers=args.providers, num_replicas=args.replicas,
+        ray_actor_options={"num_cpus": args.num_cpus}, max_batch_size=args.max_batch,
+        batch_wait_timeout_s=args.batch_wait_ms / 1e3)
+    serve.run(application, name="tritort", route_prefix=args.route)
+    print(f"serving {args.model} at http://{args.host}:{args.port}{args.route} "
+          f"({args.replicas} replica(s), max batch {args.max_batch}); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        serve.delete("tritort")
+        if args.address is None:  # the local instance this command started
+            serve.shutdown()
+            ray.shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="tritort")
@@ -189,11 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     tune = sub.add_parser("autotune", help="tune MODEL.onnx's Triton kernels into the tuning "
                                            "database", description=autotune.__doc__.split("\n")[0])
     autotune.add_arguments(tune)
+    add_serve_arguments(sub.add_parser("serve", help="serve MODEL.onnx with Ray Serve (HTTP "
+                                                     "and handles) until Ctrl-C"))
     args = parser.parse_args(argv)
     if args.command == "autotune":
         return autotune.run_parsed(args)
     try:
-        return {"demo": cmd_demo, "run": cmd_run, "inspect": cmd_inspect}[args.command](args)
+        return {"demo": cmd_demo, "run": cmd_run, "inspect": cmd_inspect,
+                "serve": cmd_serve}[args.command](args)
     except OrtError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
