@@ -161,3 +161,69 @@ def test_four_bit_types_stay_on_the_cpu_with_a_reason():
     sess = triton_session(model, on_triton=[])
     assert sess.placement()["q"] == "CPUExecutionProvider"
     assert "packed two a byte" in sess.placement_report()
+
+
+# ------------------------------------------------------------------ QDQ models' placement
+
+def qdq_cnn(tmp_path, per_channel=True):
+    """A small CNN (Conv, Relu, MaxPool, a 1x1 Conv branch, Add, GlobalAveragePool, Flatten,
+    Gemm) quantized by onnxruntime's quantize_static into QDQ form."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rng = np.random.default_rng(0)
+
+    def w(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32),
+                                       name)
+
+    mk = helper.make_node
+    nodes = [mk("Conv", ["X", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             mk("Relu", ["c1"], ["r1"], name="relu1"),
+             mk("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+             mk("Conv", ["p1", "w4"], ["p1s"], name="conv_skip"),
+             mk("Conv", ["p1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             mk("Relu", ["c2"], ["r2"], name="relu2"),
+             mk("Add", ["r2", "p1s"], ["a"], name="add"),
+             mk("GlobalAveragePool", ["a"], ["g"], name="gap"),
+             mk("Flatten", ["g"], ["f"], name="flat"),
+             mk("Gemm", ["f", "w3", "b3"], ["Y"], name="fc", transB=1)]
+    inits = [w("w1", 8, 3, 3, 3), w("b1", 8), w("w2", 8, 8, 3, 3), w("b2", 8),
+             w("w4", 8, 8, 1, 1), w("w3", 10, 8), w("b3", 10)]
+    model = models.make(nodes, [models.vi("X", shape=[1, 3, 8, 8])],
+                        [models.vi("Y", shape=[1, 10])], inits, opset=17)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"X": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+                               for _ in range(4)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    onnx.save(model, tmp_path / "float.onnx")
+    quantize_static(tmp_path / "float.onnx", tmp_path / "qdq.onnx", Reader(),
+                    quant_format=QuantFormat.QDQ, per_channel=per_channel)
+    return onnx.load(tmp_path / "qdq.onnx")
+
+
+@pytest.mark.parametrize("level", ["ORT_DISABLE_ALL", "ORT_ENABLE_ALL"])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_qdq_cnn_places_its_nodes_on_triton(tmp_path, level, per_channel):
+    import tritort as ort
+
+    model = qdq_cnn(tmp_path, per_channel)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    sess = ort.InferenceSession(model.SerializeToString(), so,
+                                providers=[T, "CPUExecutionProvider"])
+    placed = list(sess.placement().values())
+    on_triton = placed.count(T) / len(placed)
+    assert on_triton >= 0.9, sess.placement_report()
+    x = _rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    expected = oracle(model, {"X": x})[0]
+    # the last QuantizeLinear's step: a rounding tie may land one step apart
+    step = float(next(numpy_helper.to_array(i) for i in model.graph.initializer
+                      if i.name == "Y_scale"))
+    np.testing.assert_allclose(sess.run(None, {"X": x})[0], expected, atol=1.01 * step,
+                               rtol=0)
