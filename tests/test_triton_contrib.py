@@ -217,3 +217,86 @@ def test_layer_normalization_before_opset_17(axis):
     node = helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y", "mean", "inv"],
                             axis=axis, epsilon=1e-5)
     check_triton(node, feeds, ["y", "mean", "inv"], opset=14)
+
+
+# ------------------------------------------------------------------ RotaryEmbedding
+
+
+@pytest.mark.parametrize("layout", ["3d", "4d", "3d_no_heads"])
+@pytest.mark.parametrize("interleaved", [0, 1])
+@pytest.mark.parametrize("positions", ["offset", "ids"])
+@pytest.mark.parametrize("partial", [False, True])
+def test_contrib_rotary_embedding(layout, interleaved, positions, partial):
+    b, s, n, h = 2, 5, 3, 16
+    if partial and layout == "3d_no_heads":
+        pytest.skip("rotary_embedding_dim needs num_heads with 3-D input")
+    rot = 8 if partial else h
+    x = randn(b, n, s, h) if layout == "4d" else randn(b, s, n * h)
+    pid = (randint(0, 20, b, s, dtype=np.int64) if positions == "ids"
+           else np.array([3], np.int64))
+    feeds = {"x": x, "pid": pid}
+    inits = {"cos": randn(20, rot // 2), "sin": randn(20, rot // 2)}
+    attrs = {"interleaved": interleaved}
+    if layout != "3d_no_heads":
+        attrs["num_heads"] = n
+    if partial:
+        attrs["rotary_embedding_dim"] = rot
+    check_triton(ms("RotaryEmbedding", ["x", "pid", "cos", "sin"], ["y"], **attrs), feeds, ["y"],
+                 inits=inits)
+
+
+def test_contrib_rotary_embedding_float16():
+    x = randn(1, 4, 2 * 16, dtype=np.float16)
+    inits = {"cos": randn(8, 8, dtype=np.float16), "sin": randn(8, 8, dtype=np.float16)}
+    check_triton(ms("RotaryEmbedding", ["x", "pid", "cos", "sin"], ["y"], num_heads=2),
+                 {"x": x, "pid": np.array([1], np.int64)}, ["y"], inits=inits, rtol=2e-3,
+                 atol=2e-3)
+
+
+def _onnx_rotary_reference(x, cos, sin, pos, interleaved, heads, rot):
+    """ai.onnx RotaryEmbedding-23 in float64, from the spec's formulas."""
+    x = x.astype(np.float64)
+    four_d = x.ndim == 4
+    work = x.transpose(0, 2, 1, 3) if four_d else x.reshape(*x.shape[:2], heads, -1)
+    cos, sin = cos.astype(np.float64), sin.astype(np.float64)
+    if pos is not None:
+        cos, sin = cos[pos], sin[pos]
+    rot = rot or work.shape[-1]
+    c, s = cos[:, :, None, :rot // 2], sin[:, :, None, :rot // 2]
+    part = work[..., :rot]
+    x1, x2 = (part[..., 0::2], part[..., 1::2]) if interleaved else \
+        (part[..., :rot // 2], part[..., rot // 2:])
+    out = work.copy()
+    first, second = (slice(0, rot, 2), slice(1, rot, 2)) if interleaved else \
+        (slice(0, rot // 2), slice(rot // 2, rot))
+    out[..., first], out[..., second] = c * x1 - s * x2, s * x1 + c * x2
+    return out.transpose(0, 2, 1, 3) if four_d else out.reshape(x.shape)
+
+
+@pytest.mark.parametrize("layout", ["3d", "4d"])
+@pytest.mark.parametrize("interleaved", [0, 1])
+@pytest.mark.parametrize("positions", [True, False])
+@pytest.mark.parametrize("partial", [False, True])
+def test_onnx_rotary_embedding(layout, interleaved, positions, partial):
+    """ai.onnx RotaryEmbedding (opset 23) against onnxruntime, and float64 from the spec."""
+    b, s, n, h = 2, 5, 3, 16
+    rot = 8 if partial else h
+    x = randn(b, n, s, h) if layout == "4d" else randn(b, s, n * h)
+    feeds = {"x": x}
+    if positions:
+        feeds["pid"] = randint(0, 20, b, s, dtype=np.int64)
+        cos, sin = randn(20, rot // 2), randn(20, rot // 2)
+    else:
+        cos, sin = randn(b, s, rot // 2), randn(b, s, rot // 2)
+    attrs = {"interleaved": interleaved}
+    if layout == "3d":
+        attrs["num_heads"] = n
+    if partial:
+        attrs["rotary_embedding_dim"] = rot
+    inputs = ["x", "cos", "sin"] + (["pid"] if positions else [])
+    node = helper.make_node("RotaryEmbedding", inputs, ["y"], **attrs)
+    feeds.update({"cos": cos, "sin": sin})
+    sess = check_triton(node, feeds, ["y"], opset=23)
+    (got,) = sess.run(None, feeds)
+    want = _onnx_rotary_reference(x, cos, sin, feeds.get("pid"), interleaved, n, rot)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
