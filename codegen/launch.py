@@ -88,6 +88,7 @@ class Prepared:
         self.arguments = tuple(bound.arguments.values())  # keeps the tensors alive
         self.values = tuple(self.passed(v) for v in self.arguments)
         grid = tuple(recorded.grid) + (1,) * (3 - len(recorded.grid))
+        self.kernel, self.grid = kernel, grid[:3]
         self._runner = kernel[grid]  # loads the module; with launch hooks, the fallback
         self._launch = kernel.run  # the compiled launcher itself
         self._head = (*grid[:3],)
@@ -132,8 +133,13 @@ def hooks_set() -> bool:
     """Are Triton's launch hooks (a profiler's) set? They need the full launch path."""
     from triton import knobs
 
-    return knobs.runtime.launch_enter_hook is not None or \
-        knobs.runtime.launch_exit_hook is not None
+    return _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook)
+
+
+def _hook_set(hook: Any) -> bool:
+    # Triton 3.9 keeps hooks in a chain that is never None; empty, it calls nothing
+    calls = getattr(hook, "calls", None)
+    return hook is not None and (calls is None or bool(calls))
 
 
 def current_stream() -> Any:

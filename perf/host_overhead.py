@@ -22,8 +22,10 @@ host's work per run. Side by side in one process, it times:
 
 The split per launch follows: tritort = tritort_only, JITFunction.run = no_launcher -
 tritort_only, launcher = host - no_launcher. Where the session replays a bound plan's
-recorded launches (tritort/replay.py) JITFunction.run is not called, and the compiled
-kernel's small runner counts as tritort's; the per-launch path (the session config entry
+recorded launches (tritort/replay.py) JITFunction.run is not called, and the launches go
+through tritort's batch launcher (codegen/batch_launch.py: parameters packed once, one C call
+per batch into cuLaunchKernelEx), which counts as tritort's; a check sends each packed launch
+both ways, Triton's launcher and the batch, and compares what the stub driver got; the per-launch path (the session config entry
 ``tritort.bound_plans`` = "0") is then measured beside it. Times are the running thread's
 CPU time (medians), which other processes sharing the cores do not inflate; torch runs on
 this one thread. Wall times (the median of each round's fastest run) come along.
@@ -320,6 +322,40 @@ def warm_up(sess, feeds: dict, stub: ctypes.CDLL) -> dict:
             "first_run_s": first_run_s, "loaded": loaded}
 
 
+def check_batched_launches(sess, stub: ctypes.CDLL) -> dict:
+    """Each replayed launch that tritort's batch launcher packs reaches the driver as Triton's
+    own launcher sends it: the same grid, block, shared memory, attribute count and bytes of
+    every parameter. Each is launched both ways on the stub, which keeps the last launch."""
+    from tritort.codegen import batch_launch
+
+    rt = batch_launch.runtime()
+    bound = sess._bound_plans.bound() if getattr(sess, "_bound_plans", None) else []
+    launches = [p for b in bound for p in b.launches]
+    packable = [p for p in launches if rt is not None and batch_launch.batchable(p) is None]
+    config = ctypes.POINTER(ctypes.c_uint * 8)
+    params = ctypes.POINTER(ctypes.c_ulonglong * 64)
+    stub.tritort_stub_last_config.restype = config
+    stub.tritort_stub_last_params.restype = params
+    mismatched = []
+
+    def last(sizes: list[int]) -> tuple:
+        words = stub.tritort_stub_last_params().contents
+        return (tuple(stub.tritort_stub_last_config().contents),
+                tuple(w & ((1 << 8 * size) - 1) for w, size in zip(words, sizes)))
+
+    for p in packable:
+        sizes = batch_launch.parameter_bytes(p) + [8, 8]  # + global and profile scratch
+        stub.tritort_stub_record_params(len(sizes))
+        p.go(0, p.values)
+        triton_sent = last(sizes)
+        batch_launch.LaunchBatch([p], rt).go(0)
+        if last(sizes) != triton_sent:
+            mismatched.append(p.kernel.name)
+    stub.tritort_stub_record_params(0)
+    return {"launches_checked": len(packable), "launches_not_packed": len(launches) - len(packable),
+            "mismatched": mismatched}
+
+
 def measure(sessions: dict[str, Any], counts: dict[str, dict], feeds: dict, runs: int,
             rounds: int, folder: Path) -> dict:
     """Each warm session's timings (``counts``: what :func:`warm_up` said of it; the first
@@ -480,6 +516,10 @@ def report(result: dict) -> str:
         f"compiled for sm_90 and loaded: {len(result['compiled'])} kernels "
         f"(num_warps {dict(sorted(warps.items()))})",
         *_session_lines("session as configured", result),
+        f"  batch launcher: {result['batched_launches']['launches_checked']} replayed launches "
+        f"packed and sent as Triton's launcher sends them, "
+        f"{len(result['batched_launches']['mismatched'])} differing; "
+        f"{result['batched_launches']['launches_not_packed']} left to Triton's launcher",
         *(_session_lines("per-launch launchers (bound plans off)", result["launchers"])
           if "launchers" in result else []),
         f"floor: {result['floor_us_per_run']:10.1f} us/run  "
@@ -548,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             counts["launchers"] = warm_up(sessions["launchers"], feeds, stub)
         result = {"model": label, **measure(sessions, counts, feeds, runs, args.rounds, Path(tmp)),
                   **placement(sess), "environment": environment(),
+                  "batched_launches": check_batched_launches(sess, stub),
                   "bound_plan_refusals": sorted(set(getattr(
                       getattr(sess, "_bound_plans", None), "refusals", {}).values())),
                   "command": " ".join(["python", "perf/host_overhead.py",

@@ -42,3 +42,7 @@ def test_smoke_run_reports_launches_host_time_and_floor(tmp_path):
     assert result["host_us_per_run"] > result["floor_us_per_run"] > 0
     assert {k["target"] for k in result["compiled"]} == {"cuda:90"}
     assert "launches per run" in run.stdout
+    # replayed launches go through tritort's batch launcher, byte for byte as Triton sends them
+    batched = result["batched_launches"]
+    assert batched["launches_checked"] == result["launches"], batched
+    assert batched["mismatched"] == [], batched

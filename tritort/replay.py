@@ -100,8 +100,8 @@ class BoundPlan:
         self.buffers = buffers  # the plan's own: name -> tensor
         self.launches = launches
         self.patches = [_input_views(p.arguments, inputs) for p in launches]
-        self._patched_launches = [i for i, patch in enumerate(self.patches) if patch]
-        self._calls: dict[tuple, list] = {}  # (stream, hooks set) -> each launch's call
+        self._patched_set = frozenset(i for i, patch in enumerate(self.patches) if patch)
+        self._steps: dict[tuple, list] = {}  # (stream, hooks set) -> what a run launches
         self.outputs = outputs
         self.output_patches = _input_views(outputs, inputs)  # fetches that are inputs
         self.interpreted = interpreted
@@ -123,23 +123,65 @@ class BoundPlan:
 
         stream = None if self.interpreted else current_stream()
         key = (stream, hooks_set())
-        calls = self._calls.get(key)
-        if calls is None:  # the launch calls with the recorded arguments, for this stream
-            calls = self._calls[key] = [p.call(stream, p.values) for p in self.launches]
-        patched = {i: self._patched(i, current) for i in self._patched_launches}
-        for i, (function, arguments) in enumerate(calls):
-            if i % TERMINATE_EVERY == 0 and terminate is not None and terminate.is_set():
+        steps = self._steps.get(key)
+        if steps is None:
+            steps = self._steps[key] = self._launch_steps(stream, key[1])
+        for count, (batch, index, function, arguments) in enumerate(steps):
+            if terminate is not None and (batch is not None or count % TERMINATE_EVERY == 0) \
+                    and terminate.is_set():
                 raise Fail("Exiting due to terminate flag being set to true.")
-            if i in patched:
-                function, arguments = self.launches[i].call(stream, patched[i])
+            if batch is not None:
+                for local, i in index:  # this run's input addresses into their slots
+                    for position, value in self._patched_values(i, current):
+                        batch.set(local, position, value)
+                batch.go(stream)
+                continue
+            if index in self._patched_set:
+                function, arguments = self.launches[index].call(
+                    stream, self._patched(index, current))
             function(*arguments)
         return self._outputs(current)
 
+    def _launch_steps(self, stream: Any, hooked: bool) -> list[tuple]:
+        """What a run does, in order: (batch, [(its launch, plan launch)] reading inputs, None,
+        None) for launches packed into one call, or (None, launch index, function, arguments)
+        for a launch made through Triton's launcher (the interpreter, a profiler's launch
+        hooks, or a launch the batch cannot pack)."""
+        from .codegen import batch_launch
+
+        rt = None if self.interpreted or hooked else batch_launch.runtime()
+        steps: list[tuple] = []
+        run: list[int] = []
+
+        def flush() -> None:
+            if run:
+                batch = batch_launch.LaunchBatch([self.launches[i] for i in run], rt)
+                steps.append((batch, [(local, i) for local, i in enumerate(run)
+                                      if i in self._patched_set], None, None))
+                run.clear()
+
+        for i, launch in enumerate(self.launches):
+            if rt is not None and batch_launch.batchable(launch) is None:
+                run.append(i)
+                if len(run) == TERMINATE_EVERY:
+                    flush()
+                continue
+            flush()
+            steps.append((None, i, *launch.call(stream, launch.values)))
+        flush()
+        return steps
+
+    def _patched_values(self, index: int, current: dict[str, Any]):
+        """(position, value) of launch ``index``'s arguments that view an input, this run."""
+        launch = self.launches[index]
+        for position, name, view in self.patches[index]:
+            yield position, launch.passed(_same_view(view, self.inputs[name], current[name]))
+
     def _patched(self, index: int, current: dict[str, Any]) -> tuple:
         """Launch ``index``'s values with this run's inputs swapped in."""
-        launch, values = self.launches[index], list(self.launches[index].values)
-        for position, name, view in self.patches[index]:
-            values[position] = launch.passed(_same_view(view, self.inputs[name], current[name]))
+        values = list(self.launches[index].values)
+        for position, value in self._patched_values(index, current):
+            values[position] = value
         return tuple(values)
 
     def _outputs(self, current: dict[str, Any]) -> list[Any]:
@@ -270,6 +312,11 @@ class BoundPlans:
             return bound.run(feeds, terminate)
         finally:
             bound.lock.release()
+
+    def bound(self) -> list[BoundPlan]:
+        """Every bound plan kept now."""
+        with self._lock:
+            return [b for table in self._bound.values() for b in table.values()]
 
     def _refuse(self, plan: Plan, key: tuple | None, reason: str) -> None:
         """Keep why this signature runs unbound; with CUDA graphs asked for, refuse the run."""

@@ -16,6 +16,17 @@ static unsigned long long launch_count;
 static unsigned long long pointer_query_count;
 
 unsigned long long tritort_stub_launch_count(void) { return launch_count; }
+
+/* The last launch as the driver got it, for checking what a launcher packed: grid, block,
+ * shared bytes, attribute count and the first 8 bytes behind each of the first
+ * `recorded_params` parameter pointers (the caller compares each type's own size). */
+static int recorded_params;
+static unsigned int last_config[8];
+static unsigned long long last_params[64];
+
+void tritort_stub_record_params(int count) { recorded_params = count < 64 ? count : 64; }
+const unsigned int *tritort_stub_last_config(void) { return last_config; }
+const unsigned long long *tritort_stub_last_params(void) { return last_params; }
 unsigned long long tritort_stub_pointer_query_count(void) { return pointer_query_count; }
 
 /* Handles are addresses of these, so they are unique and never NULL. */
@@ -202,10 +213,18 @@ CUresult cuOccupancyMaxActiveClusters(int *clusters, CUfunction function,
 /* -- launches ------------------------------------------------------------------------- */
 CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction function,
                           void **params, void **extra) {
-  (void)params; (void)extra;
+  (void)extra;
   if (!config || !function)
     return CUDA_ERROR_INVALID_VALUE;
   launch_count++;
+  if (recorded_params) {
+    unsigned int dims[8] = {config->gridDimX, config->gridDimY, config->gridDimZ,
+                            config->blockDimX, config->blockDimY, config->blockDimZ,
+                            config->sharedMemBytes, config->numAttrs};
+    memcpy(last_config, dims, sizeof dims);
+    for (int i = 0; i < recorded_params; ++i)
+      memcpy(&last_params[i], params[i], sizeof last_params[i]);
+  }
   return CUDA_SUCCESS;
 }
 
