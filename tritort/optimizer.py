@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from . import patterns
+from . import patterns, rewrites
 from .contracts import FLOAT8_TYPES
 from .graph import Graph, Node
 from .fallback_cpu import build_kernel, missing_kernel
@@ -34,7 +34,7 @@ def optimize(graph: Graph, level: int) -> Graph:
     fold_constants(graph)
     patterns.fold_channel_affine(graph)
     if level >= ENABLE_EXTENDED:
-        patterns.fuse_attention(graph)
+        rewrites.fuse(graph)
         patterns.fuse_float8_matmul(graph)
     remove_dead_nodes(graph)
     return graph

@@ -1,0 +1,135 @@
+"""Graph fusion through onnxscript's rewriter (optimize stage, EXTENDED and above).
+
+The graph goes to onnx_ir once (initializers wrapped, not copied), the rules below run, and
+the nodes they changed come back. Attention becomes the internal ``ScaledDotProductAttention``
+op both engines run (one flash-attention launch on Triton):
+
+- onnxscript's SDPA rule (``ort_fusions.sdpa``: Q·Kᵀ with the key's transposes, scales on Q, K
+  or the scores, an additive mask, Softmax, the IsNaN/Where guard exporters put after it);
+- one rule of ours in onnxscript's pattern language for what that rule leaves: a key that
+  arrives transposed (the internal op's own form) and ``Where(condition, scores, fill)`` masks.
+
+Both keep the graph's exact scale (a Python float on the node; the proto attribute is float32).
+A mask that is a causal triangle (a triangular constant, cropped top-left, or Trilu of ones the
+exporter builds from the sequence lengths) becomes ``is_causal=1`` and is not loaded.
+
+The contrib-op fusions of ``ort_fusions`` wait in ``WAITING_CONTRIB_FUSIONS`` until both
+providers run those ops on the device; ``CONTRIB_FUSIONS`` is what runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .contracts import ATTENTION_OP, INTERNAL_DOMAIN
+from .graph import Graph, Node
+
+# onnxscript.rewriter.ort_fusions entry points (model -> count) that write com.microsoft ops,
+# switched on once the Triton provider has rows for the ops they write.
+WAITING_CONTRIB_FUSIONS = (
+    "erfgelu.fuse_erfgelu",                      # Gelu
+    "gelu.fuse_gelu",                            # Gelu (tanh form: FastGelu)
+    "rms_normalization.fuse_rms_normalization",  # SimplifiedLayerNormalization
+    "skip_normalization.fuse_skip_layer_normalization",
+    "skip_normalization.fuse_skip_rms_normalization",
+    "bias_gelu.fuse_bias_gelu",                  # after the Gelu fusions
+)
+CONTRIB_FUSIONS: tuple[str, ...] = ()
+
+# Fill values at or below this hide a key exactly (exp underflows to 0 in every float type).
+_HIDDEN = float(np.finfo(np.float16).min)
+
+
+def fuse(graph: Graph) -> int:
+    """Run the rewriter's fusions on ``graph`` in place; returns how many fired."""
+    if not CONTRIB_FUSIONS and not any(n.op_type == "Softmax" for n in graph.nodes):
+        return 0  # nothing to match: skip the conversion (and onnxscript's import)
+    import importlib
+
+    from . import rewrite_rules as rules  # onnxscript imports here, only when needed
+    model, originals = _to_ir(graph)
+    count = rules.attention_rules().apply_to_model(model)
+    for entry in CONTRIB_FUSIONS:
+        module, fn = entry.rsplit(".", 1)
+        count += getattr(importlib.import_module(
+            f"onnxscript.rewriter.ort_fusions.{module}"), fn)(model)
+    if count:
+        _from_ir(graph, model, originals)
+    return count
+
+
+def _to_ir(graph: Graph):
+    """The graph as an onnx_ir model; initializers become ir tensors over the same arrays."""
+    import onnx_ir as ir
+
+    protos = []
+    for n in graph.nodes:
+        p = n.proto
+        if p.name != n.name:
+            p = onnx.NodeProto()
+            p.CopyFrom(n.proto)
+            p.name = n.name
+        protos.append(p)
+    inits = {k: v for k, v in graph.initializers.items() if isinstance(v, np.ndarray)}
+    listed = {vi.name for vi in list(graph.inputs) + list(graph.outputs)}
+    # initializers travel as typed inputs, then get their arrays back without a copy
+    extra = [onnx.helper.make_value_info(k, graph.value_types[k]) for k in inits
+             if k not in listed and k in graph.value_types]
+    value_info = [onnx.helper.make_value_info(k, t) for k, t in graph.value_types.items()
+                  if k not in listed and k not in inits]
+    proto = onnx.helper.make_graph(protos, graph.name, list(graph.inputs) + extra,
+                                   graph.outputs, value_info=value_info)
+    model = onnx.helper.make_model(proto, opset_imports=[
+        onnx.helper.make_opsetid(d, v) for d, v in graph.opsets.items()])
+    model.ir_version = 10
+    irm = ir.serde.deserialize_model(model)
+    n_inputs = len(graph.inputs)
+    for value in list(irm.graph.inputs[n_inputs:]) + [
+            v for v in irm.graph.inputs[:n_inputs] if v.name in inits]:
+        value.const_value = ir.Tensor(inits[value.name], name=value.name)
+        irm.graph.register_initializer(value)
+    del irm.graph.inputs[n_inputs:]
+    originals = {id(node): n for node, n in zip(irm.graph, graph.nodes)}
+    return irm, originals
+
+
+def _from_ir(graph: Graph, model, originals: dict) -> None:
+    """Bring the rewritten nodes back; untouched nodes keep their parsed objects."""
+    import onnx_ir as ir
+
+    nodes: list[Node] = []
+    for i, node in enumerate(model.graph):
+        for v in node.outputs:
+            if v.name not in graph.value_types and v.type is not None and v.shape is not None:
+                graph.value_types[v.name] = ir.serde.serialize_value(v).type
+        if node.op_type == "Constant" and node.domain == "" and id(node) not in originals:
+            value = node.attributes["value"].value.numpy()
+            graph.initializers[node.outputs[0].name] = np.array(value, copy=True)
+            graph.value_types[node.outputs[0].name] = onnx.helper.make_tensor_type_proto(
+                onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+            continue
+        old = originals.get(id(node))
+        inputs = ["" if v is None else v.name for v in node.inputs]
+        if old is not None:
+            if inputs != old.inputs or [v.name for v in node.outputs] != old.outputs:
+                old.inputs, old.outputs = inputs, [v.name for v in node.outputs]
+                old.sync_proto()
+            nodes.append(old)
+            continue
+        new = Node.from_proto(ir.serde.serialize_node(node), i)
+        if new.domain == INTERNAL_DOMAIN and new.op_type == ATTENTION_OP:
+            new.attrs["scale"] = float(node.attributes["scale"].value)  # exact, not float32
+        nodes.append(new)
+    for v in model.graph.initializers.values():
+        if v.name not in graph.initializers and v.const_value is not None:
+            graph.initializers[v.name] = v.const_value.numpy()
+            graph.value_types.setdefault(v.name, ir.serde.serialize_value(v).type)
+    seen: set[str] = set()
+    for i, n in enumerate(nodes):  # names key later tables: keep them unique
+        if n.name in seen:
+            n.name = f"{n.name}__rw{i}"
+        seen.add(n.name)
+    graph.nodes = nodes
+    for domain, version in model.opset_imports.items():
+        graph.opsets.setdefault("" if domain == "ai.onnx" else domain, version)
+    graph.opsets.setdefault(INTERNAL_DOMAIN, 1)
