@@ -171,7 +171,8 @@ def compile_nodes(nodes: Sequence[Node], info: Any,
     types = Types(info.value)
     ctx = template_context(types, info.initializers, info.opsets[""], device)
     anchor_groups = AnchorPlanner(nodes, info.position, types.shape, types.dtype, info.escapes,
-                                  lambda n: operand_prologue(n, ctx) is not None).plan()
+                                  lambda n, *where: operand_prologue(n, ctx, *where)
+                                  is not None).plan()
     anchors = {g.anchor.name: g for g in anchor_groups}
     units: list[CompiledUnit] = []
     reports: list[dict] = []

@@ -147,15 +147,15 @@ class AnchorPlanner:
 
     ``nodes``: the nodes this provider runs, in topological order; ``position``: every
     node's index in the whole (partitioned) graph; ``escapes(value, names)``: is value read
-    outside the named nodes, or returned by the graph? ``operand_prologue(node)``: can a
-    GEMM convert its operand's tiles by this node's rule?
+    outside the named nodes, or returned by the graph? ``operand_prologue(node, anchor,
+    index, producer)``: can a GEMM convert its operand's tiles by this node's rule?
     """
 
     def __init__(self, nodes: Sequence[Node], position: dict[str, int],
                  shape_of: Callable[[str], Shape | None],
                  dtype_of: Callable[[str], str | None],
                  escapes: Callable[[str, set[str]], bool],
-                 operand_prologue: Callable[[Node], bool] = lambda node: False) -> None:
+                 operand_prologue: Callable[..., bool] = lambda *args: False) -> None:
         self.nodes, self.position = list(nodes), position
         self.shape_of, self.dtype_of, self.escapes = shape_of, dtype_of, escapes
         self.operand_prologue = operand_prologue
@@ -191,9 +191,12 @@ class AnchorPlanner:
             return None
         return shape
 
-    def _free(self, node: Node) -> bool:
+    def _free(self, node: Node, own_loads: bool = False) -> bool:
+        """Pointwise and not yet taken; ``own_loads``: the template loads the node's inputs
+        by a rule of its own (an operand prologue), so per-axis inputs are fine."""
         return self.is_pointwise(node) and node.name not in self.taken and \
-            not node.subgraphs and all(o for o in node.outputs) and not self._aligned(node)
+            not node.subgraphs and all(o for o in node.outputs) and \
+            (own_loads or not self._aligned(node))
 
     def _aligned(self, node: Node) -> bool:
         """Has per-axis inputs (a 1-D scale along a channel axis): templates load fused
@@ -261,13 +264,19 @@ class AnchorPlanner:
         anchor = group.anchor
         if not template_of(anchor).operand_prologues:
             return
-        for value in anchor.inputs[:2]:
+        chosen = {}
+        for index, value in enumerate(anchor.inputs[:2]):
             node = self.producer.get(value)
-            if node is None or node in group.prologue or not self._free(node) or \
+            if node is None or node in group.prologue or not self._free(node, True) or \
                     len(node.outputs) != 1 or self.escapes(value, {anchor.name, node.name}) \
-                    or not self.operand_prologue(node):
+                    or not self.operand_prologue(node, anchor, index, self.producer.get):
                 continue
-            group.prologue.append(node)
+            chosen[index] = node
+        # a rule may need its partner operand's (int8 operands come in pairs): re-check
+        # each against the producers actually chosen
+        made = {v: n for n in chosen.values() for v in n.outputs}
+        group.prologue += [n for i, n in chosen.items()
+                           if self.operand_prologue(n, anchor, i, made.get)]
 
     # -- epilogue ----------------------------------------------------------------------
     def _choose_epilogue(self, group: AnchorGroup) -> None:

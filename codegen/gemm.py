@@ -96,12 +96,15 @@ def _base(prefix: str, rank: int) -> str:
 def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: str,
                   out_dtype: str, interpreted: bool, epilogue: Epilogue,
                   dot_upcast: str | None = None,
-                  prologues: dict[int, str] | None = None) -> str:
+                  prologues: dict[int, str] | None = None,
+                  others: dict[int, str] | None = None, setup: Sequence[str] = ()) -> str:
     """``Y[b] = epilogue(A[b] @ B[b])`` over ``batch_rank`` broadcast batch dims; tiles are
     converted to ``dot_upcast`` before ``tl.dot`` when given (float8 without native MMA).
     ``prologues``: operand index -> a line turning the loaded tile (``a_tile`` / ``b_tile``,
-    read from the prologue's source) into the operand (see :func:`operand_prologue`)."""
-    prologues = prologues or {}
+    read from the prologue's source) into the operand (see :func:`operand_prologue`), lines
+    separated by newlines; ``others``: operand index -> the value masked lanes load (an
+    int8 prologue's shift must turn them into 0); ``setup``: lines before the K loop."""
+    prologues, others = prologues or {}, others or {}
     r = batch_rank
     dims = [f"d{j}" for j in range(r)]
     strides = ([f"sa{j}" for j in range(r)] + ["sam", "sak"] +
@@ -145,16 +148,17 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
         "    a_rows = a + (a_base + rows * sam)",
         "    b_cols = b + (b_base + cols * sbn)",
         f"    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc})",
+        *setup,
         "    for kb in range(0, tl.cdiv(K, BLOCK_K)):",
         "        k_idx = kb * BLOCK_K + offs_k",
         "        k_off = k_idx.to(tl.int64)",
         "        k_in = k_idx < K",
         "        a_tile = tl.load(a_rows + k_off[None, :] * sak, mask=mask_m & k_in[None, :],",
-        "                         other=0.0)",
+        f"                         other={others.get(0, '0.0')})",
         "        b_tile = tl.load(b_cols + k_off[:, None] * sbk, mask=k_in[:, None] & mask_n,",
-        "                         other=0.0)",
-        *[f"        {prologues[i].format(t=t)}" for i, t in enumerate(("a_tile", "b_tile"))
-          if i in prologues],
+        f"                         other={others.get(1, '0.0')})",
+        *[f"        {line.format(t=t)}" for i, t in enumerate(("a_tile", "b_tile"))
+          if i in prologues for line in prologues[i].splitlines()],
         *_dot_line(in_dtype, interpreted, dot_upcast),
         "    tile_mask = mask_m & mask_n",
         *[f"    out_idx_{j} = i{j}" for j in range(r)],
@@ -228,10 +232,13 @@ class MatMulLauncher:
         self.out_dtype, self.device = torch_dtype(out_dtype), ctx.torch_device
         self.interpreted, self.table = ctx.interpreted, ctx.tuning
 
-    def __call__(self, a: Any, b: Any, *epilogue_inputs: Any, extra: tuple = ()) -> tuple:
-        """``extra``: the template's own epilogue args (they precede the fused epilogue's)."""
+    def __call__(self, a: Any, b: Any, *epilogue_inputs: Any, extra: tuple = (),
+                 lead: tuple = ()) -> tuple:
+        """``extra``: the template's own epilogue args (they precede the fused epilogue's);
+        ``lead``: an int8 GEMM's quantization tensors, first of all."""
         import torch
 
+        extra = tuple(lead) + tuple(extra)
         a2 = a.unsqueeze(0) if a.dim() == 1 else a  # [K] -> [1, K]
         b2 = b.unsqueeze(-1) if b.dim() == 1 else b  # [K] -> [K, 1]
         (m, ka), (kb, n) = a2.shape[-2:], b2.shape[-2:]
@@ -281,7 +288,7 @@ class GemmLauncher:
         self.out_dtype, self.device = torch_dtype(out_dtype), ctx.torch_device
         self.interpreted, self.table, self.fused = ctx.interpreted, ctx.tuning, fused
 
-    def __call__(self, a: Any, b: Any, *rest: Any) -> tuple:
+    def __call__(self, a: Any, b: Any, *rest: Any, lead: tuple = ()) -> tuple:
         import torch
 
         c, epilogue_inputs = (rest[0], rest[1:]) if self.with_c else (None, rest)
@@ -294,7 +301,7 @@ class GemmLauncher:
         if self.with_c:
             c2 = c.expand(m, n)  # unidirectional broadcast: stride 0 along broadcast dims
             extra = (c2, *c2.stride())
-        return _launch_with_epilogue(self, a2, b2, y, y, epilogue_inputs, extra)
+        return _launch_with_epilogue(self, a2, b2, y, y, epilogue_inputs, tuple(lead) + extra)
 
 
 # ------------------------------------------------------------------ operand prologues
@@ -307,13 +314,25 @@ class OperandPrologue:
     source: str  # the value the kernel reads instead of the operand
     line: str  # ``{t} = ...`` on the loaded tile named t, rounded to the operand's type
     text: str
+    quant: Any = None  # an int8 operand (codegen.int8_gemm.QuantOperand): no line, int dot
 
 
-def operand_prologue(node, ctx) -> OperandPrologue | None:
+def operand_prologue(node, ctx, anchor=None, index: int | None = None,
+                     producer=None) -> OperandPrologue | None:
     """A Cast between float types, or a Mul / Div by a scalar constant, as a tile prologue;
-    None for anything else. The result is rounded to the operand's type as the graph does."""
+    None for anything else. The result is rounded to the operand's type as the graph does.
+    A DequantizeLinear of int8 / uint8 is one when both of ``anchor``'s operands are
+    (``producer(value)``: the node making a value): the GEMM then multiplies int8 tiles."""
     if node.domain != "" or not node.inputs or not node.outputs:
         return None
+    if node.op_type == "DequantizeLinear":
+        from .int8_gemm import quant_pair
+
+        pair = quant_pair(anchor, ctx, producer) if anchor is not None and producer else None
+        if pair is None or pair[index].source != node.inputs[0]:
+            return None
+        side = pair[index]
+        return OperandPrologue(side.source, "", f"int8 operand of {node.name}", side)
     out_dt = ctx.dtype_of(node.outputs[0])
     if out_dt not in dtypes.FLOAT_TYPES:
         return None
@@ -359,17 +378,47 @@ def _header(node, ir_text: str) -> list[str]:
 
 
 def _built(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, inputs,
-           fusion=None, own_out_dtype=None, dot_upcast=None) -> KernelSpec:
+           fusion=None, own_out_dtype=None, dot_upcast=None, int8=None) -> KernelSpec:
     """Source, kernel and launcher; ``launcher_for(fn, out_dtype, fused)``. A ``fusion``
     (tritort.codegen.fusion's choice) converts operands as they load and appends its
-    pointwise epilogue to the template's own."""
+    pointwise epilogue to the template's own. ``int8``: (prologues, loads' others, row sums,
+    column sums) of an int8 kernel (codegen.int8_gemm)."""
     fused, out_dt = None, own_out_dtype or in_dt
-    prologues = {}
+    prologues, others, setup = {}, {}, []
+    rules = {}
     for index, producer in (fusion.operands.items() if fusion is not None else ()):
-        rule = operand_prologue(producer, ctx)
+        made = {v: n for n in fusion.operands.values() for v in n.outputs}
+        rules[index] = operand_prologue(producer, ctx, node, index, made.get)
+    if rules and any(r.quant is not None for r in rules.values()):
+        from . import int8_gemm
+
+        a, b = rules[0].quant, rules[1].quant
+        in_dt, own_out_dtype = "int8", None
+        out_dt = ctx.dtype_of(node.outputs[0])
+        quant_ep, rowsums, colsums = int8_gemm.epilogue(
+            a, b, a.unsigned, b.unsigned, a.zero is not None, b.zero is not None, True)
+        epilogue = Epilogue(quant_ep.params + epilogue.params, quant_ep.lines + epilogue.lines,
+                            quant_ep.text + epilogue.text)
+        int8 = ({i: int8_gemm.tile_lines(s, i, s.unsigned, sums)[1]
+                 for i, (s, sums) in enumerate(((a, rowsums), (b, colsums)))},
+                {i: "128" if s.unsigned else "0" for i, s in enumerate((a, b))},
+                rowsums, colsums)
+        count = len(int8_gemm.quant_inputs(a, b))
+        inputs = [a.source, b.source] + int8_gemm.quant_inputs(a, b) + inputs[2:]
+        wrap = launcher_for
+        launcher_for = lambda fn, dt, fz: int8_gemm.QuantLauncher(wrap(fn, dt, fz), count)  # noqa
+        ir_text += f"\nint8 operands: {int8_gemm.describe([a, b])}"
+        rules = {}
+    for index, rule in rules.items():
         inputs = [rule.source if i == index else v for i, v in enumerate(inputs)]
         prologues[index] = rule.line
-        ir_text += f"\nprologue on operand {'AB'[index]}: {producer.name} ({rule.text})"
+        ir_text += f"\nprologue on operand {'AB'[index]}: {fusion.operands[index].name} " \
+                   f"({rule.text})"
+    if int8 is not None:
+        from .int8_gemm import sums_setup
+
+        prologues, others = int8[0], int8[1]
+        setup = sums_setup(int8[2], int8[3])
     if fusion is not None and fusion.epilogue is not None:
         from .epilogue import build
 
@@ -381,7 +430,7 @@ def _built(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, 
         inputs = inputs + fused.inputs
         ir_text += "\n" + fusion.text()
     source = matmul_source(KERNEL, _header(node, ir_text), batch_rank, in_dt, out_dt,
-                           ctx.interpreted, epilogue, dot_upcast, prologues)
+                           ctx.interpreted, epilogue, dot_upcast, prologues, others, setup)
     fn, path, cached = load_source(source, KERNEL, ctx)
     return KernelSpec(name, launcher_for(fn, out_dt, fused), inputs, ir_text, source, path,
                       cached)

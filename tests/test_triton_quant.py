@@ -227,3 +227,135 @@ def test_qdq_cnn_places_its_nodes_on_triton(tmp_path, level, per_channel):
                       if i.name == "Y_scale"))
     np.testing.assert_allclose(sess.run(None, {"X": x})[0], expected, atol=1.01 * step,
                                rtol=0)
+
+
+# ------------------------------------------------------------------ int8 GEMMs
+
+def _no_opt():
+    import tritort as ort
+
+    so = ort.SessionOptions()  # constant folding would turn the int8 weights into floats
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return so
+
+
+def _qgemm_model(op, a_type, w_type, per_column, a_zero, w_zero, quantize_out, k=40, n=24):
+    np_a, np_w = _NP[a_type], _NP[w_type]
+    w_shape = (n, k) if op == "Gemm" else (k, n)
+    info = np.iinfo(np_w)
+    inits = [numpy_helper.from_array(_rng.integers(info.min, info.max, w_shape, endpoint=True)
+                                     .astype(np_w), "W8"),
+             numpy_helper.from_array(np.array(0.03, np.float32), "sa"),
+             numpy_helper.from_array(_rng.uniform(0.01, 0.05, (n,) if per_column else ())
+                                     .astype(np.float32), "sw")]
+    a_in, w_in = ["A8", "sa"], ["W8", "sw"]
+    if a_zero:
+        inits.append(numpy_helper.from_array(np.array(7 if a_type == TP.INT8 else 131, np_a),
+                                             "za"))
+        a_in.append("za")
+    if w_zero:
+        lo, hi = (-5, 5) if w_type == TP.INT8 else (120, 136)
+        inits.append(numpy_helper.from_array(
+            _rng.integers(lo, hi, (n,) if per_column else ()).astype(np_w), "zw"))
+        w_in.append("zw")
+    axis = 0 if op == "Gemm" else 1
+    nodes = [helper.make_node("DequantizeLinear", a_in, ["a"], name="dq_a"),
+             helper.make_node("DequantizeLinear", w_in, ["w"], name="dq_w", axis=axis)]
+    out = "mm" if quantize_out else "Y"
+    if op == "Gemm":
+        inits.append(numpy_helper.from_array(_rng.standard_normal(n).astype(np.float32), "bias"))
+        nodes.append(helper.make_node("Gemm", ["a", "w", "bias"], [out], name="mm", transB=1,
+                                      alpha=0.5))
+    else:
+        nodes.append(helper.make_node("MatMul", ["a", "w"], [out], name="mm"))
+    if quantize_out:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "sy"),
+                  numpy_helper.from_array(np.array(3, np.int8), "zy")]
+        nodes.append(helper.make_node("QuantizeLinear", ["mm", "sy", "zy"], ["Y"], name="q"))
+    a_shape = ["M", k] if op == "Gemm" else ["B", "M", k]
+    return models.make(nodes, [models.vi("A8", a_type, a_shape)],
+                       [models.vi("Y", TP.INT8 if quantize_out else TP.FLOAT, None)], inits)
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+@pytest.mark.parametrize("a_type,w_type,per_column,a_zero,w_zero", [
+    (TP.UINT8, TP.INT8, True, True, False),  # quantize_static's usual form
+    (TP.INT8, TP.INT8, False, True, True),
+    (TP.UINT8, TP.UINT8, True, True, True),
+    (TP.INT8, TP.INT8, True, False, False),
+])
+@pytest.mark.parametrize("quantize_out", [False, True])
+def test_dequantized_gemm_is_one_int8_kernel(op, a_type, w_type, per_column, a_zero, w_zero,
+                                             quantize_out):
+    model = _qgemm_model(op, a_type, w_type, per_column, a_zero, w_zero, quantize_out)
+    sess = triton_session(model, sess_options=_no_opt())
+    reports = kernels(sess)
+    assert len(reports) == 1 and reports[0]["kind"] == "tiled", reports
+    assert sorted(reports[0]["nodes"]) == sorted(n.name for n in model.graph.node)
+    info = np.iinfo(_NP[a_type])
+    shape = (5, 40) if op == "Gemm" else (2, 5, 40)
+    a = _rng.integers(info.min, info.max, shape, endpoint=True).astype(_NP[a_type])
+    got, expected = sess.run(None, {"A8": a})[0], oracle(model, {"A8": a})[0]
+    if quantize_out:  # a float rounding tie may land one step apart
+        assert np.abs(got.astype(np.int32) - expected).max() <= 1
+        assert (got == expected).mean() > 0.95
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_int8_weights_stay_int8_on_the_device(monkeypatch):
+    from tritort.codegen import gemm
+
+    seen = []
+    real = gemm.launch
+    monkeypatch.setattr(gemm, "launch", lambda fn, a, b, *rest: (seen.append(
+        (a.dtype, b.dtype)), real(fn, a, b, *rest))[1])
+    model = _qgemm_model("MatMul", TP.UINT8, TP.INT8, True, True, False, False)
+    sess = triton_session(model, sess_options=_no_opt())
+    sess.run(None, {"A8": np.zeros((1, 3, 40), np.uint8)})
+    import torch
+
+    assert seen == [(torch.uint8, torch.int8)]
+
+
+@pytest.mark.parametrize("a_type,b_type,a_zero,b_zero", [
+    (TP.UINT8, TP.INT8, "scalar", None), (TP.UINT8, TP.UINT8, "scalar", "column"),
+    (TP.INT8, TP.INT8, None, "scalar"), (TP.INT8, TP.UINT8, None, None)])
+def test_matmul_integer_is_exact(a_type, b_type, a_zero, b_zero):
+    k, n = 33, 20
+    inputs, inits = ["A", "B"], []
+    for name, kind, dt in (("za", a_zero, a_type), ("zb", b_zero, b_type)):
+        if kind is None:
+            inputs.append("")
+            continue
+        info = np.iinfo(_NP[dt])
+        value = _rng.integers(info.min, info.max, (n,) if kind == "column" else ())
+        inits.append(numpy_helper.from_array(value.astype(_NP[dt]), name))
+        inputs.append(name)
+    while inputs[-1] == "":
+        inputs.pop()
+    node = helper.make_node("MatMulInteger", inputs, ["Y"], name="mmi")
+    model = models.make([node], [models.vi("A", a_type, ["M", k]), models.vi("B", b_type, [k, n])],
+                        [models.vi("Y", TP.INT32, None)], inits)
+    sess = triton_session(model)
+    feeds = {"A": _rng.integers(-128, 128, (6, k)).astype(_NP[a_type]) if a_type == TP.INT8
+             else _rng.integers(0, 256, (6, k)).astype(np.uint8),
+             "B": _rng.integers(-128, 128, (k, n)).astype(_NP[b_type]) if b_type == TP.INT8
+             else _rng.integers(0, 256, (k, n)).astype(np.uint8)}
+    np.testing.assert_array_equal(sess.run(None, feeds)[0], oracle(model, feeds)[0])
+
+
+def test_matmul_integer_takes_the_dynamic_quantization_epilogue():
+    """MatMulInteger -> Cast -> Mul(scale): one kernel."""
+    nodes = [helper.make_node("MatMulInteger", ["A", "B"], ["i"], name="mmi"),
+             helper.make_node("Cast", ["i"], ["f"], name="cast", to=TP.FLOAT),
+             helper.make_node("Mul", ["f", "s"], ["Y"], name="scale")]
+    inits = [numpy_helper.from_array(np.array(0.01, np.float32), "s")]
+    model = models.make(nodes, [models.vi("A", TP.UINT8, [4, 16]),
+                                models.vi("B", TP.INT8, [16, 8])],
+                        [models.vi("Y", shape=None)], inits)
+    sess = triton_session(model)
+    assert [k["nodes"] for k in kernels(sess)] == [["mmi", "cast", "scale"]]
+    feeds = {"A": _rng.integers(0, 256, (4, 16)).astype(np.uint8),
+             "B": _rng.integers(-128, 128, (16, 8)).astype(np.int8)}
+    np.testing.assert_allclose(sess.run(None, feeds)[0], oracle(model, feeds)[0], rtol=1e-6)

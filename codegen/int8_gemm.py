@@ -1,0 +1,218 @@
+"""int8 GEMMs: DequantizeLinear operands of a MatMul / Gemm, and MatMulInteger.
+
+``MatMul(DQ(a8, sa, za), DQ(b8, sb, zb))`` is one launch of the GEMM template: the operand
+prologues read the int8 / uint8 tiles as stored (the weights stay 8-bit in device memory),
+``tl.dot`` multiplies them as int8 with int32 accumulation, and the epilogue applies the zero
+points and scales before any fused epilogue (a QuantizeLinear after it, say). The algebra:
+uint8 values are shifted by 128 into int8 (``x = x' + o``, o = 128 or 0), so with
+``ca = o_a - za`` and ``cb = o_b - zb``
+
+    sum_k (a - za)(b - zb) = sum_k a'b' + cb * rowsum(a') + ca * colsum(b') + K * ca * cb
+
+exact in int32 (|terms| <= K * 255**2). A's scale and zero point are per tensor; B's per
+tensor or per column (the DequantizeLinear's axis is B's N dim). MatMulInteger is the same
+kernel without scales, its int32 result stored as is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .gemm import Epilogue, MatMulLauncher, _built
+from .templates import KernelSpec, Template, template
+
+INT8 = ("int8", "uint8")
+OUTPUTS = ("float", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class QuantOperand:
+    """One int8 operand: its stored values, scale and zero point (None: 0 / 1)."""
+
+    source: str
+    scale: str | None
+    zero: str | None
+    unsigned: bool
+    per_column: bool  # B only: the scale / zero point is a vector over N
+
+
+def _per_tensor(shape) -> bool:
+    return shape is not None and (len(shape) == 0 or (len(shape) == 1 and shape[0] == 1))
+
+
+def quant_operand(node, ctx, anchor, index: int) -> QuantOperand | None:
+    """The DequantizeLinear ``node`` computing operand ``index`` of ``anchor`` (MatMul or
+    Gemm) as an int8 operand, or None if its form does not factor out of the dot."""
+    if node.op_type != "DequantizeLinear" or node.domain != "" or len(node.inputs) < 2 or \
+            node.attrs.get("block_size", 0) or anchor is None or index not in (0, 1):
+        return None
+    x, scale = node.inputs[0], node.inputs[1]
+    zero = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    x_dt, out_dt = ctx.dtype_of(x), ctx.dtype_of(node.outputs[0])
+    if x_dt not in INT8 or out_dt not in OUTPUTS or \
+            (zero is not None and ctx.dtype_of(zero) != x_dt):
+        return None
+    s_shape, x_shape = ctx.shape_of(scale), ctx.shape_of(x)
+    if s_shape is None or x_shape is None or len(x_shape) < 1:
+        return None
+    if _per_tensor(s_shape):
+        return QuantOperand(x, scale, zero, x_dt == "uint8", False)
+    if index != 1 or len(s_shape) != 1 or len(x_shape) < 2:
+        return None  # A per row of K (or per batch) does not factor out of the dot
+    axis = node.attrs.get("axis", 1)
+    axis = axis + len(x_shape) if axis < 0 else axis
+    trans_b = anchor.op_type == "Gemm" and bool(anchor.attrs.get("transB", 0))
+    n_axis = 0 if trans_b else len(x_shape) - 1
+    if axis != n_axis:
+        return None
+    return QuantOperand(x, scale, zero, x_dt == "uint8", True)
+
+
+def quant_pair(anchor, ctx, producer) -> tuple[QuantOperand, QuantOperand] | None:
+    """Both operands of ``anchor`` as int8 operands (``producer(value)``: its node), or None."""
+    if anchor.op_type not in ("MatMul", "Gemm") or anchor.domain != "":
+        return None
+    sides = []
+    for index, value in enumerate(anchor.inputs[:2]):
+        node = producer(value)
+        side = quant_operand(node, ctx, anchor, index) if node is not None else None
+        if side is None:
+            return None
+        sides.append(side)
+    if ctx.dtype_of(anchor.inputs[0]) != ctx.dtype_of(anchor.inputs[1]):
+        return None
+    return sides[0], sides[1]
+
+
+# ------------------------------------------------------------------ kernel pieces
+
+
+def tile_lines(side: QuantOperand | None, index: int, unsigned: bool,
+               sums: bool) -> tuple[str, str]:
+    """(the load's ``other``, the prologue lines on tile ``{t}``): uint8 shifted into int8,
+    and the running row sums of A / column sums of B the zero points need."""
+    lines = ["{t} = ({t}.to(tl.int16) - 128).to(tl.int8)"] if unsigned else []
+    if sums:
+        name, axis = ("a_rowsum", 1) if index == 0 else ("b_colsum", 0)
+        lines.append(f"{name} += tl.sum({{t}}.to(tl.int32), axis={axis})")
+    return ("128" if unsigned else "0"), "\n".join(lines)
+
+
+def epilogue(a: QuantOperand | None, b: QuantOperand | None, a_unsigned: bool,
+             b_unsigned: bool, a_zero: bool, b_zero: bool, scaled: bool
+             ) -> tuple[Epilogue, bool, bool]:
+    """The zero-point correction (and with ``scaled`` the scales) on the int32 accumulator;
+    and whether the kernel keeps A's row sums / B's column sums."""
+    ep = Epilogue()
+    a_off, b_off = 128 if a_unsigned else 0, 128 if b_unsigned else 0
+    b_vec = b is not None and b.per_column
+    if a_zero:
+        ep.params.append("a_zero")
+        ep.lines.append(f"ca = {a_off} - tl.load(a_zero).to(tl.int32)")
+    else:
+        ep.lines.append(f"ca = {a_off}")
+    if b_zero:
+        ep.params.append("b_zero")
+        where = "b_zero + cols, mask=cols < N, other=0" if b_vec else "b_zero"
+        ep.lines.append(f"cb = {b_off} - tl.load({where}).to(tl.int32)")
+    else:
+        ep.lines.append(f"cb = {b_off}")
+    rowsums, colsums = b_zero or b_unsigned, a_zero or a_unsigned
+    if rowsums:
+        ep.lines.append("acc = acc + cb * a_rowsum[:, None]")
+    if colsums:
+        ep.lines.append("acc = acc + ca * b_colsum[None, :]")
+    if rowsums and colsums:
+        ep.lines.append("acc = acc + K * ca * cb")
+    ep.text.append("int32 dot of int8 tiles; zero points by row / column sums")
+    if scaled:
+        ep.params += ["a_scale", "b_scale"]
+        b_scale = "tl.load(b_scale + cols, mask=cols < N, other=0)" if b_vec else \
+            "tl.load(b_scale)"
+        ep.lines.append(f"acc = acc.to(tl.float32) * tl.load(a_scale).to(tl.float32) * "
+                        f"{b_scale}.to(tl.float32)")
+        ep.text.append(f"* a_scale * b_scale ({'per column' if b_vec else 'per tensor'})")
+    return ep, rowsums, colsums
+
+
+def quant_inputs(a: QuantOperand, b: QuantOperand) -> list[str]:
+    """The kernel's own tensors, in the epilogue's parameter order."""
+    return [v for v in (a.zero, b.zero, a.scale, b.scale) if v]
+
+
+class QuantLauncher:
+    """Node inputs (a8, b8, quantization tensors, [C], fused epilogue inputs) -> the GEMM
+    launcher, the quantization tensors leading the template's own epilogue args."""
+
+    def __init__(self, inner, count: int) -> None:
+        self.inner, self.count = inner, count
+
+    def __call__(self, a, b, *rest) -> tuple:
+        lead, rest = rest[:self.count], rest[self.count:]
+        return self.inner(a, b, *rest, lead=tuple(lead))
+
+
+# ------------------------------------------------------------------ MatMulInteger
+
+
+@template("MatMulInteger")
+class MatMulInteger(Template):
+    kind = "tiled"
+    epilogue = True  # the Cast and scale a dynamic quantization puts after it
+
+    def claim(self, node, ctx) -> str | None:
+        a, b = node.inputs[:2]
+        for value in (a, b):
+            if ctx.dtype_of(value) not in INT8:
+                return f"MatMulInteger of {ctx.dtype_of(value)} ('{value}')"
+            if not ctx.rank_of(value):
+                return f"MatMulInteger of a 0-d or unknown-rank tensor ('{value}')"
+        for i, value in enumerate(node.inputs[2:4]):
+            if not value:
+                continue
+            shape = ctx.shape_of(value)
+            if shape is None:
+                return f"shape of '{value}' unknown at load time"
+            if not _per_tensor(shape) and (i == 0 or len(shape) != 1 or
+                                           ctx.rank_of(b) != 2):
+                return f"MatMulInteger zero point '{value}' per row (or batch) runs on the CPU"
+        return None
+
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
+        a, b = node.inputs[:2]
+        za = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+        zb = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+        ra, rb = ctx.rank_of(a), ctx.rank_of(b)
+        batch_rank = max(ra, rb, 2) - 2
+        side_b = QuantOperand(b, None, zb, ctx.dtype_of(b) == "uint8",
+                              zb is not None and not _per_tensor(ctx.shape_of(zb)))
+        a_u, b_u = ctx.dtype_of(a) == "uint8", side_b.unsigned
+        ep, rowsums, colsums = epilogue(None, side_b, a_u, b_u, za is not None,
+                                        zb is not None, False)
+        prologues, others = {}, {}
+        for index, unsigned, sums in ((0, a_u, rowsums), (1, b_u, colsums)):
+            others[index], prologues[index] = tile_lines(None, index, unsigned, sums)
+        ir_text = (f"kernel {name} MatMulInteger node={node.name!r}\n"
+                   f"A: {a} {ctx.dtype_of(a)}[rank {ra}] x B: {b} {ctx.dtype_of(b)}"
+                   f"[rank {rb}] -> {node.outputs[0]} int32\n" + "; ".join(ep.text))
+        inputs = [a, b] + [v for v in (za, zb) if v]
+        count = len(inputs) - 2
+        return _built(name, node, ctx, ir_text, batch_rank, "int8", ep,
+                      lambda fn, out_dt, fused: QuantLauncher(
+                          MatMulLauncher(fn, batch_rank, out_dt, ctx, fused), count),
+                      inputs, fusion, "int32", None, int8=(prologues, others, rowsums, colsums))
+
+
+def sums_setup(rowsums: bool, colsums: bool) -> list[str]:
+    lines = []
+    if rowsums:
+        lines.append("    a_rowsum = tl.zeros([BLOCK_M], dtype=tl.int32)")
+    if colsums:
+        lines.append("    b_colsum = tl.zeros([BLOCK_N], dtype=tl.int32)")
+    return lines
+
+
+def describe(sides: Sequence[QuantOperand]) -> str:
+    return ", ".join(f"{'AB'[i]}: {s.source} ({'uint8' if s.unsigned else 'int8'}, scale "
+                     f"{'per column' if s.per_column else 'per tensor'})"
+                     for i, s in enumerate(sides))
