@@ -1,6 +1,6 @@
 """``tritort`` / ``python -m tritort``: demo, run any model, show where its nodes run, tune its
-Triton kernels, serve it with Ray Serve. Everything here works from an installed wheel; the benchmarks are checkout
-scripts (perf/bench.py)."""
+Triton kernels, serve it with Ray Serve (the ``serve`` extra). Everything here works from an
+installed wheel; the benchmarks are checkout scripts (perf/bench.py)."""
 from __future__ import annotations
 
 import argparse
