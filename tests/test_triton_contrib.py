@@ -300,3 +300,89 @@ def test_onnx_rotary_embedding(layout, interleaved, positions, partial):
     (got,) = sess.run(None, feeds)
     want = _onnx_rotary_reference(x, cos, sin, feeds.get("pid"), interleaved, n, rot)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ fusion, untyped values
+
+
+def _linear_model(nodes, extra_inputs=(), hidden=16, inner=32):
+    """X (b, 4, hidden) -> nodes -> Y; W (hidden, inner), B (inner,), W2 (inner, hidden) and
+    the norms' G/Bt (inner,) are initializers. Only X and Y are typed: the values between
+    the nodes are typed by inference (onnx's, and tritort's rules for contrib ops)."""
+    rng = np.random.default_rng(7)
+    inits = {"W": rng.standard_normal((hidden, inner)), "B": rng.standard_normal(inner),
+             "W2": rng.standard_normal((inner, hidden)) / 4, "G": rng.standard_normal(inner),
+             "Bt": rng.standard_normal(inner)}
+    used = {v for n in nodes for v in n.input}
+    from onnx import numpy_helper
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["b", 4, hidden])]
+        + [helper.make_tensor_value_info(v, TensorProto.FLOAT, ["b", 4, inner])
+           for v in extra_inputs],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()
+         if k in used])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(MS, 1)])
+    model.ir_version = 10
+    return model
+
+
+def _compare_with_ort(model, feeds, sess, tol=1e-4):
+    (want,) = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"]).run(None, feeds)
+    (got,) = sess.run(None, feeds)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("op", ["BiasGelu", "FastGelu"])
+def test_bias_gelu_after_matmul_is_the_gemm_epilogue(op):
+    model = _linear_model([
+        helper.make_node("MatMul", ["X", "W"], ["m"], name="mm"),
+        helper.make_node(op, ["m", "B"], ["g"], name="act", domain=MS),
+        helper.make_node("MatMul", ["g", "W2"], ["Y"], name="mm2")])
+    sess = _session(model)
+    assert _kernels(sess) == [["mm", "act"], ["mm2"]]  # one launch for MatMul + bias + GELU
+    _compare_with_ort(model, {"X": randn(3, 4, 16)}, sess)
+
+
+def test_skip_layer_norm_after_matmul_and_bias():
+    """The bias Add is the GEMM's epilogue; SkipLayerNormalization adds the residual as it
+    loads its rows (two launches), and its untyped outputs are typed for the next MatMul."""
+    model = _linear_model([
+        helper.make_node("MatMul", ["X", "W"], ["m"], name="mm"),
+        helper.make_node("Add", ["m", "B"], ["mb"], name="bias"),
+        helper.make_node("SkipLayerNormalization", ["mb", "R", "G", "Bt"], ["n", "", "", "s"],
+                         name="sln", domain=MS, epsilon=1e-5),
+        helper.make_node("FastGelu", ["n"], ["g"], name="act", domain=MS),
+        helper.make_node("Add", ["g", "s"], ["gs"], name="res"),
+        helper.make_node("MatMul", ["gs", "W2"], ["Y"], name="mm2")], extra_inputs=["R"])
+    sess = _session(model)
+    kernels = _kernels(sess)
+    assert kernels[:2] == [["mm", "bias"], ["sln"]], kernels
+    assert sorted(sum(kernels, [])) == ["act", "bias", "mm", "mm2", "res", "sln"]
+    _compare_with_ort(model, {"X": randn(2, 4, 16), "R": randn(2, 4, 32)}, sess)
+
+
+def test_contrib_outputs_are_typed_by_inference():
+    """onnx's inference does not know com.microsoft ops: tritort's rules type their outputs
+    (shapes too), so the nodes after them are typed as well."""
+    from tritort import loader
+
+    model = _linear_model([
+        helper.make_node("MatMul", ["X", "W"], ["m"], name="mm"),
+        helper.make_node("SkipSimplifiedLayerNormalization", ["m", "R", "G"],
+                         ["n", "mean", "inv", "s"], name="sln", domain=MS),
+        helper.make_node("QuickGelu", ["n"], ["q"], name="act", domain=MS),
+        helper.make_node("MatMul", ["q", "W2"], ["Y"], name="mm2")], extra_inputs=["R"])
+    loader.check_and_infer(model)
+    types = {vi.name: vi.type.tensor_type for vi in list(model.graph.value_info)
+             + list(model.graph.output)}
+
+    def shape(name):
+        return [d.dim_param or d.dim_value for d in types[name].shape.dim]
+
+    assert shape("n") == shape("s") == shape("q") == ["b", 4, 32]
+    assert shape("mean") == shape("inv") == ["b", 4, 1]
+    assert types["inv"].elem_type == TensorProto.FLOAT
+    assert shape("Y") == ["b", 4, 16]

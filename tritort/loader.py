@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, inliner, numpy_helper
 
-from . import validate
+from . import contrib_shapes, validate
 from .errors import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .graph import Graph, outer_scope_names
 
@@ -188,7 +188,7 @@ def check_and_infer(model: onnx.ModelProto) -> None:
         skeleton.opset_import.append(onnx.helper.make_opsetid(_STAND_IN_DOMAIN, 1))
     run_checker(skeleton)
     validate.check_before_inference(skeleton.graph)
-    inferred = _lenient_inference(skeleton)
+    inferred = contrib_shapes.infer_with_contrib(skeleton, _lenient_inference, _STAND_IN_DOMAIN)
     opsets = opset_map(model)
     validate.check_types(inferred.graph, opsets)
     if validate.strict_inference(skeleton, opsets):
@@ -197,7 +197,8 @@ def check_and_infer(model: onnx.ModelProto) -> None:
         relaxed = onnx.ModelProto()
         relaxed.CopyFrom(skeleton)
         validate.drop_declared_shapes(relaxed.graph)
-        inferred = _lenient_inference(relaxed)
+        inferred = contrib_shapes.infer_with_contrib(relaxed, _lenient_inference,
+                                                     _STAND_IN_DOMAIN)
     validate.check_attribute_choices(skeleton.graph)
     for i in hidden:  # back in the default domain, where the kernel registries look
         inferred.graph.node[i].domain = ""

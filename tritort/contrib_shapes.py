@@ -1,0 +1,184 @@
+"""Output types of onnxruntime's contrib operators, which onnx's shape inference does not know.
+
+Without them every value a ``com.microsoft`` node makes (and everything computed from it)
+would be untyped, and codegen claims only typed values. :func:`infer_with_contrib` runs the
+given inference, types the outputs of the contrib nodes whose inputs are now typed by the
+rules below, and runs it again so the types flow on, until nothing more is learnt.
+
+A rule maps the node's input types (``onnx.TypeProto`` or None) to its output types (None:
+unknown). Shapes are copied dim by dim (values, parameters, or unknown dims).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import onnx
+
+MS_DOMAIN = "com.microsoft"
+FLOAT = onnx.TensorProto.FLOAT
+DOUBLE = onnx.TensorProto.DOUBLE
+
+Type = onnx.TypeProto
+Rule = Callable[[onnx.NodeProto, Sequence[Type | None]], list[Type | None]]
+
+
+def _tensor(elem: int, dims: Sequence[onnx.TensorShapeProto.Dimension] | None) -> Type:
+    t = onnx.TypeProto()
+    t.tensor_type.elem_type = elem
+    if dims is not None:
+        t.tensor_type.shape.SetInParent()
+        for d in dims:
+            t.tensor_type.shape.dim.add().CopyFrom(d)
+    return t
+
+
+def _dims(t: Type | None) -> list | None:
+    if t is None or not t.tensor_type.HasField("shape"):
+        return None
+    return list(t.tensor_type.shape.dim)
+
+
+def _elem(t: Type | None) -> int:
+    return t.tensor_type.elem_type if t is not None else 0
+
+
+def _one() -> onnx.TensorShapeProto.Dimension:
+    d = onnx.TensorShapeProto.Dimension()
+    d.dim_value = 1
+    return d
+
+
+def _like_first(node, ins):
+    return [_tensor(_elem(ins[0]), _dims(ins[0]))] if ins and ins[0] is not None else [None]
+
+
+def _skip_norm(node, ins):
+    """(y, mean, inv_std_var, input_skip_bias_sum): statistics float32, (..., 1)."""
+    x = ins[0]
+    if x is None:
+        return [None] * 4
+    dims = _dims(x)
+    stats = None if dims is None else dims[:-1] + [_one()]
+    return [_tensor(_elem(x), dims), _tensor(FLOAT, stats), _tensor(FLOAT, stats),
+            _tensor(_elem(x), dims)]
+
+
+def _axis_stats(x: Type, axis: int, elem: int) -> Type:
+    dims = _dims(x)
+    if dims is None:
+        return _tensor(elem, None)
+    a = axis + len(dims) if axis < 0 else axis
+    return _tensor(elem, dims[:a] + [_one() for _ in dims[a:]])
+
+
+def _stash(node, x: Type) -> int:
+    stash = next((a.i for a in node.attribute if a.name == "stash_type"), FLOAT)
+    return DOUBLE if _elem(x) == DOUBLE else stash
+
+
+def _axis(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), -1)
+
+
+def _simplified_layer_norm(node, ins):
+    """(Y in the scale's type, inv_std_var in the stash type) over axis..end."""
+    x, scale = (list(ins) + [None, None])[:2]
+    if x is None or scale is None:
+        return [None, None]
+    return [_tensor(_elem(scale), _dims(x)), _axis_stats(x, _axis(node), _stash(node, x))]
+
+
+def _layer_norm(node, ins):
+    """onnxruntime's LayerNormalization-1: Y like X, mean and inv_std_var in the stash type."""
+    x = ins[0] if ins else None
+    if x is None:
+        return [None] * 3
+    stats = _axis_stats(x, _axis(node), _stash(node, x))
+    return [_tensor(_elem(x), _dims(x)), stats, stats]
+
+
+def _bias_split_gelu(node, ins):
+    x = ins[0] if ins else None
+    if x is None:
+        return [None]
+    dims = _dims(x)
+    if dims is not None and dims:
+        last = onnx.TensorShapeProto.Dimension()
+        if dims[-1].HasField("dim_value"):
+            last.dim_value = dims[-1].dim_value // 2
+        dims = dims[:-1] + [last]
+    return [_tensor(_elem(x), dims)]
+
+
+CONTRIB_RULES: dict[str, Rule] = {
+    "Gelu": _like_first, "BiasGelu": _like_first, "FastGelu": _like_first,
+    "QuickGelu": _like_first, "BiasAdd": _like_first, "RotaryEmbedding": _like_first,
+    "BiasSplitGelu": _bias_split_gelu,
+    "SkipLayerNormalization": _skip_norm, "SkipSimplifiedLayerNormalization": _skip_norm,
+}
+# onnxruntime's default-domain ops (the loader checks them under a stand-in domain)
+DEFAULT_DOMAIN_RULES: dict[str, Rule] = {
+    "SimplifiedLayerNormalization": _simplified_layer_norm, "LayerNormalization": _layer_norm,
+}
+
+
+def _known_types(graph: onnx.GraphProto) -> dict[str, Type]:
+    known = {t.name: _tensor(t.data_type, [_dim(d) for d in t.dims]) for t in graph.initializer}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            known[vi.name] = vi.type
+    return known
+
+
+def _dim(value: int) -> onnx.TensorShapeProto.Dimension:
+    d = onnx.TensorShapeProto.Dimension()
+    d.dim_value = value
+    return d
+
+
+def contrib_types(graph: onnx.GraphProto, domains: dict[str, dict[str, Rule]]
+                  ) -> dict[str, Type]:
+    """Types the rules give to contrib outputs that are untyped, or typed without a shape
+    the rule knows, in ``graph`` (inferred as far as onnx goes)."""
+    known = _known_types(graph)
+    learnt: dict[str, Type] = {}
+    for node in graph.node:
+        rule = domains.get(node.domain, {}).get(node.op_type)
+        if rule is None:
+            continue
+        ins = [known.get(v) if v else None for v in node.input]
+        for name, t in zip(node.output, rule(node, ins)):
+            have = known.get(name)
+            if not name or t is None or (have is not None and (
+                    have.tensor_type.HasField("shape") or not t.tensor_type.HasField("shape"))):
+                continue
+            if have is not None and _elem(have) != _elem(t):
+                continue  # the declared type wins; the checker or the kernel says why
+            learnt[name] = t
+    return learnt
+
+
+def infer_with_contrib(model: onnx.ModelProto, infer: Callable[[onnx.ModelProto],
+                       onnx.ModelProto], stand_in_domain: str) -> onnx.ModelProto:
+    """``infer(model)``, rerun with the contrib outputs it could not type typed by the rules,
+    until no more are learnt (once per chain of contrib nodes, at most)."""
+    domains = {MS_DOMAIN: CONTRIB_RULES, stand_in_domain: DEFAULT_DOMAIN_RULES}
+    if not any(n.domain in domains for n in model.graph.node):
+        return infer(model)
+    work = None
+    inferred = infer(model)
+    for _ in range(len(model.graph.node)):
+        learnt = contrib_types(inferred.graph, domains)
+        if not learnt:
+            break
+        if work is None:
+            work = onnx.ModelProto()
+            work.CopyFrom(model)
+        outputs = {o.name: o for o in work.graph.output}
+        for name, t in learnt.items():
+            if name in outputs:  # declared without a shape: the rule's shape fills it in
+                outputs[name].type.CopyFrom(t)
+            else:
+                work.graph.value_info.append(onnx.helper.make_value_info(name, t))
+        inferred = infer(work)
+    return inferred
