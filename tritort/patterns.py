@@ -3,10 +3,11 @@
 - Per-channel affine ops after a Conv or Gemm with constant weights (BatchNormalization in
   inference mode, Mul / Div / Add / Sub by a per-channel constant) fold into the weights and
   the bias, so they cost nothing at run time.
-- Scaled dot-product attention as exporters write it (MatMul -> Mul/Div by a scalar ->
-  Add mask, or Where(condition, scores, fill) -> Softmax -> MatMul) becomes one
-  ``ScaledDotProductAttention`` node of the internal domain, which providers run as one
-  kernel (a Where's condition first becomes an additive mask of its own, small, shape).
+- DequantizeLinear -> MatMul on float8 operands with per-tensor scales becomes one
+  ``Float8MatMul`` node of the internal domain.
+
+Attention is fused through onnxscript's rewriter (:mod:`tritort.rewrites`); these matchers
+remain because no rewriter rule writes what they do (see each one's comment).
 
 Every rewrite checks that the values it removes are read by nothing else and are not graph
 outputs, and keeps the final value's name, so shapes and types known at load time still hold.
@@ -20,7 +21,7 @@ import numpy as np
 import onnx
 
 from . import dtypes
-from .contracts import ATTENTION_OP, FLOAT8_MATMUL_OP, FLOAT8_TYPES, INTERNAL_DOMAIN
+from .contracts import FLOAT8_MATMUL_OP, FLOAT8_TYPES, INTERNAL_DOMAIN
 from .graph import Graph, Node
 
 
@@ -130,6 +131,8 @@ _FOLDABLE = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64,
                                             ml_dtypes.bfloat16))
 
 
+# onnxscript's batchnorm rules fold a lone BatchNormalization only; this also folds per-channel
+# Mul/Div/Add/Sub chains and merges them into one BatchNormalization.
 def fold_channel_affine(graph: Graph) -> int:
     """Fold per-channel affine followers into Conv / Gemm weights; returns how many folded."""
     uses = _Uses(graph)
@@ -231,154 +234,6 @@ def _replace(n: Node, inputs: list[str], follower: Node, uses: _Uses) -> None:
     n.sync_proto()
 
 
-# ------------------------------------------------------------------ attention
-
-
-def _scalar(uses: _Uses, value: str) -> float | None:
-    c = uses.constant(value)
-    if c is None or c.size != 1 or c.dtype.kind != "f":
-        return None
-    return float(c.reshape(-1)[0])
-
-
-def _scaled_operand(graph: Graph, uses: _Uses, value: str, producer) -> tuple[str, float]:
-    """(x, s) where value == x * s by a private scalar Mul/Div, else (value, 1)."""
-    n = producer.get(value)
-    if n is None or n.domain != "" or n.op_type not in ("Mul", "Div") or \
-            uses.only_reader(value) is None or len(n.inputs) != 2:
-        return value, 1.0
-    for i in (0, 1):
-        if n.op_type == "Div" and i == 1:
-            break
-        c = _scalar(uses, n.inputs[1 - i])
-        if c is not None and c != 0.0 and _rank(graph, n.inputs[i]) == _rank(graph, value):
-            return n.inputs[i], (1.0 / c if n.op_type == "Div" else c)
-    return value, 1.0
-
-
-def fuse_attention(graph: Graph) -> int:
-    """Rewrite each detected attention into one internal node; returns how many."""
-    uses = _Uses(graph)
-    producer = graph.producers()
-    removed: set[str] = set()
-    fused = 0
-    for softmax in list(graph.nodes):
-        if softmax.op_type != "Softmax" or softmax.domain != "" or softmax.name in removed:
-            continue
-        match = _match_attention(graph, uses, producer, softmax)
-        if match is None:
-            continue
-        nodes, inputs, scale = match
-        if any(n.name in removed for n in nodes):
-            continue
-        if isinstance(inputs[3], tuple):  # a Where mask: an additive one computed first
-            mask_node = _additive_mask(graph, softmax, *inputs[3])
-            graph.nodes.insert(graph.nodes.index(nodes[-1]), mask_node)
-            inputs[3] = mask_node.outputs[0]
-        out = nodes[-1].outputs[0]
-        node = Node(f"{softmax.name}__attention", ATTENTION_OP, INTERNAL_DOMAIN, inputs, [out],
-                    {"scale": scale, "is_causal": 0},
-                    onnx.helper.make_node(ATTENTION_OP, inputs, [out],
-                                          name=f"{softmax.name}__attention",
-                                          domain=INTERNAL_DOMAIN, scale=scale, is_causal=0))
-        removed.update(n.name for n in nodes)
-        position = graph.nodes.index(nodes[-1])
-        graph.nodes[position] = node
-        fused += 1
-    if fused:
-        graph.nodes = [n for n in graph.nodes if n.name not in removed]
-        graph.opsets.setdefault(INTERNAL_DOMAIN, 1)
-    return fused
-
-
-def _match_attention(graph: Graph, uses: _Uses, producer: dict, softmax: Node):
-    """(removed nodes in order, [Q, KT, V, mask], scale) or None."""
-    scores = softmax.inputs[0]
-    rank = _rank(graph, scores)
-    default_axis = -1 if graph.opsets.get("", 13) >= 13 else 1
-    if rank != 4 or softmax.attrs.get("axis", default_axis) not in (-1, rank - 1):
-        return None
-    after = uses.only_reader(softmax.outputs[0])
-    if after is None or after.op_type != "MatMul" or after.domain != "" or \
-            after.inputs[0] != softmax.outputs[0] or _rank(graph, after.inputs[1]) != 4:
-        return None
-    found = _match_scores(graph, uses, producer, scores)
-    mask, add = "", producer.get(scores)
-    if found is None and add is not None and add.op_type == "Add" and add.domain == "" and \
-            uses.only_reader(scores):
-        for side in (0, 1):
-            found = _match_scores(graph, uses, producer, add.inputs[side])
-            # the mask must not broadcast the scores to a bigger shape
-            if found is not None and _shape(graph, add.inputs[side]) is not None and \
-                    _shape(graph, add.inputs[side]) == _shape(graph, scores) and \
-                    (_rank(graph, add.inputs[1 - side]) or 9) <= 4:
-                mask = add.inputs[1 - side]
-                found[0].append(add)
-                break
-            found = None
-    if found is None and add is not None and add.op_type == "Where" and add.domain == "" and \
-            uses.only_reader(scores) and (_rank(graph, add.inputs[0]) or 9) <= 4:
-        for side in (1, 2):  # the scores are kept where the condition holds, or where not
-            found = _match_scores(graph, uses, producer, add.inputs[side])
-            fill = _scalar(uses, add.inputs[3 - side])
-            if found is not None and fill is not None and \
-                    _shape(graph, add.inputs[side]) == _shape(graph, scores):
-                mask = (add.inputs[0], side == 1, fill)  # made additive by the caller
-                found[0].append(add)
-                break
-            found = None
-    if found is None:
-        return None
-    chain, q, kt, scale = found
-    return chain + [softmax, after], [q, kt, after.inputs[1], mask], scale
-
-
-def _additive_mask(graph: Graph, softmax: Node, condition: str, keep_where_true: bool,
-                   fill: float) -> Node:
-    """Where(cond, scores, fill) as scores + Where(cond, 0, fill): a node computing the
-    additive mask (the shape of the condition, the type of the scores)."""
-    elem = graph.value_types[softmax.inputs[0]].tensor_type.elem_type
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-    zero = _add_constant(graph, f"{softmax.name}__mask_zero", np.zeros((), dtype))
-    filled = _add_constant(graph, f"{softmax.name}__mask_fill", np.array(fill, dtype))
-    out = _fresh_name(graph, f"{softmax.name}__mask")
-    cond_type = graph.value_types[condition].tensor_type
-    graph.value_types[out] = onnx.helper.make_tensor_type_proto(elem, None)
-    graph.value_types[out].tensor_type.shape.CopyFrom(cond_type.shape)
-    inputs = [condition, zero, filled] if keep_where_true else [condition, filled, zero]
-    name = f"{softmax.name}__mask"
-    return Node(name, "Where", "", inputs, [out], {},
-                onnx.helper.make_node("Where", inputs, [out], name=name))
-
-
-def _match_scores(graph: Graph, uses: _Uses, producer: dict, value: str):
-    """value == scale * (Q @ KT) through private nodes: ([nodes], Q, KT, scale) or None."""
-    chain: list[Node] = []
-    scale = 1.0
-    n = producer.get(value)
-    if n is not None and n.op_type in ("Mul", "Div") and n.domain == "" and \
-            uses.only_reader(value):
-        x, scale = _scaled_operand(graph, uses, value, producer)
-        if x == value:
-            return None
-        chain.append(n)
-        value = x
-    mm = producer.get(value)
-    if mm is None or mm.op_type != "MatMul" or mm.domain != "" or not uses.only_reader(value):
-        return None
-    q, kt = mm.inputs[0], mm.inputs[1]
-    if _rank(graph, q) != 4 or _rank(graph, kt) != 4:
-        return None
-    # exporters of torch's SDPA scale Q and K by sqrt(scale) each
-    q, sq = _scaled_operand(graph, uses, q, producer)
-    kt, sk = _scaled_operand(graph, uses, kt, producer)
-    scale *= sq * sk
-    if not math.isfinite(scale):
-        return None
-    scaled = [producer[x] for x, y in ((mm.inputs[0], q), (mm.inputs[1], kt)) if x != y]
-    return scaled + [mm] + chain, q, kt, float(scale)
-
-
 # ------------------------------------------------------------------ float8 matmul
 
 def _per_tensor_dequantize(graph: Graph, uses: _Uses, producer: dict, value: str):
@@ -402,6 +257,7 @@ def _per_tensor_dequantize(graph: Graph, uses: _Uses, producer: dict, value: str
     return n, x, scale
 
 
+# No rewriter rule writes an fp8 GEMM: Float8MatMul is tritort's own op.
 def fuse_float8_matmul(graph: Graph) -> int:
     """MatMul(DequantizeLinear(a8, sa), DequantizeLinear(b8, sb)) with per-tensor scales
     becomes ``Float8MatMul(a8, sa, b8, sb)``: (a8 @ b8) * sa * sb, one fp8 GEMM."""

@@ -11,6 +11,7 @@ mask, or with a causal one, no row is; with another mask the guard moves to the 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import onnx_ir as ir
@@ -25,9 +26,18 @@ _HIDDEN = float(np.finfo(np.float16).min)
 _KEY_TRANSPOSE = {"BHSd": [0, 1, 3, 2], "BSHd": [0, 2, 3, 1]}
 
 
-def attention_rules() -> pattern.RewriteRuleSet:
-    # onnxscript's SDPA first; ours takes what it leaves (commuted Adds and Muls included)
-    return pattern.RewriteRuleSet([ExactScaleSDPA.rule(), *GivenKeyAttention.rule().commute()])
+def apply_attention_rules(model: ir.Model) -> int:
+    """Run the rules on ``model``; returns how many matches were rewritten."""
+    global _RULES
+    with _LOCK:  # a rule keeps its match's values between check and rewrite
+        if _RULES is None:
+            # onnxscript's SDPA first; ours takes what it leaves
+            _RULES = pattern.RewriteRuleSet([ExactScaleSDPA.rule(), GivenKeyAttention.rule()])
+        return _RULES.apply_to_model(model)
+
+
+_RULES: pattern.RewriteRuleSet | None = None  # code, not data: nothing here goes stale
+_LOCK = threading.Lock()
 
 
 def _scale(bindings: dict, tag: str, name: str) -> float | None:
@@ -95,7 +105,11 @@ class _Attention:
         if not self._guarded or len(inputs) == 3:
             return y
         zero = op.Constant(value=ir.tensor(np.zeros((), query.dtype.numpy())))
-        return op.Where(op.IsNaN(y), zero, y)
+        nan = op.IsNaN(y)
+        nan.type, nan.shape = ir.TensorType(ir.DataType.BOOL), y.shape
+        guarded = op.Where(nan, zero, y)
+        guarded.type, guarded.shape = y.type, y.shape
+        return guarded
 
 
 class ExactScaleSDPA(_Attention, SDPA):
@@ -110,7 +124,11 @@ class ExactScaleSDPA(_Attention, SDPA):
         return result
 
     def rewrite(self, op, query, key, value, mask, key_format, **_):
-        key_t = op.Transpose(key, perm=_KEY_TRANSPOSE[key_format])
+        perm = _KEY_TRANSPOSE[key_format]
+        key_t = op.Transpose(key, perm=perm)
+        key_t.type = key.type  # later stages read types and ranks from the graph
+        if key.shape is not None:
+            key_t.shape = ir.Shape([key.shape[i] for i in perm])
         return self._emit(op, query, key_t, value, mask, self._causal)
 
 
@@ -127,17 +145,17 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
 
     def pattern(self, op, query, key_t, value, mask, condition, fill, query_scale, key_scale,
                 qk_scale):
-        def scaled(x, s, tag):
-            return pattern.OrValue([op.Mul(x, s), op.Div(x, s), x], tag_var=tag,
-                                   tag_values=["Mul", "Div", "None"])
+        def scaled(x, s, tag):  # the scale on either side of a Mul
+            return pattern.OrValue([op.Mul(x, s), op.Mul(s, x), op.Div(x, s), x], tag_var=tag,
+                                   tag_values=["Mul", "Mul", "Div", "None"])
 
         scores = op.MatMul(scaled(query, query_scale, "query_scaling"),
                            scaled(key_t, key_scale, "key_scaling"))
         scores = scaled(scores, qk_scale, "qk_scaling")
         scores = pattern.OrValue(
-            [op.Add(scores, mask), op.Where(condition, scores, fill),
+            [op.Add(scores, mask), op.Add(mask, scores), op.Where(condition, scores, fill),
              op.Where(condition, fill, scores), scores],
-            tag_var="masking", tag_values=["Add", "keep", "drop", "None"])
+            tag_var="masking", tag_values=["Add", "Add", "keep", "drop", "None"])
         weights = op.Softmax(scores, axis=-1)
         guarded = op.Where(op.IsNaN(weights), 0.0, weights)
         return op.MatMul(pattern.OrValue([guarded, weights]), value)
@@ -158,8 +176,10 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
         if masking in ("keep", "drop"):  # scores + Where(condition, 0, fill), the same
             zero = op.Constant(value=ir.tensor(np.zeros((), query.dtype.numpy())))
             fill = op.CastLike(fill, zero)
+            fill.type, fill.shape = query.type, ir.Shape([])
             branches = [zero, fill] if masking == "keep" else [fill, zero]
             mask = op.Where(condition, *branches)
+            mask.type, mask.shape = query.type, condition.shape
         return self._emit(op, query, key_t, value, mask, self._causal)
 
 

@@ -36,9 +36,6 @@ WAITING_CONTRIB_FUSIONS = (
 )
 CONTRIB_FUSIONS: tuple[str, ...] = ()
 
-# Fill values at or below this hide a key exactly (exp underflows to 0 in every float type).
-_HIDDEN = float(np.finfo(np.float16).min)
-
 
 def fuse(graph: Graph) -> int:
     """Run the rewriter's fusions on ``graph`` in place; returns how many fired."""
@@ -48,7 +45,7 @@ def fuse(graph: Graph) -> int:
 
     from . import rewrite_rules as rules  # onnxscript imports here, only when needed
     model, originals = _to_ir(graph)
-    count = rules.attention_rules().apply_to_model(model)
+    count = rules.apply_attention_rules(model)
     for entry in CONTRIB_FUSIONS:
         module, fn = entry.rsplit(".", 1)
         count += getattr(importlib.import_module(
@@ -100,7 +97,7 @@ def _from_ir(graph: Graph, model, originals: dict) -> None:
     nodes: list[Node] = []
     for i, node in enumerate(model.graph):
         for v in node.outputs:
-            if v.name not in graph.value_types and v.type is not None and v.shape is not None:
+            if v.name not in graph.value_types and v.type is not None:
                 graph.value_types[v.name] = ir.serde.serialize_value(v).type
         if node.op_type == "Constant" and node.domain == "" and id(node) not in originals:
             value = node.attributes["value"].value.numpy()
