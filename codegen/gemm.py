@@ -97,13 +97,15 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
                   out_dtype: str, interpreted: bool, epilogue: Epilogue,
                   dot_upcast: str | None = None,
                   prologues: dict[int, str] | None = None,
-                  others: dict[int, str] | None = None, setup: Sequence[str] = ()) -> str:
+                  others: dict[int, str] | None = None, setup: Sequence[str] = (),
+                  b_load: Sequence[str] | None = None) -> str:
     """``Y[b] = epilogue(A[b] @ B[b])`` over ``batch_rank`` broadcast batch dims; tiles are
     converted to ``dot_upcast`` before ``tl.dot`` when given (float8 without native MMA).
     ``prologues``: operand index -> a line turning the loaded tile (``a_tile`` / ``b_tile``,
     read from the prologue's source) into the operand (see :func:`operand_prologue`), lines
     separated by newlines; ``others``: operand index -> the value masked lanes load (an
-    int8 prologue's shift must turn them into 0); ``setup``: lines before the K loop."""
+    int8 prologue's shift must turn them into 0); ``setup``: lines before the K loop;
+    ``b_load``: lines computing ``b_tile`` in place of its load (packed weights)."""
     prologues, others = prologues or {}, others or {}
     r = batch_rank
     dims = [f"d{j}" for j in range(r)]
@@ -155,8 +157,9 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
         "        k_in = k_idx < K",
         "        a_tile = tl.load(a_rows + k_off[None, :] * sak, mask=mask_m & k_in[None, :],",
         f"                         other={others.get(0, '0.0')})",
-        "        b_tile = tl.load(b_cols + k_off[:, None] * sbk, mask=k_in[:, None] & mask_n,",
-        f"                         other={others.get(1, '0.0')})",
+        *([f"        {line}" for line in b_load] if b_load is not None else [
+            "        b_tile = tl.load(b_cols + k_off[:, None] * sbk, mask=k_in[:, None] & mask_n,",
+            f"                         other={others.get(1, '0.0')})"]),
         *[f"        {line.format(t=t)}" for i, t in enumerate(("a_tile", "b_tile"))
           if i in prologues for line in prologues[i].splitlines()],
         *_dot_line(in_dtype, interpreted, dot_upcast),
@@ -378,7 +381,8 @@ def _header(node, ir_text: str) -> list[str]:
 
 
 def _built(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, inputs,
-           fusion=None, own_out_dtype=None, dot_upcast=None, int8=None) -> KernelSpec:
+           fusion=None, own_out_dtype=None, dot_upcast=None, int8=None,
+           b_load=None) -> KernelSpec:
     """Source, kernel and launcher; ``launcher_for(fn, out_dtype, fused)``. A ``fusion``
     (tritort.codegen.fusion's choice) converts operands as they load and appends its
     pointwise epilogue to the template's own. ``int8``: (prologues, loads' others, row sums,
@@ -430,7 +434,8 @@ def _built(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, 
         inputs = inputs + fused.inputs
         ir_text += "\n" + fusion.text()
     source = matmul_source(KERNEL, _header(node, ir_text), batch_rank, in_dt, out_dt,
-                           ctx.interpreted, epilogue, dot_upcast, prologues, others, setup)
+                           ctx.interpreted, epilogue, dot_upcast, prologues, others, setup,
+                           b_load)
     fn, path, cached = load_source(source, KERNEL, ctx)
     return KernelSpec(name, launcher_for(fn, out_dt, fused), inputs, ir_text, source, path,
                       cached)
