@@ -386,3 +386,30 @@ def test_contrib_outputs_are_typed_by_inference():
     assert shape("mean") == shape("inv") == ["b", 4, 1]
     assert types["inv"].elem_type == TensorProto.FLOAT
     assert shape("Y") == ["b", 4, 16]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("gelu,act", [("none", "BiasGelu"), ("tanh", "FastGelu")])
+def test_ort_optimized_bert_on_triton(tmp_path, gelu, act):
+    """onnxruntime's transformer optimizer's BERT: every SkipLayerNormalization and GELU runs
+    on Triton (the GELU in its GEMM's epilogue), typed through the contrib ops before them."""
+    import onnx
+
+    from tests.test_contrib_ops_models import _export_and_optimize, _feeds
+
+    _, path = _export_and_optimize(tmp_path, gelu)
+    model = onnx.load(path)
+    sess = _session(model)
+    mine = [n.name for n in model.graph.node
+            if n.domain == MS and n.op_type in ("SkipLayerNormalization", act)]
+    assert len(mine) >= 4
+    _placed_on_triton(sess, mine)
+    op_of = {n.name: n.op_type for n in model.graph.node}
+    gelu_kernels = [[op_of[n] for n in k] for k in _kernels(sess)
+                    if any(op_of.get(n) == act for n in k)]
+    assert gelu_kernels == [["MatMul", act]] * 2, gelu_kernels  # the up projection's epilogue
+    feeds = _feeds(np.random.default_rng(0))
+    (want,) = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, feeds)
+    (got,) = sess.run(None, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

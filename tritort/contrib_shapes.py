@@ -110,7 +110,68 @@ def _bias_split_gelu(node, ins):
     return [_tensor(_elem(x), dims)]
 
 
+def _ints(node, name: str) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == name), [])
+
+
+def _int(node, name: str, default: int = 0) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def _attention(node, ins):
+    """Output (B, S, V hidden); present and the rest left to the kernel."""
+    x, weights = (list(ins) + [None, None])[:2]
+    if x is None:
+        return [None]
+    sizes = _ints(node, "qkv_hidden_sizes")
+    w = _dims(weights)
+    if sizes:
+        hidden = sizes[2]
+    elif w is not None and len(w) == 2 and w[1].HasField("dim_value"):
+        hidden = w[1].dim_value // 3
+    else:
+        return [_tensor(_elem(x), None)]
+    dims = _dims(x)
+    return [_tensor(_elem(x), None if dims is None else dims[:2] + [_dim(hidden)])]
+
+
+def _multi_head_attention(node, ins):
+    """Output (B, S, V hidden) for 3-D query and value (value's last dim), else untyped
+    shapes."""
+    q, value = ins[0] if ins else None, ins[2] if len(ins) > 2 else None
+    if q is None:
+        return [None]
+    qd, vd = _dims(q), _dims(value)
+    if qd is not None and len(qd) == 3 and vd is not None and len(vd) == 3:
+        return [_tensor(_elem(q), qd[:2] + [vd[2]])]
+    return [_tensor(_elem(q), None)]
+
+
+def _embed_layer_norm(node, ins):
+    """(output (B, S, hidden) in the tables' type, mask_index int32 (B), embedding_sum)."""
+    ids = ins[0] if ins else None
+    table = ins[2] if len(ins) > 2 else None
+    if ids is None or table is None:
+        return [None] * 3
+    idd, td = _dims(ids), _dims(table)
+    dims = None if idd is None or td is None or len(td) != 2 else idd + [td[1]]
+    mask = None if idd is None else idd[:1]
+    return [_tensor(_elem(table), dims), _tensor(onnx.TensorProto.INT32, mask),
+            _tensor(_elem(table), dims)]
+
+
+def _matmul_n_bits(node, ins):
+    """A (..., K) times the packed (K, N) weights: (..., N) in A's type."""
+    a = ins[0] if ins else None
+    if a is None:
+        return [None]
+    dims = _dims(a)
+    return [_tensor(_elem(a), None if dims is None else dims[:-1] + [_dim(_int(node, "N"))])]
+
+
 CONTRIB_RULES: dict[str, Rule] = {
+    "Attention": _attention, "MultiHeadAttention": _multi_head_attention,
+    "EmbedLayerNormalization": _embed_layer_norm, "MatMulNBits": _matmul_n_bits,
     "Gelu": _like_first, "BiasGelu": _like_first, "FastGelu": _like_first,
     "QuickGelu": _like_first, "BiasAdd": _like_first, "RotaryEmbedding": _like_first,
     "BiasSplitGelu": _bias_split_gelu,
