@@ -78,7 +78,8 @@ def test_fusion_takes_what_templates_declare():
     declared = lambda attr: {op for op, t in TEMPLATES.items() if getattr(t, attr)}  # noqa: E731
     assert {op: TEMPLATES[op].passes for op in declared("prologue")} == {
         **{op: 1 for op in REDUCE_OPS}, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2}
-    assert declared("epilogue") == REDUCE_OPS | {"MatMul", "Gemm", "Float8MatMul", "Conv"}
+    assert declared("epilogue") == REDUCE_OPS | {"MatMul", "Gemm", "Float8MatMul", "Conv",
+                                                 "MatMulInteger", "com.microsoft.MatMulNBits"}
     assert declared("operand_prologues") == {"MatMul", "Gemm"}
     assert {op for op, t in TEMPLATES.items() if t.anchors_fusion()} == \
         declared("prologue") | declared("epilogue")
