@@ -144,7 +144,7 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
     rule does not match."""
 
     def pattern(self, op, query, key_t, value, mask, condition, fill, query_scale, key_scale,
-                qk_scale):
+                qk_scale, zero):
         def scaled(x, s, tag):  # the scale on either side of a Mul
             return pattern.OrValue([op.Mul(x, s), op.Mul(s, x), op.Div(x, s), x], tag_var=tag,
                                    tag_values=["Mul", "Mul", "Div", "None"])
@@ -157,10 +157,13 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
              op.Where(condition, fill, scores), scores],
             tag_var="masking", tag_values=["Add", "Add", "keep", "drop", "None"])
         weights = op.Softmax(scores, axis=-1)
-        guarded = op.Where(op.IsNaN(weights), 0.0, weights)
+        guarded = op.Where(op.IsNaN(weights), zero, weights)  # a [1] zero too (TorchScript)
         return op.MatMul(pattern.OrValue([guarded, weights]), value)
 
-    def check(self, context, query, key_t, value, mask, condition, fill, masking, **bindings):
+    def check(self, context, query, key_t, value, mask, condition, fill, masking, zero=None,
+              **bindings):
+        if zero is not None and _ir_utils.get_singleton_value(zero) != 0:
+            return MatchResult().fail("the NaN guard does not write zeros")
         if masking in ("keep", "drop"):
             mask = condition
             fill_value = _ir_utils.get_singleton_value(fill)
@@ -172,7 +175,7 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
             self._causal = masking == "Add" and causal_mask(mask, query, key_len)
         return result
 
-    def rewrite(self, op, query, key_t, value, mask, condition, fill, masking, **_):
+    def rewrite(self, op, query, key_t, value, mask, condition, fill, masking, **_):  # noqa
         if masking in ("keep", "drop"):  # scores + Where(condition, 0, fill), the same
             zero = op.Constant(value=ir.tensor(np.zeros((), query.dtype.numpy())))
             fill = op.CastLike(fill, zero)
@@ -258,13 +261,7 @@ def _triangle(v: ir.Value, rows, cols, outer: ir.Value) -> str | None:
         kind = _triangle(node.inputs[0], rows, cols, outer)
         return {"keep": "hide", "hide": "keep"}.get(kind)
     if node.op_type == "Slice":  # a top-left crop of a triangle is a triangle
-        starts = _ir_utils.get_numpy_value(node.inputs[1])
-        steps = _ir_utils.get_numpy_value(node.inputs[4]) if len(node.inputs) > 4 and \
-            node.inputs[4] is not None else None
-        if starts is None or np.any(starts != 0) or (steps is not None and np.any(steps != 1)):
-            return None
-        source = node.inputs[0]
-        inner = _triangle_source(source)
+        inner = _triangle_source(v)
         return inner if inner and _dims(v, outer, rows, cols) else None
     if node.op_type == "Trilu":
         k = node.inputs[1] if len(node.inputs) > 1 else None
@@ -286,11 +283,9 @@ def _triangle_source(v: ir.Value) -> str | None:
     const = _ir_utils.get_numpy_value(v)
     node = v.producer()
     if const is None:
-        if node is not None and node.op_type == "Slice" and node.domain == "":
-            starts = _ir_utils.get_numpy_value(node.inputs[1])
-            if starts is not None and np.all(starts == 0) and (len(node.inputs) < 5 or
-                                                                node.inputs[4] is None):
-                return _triangle_source(node.inputs[0])
+        if node is not None and node.op_type == "Slice" and node.domain == "" and \
+                _top_left(node):
+            return _triangle_source(node.inputs[0])
         return None
     if const.ndim != 2 or not np.all((const == 0) | (const == 1)):
         return None
@@ -298,6 +293,16 @@ def _triangle_source(v: ir.Value) -> str | None:
     if np.array_equal(const.astype(bool), lower):
         return "keep"
     return "hide" if np.array_equal(const.astype(bool), ~lower) else None
+
+
+def _top_left(node: ir.Node) -> bool:
+    """A Slice that starts at 0 with step 1 on every axis it cuts."""
+    starts = _ir_utils.get_numpy_value(node.inputs[1])
+    steps = node.inputs[4] if len(node.inputs) > 4 else None
+    steps = None if steps is None else _ir_utils.get_numpy_value(steps)
+    return starts is not None and bool(np.all(starts == 0)) and (
+        len(node.inputs) < 5 or node.inputs[4] is None or
+        (steps is not None and bool(np.all(steps == 1))))
 
 
 def _dims(v: ir.Value, outer: ir.Value, rows, cols) -> bool:

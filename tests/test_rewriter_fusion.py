@@ -1,0 +1,187 @@
+"""Attention fused through onnxscript's rewriter (tritort/rewrites.py) on torch.onnx exports of
+small random-weight transformers: one internal attention node per layer, causal masks as the
+node's flag, and outputs equal to onnxruntime's on the original export, on the CPU provider
+and on the Triton provider (interpreter)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+import tritort as ort
+from tests.triton_env import requires_triton
+from tritort import loader, optimizer
+from tritort.contracts import ATTENTION_OP, INTERNAL_DOMAIN
+from tritort.options import GraphOptimizationLevel
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+LAYERS, HIDDEN, HEADS, SEQ = 2, 16, 2, 5
+
+
+class Layer(torch.nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.qkv = torch.nn.Linear(HIDDEN, 3 * HIDDEN)
+        self.out = torch.nn.Linear(HIDDEN, HIDDEN)
+        self.ln = torch.nn.LayerNorm(HIDDEN)
+
+    def forward(self, x, mask):
+        b, s, _ = x.shape
+        q, k, v = (t.reshape(b, s, HEADS, HIDDEN // HEADS).transpose(1, 2)
+                   for t in self.qkv(x).split(HIDDEN, dim=-1))
+        if self.kind == "gpt":      # F.sdpa's own causal mask
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif self.kind == "bert":   # a boolean padding mask: the exporters add IsNaN/Where
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif self.kind == "gpt_eager":  # a triangular buffer cropped to the length
+            scores = q @ k.transpose(-1, -2) / math.sqrt(HIDDEN // HEADS)
+            keep = self.causal[:s, :s]
+            a = torch.softmax(scores + torch.where(keep, 0.0, torch.finfo(x.dtype).min), -1) @ v
+        else:                       # ViT: no mask
+            a = F.scaled_dot_product_attention(q, k, v)
+        return self.ln(x + self.out(a.transpose(1, 2).reshape(b, s, HIDDEN)))
+
+
+class Net(torch.nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.layers = torch.nn.ModuleList(Layer(kind) for _ in range(LAYERS))
+        for layer in self.layers:
+            layer.register_buffer("causal", torch.tril(torch.ones(16, 16, dtype=torch.bool)))
+
+    def forward(self, x, keep=None):
+        mask = None if keep is None else keep[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+KINDS = {"bert": True, "gpt": False, "gpt_eager": False, "vit": False}  # takes a padding mask
+
+
+def _export(kind: str, dynamo: bool, path) -> str:
+    torch.manual_seed(0)
+    net = Net(kind).eval()
+    x = torch.randn(2, SEQ, HIDDEN)
+    args = (x, torch.ones(2, SEQ, dtype=torch.bool)) if KINDS[kind] else (x,)
+    names = ["x", "keep"][:len(args)]
+    f = str(path / f"{kind}_{int(dynamo)}.onnx")
+    if dynamo:
+        dims = {0: torch.export.Dim("b", max=64), 1: torch.export.Dim("s", max=16)}
+        torch.onnx.export(net, args, f, dynamo=True, input_names=names, opset_version=18,
+                          dynamic_shapes=tuple(dims for _ in args))
+    else:  # fixed sizes: the exporter's shape arithmetic folds to constants
+        torch.onnx.export(net, args, f, dynamo=False, input_names=names, opset_version=17)
+    return f
+
+
+def _feeds(kind: str, seq: int = SEQ) -> dict:
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((2, seq, HIDDEN)).astype(np.float32)}
+    if KINDS[kind]:
+        keep = np.ones((2, seq), bool)
+        keep[0, -2:] = False  # padding
+        feeds["keep"] = keep
+    return feeds
+
+
+CASES = [(k, d) for k in KINDS for d in (True, False)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    path = tmp_path_factory.mktemp("exports")
+    cache = {}
+
+    def get(kind, dynamo):
+        if (kind, dynamo) not in cache:
+            cache[kind, dynamo] = _export(kind, dynamo, path)
+        return cache[kind, dynamo]
+    return get
+
+
+def _attention_nodes(path, level=GraphOptimizationLevel.ORT_ENABLE_ALL):
+    graph = optimizer.optimize(loader.load(path).graph, level)
+    return graph, [n for n in graph.nodes if (n.domain, n.op_type) == (INTERNAL_DOMAIN,
+                                                                        ATTENTION_OP)]
+
+
+def _expected(path, feeds):
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, feeds)[0]
+
+
+@pytest.mark.parametrize("kind,dynamo", CASES)
+def test_one_attention_node_per_layer(exported, kind, dynamo):
+    path = exported(kind, dynamo)
+    graph, attention = _attention_nodes(path)
+    assert len(attention) == LAYERS
+    assert not any(n.op_type == "Softmax" for n in graph.nodes)
+    # a padding mask can hide a whole row: the export's NaN guard then reads the output
+    outputs = {n.outputs[0] for n in attention}
+    assert all(n.inputs[0] in outputs for n in graph.nodes if n.op_type == "IsNaN")
+    causal = kind.startswith("gpt")
+    for n in attention:
+        assert n.attrs["is_causal"] == int(causal)
+        assert len(n.inputs) == (4 if KINDS[kind] else 3)  # a causal mask is not loaded
+        assert n.attrs["scale"] == pytest.approx(1 / math.sqrt(HIDDEN // HEADS), rel=1e-6)
+    # BASIC leaves attention alone
+    assert not _attention_nodes(path, GraphOptimizationLevel.ORT_ENABLE_BASIC)[1]
+
+
+@pytest.mark.parametrize("kind,dynamo", CASES)
+def test_cpu_matches_onnxruntime(exported, kind, dynamo):
+    path = exported(kind, dynamo)
+    feeds = _feeds(kind)
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, _expected(path, feeds), rtol=1e-4, atol=1e-5)
+
+
+def test_other_lengths_with_dynamic_shapes(exported):
+    path = exported("gpt", True)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for seq in (1, 3, 9):
+        feeds = _feeds("gpt", seq)
+        np.testing.assert_allclose(sess.run(None, feeds)[0], _expected(path, feeds),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_fully_padded_row_gives_zeros_like_the_guarded_export(exported):
+    # the IsNaN/Where guard turns an all-hidden row into zeros; the fused graph keeps that
+    path = exported("bert", True)
+    feeds = _feeds("bert")
+    feeds["keep"][1] = False
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    expected = _expected(path, feeds)
+    assert not np.isnan(expected).any()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@requires_triton
+@pytest.mark.parametrize("kind", ["bert", "gpt", "vit"])
+def test_triton_runs_the_fused_node(exported, kind):
+    path = exported(kind, True)
+    feeds = _feeds(kind)
+    sess = ort.InferenceSession(path, providers=["TritonExecutionProvider",
+                                                 "CPUExecutionProvider"])
+    placed = [a for a in sess._program.partition.assignments.values()
+              if a.node.op_type == ATTENTION_OP]
+    assert len(placed) == LAYERS
+    assert all(a.provider.name == "TritonExecutionProvider" for a in placed), \
+        [a.declined for a in placed]
+    np.testing.assert_allclose(sess.run(None, feeds)[0], _expected(path, feeds),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_saved_optimized_model_has_the_internal_op(exported, tmp_path):
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(exported("gpt", True), so, providers=["CPUExecutionProvider"])
+    saved = onnx.load(str(tmp_path / "opt.onnx"))
+    assert sum(n.op_type == ATTENTION_OP for n in saved.graph.node) == LAYERS
