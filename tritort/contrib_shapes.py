@@ -3,7 +3,8 @@
 Without them every value a ``com.microsoft`` node makes (and everything computed from it)
 would be untyped, and codegen claims only typed values. :func:`infer_with_contrib` runs the
 given inference, types the outputs of the contrib nodes whose inputs are now typed by the
-rules below, and runs it again so the types flow on, until nothing more is learnt.
+rules below and what follows them by the ai.onnx schemas' own inference (one walk in node
+order), and runs the inference again with those types, until nothing more is learnt.
 
 A rule maps the node's input types (``onnx.TypeProto`` or None) to its output types (None:
 unknown). Shapes are copied dim by dim (values, parameters, or unknown dims).
@@ -197,39 +198,76 @@ def _dim(value: int) -> onnx.TensorShapeProto.Dimension:
     return d
 
 
-def contrib_types(graph: onnx.GraphProto, domains: dict[str, dict[str, Rule]]
-                  ) -> dict[str, Type]:
-    """Types the rules give to contrib outputs that are untyped, or typed without a shape
-    the rule knows, in ``graph`` (inferred as far as onnx goes)."""
+def _has_shape(t: Type | None) -> bool:
+    return t is not None and t.tensor_type.HasField("shape")
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Values known at load time, for the shape computations of the nodes walked."""
+    data = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                data[node.output[0]] = value
+    return data
+
+
+def propagate(model: onnx.ModelProto, graph: onnx.GraphProto,
+              domains: dict[str, dict[str, Rule]]) -> dict[str, Type]:
+    """One walk in node order typing what ``graph`` (inferred as far as onnx goes) leaves
+    untyped or shapeless: contrib nodes by the rules, ai.onnx nodes after them by their
+    schemas' inference, so one walk crosses every chain of contrib nodes."""
     known = _known_types(graph)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    data = None
     learnt: dict[str, Type] = {}
     for node in graph.node:
-        rule = domains.get(node.domain, {}).get(node.op_type)
-        if rule is None:
+        outputs = [o for o in node.output if o]
+        if all(_has_shape(known.get(o)) for o in outputs):
             continue
+        rule = domains.get(node.domain, {}).get(node.op_type)
         ins = [known.get(v) if v else None for v in node.input]
-        for name, t in zip(node.output, rule(node, ins)):
+        if rule is not None:
+            types = rule(node, ins)
+        elif node.domain in ("", "ai.onnx") and all(t is not None or not v for t, v in
+                                                     zip(ins, node.input)) and \
+                not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                        for a in node.attribute):
+            data = _constants(graph) if data is None else data
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opset, "")
+                result = onnx.shape_inference.infer_node_outputs(
+                    schema, node, {v: t for v, t in zip(node.input, ins) if v},
+                    {v: data[v] for v in node.input if v in data},
+                    opset_imports=list(model.opset_import), ir_version=model.ir_version)
+            except Exception:  # the full inference after the walk reports model errors
+                continue
+            types = [result.get(o) for o in node.output]
+        else:
+            continue
+        for name, t in zip(node.output, types):
             have = known.get(name)
-            if not name or t is None or (have is not None and (
-                    have.tensor_type.HasField("shape") or not t.tensor_type.HasField("shape"))):
+            if not name or t is None or not t.HasField("tensor_type") or \
+                    (have is not None and (_has_shape(have) or not _has_shape(t))):
                 continue
             if have is not None and _elem(have) != _elem(t):
                 continue  # the declared type wins; the checker or the kernel says why
-            learnt[name] = t
+            learnt[name] = known[name] = t
     return learnt
 
 
 def infer_with_contrib(model: onnx.ModelProto, infer: Callable[[onnx.ModelProto],
                        onnx.ModelProto], stand_in_domain: str) -> onnx.ModelProto:
-    """``infer(model)``, rerun with the contrib outputs it could not type typed by the rules,
-    until no more are learnt (once per chain of contrib nodes, at most)."""
+    """``infer(model)``, rerun with what :func:`propagate` learns from there, until it
+    learns nothing more (once or twice: each walk crosses every contrib node it can)."""
     domains = {MS_DOMAIN: CONTRIB_RULES, stand_in_domain: DEFAULT_DOMAIN_RULES}
     if not any(n.domain in domains for n in model.graph.node):
         return infer(model)
     work = None
     inferred = infer(model)
     for _ in range(len(model.graph.node)):
-        learnt = contrib_types(inferred.graph, domains)
+        learnt = propagate(model, inferred.graph, domains)
         if not learnt:
             break
         if work is None:
