@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import tritort as ort
 from tests.test_contrib_ops import MS, _elem, build, ms, randint, randn, run_ort
@@ -314,7 +314,6 @@ def _linear_model(nodes, extra_inputs=(), hidden=16, inner=32):
              "W2": rng.standard_normal((inner, hidden)) / 4, "G": rng.standard_normal(inner),
              "Bt": rng.standard_normal(inner)}
     used = {v for n in nodes for v in n.input}
-    from onnx import numpy_helper
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["b", 4, hidden])]
         + [helper.make_tensor_value_info(v, TensorProto.FLOAT, ["b", 4, inner])
@@ -413,3 +412,20 @@ def test_ort_optimized_bert_on_triton(tmp_path, gelu, act):
         None, feeds)
     (got,) = sess.run(None, feeds)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_bias_split_gelu_stays_on_the_cpu():
+    """It halves the last axis: not pointwise, and no template takes it yet."""
+    feeds = {"x": randn(2, 3, 8), "bias": randn(8)}
+    model = build([ms("BiasSplitGelu", ["x", "bias"], ["y"], name="bsg")], feeds, ["y"],
+                  out_types={"y": TensorProto.FLOAT})
+    sess = _session(model)
+    assignment = sess._program.partition.assignments["bsg"]
+    assert assignment.provider.name == "CPUExecutionProvider"
+    assert "no Triton lowering for com.microsoft.BiasSplitGelu" in str(assignment.declined)
+    (got,) = sess.run(None, feeds)
+    from scipy.special import erf
+    y = feeds["x"].astype(np.float64) + feeds["bias"]
+    right = y[..., 4:]
+    np.testing.assert_allclose(got, y[..., :4] * 0.5 * right * (1 + erf(right / np.sqrt(2))),
+                               rtol=1e-5, atol=1e-6)
