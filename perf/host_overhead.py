@@ -356,21 +356,6 @@ def check_batched_launches(sess, stub: ctypes.CDLL) -> dict:
             "mismatched": mismatched}
 
 
-def output_copier(outputs: list) -> Callable[[], None]:
-    """Copies as many bytes as ``outputs`` hold from torch tensors into numpy arrays: the
-    part of a run that hands results to the host (on a GPU, a device-to-host copy)."""
-    import torch
-
-    pairs = [(torch.from_numpy(np.ascontiguousarray(o)).clone(), np.empty_like(o))
-             for o in outputs if isinstance(o, np.ndarray)]
-
-    def copy() -> None:
-        for source, target in pairs:
-            np.copyto(target, source.numpy())
-
-    return copy
-
-
 def measure(sessions: dict[str, Any], counts: dict[str, dict], feeds: dict, runs: int,
             rounds: int, folder: Path) -> dict:
     """Each warm session's timings (``counts``: what :func:`warm_up` said of it; the first
@@ -380,9 +365,7 @@ def measure(sessions: dict[str, Any], counts: dict[str, dict], feeds: dict, runs
         launches = next(iter(counts.values()))["launches"]
         direct, through_jit = floor_launchers(launches, folder)
         modes: dict[Any, tuple] = {"floor": (contextlib.nullcontext, direct),
-                                   "jit_floor": (contextlib.nullcontext, through_jit),
-                                   "output_copy": (contextlib.nullcontext, output_copier(
-                                       next(iter(sessions.values())).run(None, feeds)))}
+                                   "jit_floor": (contextlib.nullcontext, through_jit)}
         for name, sess in sessions.items():
             run = functools.partial(sess.run, None, feeds)
             modes.update({(name, "host"): (contextlib.nullcontext, run),
@@ -419,8 +402,6 @@ def measure(sessions: dict[str, Any], counts: dict[str, dict], feeds: dict, runs
     loaded = [m for info in counts.values() for m in info["loaded"]]
     default = results.pop("default")
     return {**default, "floor_us_per_run": cpu["floor"],
-            # run() hands back numpy: what copying its outputs' bytes costs alone
-            "output_copy_us_per_run": cpu["output_copy"],
             "floor_us_per_launch": cpu["floor"] / launches,
             "jit_floor_us_per_launch": cpu["jit_floor"] / launches,
             "wall_floor_us_per_run": wall["floor"], "rounds": rounds,
@@ -535,9 +516,6 @@ def report(result: dict) -> str:
         f"compiled for sm_90 and loaded: {len(result['compiled'])} kernels "
         f"(num_warps {dict(sorted(warps.items()))})",
         *_session_lines("session as configured", result),
-        f"  of which copying the outputs to numpy: {result['output_copy_us_per_run']:.1f} "
-        f"us/run (the launch path without it: "
-        f"{result['host_us_per_run'] - result['output_copy_us_per_run']:.1f} us/run)",
         f"  batch launcher: {result['batched_launches']['launches_checked']} replayed launches "
         f"packed and sent as Triton's launcher sends them, "
         f"{len(result['batched_launches']['mismatched'])} differing; "
