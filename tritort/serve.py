@@ -49,6 +49,7 @@ log = logging.getLogger("tritort.serve")
 GPU_PROVIDERS = frozenset({"TritonExecutionProvider", "CUDAExecutionProvider"})
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_S = 0.005
+DEFAULT_MAX_ONGOING = 32
 # requests per run: what the histogram's buckets can tell apart
 BATCH_BOUNDARIES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256]
 RETRYABLE_ERRORS = ("ActorDiedError", "ActorUnavailableError", "RayActorError",
@@ -245,6 +246,7 @@ def app(model: Any, *, providers: Sequence[Any] | None = None,
         **deployment_options: Any):
     """A Ray Serve application serving ``model`` (a path every node can read, bytes or an
     onnx.ModelProto). ``max_batch_size`` counts requests (None or 1: no batching);
+    ``max_ongoing_requests`` defaults to ``max(2 * max_batch_size, 32)``;
     ``deployment_options`` go to ``serve.deployment`` (``autoscaling_config``, ...)."""
     if isinstance(model, (str, os.PathLike)):
         model = os.path.abspath(os.fspath(model))  # replicas do not share the caller's cwd
@@ -253,10 +255,12 @@ def app(model: Any, *, providers: Sequence[Any] | None = None,
     if wants_gpu(providers):
         actor.setdefault("num_gpus", 1)
     batch = max(1, int(max_batch_size or 1))
-    if max_ongoing_requests is None and batch > 1:
-        max_ongoing_requests = 2 * batch  # a batch queues while one runs
-    if max_ongoing_requests is not None:
-        deployment_options["max_ongoing_requests"] = max_ongoing_requests
+    if max_ongoing_requests is None:
+        # a replica runs one request or batch at a time, so waiting in its queue costs
+        # nothing, where Serve's default (5) makes its router back off and retry: unbatched
+        # at 32 concurrent clients that served 13 requests/s instead of ~170 (perf/results)
+        max_ongoing_requests = max(2 * batch, DEFAULT_MAX_ONGOING)
+    deployment_options["max_ongoing_requests"] = max_ongoing_requests
     deployment = Deployment.options(name=name, num_replicas=num_replicas,
                                     ray_actor_options=actor, **deployment_options)
     return deployment.bind(model, list(providers) if providers else None, sess_options,

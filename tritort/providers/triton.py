@@ -21,6 +21,7 @@ def _interpreted() -> bool:
 
 class TritonExecutionProvider(ExecutionProvider):
     name = TRITON
+    reads_quantized_weights = True
     option_docs = {"device_id": "CUDA device ordinal to run on (default '0')",
                    "user_compute_stream": "address of a CUDA stream (cudaStream_t, as an "
                                           "integer) to run on instead of torch's current "
