@@ -84,27 +84,48 @@ def _operand(var: str, dtype: str, interpreted: bool) -> list[str]:
     return []
 
 
-def _key_range(v: Variant) -> list[str]:
+@dataclass(frozen=True)
+class Hooks:
+    """What a template built on this kernel adds to it (:mod:`.attention_contrib`): runtime
+    ``params`` (after the mask's), ``setup`` lines once per program (``b``, ``h``, ``hk``
+    known; with ``offset`` they define ``q_off``, the position of query row 0, and
+    ``kv_len``, the keys this program may read, in place of 0 and ``Sk``), lines after the
+    ``q_tile``, ``k_tile`` ([D, N]) and ``v_tile`` loads, after the running max / sum are
+    initialized (``init``), and on the scores ``s`` / ``visible`` of each key block."""
+
+    params: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    offset: bool = False
+    q_tile: tuple[str, ...] = ()
+    k_tile: tuple[str, ...] = ()
+    v_tile: tuple[str, ...] = ()
+    init: tuple[str, ...] = ()
+    scores: tuple[str, ...] = ()
+
+
+def _key_range(v: Variant, offset: bool = False) -> list[str]:
     """``lo``/``hi``: the keys any row of this block may see (causal / window bounds)."""
-    lines = ["lo = 0", "hi = Sk"]
-    end = "(pid_m + 1) * BLOCK_M"  # one past the block's last row
+    lines = ["lo = 0", f"hi = {'kv_len' if offset else 'Sk'}"]
+    end = "(pid_m + 1) * BLOCK_M" + (" + q_off" if offset else "")  # one past the last row
     if v.causal:
         lines.append(f"hi = tl.minimum(hi, {end})")
     if v.right >= 0:
         lines.append(f"hi = tl.minimum(hi, {end} + {v.right})")
     if v.left >= 0:  # block-aligned start: loads stay aligned
-        lines += [f"lo = tl.maximum(pid_m * BLOCK_M - {v.left}, 0)",
+        first = "pid_m * BLOCK_M" + (" + q_off" if offset else "")
+        lines += [f"lo = tl.maximum({first} - {v.left}, 0)",
                   "lo = (lo // BLOCK_N) * BLOCK_N"]
     return lines
 
 
-def _visible(v: Variant) -> list[str]:
+def _visible(v: Variant, offset: bool = False) -> list[str]:
     """``visible`` [BLOCK_M, BLOCK_N]: which keys of the current block each row may see."""
+    pos = "q_pos" if offset else "offs_m"
     lines = ["visible = in_n[None, :] & in_m[:, None]"]
     if v.causal:
-        lines.append("visible = visible & (cols[None, :] <= offs_m[:, None])")
+        lines.append(f"visible = visible & (cols[None, :] <= {pos}[:, None])")
     if v.left >= 0 or v.right >= 0:
-        lines.append("behind = offs_m[:, None] - cols[None, :]")
+        lines.append(f"behind = {pos}[:, None] - cols[None, :]")
         if v.left >= 0:
             lines.append(f"visible = visible & (behind <= {v.left})")
         if v.right >= 0:
@@ -112,16 +133,19 @@ def _visible(v: Variant) -> list[str]:
     return lines
 
 
-def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: bool) -> str:
+def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: bool,
+                     hooks: Hooks | None = None) -> str:
     ct = compute_type(v.dtype)
+    hooks = hooks or Hooks()
+    offset = hooks.offset
     params = ["q", "k", "vals", "y"] + (["mask"] if v.mask else []) + [
         "Sq", "Sk", "H", "G", "D", "DV", "scale", *(["scale_lo"] if v.dtype == "double" else []),
         "sqb", "sqh", "sqm", "sqd", "skb", "skh", "skn", "skd",
         "svb", "svh", "svn", "svd", "syb", "syh", "sym", "syd"]
     if v.mask:
         params += ["mask_len", "smb", "smh", "smm", "smn"]
-    params += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_D: tl.constexpr",
-               "BLOCK_DV: tl.constexpr"]
+    params += [*hooks.params, "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr",
+               "BLOCK_D: tl.constexpr", "BLOCK_DV: tl.constexpr"]
     body = [
         "pid_m = tl.program_id(0)",
         "bh = tl.program_id(1)",
@@ -130,7 +154,9 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
         "h = bh % H",
         "hk = (h // G).to(tl.int64)  # grouped query heads share kv head h // G",
         "h = h.to(tl.int64)",
+        *hooks.setup,
         "offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)",
+        *(["q_pos = offs_m + q_off"] if offset else []),
         "offs_d = tl.arange(0, BLOCK_D)",
         "offs_dv = tl.arange(0, BLOCK_DV)",
         "in_m = offs_m < Sq",
@@ -139,6 +165,7 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
         "rows = offs_m.to(tl.int64)",
         "q_tile = tl.load(q + (b * sqb + h * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd),",
         "                 mask=in_m[:, None] & in_d[None, :], other=0.0)",
+        *hooks.q_tile,
         *_operand("q_tile", v.dtype, interpreted),
         "k_head = k + (b * skb + hk * skh)",
         "v_head = vals + (b * svb + hk * svh)",
@@ -149,15 +176,17 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
         f"m_i = tl.full([BLOCK_M], float('-inf'), {ct})",
         f"l_i = tl.zeros([BLOCK_M], dtype={ct})",
         f"acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype={ct})",
-        *_key_range(v),
+        *hooks.init,
+        *_key_range(v, offset),
         "for start in range(lo, hi, BLOCK_N):",
     ]
     loop = [
         "cols = start + tl.arange(0, BLOCK_N)",
-        "in_n = cols < Sk",
+        f"in_n = cols < {'kv_len' if offset else 'Sk'}",
         "keys = cols.to(tl.int64)",
         "k_tile = tl.load(k_head + (keys[None, :] * skn + offs_d[:, None] * skd),",
         "                 mask=in_d[:, None] & in_n[None, :], other=0.0)",
+        *hooks.k_tile,
         *_operand("k_tile", v.dtype, interpreted),
         f"s = {_dot('q_tile', 'k_tile', f'tl.zeros([BLOCK_M, BLOCK_N], dtype={ct})', v.dtype)}",
     ]
@@ -165,7 +194,7 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
     loop.append("s = s * scale + s * scale_lo" if v.dtype == "double" else "s = s * scale")
     if v.softcap > 0:  # tanh(x) = 2 * sigmoid(2x) - 1
         loop.append(f"s = {v.softcap!r} * (2.0 * tl.sigmoid(s * {2.0 / v.softcap!r}) - 1.0)")
-    loop += _visible(v)
+    loop += _visible(v, offset)
     if v.mask:
         # keys past the mask's length are masked out (ai.onnx Attention pads short masks)
         load = ("tl.load(mask_rows + keys[None, :] * smn, "
@@ -175,6 +204,7 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
         else:
             loop += [f"s = s + {load}.to({ct})",
                      "visible = visible & (cols[None, :] < mask_len)"]
+    loop += list(hooks.scores)
     loop += [
         "s = tl.where(visible, s, float('-inf'))",
         "m_new = tl.maximum(m_i, tl.max(s, axis=1))",
@@ -185,6 +215,7 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
         "l_i = l_i * alpha + tl.sum(p, axis=1)",
         "v_tile = tl.load(v_head + (keys[:, None] * svn + offs_dv[None, :] * svd),",
         "                 mask=in_n[:, None] & in_dv[None, :], other=0.0)",
+        *hooks.v_tile,
     ]
     if v.dtype == "float16" or (v.dtype == "bfloat16" and not interpreted):
         loop.append("p = p.to(v_tile.dtype)  # the tensor-core product takes both in 16 bits")
@@ -226,11 +257,12 @@ def _block(n: int) -> int:
 
 
 def launch(kernel: Kernel, q: Any, k: Any, v: Any, y: Any, mask: Any, scale: float,
-           interpreted: bool, table: Any) -> None:
+           interpreted: bool, table: Any, extra: tuple = ()) -> None:
     """``q`` [B, H, Sq, D], ``k`` [B, Hk, Sk, D], ``v`` [B, Hk, Sk, Dv], ``y`` [B, H, Sq, Dv]
-    and ``mask`` [B, H, Sq, mask_len] (or None): torch views, any strides. The config:
-    ``table``'s (a codegen.tuning.TuningTable, or None) for this kernel key and shape, else
-    the heuristic's."""
+    and ``mask`` [B, H, Sq, mask_len] (or None): torch views, any strides; ``extra``: the
+    values of the kernel's :class:`Hooks` params. The config: ``table``'s (a
+    codegen.tuning.TuningTable, or None) for this kernel key and shape, else the
+    heuristic's."""
     b, h, sq, d = q.shape
     sk, dv = k.shape[2], v.shape[3]
     if y.numel() == 0:
@@ -245,12 +277,12 @@ def launch(kernel: Kernel, q: Any, k: Any, v: Any, y: Any, mask: Any, scale: flo
     args = (q, k, v, y) + (() if mask is None else (mask,))
     cfg = choose(table, TUNING, key, problem,
                  lambda: pick_config(sq, sk, b * h, head_block, itemsize, interpreted),
-                 args, functools.partial(_run, kernel.fn, scale=scale))
-    _run(kernel.fn, cfg, *args, scale=scale)
+                 args, functools.partial(_run, kernel.fn, scale=scale, extra=extra))
+    _run(kernel.fn, cfg, *args, scale=scale, extra=extra)
 
 
 def _run(fn: Any, cfg: AttentionConfig, q: Any, k: Any, v: Any, y: Any, *mask: Any,
-         scale: float) -> None:
+         scale: float, extra: tuple = ()) -> None:
     """One launch with ``cfg`` (the tuner relaunches through here with other configs);
     ``mask``: empty or the one mask view."""
     b, h, sq, d = q.shape
@@ -262,7 +294,7 @@ def _run(fn: Any, cfg: AttentionConfig, q: Any, k: Any, v: Any, y: Any, *mask: A
         scales = (high, float(np.float32(scale - high)))
     grid = (math.ceil(sq / cfg.block_m), b * h)
     launch_kernel(fn, grid, q, k, v, y, *mask, sq, sk, h, h // hk, d, dv, *scales, *q.stride(),
-           *k.stride(), *v.stride(), *y.stride(), *mask_args, BLOCK_M=cfg.block_m,
+           *k.stride(), *v.stride(), *y.stride(), *mask_args, *extra, BLOCK_M=cfg.block_m,
            BLOCK_N=cfg.block_n, BLOCK_D=_block(d), BLOCK_DV=_block(dv),
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -508,3 +540,7 @@ class Attention(Template):
         return _built(name, node, ctx, variant, ir_text,
                       lambda kernel: AttentionLauncher(kernel, dt, scale, q_heads, kv_heads, ctx),
                       [q, k, v] + ([mask] if mask else []))
+
+
+# com.microsoft MultiHeadAttention / GroupQueryAttention: templates on this kernel's hooks
+from . import attention_contrib  # noqa: E402,F401

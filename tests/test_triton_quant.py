@@ -231,11 +231,11 @@ def test_qdq_cnn_places_its_nodes_on_triton(tmp_path, level, per_channel):
 
 # ------------------------------------------------------------------ int8 GEMMs
 
-def _no_opt():
+def _level(name):
     import tritort as ort
 
-    so = ort.SessionOptions()  # constant folding would turn the int8 weights into floats
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, name)
     return so
 
 
@@ -288,7 +288,8 @@ def _qgemm_model(op, a_type, w_type, per_column, a_zero, w_zero, quantize_out, k
 def test_dequantized_gemm_is_one_int8_kernel(op, a_type, w_type, per_column, a_zero, w_zero,
                                              quantize_out):
     model = _qgemm_model(op, a_type, w_type, per_column, a_zero, w_zero, quantize_out)
-    sess = triton_session(model, sess_options=_no_opt())
+    # at the default level too: the weight DequantizeLinear is kept for the int8 GEMM
+    sess = triton_session(model, sess_options=_level("ORT_ENABLE_ALL"))
     reports = kernels(sess)
     assert len(reports) == 1 and reports[0]["kind"] == "tiled", reports
     assert sorted(reports[0]["nodes"]) == sorted(n.name for n in model.graph.node)
@@ -303,7 +304,8 @@ def test_dequantized_gemm_is_one_int8_kernel(op, a_type, w_type, per_column, a_z
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_int8_weights_stay_int8_on_the_device(monkeypatch):
+@pytest.mark.parametrize("level", ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_ALL"])
+def test_int8_weights_stay_int8_on_the_device(monkeypatch, level):
     from tritort.codegen import gemm
 
     seen = []
@@ -311,11 +313,24 @@ def test_int8_weights_stay_int8_on_the_device(monkeypatch):
     monkeypatch.setattr(gemm, "launch", lambda fn, a, b, *rest: (seen.append(
         (a.dtype, b.dtype)), real(fn, a, b, *rest))[1])
     model = _qgemm_model("MatMul", TP.UINT8, TP.INT8, True, True, False, False)
-    sess = triton_session(model, sess_options=_no_opt())
+    sess = triton_session(model, sess_options=_level(level))
     sess.run(None, {"A8": np.zeros((1, 3, 40), np.uint8)})
     import torch
 
     assert seen == [(torch.uint8, torch.int8)]
+
+
+def test_cpu_sessions_fold_int8_weights_once():
+    """Without a provider reading int8 weights as stored, constant folding dequantizes them
+    at creation instead of every run."""
+    import tritort as ort
+
+    model = _qgemm_model("MatMul", TP.UINT8, TP.INT8, True, True, False, False)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert "dq_w" not in sess.placement() and "dq_a" in sess.placement()
+    a = _rng.integers(0, 255, (2, 3, 40), endpoint=True).astype(np.uint8)
+    np.testing.assert_allclose(sess.run(None, {"A8": a})[0], oracle(model, {"A8": a})[0],
+                               rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("a_type,b_type,a_zero,b_zero", [

@@ -27,11 +27,13 @@ _NEVER_FOLD = frozenset({
 _FOLD_LIMIT_BYTES = 64 << 20
 
 
-def optimize(graph: Graph, level: int) -> Graph:
+def optimize(graph: Graph, level: int, keep_quantized_weights: bool = False) -> Graph:
+    """``keep_quantized_weights``: a provider reads int8 weights as stored (see
+    :func:`_keeps_quantized`); float8 weights are kept whatever it says."""
     if level == DISABLE_ALL:
         return graph
     eliminate_identities(graph)
-    fold_constants(graph)
+    fold_constants(graph, keep_quantized_weights)
     patterns.fold_channel_affine(graph)
     if level >= ENABLE_EXTENDED:
         rewrites.fuse(graph)
@@ -63,14 +65,14 @@ def eliminate_identities(graph: Graph) -> None:
     graph.nodes = keep
 
 
-def fold_constants(graph: Graph) -> None:
+def fold_constants(graph: Graph, keep_quantized_weights: bool = False) -> None:
     overridable = set(graph.input_names)
     known = {k for k in graph.initializers if k not in overridable}
     remaining = []
     for n in graph.nodes:
         value_inputs = [x for x in n.inputs if x]
         foldable = (n.op_type not in _NEVER_FOLD and not n.subgraphs and not n.implicit_inputs
-                    and not _keeps_float8(n, graph)
+                    and not _keeps_quantized(n, graph, keep_quantized_weights)
                     and n.domain in ("", "ai.onnx.ml") and all(x in known for x in value_inputs)
                     and missing_kernel(n.domain, n.op_type, graph.opsets) is None)
         folded = _try_fold(n, graph) if foldable else None
@@ -88,12 +90,27 @@ def fold_constants(graph: Graph) -> None:
     graph.nodes = remaining
 
 
-def _keeps_float8(n: Node, graph: Graph) -> bool:
-    """float8 weights stay float8 (half the bytes; an fp8 GEMM reads them as they are)."""
+_INT8_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+# ops whose quantized kernels take a DequantizeLinear operand as stored
+_QUANTIZED_READERS = frozenset({"MatMul", "Gemm"})
+
+
+def _keeps_quantized(n: Node, graph: Graph, int8: bool) -> bool:
+    """Weights that stay quantized: float8 always (half the bytes; an fp8 GEMM reads them as
+    they are); int8 when a provider's GEMMs read them as stored and every reader of the
+    dequantized weight is such a GEMM (a quarter of the bytes, an int8 tensor-core product)."""
     if n.op_type != "DequantizeLinear" or n.domain != "":
         return False
     v = graph.value(n.inputs[0])
-    return v is not None and v.elem_type in FLOAT8_TYPES
+    if v is None:
+        return False
+    if v.elem_type in FLOAT8_TYPES:
+        return True
+    if not int8 or v.elem_type not in _INT8_TYPES:
+        return False
+    readers = [r for r in graph.nodes if n.outputs[0] in r.inputs]
+    return bool(readers) and all(r.op_type in _QUANTIZED_READERS and r.domain == ""
+                                 for r in readers) and n.outputs[0] not in graph.output_names
 
 
 def _try_fold(n: Node, graph: Graph) -> list[np.ndarray] | None:

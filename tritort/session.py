@@ -87,7 +87,8 @@ class InferenceSession:
         self._specs = {vi.name: InputSpec(vi) for vi in self._inputs_meta}
         self._sparse_outputs = {vi.name for vi in self._outputs_meta
                                 if vi.type.WhichOneof("value") == "sparse_tensor_type"}
-        graph = optimizer.optimize(loaded.graph, int(so.graph_optimization_level))
+        graph = optimizer.optimize(loaded.graph, int(so.graph_optimization_level),
+                                   any(ep.reads_quantized_weights for ep in resolved))
         if so.optimized_model_filepath:
             self._save_optimized(graph, so.optimized_model_filepath, so._config)
         self._shared_allocators = (allocators.shared_allocators()

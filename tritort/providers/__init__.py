@@ -21,6 +21,9 @@ class ExecutionProvider(abc.ABC):
     name: str = ""
     device: str = "cpu"
     option_docs: dict[str, str] = {}
+    # its GEMMs read int8 / float8 weights as stored, dequantizing them as they load: the
+    # optimizer then keeps weight DequantizeLinear nodes instead of folding them to floats
+    reads_quantized_weights: bool = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
