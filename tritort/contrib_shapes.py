@@ -136,16 +136,75 @@ def _attention(node, ins):
     return [_tensor(_elem(x), None if dims is None else dims[:2] + [_dim(hidden)])]
 
 
+def _value(d: onnx.TensorShapeProto.Dimension | None) -> int | None:
+    return d.dim_value if d is not None and d.HasField("dim_value") else None
+
+
+def _known(value: int | None) -> onnx.TensorShapeProto.Dimension:
+    return _dim(value) if value is not None else onnx.TensorShapeProto.Dimension()
+
+
+def _cache(elem: int, batch, heads: int, head_size: int | None) -> Type:
+    """present_key / present_value (B, N, L, H): the length depends on the run's values."""
+    return _tensor(elem, [batch if batch is not None else _known(None), _known(heads or None),
+                          _known(None), _known(head_size)])
+
+
 def _multi_head_attention(node, ins):
-    """Output (B, S, V hidden) for 3-D query and value (value's last dim), else untyped
-    shapes."""
-    q, value = ins[0] if ins else None, ins[2] if len(ins) > 2 else None
+    """Output (B, S, V hidden) for 3-D query and value (value's last dim), packed QKV
+    (B, S, N, 3, H) or a value in heads (B, N, L, Hv); presents (B, N, L, H) with their
+    length unknown; qk in the query's type."""
+    ins = list(ins) + [None] * 3
+    q, key, value = ins[:3]
     if q is None:
-        return [None]
+        return [None] * 4
+    heads = _int(node, "num_heads")
+    elem = _elem(q)
+    qd, kd, vd = _dims(q), _dims(key), _dims(value)
+    out, hk, hv = None, None, None
+    if qd is not None and len(qd) == 5:
+        hk = hv = _value(qd[4])
+        out = qd[:2] + [_known(None if hv is None else heads * hv)]
+    elif qd is not None and len(qd) == 3:
+        if kd is not None and len(kd) == 5:
+            hk = hv = _value(kd[4])
+        else:
+            width = _value(kd[-1]) if kd else None
+            hk = width if kd is not None and len(kd) == 4 else \
+                (width // heads if width is not None and heads else None)
+            vwidth = _value(vd[-1]) if vd else None
+            hv = vwidth if vd is not None and len(vd) == 4 else \
+                (vwidth // heads if vwidth is not None and heads else None)
+        out = qd[:2] + [vd[2] if vd is not None and len(vd) == 3 else
+                        _known(None if hv is None else heads * hv)]
+    batch = qd[0] if qd else None
+    return [_tensor(elem, out), _cache(elem, batch, heads, hk), _cache(elem, batch, heads, hv),
+            _tensor(elem, None)]
+
+
+def _group_query_attention(node, ins):
+    """Output (B, S, N * Hv), presents (B, N_kv, L, H) with L unknown (it depends on
+    total_sequence_length's value), output_qk in the query's type."""
+    ins = list(ins) + [None] * 3
+    q, key, value = ins[:3]
+    if q is None:
+        return [None] * 4
+    n, nk = _int(node, "num_heads"), _int(node, "kv_num_heads")
+    elem = _elem(q)
     qd, vd = _dims(q), _dims(value)
-    if qd is not None and len(qd) == 3 and vd is not None and len(vd) == 3:
-        return [_tensor(_elem(q), qd[:2] + [vd[2]])]
-    return [_tensor(_elem(q), None)]
+    width = _value(qd[2]) if qd is not None and len(qd) == 3 else None
+    h = hv = None
+    if key is None and width is not None and n + 2 * nk > 0:
+        h = hv = width // (n + 2 * nk)
+    elif width is not None and n:
+        h = width // n
+        vwidth = _value(vd[2]) if vd is not None and len(vd) == 3 else None
+        hv = vwidth // nk if vwidth is not None and nk else None
+    out = None if qd is None or len(qd) != 3 else \
+        qd[:2] + [_known(None if hv is None else n * hv)]
+    batch = qd[0] if qd else None
+    return [_tensor(elem, out), _cache(elem, batch, nk, h), _cache(elem, batch, nk, hv),
+            _tensor(elem, None)]
 
 
 def _embed_layer_norm(node, ins):
@@ -172,6 +231,7 @@ def _matmul_n_bits(node, ins):
 
 CONTRIB_RULES: dict[str, Rule] = {
     "Attention": _attention, "MultiHeadAttention": _multi_head_attention,
+    "GroupQueryAttention": _group_query_attention,
     "EmbedLayerNormalization": _embed_layer_norm, "MatMulNBits": _matmul_n_bits,
     "Gelu": _like_first, "BiasGelu": _like_first, "FastGelu": _like_first,
     "QuickGelu": _like_first, "BiasAdd": _like_first, "RotaryEmbedding": _like_first,
