@@ -356,6 +356,32 @@ def check_batched_launches(sess, stub: ctypes.CDLL) -> dict:
             "mismatched": mismatched}
 
 
+def bound_io_run(sess, feeds: dict) -> Callable[[], None]:
+    """``sess.run_with_iobinding`` with the inputs and the outputs bound to tensors of their
+    own (torch CPU tensors stand for device ones here): a run that hands nothing back to the
+    host, as a decode loop or a caller keeping results on the GPU runs."""
+    import torch
+
+    outputs = sess.run(None, feeds)
+    binding = sess.io_binding()
+    keep = []
+    for name, value in feeds.items():
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+        keep.append(tensor)
+        binding.bind_input(name, "cpu", 0, value.dtype, list(value.shape), tensor.data_ptr())
+    for meta, value in zip(sess.get_outputs(), outputs):
+        tensor = torch.from_numpy(np.empty_like(value))
+        keep.append(tensor)
+        binding.bind_output(meta.name, "cpu", 0, value.dtype, list(value.shape),
+                            tensor.data_ptr())
+
+    def run() -> None:
+        sess.run_with_iobinding(binding)
+
+    run.keep = keep  # the bound tensors live as long as the call
+    return run
+
+
 def measure(sessions: dict[str, Any], counts: dict[str, dict], feeds: dict, runs: int,
             rounds: int, folder: Path) -> dict:
     """Each warm session's timings (``counts``: what :func:`warm_up` said of it; the first
@@ -365,7 +391,9 @@ def measure(sessions: dict[str, Any], counts: dict[str, dict], feeds: dict, runs
         launches = next(iter(counts.values()))["launches"]
         direct, through_jit = floor_launchers(launches, folder)
         modes: dict[Any, tuple] = {"floor": (contextlib.nullcontext, direct),
-                                   "jit_floor": (contextlib.nullcontext, through_jit)}
+                                   "jit_floor": (contextlib.nullcontext, through_jit),
+                                   "iobinding": (contextlib.nullcontext, bound_io_run(
+                                       next(iter(sessions.values())), feeds))}
         for name, sess in sessions.items():
             run = functools.partial(sess.run, None, feeds)
             modes.update({(name, "host"): (contextlib.nullcontext, run),
@@ -402,6 +430,7 @@ def measure(sessions: dict[str, Any], counts: dict[str, dict], feeds: dict, runs
     loaded = [m for info in counts.values() for m in info["loaded"]]
     default = results.pop("default")
     return {**default, "floor_us_per_run": cpu["floor"],
+            "iobinding_us_per_run": cpu["iobinding"],
             "floor_us_per_launch": cpu["floor"] / launches,
             "jit_floor_us_per_launch": cpu["jit_floor"] / launches,
             "wall_floor_us_per_run": wall["floor"], "rounds": rounds,
@@ -516,6 +545,8 @@ def report(result: dict) -> str:
         f"compiled for sm_90 and loaded: {len(result['compiled'])} kernels "
         f"(num_warps {dict(sorted(warps.items()))})",
         *_session_lines("session as configured", result),
+        f"  through an IOBinding, inputs and outputs bound (nothing handed to the host): "
+        f"{result['iobinding_us_per_run']:.1f} us/run",
         f"  batch launcher: {result['batched_launches']['launches_checked']} replayed launches "
         f"packed and sent as Triton's launcher sends them, "
         f"{len(result['batched_launches']['mismatched'])} differing; "
