@@ -462,3 +462,7 @@ class GroupQueryAttention(Template):
         inputs = [_input(node, i) for i in range(12)]
         return KernelSpec(name, launcher, inputs, ir_text, source, path, cached,
                           host_inputs=(inputs[6],))
+
+
+# MultiHeadAttention's template, on the helpers above
+from . import attention_mha  # noqa: E402,F401

@@ -29,8 +29,10 @@ def _session(model):
                                 providers=[TRITON, "CPUExecutionProvider"])
 
 
-def _launches(sess, feeds, bind=None):
-    """(outputs, the kernels launched by one run), the node checked to be on Triton."""
+def _launches(sess, feeds):
+    """(outputs, the number of kernels one run launches), every node checked to be on
+    Triton. A plan that binds (no host reads) records its launches on the first run and
+    replays them on the second: both runs must give the same outputs."""
     from tritort.codegen import launch
 
     placed = sess._program.partition.assignments
@@ -38,12 +40,19 @@ def _launches(sess, feeds, bind=None):
         assert where.provider.name == TRITON, (name, where.declined)
     with launch.recording() as launches:
         got = sess.run(None, feeds)
-    return got, [getattr(rec.fn, "__name__", "") for rec in launches]
+    bound = sess._bound_plans.bound()
+    if bound:  # the binding run recorded the launches itself
+        assert not launches
+        replayed = sess.run(None, feeds)
+        for g, r in zip(got, replayed):
+            np.testing.assert_array_equal(g, r)
+        return got, len(bound[0].launches)
+    return got, len(launches)
 
 
-def assert_one_flash_launch(kernels, append: bool):
+def assert_one_flash_launch(kernels: int, append: bool):
     """One flash-attention launch, preceded by the KV append when the node writes a cache."""
-    assert len(kernels) == 1 + append, kernels
+    assert kernels == 1 + append, kernels
 
 
 def run_gqa(node, feeds, outputs, seqlens, s, tol=TOL):
@@ -149,3 +158,100 @@ def test_gqa_packed_decode_with_window_and_softcap():
     node, feeds, outputs = gqa_case(2, 1, [6, 4], 8, past=8, packed=True, local_window_size=4,
                                     softcap=4.0)
     run_gqa(node, feeds, outputs, [6, 4], 1)
+
+
+# ------------------------------------------------------------------ MultiHeadAttention
+
+B, S, H, L = 2, 4, 8, 5
+D = N * H
+
+
+def _mha(inputs, outputs=("y",), **attrs):
+    while inputs and inputs[-1] == "":
+        inputs = inputs[:-1]
+    return ms("MultiHeadAttention", inputs, list(outputs), name="mha", num_heads=N, **attrs)
+
+
+def run_mha(node, feeds, outputs, inits=None, ort_model=None, ort_feeds=None, tol=TOL):
+    """tritort on Triton against onnxruntime (on ``ort_model`` / ``ort_feeds`` where
+    onnxruntime's CPU kernel lacks the form tested)."""
+    types = {o: TensorProto.FLOAT for o in outputs}
+    model = build([node], feeds, outputs, inits, out_types=types)
+    want = run_ort(ort_model or model, ort_feeds or feeds)
+    got, kernels = _launches(_session(model), feeds)
+    assert_one_flash_launch(kernels, append=len(outputs) > 1 or len(node.input) > 6)
+    for name, g, w in zip(outputs, got, want):
+        assert g.shape == w.shape, (name, g.shape, w.shape)
+        np.testing.assert_allclose(g, w, **tol, err_msg=name)
+    return got
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("mask", [None, "1d", "2d", "3d"])
+def test_mha_cross_attention(bias, mask):
+    feeds = {"q": randn(B, S, D), "k": randn(B, L, D), "v": randn(B, L, 3 * N)}
+    inputs = ["q", "k", "v", "", ""]
+    inits = {}
+    if bias:
+        inits["bias"] = randn(2 * D + 3 * N)
+        inputs[3] = "bias"
+    if mask:
+        feeds["m"] = {"1d": np.array([3, 5], np.int32),
+                      "2d": np.array([[1, 1, 0, 1, 1], [1, 1, 1, 1, 0]], np.int32),
+                      "3d": (randn(B, S, L) > -0.5).astype(np.int32)}[mask]
+        inputs[4] = "m"
+    run_mha(_mha(inputs), feeds, ["y"], inits)
+
+
+@pytest.mark.parametrize("shape", [(B, N, S, L), (1, 1, S, L), (B, 1, S, L)])
+def test_mha_attention_bias_with_mask_filter_value_and_scale(shape):
+    feeds = {"q": randn(B, S, D), "k": randn(B, L, D), "v": randn(B, L, D), "ab": randn(*shape),
+             "m": np.array([[1, 1, 0, 1, 1], [1, 0, 1, 1, 1]], np.int32)}
+    run_mha(_mha(["q", "k", "v", "", "m", "ab"], mask_filter_value=-3.0, scale=0.5), feeds,
+            ["y"])
+
+
+@pytest.mark.parametrize("unidirectional", [0, 1])
+@pytest.mark.parametrize("mask", [None, "1d", "2d"])
+def test_mha_self_attention_with_past(unidirectional, mask):
+    """present = past + the new rows (bias added) by the append launch; causal rows see
+    keys up to past + s."""
+    p = 3
+    feeds = {"q": randn(B, S, D), "k": randn(B, S, D), "v": randn(B, S, D),
+             "pk": randn(B, N, p, H), "pv": randn(B, N, p, H)}
+    inputs = ["q", "k", "v", "bias", "", "", "pk", "pv"]
+    if mask:
+        feeds["m"] = {"1d": np.array([5, 7], np.int32),
+                      "2d": np.array([[0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 1]],
+                                     np.int32)}[mask]
+        inputs[4] = "m"
+    node = _mha(inputs, ("y", "present_k", "present_v"), unidirectional=unidirectional)
+    run_mha(node, feeds, ["y", "present_k", "present_v"], {"bias": randn(3 * D)})
+
+
+def test_mha_causal_self_attention_presents_without_past():
+    feeds = {"q": randn(B, S, D), "k": randn(B, S, D), "v": randn(B, S, D)}
+    run_mha(_mha(["q", "k", "v"], ("y", "pk", "pv"), unidirectional=1), feeds,
+            ["y", "pk", "pv"])
+
+
+def test_mha_key_value_in_heads_take_only_the_query_bias():
+    feeds = {"q": randn(B, S, D), "k": randn(B, N, L, H), "v": randn(B, N, L, H)}
+    run_mha(_mha(["q", "k", "v", "bias"]), feeds, ["y"], {"bias": randn(3 * D)})
+
+
+@pytest.mark.parametrize("form", ["qkv", "kv"])
+def test_mha_packed_qkv_and_kv(form):
+    """onnxruntime's CPU kernel implements neither packed form: it runs the unpacked
+    inputs."""
+    q, k, v = randn(B, S, D), randn(B, S, D), randn(B, S, D)
+    bias = randn(3 * D)
+    plain = {"q": q, "k": k, "v": v}
+    ort_model = build([_mha(["q", "k", "v", "bias"])], plain, ["y"], {"bias": bias})
+    if form == "qkv":
+        feeds = {"qkv": np.stack([a.reshape(B, S, N, H) for a in (q, k, v)], axis=3)}
+        node = _mha(["qkv", "", "", "bias"])
+    else:
+        feeds = {"q": q, "kv": np.stack([a.reshape(B, S, N, H) for a in (k, v)], axis=3)}
+        node = _mha(["q", "kv", "", "bias"])
+    run_mha(node, feeds, ["y"], {"bias": bias}, ort_model=ort_model, ort_feeds=plain)
