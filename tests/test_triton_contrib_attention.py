@@ -9,6 +9,7 @@ query tokens and present rows below each batch entry's total length.
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime
 import pytest
 from onnx import TensorProto
 
@@ -255,3 +256,130 @@ def test_mha_packed_qkv_and_kv(form):
         feeds = {"q": q, "kv": np.stack([a.reshape(B, S, N, H) for a in (k, v)], axis=3)}
         node = _mha(["q", "kv", "", "bias"])
     run_mha(node, feeds, ["y"], {"bias": bias}, ort_model=ort_model, ort_feeds=plain)
+
+
+# ------------------------------------------------------------------ a decode loop
+
+
+def _loop_model(h: int, cap: int):
+    """GQA with RoPE and a local window over a shared (1, NK, cap, h) KV buffer; the chunk
+    length is symbolic, so one session runs the prompt and every decode step."""
+    feeds = {"q": randn(1, 4, N * h), "k": randn(1, 4, NK * h), "v": randn(1, 4, NK * h),
+             "pk": np.zeros((1, NK, cap, h), np.float32),
+             "pv": np.zeros((1, NK, cap, h), np.float32),
+             "seqlens": np.array([3], np.int32), "total": np.array(4, np.int32),
+             "cos": randn(32, h // 2), "sin": randn(32, h // 2)}
+    node = ms("GroupQueryAttention", ["q", "k", "v", "pk", "pv", "seqlens", "total", "cos",
+                                      "sin"], ["y", "pko", "pvo"], name="gqa", num_heads=N,
+              kv_num_heads=NK, do_rotary=1, local_window_size=6)
+    model = build([node], feeds, ["y", "pko", "pvo"],
+                  out_types={o: TensorProto.FLOAT for o in ("y", "pko", "pvo")})
+    for vi in model.graph.input[:3]:
+        vi.type.tensor_type.shape.dim[1].dim_param = "chunk"
+    return model
+
+
+@pytest.mark.parametrize("through", ["run", "iobinding"])
+def test_gqa_decode_loop_on_a_shared_buffer(through):
+    """A 4-token prompt then four decode steps, present fed back as past: through run(),
+    or through IOBinding with present_key/present_value bound to the past's own OrtValues
+    (one buffer, as onnxruntime's shared-buffer decoders run). Every step's output and
+    cache rows equal onnxruntime's; every step is one append and one flash launch."""
+    from tritort.codegen import launch
+
+    h, cap = 16, 12
+    model = _loop_model(h, cap)
+    sess = _session(model)
+    so = onnxruntime.SessionOptions()
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    oracle = onnxruntime.InferenceSession(model.SerializeToString(), so,
+                                          providers=["CPUExecutionProvider"])
+    rope = {"cos": randn(32, h // 2), "sin": randn(32, h // 2)}
+    want_cache = [np.zeros((1, NK, cap, h), np.float32) for _ in range(2)]
+    cache = [ort.OrtValue.ortvalue_from_numpy(c.copy()) for c in want_cache]
+    length = 0
+    for step, s in enumerate([4, 1, 1, 1, 1]):
+        length += s
+        feeds = {"q": randn(1, s, N * h), "k": randn(1, s, NK * h), "v": randn(1, s, NK * h),
+                 "seqlens": np.array([length - 1], np.int32),
+                 "total": np.array(length, np.int32), **rope}
+        want = oracle.run(None, {**feeds, "pk": want_cache[0], "pv": want_cache[1]})
+        want_cache = want[1:]
+        with launch.recording() as launches:
+            if through == "run":
+                y, pk, pv = sess.run(None, {**feeds, "pk": cache[0].numpy(),
+                                            "pv": cache[1].numpy()})
+                cache = [ort.OrtValue.ortvalue_from_numpy(pk), ort.OrtValue.ortvalue_from_numpy(pv)]
+            else:
+                io = sess.io_binding()
+                for name, value in feeds.items():
+                    io.bind_cpu_input(name, value)
+                io.bind_ortvalue_input("pk", cache[0])
+                io.bind_ortvalue_input("pv", cache[1])
+                io.bind_output("y")
+                io.bind_ortvalue_output("pko", cache[0])
+                io.bind_ortvalue_output("pvo", cache[1])
+                sess.run_with_iobinding(io)
+                y = io.copy_outputs_to_cpu()[0]
+        assert len(launches) == 2, (step, len(launches))
+        np.testing.assert_allclose(y, want[0], **TOL, err_msg=f"step {step}")
+        for j in (0, 1):
+            np.testing.assert_allclose(cache[j].numpy()[:, :, :length],
+                                       want[1 + j][:, :, :length], **TOL,
+                                       err_msg=f"step {step}, cache {j}")
+
+
+# ------------------------------------------------------------------ typing and refusals
+
+
+def test_untyped_outputs_are_typed_at_load_and_claimed():
+    """The node's outputs are intermediate values (Identity after each), typed by nothing but
+    the contrib shape rules: output, present_key and present_value of both ops get types, so
+    Triton claims the nodes."""
+    from onnx import helper
+
+    node, feeds, outputs = gqa_case(2, 1, [3, 1], 8, past=8, name="gqa")
+    mha = _mha(["q", "k", "v"], ("y", "present_k", "present_v"))
+    mha_feeds = {"q": randn(B, S, D), "k": randn(B, L, D), "v": randn(B, L, D)}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for n, f in ((node, feeds), (mha, mha_feeds)):
+        copies = [helper.make_node("Identity", [o], [o + "_out"], name=o) for o in n.output]
+        finals = [o + "_out" for o in n.output]
+        model = build([n, *copies], f, finals, out_types={o: TensorProto.FLOAT for o in finals})
+        sess = ort.InferenceSession(model.SerializeToString(), so,
+                                    providers=[TRITON, "CPUExecutionProvider"])
+        placed = sess._program.partition.assignments[n.name]
+        assert placed.provider.name == TRITON, placed.declined
+        got = sess.run(None, f)
+        want = run_ort(model, f)
+        np.testing.assert_allclose(got[0], want[0], **TOL)
+
+
+@pytest.mark.parametrize("op,attrs,extra,reason", [
+    ("gqa", {"qk_output": 1}, "qk", "qk_output"),
+    ("gqa", {}, "query_seqlens", "query_seqlens"),
+    ("mha", {}, "qk", "qk output"),
+    ("mha", {}, "kpm4", "key_padding_mask of rank 4"),
+])
+def test_refused_forms_stay_on_the_cpu_with_their_reason(op, attrs, extra, reason):
+    if op == "gqa":
+        node, feeds, outputs = gqa_case(1, 2, [1], 2, qk=extra == "qk", name="n", **attrs)
+        if extra == "query_seqlens":
+            node.input.extend([""] * (16 - len(node.input)) + ["qs"])
+            feeds["qs"] = np.array([2], np.int32)
+    else:
+        feeds = {"q": randn(B, S, D), "k": randn(B, L, D), "v": randn(B, L, D)}
+        inputs, outputs = ["q", "k", "v"], ["y"]
+        if extra == "qk":
+            outputs = ["y", "", "", "qk"]
+        if extra == "kpm4":
+            feeds["m"] = np.ones((B, 1, L, L), np.int32)
+            inputs += ["", "m"]
+        node = _mha(inputs, outputs)
+        node.name = "n"
+    model = build([node], feeds, [o for o in outputs if o],
+                  out_types={o: TensorProto.FLOAT for o in outputs if o})
+    placed = _session(model)._program.partition.assignments["n"]
+    assert placed.provider.name == "CPUExecutionProvider"
+    assert reason in placed.declined[TRITON], placed.declined
