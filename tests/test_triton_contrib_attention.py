@@ -57,8 +57,8 @@ def assert_one_flash_launch(kernels: int, append: bool):
 
 
 def run_gqa(node, feeds, outputs, seqlens, s, tol=TOL):
-    model = build([node], feeds, outputs,
-                  out_types={o: TensorProto.FLOAT for o in outputs})
+    elem = TensorProto.FLOAT16 if feeds["q"].dtype == np.float16 else TensorProto.FLOAT
+    model = build([node], feeds, outputs, out_types={o: elem for o in outputs})
     node.name = node.name or "gqa"
     want = run_ort(model, feeds)
     got, kernels = _launches(_session(model), feeds)
@@ -153,6 +153,11 @@ def test_gqa_rotary_position_ids(case):
     node, feeds, outputs = gqa_case(b, s, seqlens, total, past=past, h=16, rot=16,
                                     position_ids=pos)
     run_gqa(node, feeds, outputs, seqlens, s)
+
+
+def test_gqa_float16_decode_with_rotary():
+    node, feeds, outputs = gqa_case(2, 1, [3, 1], 8, past=8, h=16, rot=16, dtype=np.float16)
+    run_gqa(node, feeds, outputs, [3, 1], 1, tol={"rtol": 2e-3, "atol": 2e-3})
 
 
 def test_gqa_packed_decode_with_window_and_softcap():
