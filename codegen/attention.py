@@ -59,6 +59,7 @@ class Variant:
     right: int = -1
     softcap: float = 0.0
     empty_rows: str = "nan"  # what a row with no visible key gives: "nan" or "zero"
+    precision: str = "ieee"  # a float32 dot's input_precision ("tf32": the use_tf32 option)
 
     def text(self) -> str:
         parts = [f"{self.dtype}", f"mask={self.mask or 'none'}", f"causal={int(self.causal)}"]
@@ -70,9 +71,10 @@ class Variant:
         return ", ".join(parts)
 
 
-def _dot(a: str, b: str, acc: str, dtype: str) -> str:
-    if dtype in ("float", "double"):  # no TF32: float32 results match onnxruntime's
-        return f'tl.dot({a}, {b}, {acc}, input_precision="ieee")'
+def _dot(a: str, b: str, acc: str, dtype: str, precision: str = "ieee") -> str:
+    if dtype in ("float", "double"):  # ieee: float32 results match onnxruntime's CPU ones
+        mode = precision if dtype == "float" else "ieee"
+        return f'tl.dot({a}, {b}, {acc}, input_precision="{mode}")'
     return f"tl.dot({a}, {b}, {acc})"
 
 
@@ -188,7 +190,7 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
         "                 mask=in_d[:, None] & in_n[None, :], other=0.0)",
         *hooks.k_tile,
         *_operand("k_tile", v.dtype, interpreted),
-        f"s = {_dot('q_tile', 'k_tile', f'tl.zeros([BLOCK_M, BLOCK_N], dtype={ct})', v.dtype)}",
+        f"s = {_dot('q_tile', 'k_tile', f'tl.zeros([BLOCK_M, BLOCK_N], dtype={ct})', v.dtype, v.precision)}",
     ]
     # float arguments arrive as fp32: double takes the scale as two fp32 halves
     loop.append("s = s * scale + s * scale_lo" if v.dtype == "double" else "s = s * scale")
@@ -220,7 +222,7 @@ def attention_source(name: str, header: Sequence[str], v: Variant, interpreted: 
     if v.dtype == "float16" or (v.dtype == "bfloat16" and not interpreted):
         loop.append("p = p.to(v_tile.dtype)  # the tensor-core product takes both in 16 bits")
     loop += [*_operand("v_tile", v.dtype, interpreted),
-             f"acc = {_dot('p', 'v_tile', 'acc * alpha[:, None]', v.dtype)}",
+             f"acc = {_dot('p', 'v_tile', 'acc * alpha[:, None]', v.dtype, v.precision)}",
              "m_i = m_new"]
     body += ["    " + line for line in loop]
     if v.empty_rows == "zero":
@@ -467,7 +469,8 @@ class ScaledDotProductAttention(Template):
         dt = ctx.dtype_of(q)
         scale = float(node.attrs.get("scale", 1.0))
         variant = Variant(dt, "additive" if mask else None,
-                          bool(node.attrs.get("is_causal", 0)), empty_rows="nan")
+                          bool(node.attrs.get("is_causal", 0)), empty_rows="nan",
+                          precision=ctx.dot_precision(dt) or "ieee")
         ir_text = (f"kernel {name} ScaledDotProductAttention node={node.name!r}\n"
                    f"Q: {q} x KT: {kt} (read as K through swapped strides) x V: {v}"
                    f"{f' + mask: {mask}' if mask else ''} -> {node.outputs[0]}\n"
@@ -525,7 +528,8 @@ class Attention(Template):
         variant = Variant(dt, mask_kind, bool(attrs.get("is_causal", 0)),
                           int(attrs.get("left_window_size", -1)),
                           int(attrs.get("right_window_size", -1)),
-                          float(attrs.get("softcap", 0.0)), empty_rows="zero")
+                          float(attrs.get("softcap", 0.0)), empty_rows="zero",
+                          precision=ctx.dot_precision(dt) or "ieee")
         scale = attrs.get("scale")
         scale = None if scale is None else float(scale)
         three_d = ctx.rank_of(q) == 3

@@ -242,7 +242,7 @@ def _spatial(prefix: str, stride: str, r: int) -> str:
     return " + ".join(f"{prefix}{j} * {stride}{j + 2}" for j in range(r))
 
 
-def _gemm_body(spec: ConvSpec, interpreted: bool) -> list[str]:
+def _gemm_body(spec: ConvSpec, interpreted: bool, precision: str | None = None) -> list[str]:
     """The implicit-GEMM main loop (tap_major or flat) filling ``acc``."""
     win, r = spec.window, spec.window.rank
     taps = win.taps
@@ -264,7 +264,7 @@ def _gemm_body(spec: ConvSpec, interpreted: bool) -> list[str]:
         "    w_cols = w + m * sw0",
         f"    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc_type(spec.dtype)})",
     ]
-    dot = gemm._dot_line(spec.dtype, interpreted)
+    dot = gemm._dot_line(spec.dtype, interpreted, precision=precision)
     if spec.variant == "tap_major":
         t = tap_indices("tap", win.kernel)
         lines += [f"    for tap in range(0, {taps}):"]
@@ -356,7 +356,7 @@ def _finish(spec: ConvSpec, epilogue: gemm.Epilogue, out_dtype: str) -> list[str
 
 
 def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str,
-                interpreted: bool, epilogue: gemm.Epilogue) -> str:
+                interpreted: bool, epilogue: gemm.Epilogue, precision: str | None = None) -> str:
     """The kernel's source: ``Y = epilogue(conv(X, W) + B)`` rounded once to ``out_dtype``.
 
     ``epilogue.params`` follow ``y`` in the signature; ``epilogue.lines`` (unindented
@@ -365,12 +365,12 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
     ``tile_mask`` (in-bounds elements), ``out_idx_0`` .. ``out_idx_{R-1}`` (int64,
     broadcastable to the tile: the index of each element along Y's dim j, so ``out_idx_1`` is
     the output channel), ``y_offs`` (each element's offset in Y, which the launcher allocates
-    contiguous) and every kernel parameter.
+    contiguous) and every kernel parameter. ``precision``: a float32 dot's input_precision.
     """
     if spec.variant == "direct":
         body = _direct_body(spec)
     else:
-        body = _gemm_body(spec, interpreted)
+        body = _gemm_body(spec, interpreted, precision)
     body += _finish(spec, epilogue, out_dtype)
     lines = ["# tritort conv kernel", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
@@ -385,11 +385,11 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
 
 
 def launch(fn: Any, spec: ConvSpec, x: Any, w: Any, b: Any, y: Any, extra: Sequence[Any],
-           interpreted: bool, table: Any) -> None:
+           interpreted: bool, table: Any, tf32: bool = False) -> None:
     """``x`` [N, C, *S], ``w`` [M, CG, *K], ``b`` [M] or None, ``y`` [N, M, *O]: torch
     tensors with any strides; ``extra``: the epilogue's args, passed right after ``y``.
     The config: ``table``'s (a codegen.tuning.TuningTable, or None) for this kernel key and
-    shape, else the heuristic's."""
+    shape, else the heuristic's; ``tf32``: float32 dots on TF32 tensor cores (own key)."""
     if y.numel() == 0:
         return
     win, variant = spec.window, spec.variant
@@ -403,7 +403,8 @@ def launch(fn: Any, spec: ConvSpec, x: Any, w: Any, b: Any, y: Any, extra: Seque
     def default() -> ConvConfig:
         return pick_config(rows, cols, k, spec.group, itemsize, variant, interpreted)
 
-    key = kernel_key(str(x.dtype).removeprefix("torch."), variant, win.rank)
+    dtype = str(x.dtype).removeprefix("torch.")
+    key = kernel_key("tf32" if tf32 and dtype == "float32" else dtype, variant, win.rank)
     cfg = choose(table, TUNING, key, problem, default, (x, w, b, y, *extra),
                  functools.partial(_run, fn, spec=spec))
     reason = unusable(cfg, variant)
@@ -449,6 +450,7 @@ class ConvLauncher:
         self.fn, self.spec, self.out_dtype, self.device = fn, spec, out_dtype, ctx.torch_device
         self.interpreted, self.table = ctx.interpreted, ctx.tuning
         self.node_name, self.fused = node_name, fused
+        self.tf32 = ctx.use_tf32 and spec.variant != "direct"
 
     def __call__(self, x: Any, w: Any, *rest: Any) -> tuple:
         import torch
@@ -460,13 +462,13 @@ class ConvLauncher:
         y = torch.empty((x.shape[0], w.shape[0], *outs), dtype=self.out_dtype,
                         device=self.device)
         if self.fused is None:
-            launch(self.fn, spec, x, w, b, y, (), self.interpreted, self.table)
+            launch(self.fn, spec, x, w, b, y, (), self.interpreted, self.table, self.tf32)
             return (y,)
         from .epilogue import launch_args
 
         args, outputs = launch_args(self.fused, epilogue_inputs, y.shape, y.shape, y.device)
         with np.errstate(all="ignore"):  # the interpreter computes masked lanes too
-            launch(self.fn, spec, x, w, b, y, args, self.interpreted, self.table)
+            launch(self.fn, spec, x, w, b, y, args, self.interpreted, self.table, self.tf32)
         return (y, *outputs) if self.fused.result_stored else (*outputs, y)
 
     def _check(self, x: Any, w: Any, b: Any) -> None:
@@ -522,7 +524,8 @@ def build_conv(node, ctx, name: str, fusion: Any = None) -> KernelSpec:
                   f"K (channel, tap); tl.dot accumulating in {acc_type(spec.dtype)}")
                + (f"\n{fusion.text()}" if fusion is not None else ""))
     header = [f"ONNX node: {node.name} (Conv)", *ir_text.splitlines()[1:]]
-    source = conv_source(KERNEL, header, spec, out_dtype, ctx.interpreted, epilogue)
+    source = conv_source(KERNEL, header, spec, out_dtype, ctx.interpreted, epilogue,
+                         ctx.dot_precision(spec.dtype))
     fn, path, cached = load_source(source, KERNEL, ctx)
     launcher = ConvLauncher(fn, spec, torch_dtype(out_dtype), ctx, node.name, fused)
     return KernelSpec(name, launcher, inputs, ir_text, source, path, cached)

@@ -112,7 +112,8 @@ _INTERPRETER_DIRECT = ((16, 8), (32, 4), (16, 16), (32, 8))
 
 
 def kernel_key(dtype: str, variant: str, rank: int) -> str:
-    """``conv:float32:tap_major:2d``; ``dtype`` as torch names it (``float32``)."""
+    """``conv:float32:tap_major:2d``; ``dtype`` as torch names it (``float32``), or
+    ``tf32`` for float32 dots on TF32 tensor cores."""
     return f"conv:{dtype}:{variant}:{rank}d"
 
 

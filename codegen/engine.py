@@ -34,6 +34,7 @@ class Device:
     name: str  # the kernel cache's device key: 'cuda:0', 'triton-interpreter'
     torch_device: Any
     tuning: Any  # the codegen.tuning.TuningTable every launcher takes its configs from
+    use_tf32: bool = False  # float32 GEMMs / Convs / attention dots on TF32 tensor cores
 
 
 class Types:
@@ -64,7 +65,8 @@ class Types:
 def template_context(types: Types, initializers: dict, opset: int,
                      device: Device) -> TemplateContext:
     return TemplateContext(types.dtype, types.shape, initializers.get, device.name,
-                           device.torch_device, target.interpreted(), opset, device.tuning)
+                           device.torch_device, target.interpreted(), opset, device.tuning,
+                           device.use_tf32)
 
 
 # ------------------------------------------------------------------ values computed from shapes

@@ -34,7 +34,7 @@ from tritort import dtypes
 from .launch import launch_kernel
 from .cache import KERNEL
 from .emit import acc_type, helper_source, store, stored
-from .gemm_configs import TUNING, GemmConfig, pick_config
+from .gemm_configs import DEFAULT_SMS, SPLIT_SLOTS, TUNING, GemmConfig, pick_config
 from .rowwise import torch_dtype
 from .templates import KernelSpec, Template, kernel_signature, load_source, template
 from .tuning import choose
@@ -70,7 +70,10 @@ def epilogue_and_store(acc: str, epilogue_lines: Sequence[str], out_dtype: str) 
     return lines + ["    " + store("y + y_offs", acc, out_dtype, "tile_mask")]
 
 
-def _dot_line(in_dtype: str, interpreted: bool, upcast: str | None = None) -> list[str]:
+def _dot_line(in_dtype: str, interpreted: bool, upcast: str | None = None,
+              precision: str | None = None) -> list[str]:
+    """``precision``: a float32 dot's ``input_precision`` ('tf32' on tensor cores, or
+    'ieee', the default: float32 results then match onnxruntime's CPU ones)."""
     if upcast == "tl.float32":
         return [f"        a_tile = a_tile.to({upcast})", f"        b_tile = b_tile.to({upcast})",
                 '        acc = tl.dot(a_tile, b_tile, acc, input_precision="ieee")']
@@ -84,9 +87,45 @@ def _dot_line(in_dtype: str, interpreted: bool, upcast: str | None = None) -> li
                 "        b_tile = b_tile.to(tl.float32)",
                 '        acc = tl.dot(a_tile, b_tile, acc, input_precision="ieee")']
     if in_dtype in ("float", "double"):
-        # no TF32: float32 results then match onnxruntime's on GPUs too
-        return ['        acc = tl.dot(a_tile, b_tile, acc, input_precision="ieee")']
+        mode = precision if in_dtype == "float" and precision else "ieee"
+        return [f'        acc = tl.dot(a_tile, b_tile, acc, input_precision="{mode}")']
     return ["        acc = tl.dot(a_tile, b_tile, acc)"]
+
+
+def _split_range() -> list[str]:
+    """Split-K: program (pid, s) walks the s-th of SPLIT_K equal runs of K blocks."""
+    return ["    k_blocks = tl.cdiv(K, BLOCK_K)",
+            "    if SPLIT_K > 1:",
+            "        run = tl.cdiv(k_blocks, SPLIT_K)",
+            "        kb_lo = tl.program_id(1) * run",
+            "        kb_hi = tl.minimum(kb_lo + run, k_blocks)",
+            "    else:",
+            "        kb_lo, kb_hi = 0, k_blocks"]
+
+
+def _split_reduce(acc: str) -> list[str]:
+    """Split-K in one launch: each program writes its partial tile to the fp32 workspace
+    ``ws`` and counts itself in ``arrivals[pid]``; the tile's last program to arrive sums
+    the SPLIT_K partials in split order (deterministic), resets the count for the next
+    launch and alone runs the epilogue and stores (``tile_mask`` masks the others off), so
+    the epilogue sees the full reduction."""
+    return [
+        "    if SPLIT_K > 1:",
+        "        tile_size = BLOCK_M * BLOCK_N",
+        "        slots = tl.num_programs(0).to(tl.int64)",
+        "        in_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + "
+        "tl.arange(0, BLOCK_N)[None, :]",
+        "        tl.store(ws + ((tl.program_id(1) * slots + pid) * tile_size + in_tile), acc)",
+        "        tl.debug_barrier()  # every thread's partial is written before the release",
+        '        arrived = tl.atomic_add(arrivals + pid, 1, sem="acq_rel")',
+        "        last = arrived + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32) == SPLIT_K - 1",
+        f"        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc})",
+        "        for s in range(0, SPLIT_K):  # .cg: the other programs' partials, not L1's",
+        "            acc += tl.load(ws + ((s * slots + pid) * tile_size + in_tile), mask=last,",
+        "                           other=0.0, cache_modifier=\".cg\")",
+        "        tl.store(arrivals + pid, 0, mask=arrived == SPLIT_K - 1)  # for the next launch",
+        "        tile_mask = tile_mask & last",
+    ]
 
 
 def _base(prefix: str, rank: int) -> str:
@@ -98,14 +137,17 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
                   dot_upcast: str | None = None,
                   prologues: dict[int, str] | None = None,
                   others: dict[int, str] | None = None, setup: Sequence[str] = (),
-                  b_load: Sequence[str] | None = None) -> str:
+                  b_load: Sequence[str] | None = None, precision: str | None = None,
+                  split_k: bool = False) -> str:
     """``Y[b] = epilogue(A[b] @ B[b])`` over ``batch_rank`` broadcast batch dims; tiles are
     converted to ``dot_upcast`` before ``tl.dot`` when given (float8 without native MMA).
     ``prologues``: operand index -> a line turning the loaded tile (``a_tile`` / ``b_tile``,
     read from the prologue's source) into the operand (see :func:`operand_prologue`), lines
     separated by newlines; ``others``: operand index -> the value masked lanes load (an
     int8 prologue's shift must turn them into 0); ``setup``: lines before the K loop;
-    ``b_load``: lines computing ``b_tile`` in place of its load (packed weights)."""
+    ``b_load``: lines computing ``b_tile`` in place of its load (packed weights);
+    ``precision``: a float32 dot's input_precision; ``split_k``: the kernel takes a
+    ``SPLIT_K`` (see :func:`_split_reduce`)."""
     prologues, others = prologues or {}, others or {}
     r = batch_rank
     dims = [f"d{j}" for j in range(r)]
@@ -113,8 +155,9 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
                [f"sb{j}" for j in range(r)] + ["sbk", "sbn"] +
                [f"sy{j}" for j in range(r)] + ["sym", "syn"])
     params = ["a", "b", "y", *epilogue.params, "M", "N", "K", *dims, *strides,
+              *(["ws", "arrivals"] if split_k else []),
               "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr",
-              "GROUP_M: tl.constexpr"]
+              "GROUP_M: tl.constexpr", *(["SPLIT_K: tl.constexpr"] if split_k else [])]
     acc = acc_type(in_dtype)
     body = [
         "    pid = tl.program_id(0)",
@@ -151,7 +194,8 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
         "    b_cols = b + (b_base + cols * sbn)",
         f"    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc})",
         *setup,
-        "    for kb in range(0, tl.cdiv(K, BLOCK_K)):",
+        *(_split_range() if split_k else ["    kb_lo, kb_hi = 0, tl.cdiv(K, BLOCK_K)"]),
+        "    for kb in range(kb_lo, kb_hi):",
         "        k_idx = kb * BLOCK_K + offs_k",
         "        k_off = k_idx.to(tl.int64)",
         "        k_in = k_idx < K",
@@ -162,8 +206,9 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
             f"                         other={others.get(1, '0.0')})"]),
         *[f"        {line.format(t=t)}" for i, t in enumerate(("a_tile", "b_tile"))
           if i in prologues for line in prologues[i].splitlines()],
-        *_dot_line(in_dtype, interpreted, dot_upcast),
+        *_dot_line(in_dtype, interpreted, dot_upcast, precision),
         "    tile_mask = mask_m & mask_n",
+        *(_split_reduce(acc) if split_k else []),
         *[f"    out_idx_{j} = i{j}" for j in range(r)],
         f"    out_idx_{r} = rows",
         f"    out_idx_{r + 1} = cols",
@@ -182,11 +227,13 @@ def matmul_source(name: str, header: Sequence[str], batch_rank: int, in_dtype: s
 
 
 def launch(fn: Any, a: Any, b: Any, y: Any, extra: Sequence[Any], interpreted: bool,
-           table: Any) -> None:
+           table: Any, arrivals: Any = None, tf32: bool = False) -> None:
     """``a`` [*batch, M, K], ``b`` [*batch, K, N], ``y`` [*batch, M, N]: torch views with the
     kernel's batch rank (broadcast batch dims have stride 0); ``extra``: the epilogue's args.
     The config: ``table``'s (a codegen.tuning.TuningTable, or None) for this kernel key and
-    shape, else the heuristic's."""
+    shape, else the heuristic's. ``arrivals``: the split-K counters of a kernel taking
+    SPLIT_K (zeros, as many as programs may be; None: no split-K); ``tf32``: a float32
+    kernel whose dots run on TF32 tensor cores (its own key and tiles)."""
     *batch, m, k = a.shape
     n = b.shape[-1]
     if y.numel() == 0:
@@ -197,10 +244,13 @@ def launch(fn: Any, a: Any, b: Any, y: Any, extra: Sequence[Any], interpreted: b
     dtype = str(a.dtype).removeprefix("torch.")
     if b.dtype != a.dtype:  # float8 e4m3 x e5m2
         dtype += "x" + str(b.dtype).removeprefix("torch.")
-    cfg = choose(table, TUNING, f"matmul:{dtype}:batch{len(batch)}", problem,
-                 lambda: pick_config(m, n, k, nbatch, a.element_size(), interpreted),
-                 (a, b, y, *extra), functools.partial(_run, fn))
-    _run(fn, cfg, a, b, y, *extra)
+    tf32 = tf32 and dtype == "float32"
+    sms = table.device.sms if table is not None else DEFAULT_SMS
+    cfg = choose(table, TUNING, f"matmul:{'tf32' if tf32 else dtype}:batch{len(batch)}",
+                 problem, lambda: pick_config(m, n, k, nbatch, a.element_size(), interpreted,
+                                              tf32, sms),
+                 (a, b, y, *extra), functools.partial(_run, fn, arrivals=arrivals))
+    _run(fn, cfg, a, b, y, *extra, arrivals=arrivals)
 
 
 def _order(t: Any) -> str:
@@ -208,15 +258,40 @@ def _order(t: Any) -> str:
     return "n" if t.stride(-1) == 1 else "t" if t.stride(-2) == 1 else "s"
 
 
-def _run(fn: Any, cfg: GemmConfig, a: Any, b: Any, y: Any, *extra: Any) -> None:
+def _run(fn: Any, cfg: GemmConfig, a: Any, b: Any, y: Any, *extra: Any,
+         arrivals: Any = None) -> None:
     """One launch with ``cfg`` (the tuner relaunches through here with other configs)."""
+    import torch
+
     *batch, m, k = a.shape
     n = b.shape[-1]
-    tiles = math.ceil(m / cfg.block_m) * math.ceil(n / cfg.block_n)
-    launch_kernel(fn, (math.prod(batch) * tiles,), a, b, y, *extra, m, n, k, *batch, *a.stride(),
-           *b.stride(), *y.stride(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+    programs = math.prod(batch) * math.ceil(m / cfg.block_m) * math.ceil(n / cfg.block_n)
+    split, grid, split_args = 1, (programs,), ()
+    if arrivals is not None:  # a kernel taking SPLIT_K
+        split = cfg.split_k if programs <= arrivals.numel() else 1
+        ws = y
+        if split > 1:  # each program's partial tile, fp32 (arena memory: written before read)
+            ws = torch.empty(split * programs * cfg.block_m * cfg.block_n,
+                             dtype=torch.float64 if a.dtype == torch.float64 else torch.float32,
+                             device=y.device)
+            grid = (programs, split)
+        split_args = (ws, arrivals)
+    kw = {"SPLIT_K": split} if arrivals is not None else {}
+    launch_kernel(fn, grid, a, b, y, *extra, m, n, k, *batch, *a.stride(),
+           *b.stride(), *y.stride(), *split_args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
            BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, num_warps=cfg.num_warps,
-           num_stages=cfg.num_stages)
+           num_stages=cfg.num_stages, **kw)
+
+
+def split_counters(fn: Any, device: Any) -> Any:
+    """The zeroed arrival counters of a kernel taking SPLIT_K (None for others): made once,
+    with the launcher, as every launch's last program leaves them zero again. One set per
+    launcher: runs of one session on several streams at once must not share a GEMM node."""
+    if "SPLIT_K" not in getattr(fn, "arg_names", ()):
+        return None
+    import torch
+
+    return torch.zeros(SPLIT_SLOTS, dtype=torch.int32, device=device)
 
 
 def _check_k(op: str, a_shape, b_shape, ka: int, kb: int) -> None:
@@ -234,6 +309,7 @@ class MatMulLauncher:
         self.fn, self.batch_rank, self.fused = fn, batch_rank, fused
         self.out_dtype, self.device = torch_dtype(out_dtype), ctx.torch_device
         self.interpreted, self.table = ctx.interpreted, ctx.tuning
+        self.tf32, self.arrivals = ctx.use_tf32, split_counters(fn, ctx.torch_device)
 
     def __call__(self, a: Any, b: Any, *epilogue_inputs: Any, extra: tuple = (),
                  lead: tuple = ()) -> tuple:
@@ -272,13 +348,15 @@ def _launch_with_epilogue(launcher, a, b, y, y_view, epilogue_inputs,
     """Launch with the template's own ``extra`` args, then the fused epilogue's."""
     fused = launcher.fused
     if fused is None:
-        launch(launcher.fn, a, b, y_view, extra, launcher.interpreted, launcher.table)
+        launch(launcher.fn, a, b, y_view, extra, launcher.interpreted, launcher.table,
+               launcher.arrivals, launcher.tf32)
         return (y,)
     from .epilogue import launch_args
 
     args, outputs = launch_args(fused, epilogue_inputs, y.shape, y_view.shape, y.device)
     with np.errstate(all="ignore"):  # the interpreter computes masked lanes too
-        launch(launcher.fn, a, b, y_view, extra + args, launcher.interpreted, launcher.table)
+        launch(launcher.fn, a, b, y_view, extra + args, launcher.interpreted, launcher.table,
+               launcher.arrivals, launcher.tf32)
     return (y, *outputs) if fused.result_stored else (*outputs, y)
 
 
@@ -290,6 +368,7 @@ class GemmLauncher:
         self.fn, self.trans_a, self.trans_b, self.with_c = fn, trans_a, trans_b, with_c
         self.out_dtype, self.device = torch_dtype(out_dtype), ctx.torch_device
         self.interpreted, self.table, self.fused = ctx.interpreted, ctx.tuning, fused
+        self.tf32, self.arrivals = ctx.use_tf32, split_counters(fn, ctx.torch_device)
 
     def __call__(self, a: Any, b: Any, *rest: Any, lead: tuple = ()) -> tuple:
         import torch
@@ -435,7 +514,7 @@ def _built(name, node, ctx, ir_text, batch_rank, in_dt, epilogue, launcher_for, 
         ir_text += "\n" + fusion.text()
     source = matmul_source(KERNEL, _header(node, ir_text), batch_rank, in_dt, out_dt,
                            ctx.interpreted, epilogue, dot_upcast, prologues, others, setup,
-                           b_load)
+                           b_load, ctx.dot_precision(in_dt), split_k=not setup)
     fn, path, cached = load_source(source, KERNEL, ctx)
     return KernelSpec(name, launcher_for(fn, out_dt, fused), inputs, ir_text, source, path,
                       cached)

@@ -38,6 +38,13 @@ class TemplateContext:
     interpreted: bool
     opset: int
     tuning: Any = None  # the TuningTable launchers take configs from (None: heuristics only)
+    use_tf32: bool = False  # float32 tl.dot on TF32 tensor cores (the provider's use_tf32)
+
+    def dot_precision(self, dtype: str) -> str | None:
+        """``input_precision`` of a float32 ``tl.dot``: 'tf32' or 'ieee'; None for others."""
+        if dtype != "float":
+            return None
+        return "tf32" if self.use_tf32 else "ieee"
 
     def rank_of(self, value: str) -> int | None:
         shape = self.shape_of(value)

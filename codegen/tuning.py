@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
 import os
 import threading
@@ -73,7 +72,8 @@ from typing import Any, Callable, Sequence
 
 from .tuning_db import (TuningDBError, db_path, empty_doc, read_db, table_of, well_formed,
                         write_db)
-from .tuning_space import SPACES, ConfigSpace, DeviceInfo, device_info, triton_version
+from .tuning_space import (SPACES, ConfigSpace, DeviceInfo, config_dict, device_info,
+                           triton_version)
 # the tuning API callers (the autotune driver, tests) know by this module's name
 from .tuning_db import FORMAT, VERSION  # noqa: F401
 from .tuning_space import INTERPRETER, bucket, describe  # noqa: F401
@@ -214,7 +214,7 @@ class TuningTable:
             for kernel, shapes in configs.items():
                 for shape, cfg in shapes.items():
                     self._local.setdefault(kernel, {})[shape] = {
-                        "config": dataclasses.asdict(cfg)}
+                        "config": config_dict(cfg)}
             self._publish()
 
     def store(self, kernel: str, shape: str, entry: dict) -> None:

@@ -22,6 +22,7 @@ class DeviceInfo:
     name: str  # the database's device key
     interpreted: bool
     shared_memory: int  # bytes one program may use
+    sms: int = 132  # streaming multiprocessors (an H100's where there is no GPU to ask)
 
 
 _devices: dict[tuple, DeviceInfo] = {}
@@ -38,7 +39,8 @@ def device_info(torch_device: Any) -> DeviceInfo:
 
             index = torch_device.index if torch_device.index is not None else \
                 torch.cuda.current_device()
-            info = DeviceInfo(torch.cuda.get_device_name(index), False, _shared_memory(index))
+            info = DeviceInfo(torch.cuda.get_device_name(index), False, _shared_memory(index),
+                              torch.cuda.get_device_properties(index).multi_processor_count)
         _devices[key] = info
     return info
 
@@ -79,15 +81,19 @@ def pow2_at_least(n: int, floor: int = 16) -> int:
     return max(floor, 1 << max(int(n) - 1, 0).bit_length())
 
 
-def stored_config_check(blocks: Sequence[str], low: int = 1, high: int = 1 << 30):
+def stored_config_check(blocks: Sequence[str], low: int = 1, high: int = 1 << 30,
+                        most: dict[str, int] | None = None):
     """A ``check`` for :class:`ConfigSpace`: why a stored config can never launch (block
     fields not powers of two in [low, high], num_warps not a power of two <= 32, more than 8
-    stages), or None."""
+    stages, a ``most`` field over its bound), or None."""
     def check(cfg) -> str | None:
         for name in blocks:
             v = getattr(cfg, name)
             if v < low or v & (v - 1) or v > high:
                 return f"{name}={v} is not a power of two in [{low}, {high}]"
+        for name, bound in (most or {}).items():
+            if getattr(cfg, name) > bound:
+                return f"{name}={getattr(cfg, name)} > {bound}"
         if cfg.num_warps not in (1, 2, 4, 8, 16, 32):
             return f"num_warps={cfg.num_warps} is not a power of two <= 32"
         return f"num_stages={cfg.num_stages} > 8" if cfg.num_stages > 8 else None
@@ -121,6 +127,13 @@ def shared_memory(estimate: Callable[[Any, dict], int]) -> Rule:
             return f"shared memory {need // 1024} KiB > {device.shared_memory // 1024} KiB"
         return None
     return rule
+
+
+def config_dict(cfg: Any) -> dict:
+    """A config as stored: fields with defaults (added later) only where they differ, so
+    entries written before them read back the same."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.default is dataclasses.MISSING or getattr(cfg, f.name) != f.default}
 
 
 def describe(cfg: Any) -> str:
@@ -164,11 +177,14 @@ class ConfigSpace:
 
     def parse(self, value: Any) -> Any:
         """A config from its JSON dict; ValueError saying what is wrong."""
-        names = [f.name for f in dataclasses.fields(self.config_type)]
+        fields = dataclasses.fields(self.config_type)
+        names = [f.name for f in fields]
+        # fields added later have defaults: entries stored before them stay valid
+        optional = {f.name for f in fields if f.default is not dataclasses.MISSING}
         if not isinstance(value, dict):
             raise ValueError(f"a {self.template} config is a dict of {names}, got "
                              f"{type(value).__name__}")
-        if set(value) != set(names):
+        if not set(names) - optional <= set(value) <= set(names):
             raise ValueError(f"a {self.template} config has the fields {names}, got "
                              f"{sorted(map(str, value))}")
         bad = [k for k, v in value.items() if type(v) is not int or v <= 0]

@@ -23,7 +23,7 @@ from tests.triton_env import requires_triton
 pytestmark = requires_triton
 TRITON = "TritonExecutionProvider"
 INTERP = tuning.DeviceInfo(tuning.INTERPRETER, True, 1 << 30)
-KERNEL = "matmul:float32:batch0"
+KERNEL = "matmul:tf32:batch0"  # float32 with use_tf32 on, the default
 # A [20, 40] @ B [40, 24]: the heuristic's interpreter config is 32x32x32, group 4
 SHAPE = "b1_m24_n24_k48_nn"
 STORED = GemmConfig(16, 16, 16, 1, 4, 1)

@@ -25,9 +25,9 @@ pytestmark = requires_triton
 TRITON = "TritonExecutionProvider"
 GPU = tuning.DeviceInfo("some GPU", False, 48 * 1024)
 # the model's three convs (X [1, 3, 6, 6], 'same' padding: 36 rows each) in launch order
-FLAT = ("conv:float32:flat:2d", "g1_r48_c16_k32_t12")  # 3 -> 16 channels, 3x3
+FLAT = ("conv:tf32:flat:2d", "g1_r48_c16_k32_t12")  # 3 -> 16 channels, 3x3
 DIRECT = ("conv:float32:direct:2d", "g16_r48_c16_k12_t12")  # depthwise 3x3 over 16
-TAP_MAJOR = ("conv:float32:tap_major:2d", "g1_r48_c16_k16_t1")  # 16 -> 8 channels, 1x1
+TAP_MAJOR = ("conv:tf32:tap_major:2d", "g1_r48_c16_k16_t1")  # 16 -> 8 channels, 1x1
 # distinctive configs the second session must launch with (none is a heuristic's choice)
 STORED = {FLAT: ConvConfig(16, 16, 16, 2, 1), DIRECT: ConvConfig(16, 4, 1, 2, 1),
           TAP_MAJOR: ConvConfig(16, 16, 16, 1, 1)}

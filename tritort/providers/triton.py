@@ -27,7 +27,11 @@ class TritonExecutionProvider(ExecutionProvider):
                                           "integer) to run on instead of torch's current "
                                           "stream; ordered against it with events",
                    "enable_cuda_graph": "'1': each input signature's recorded launches are "
-                                        "captured into a CUDA graph and replayed"}
+                                        "captured into a CUDA graph and replayed",
+                   "use_tf32": "'1' (the default, as onnxruntime's CUDA provider): float32 "
+                               "MatMul / Gemm / Conv / attention products run on TF32 tensor "
+                               "cores (inputs rounded to 10 mantissa bits, fp32 accumulation); "
+                               "'0': full float32 products"}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -49,9 +53,10 @@ class TritonExecutionProvider(ExecutionProvider):
 
         from tritort.codegen import engine, tuning
 
-        if self.options.get("enable_cuda_graph", "0") not in ("0", "1"):
-            raise InvalidArgument(f"{TRITON}: enable_cuda_graph is '0' or '1', got "
-                                  f"'{self.options['enable_cuda_graph']}'")
+        for flag in ("enable_cuda_graph", "use_tf32"):
+            if self.options.get(flag, "0") not in ("0", "1"):
+                raise InvalidArgument(f"{TRITON}: {flag} is '0' or '1', got "
+                                      f"'{self.options[flag]}'")
         device_id = self.options.get("device_id", "0")
         if not device_id.isdigit():
             raise ValueError(f"{TRITON}: device_id must be a non-negative integer, got "
@@ -62,7 +67,8 @@ class TritonExecutionProvider(ExecutionProvider):
         # tuned configs for this device, resolved once; re-read if the file changed on disk
         self.tuning = tuning.active_table(self.torch_device)
         self.tuning.refresh()
-        self._device = engine.Device(self.device, self.torch_device, self.tuning)
+        self.use_tf32 = self.options.get("use_tf32", "1") == "1"
+        self._device = engine.Device(self.device, self.torch_device, self.tuning, self.use_tf32)
         self.kernels: list[dict[str, Any]] = []  # for the placement report
 
     def claim(self, node: Node, graph: Graph) -> str | None:
