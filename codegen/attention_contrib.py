@@ -247,8 +247,7 @@ def _sink_lines(kind: str | None, dtype: str) -> tuple[list[str], list[str]]:
         f"m_i = tl.zeros([BLOCK_M], dtype={ct}) + {value}", "l_i = l_i + 1.0"]
 
 
-def _flash_kernel(node, ctx, name: str, variant: flash.Variant, hooks: flash.Hooks,
-                  ir_text: str):
+def _flash_kernel(node, ctx, variant: flash.Variant, hooks: flash.Hooks, ir_text: str):
     header = [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
     source = flash.attention_source(KERNEL, header, variant, ctx.interpreted, hooks)
     fn, path, cached = load_source(source, KERNEL, ctx)
@@ -277,7 +276,7 @@ def _heads(x, heads: int, op: str, what: str):
 
 # ------------------------------------------------------------------ GroupQueryAttention
 
-_GQA_REFUSED_INPUTS = {11: None, 12: "k_scale (quantized KV cache)",
+_GQA_REFUSED_INPUTS = {12: "k_scale (quantized KV cache)",
                        13: "v_scale (quantized KV cache)", 14: "q_norm_weight",
                        15: "k_norm_weight", 16: "query_seqlens (right-padded chunks)"}
 
@@ -368,7 +367,7 @@ class GroupQueryAttention(Template):
         if not a.get("causal", 1) and int(a.get("local_window_size", -1)) >= 0:
             return "local_window_size with causal=0"
         for index, what in _GQA_REFUSED_INPUTS.items():
-            if what and _input(node, index):
+            if _input(node, index):
                 return f"{what} input runs on the CPU"
         query, key, value = node.inputs[0], _input(node, 1), _input(node, 2)
         if bool(key) != bool(value):
@@ -457,7 +456,7 @@ class GroupQueryAttention(Template):
                    f"1. {append_ir} (kernel {append_path.stem})\n"
                    f"2. flash attention over present, online softmax in {compute_type(dt)}; "
                    f"scale={'1/sqrt(H)' if scale is None else repr(scale)}; {variant.text()}")
-        kernel, source, path, cached = _flash_kernel(node, ctx, name, variant, hooks, ir_text)
+        kernel, source, path, cached = _flash_kernel(node, ctx, variant, hooks, ir_text)
         launcher = GqaLauncher(kernel, append, dt, n, nk, scale, rotary, sink, ctx)
         inputs = [_input(node, i) for i in range(12)]
         return KernelSpec(name, launcher, inputs, ir_text, source, path, cached,

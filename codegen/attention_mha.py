@@ -234,7 +234,7 @@ class MultiHeadAttention(Template):
                    f"{'; key_padding_mask rank ' + str(ctx.rank_of(kpm)) if kpm else ''}\n"
                    f"{append_line}flash attention, online softmax in {compute_type(dt)}; "
                    f"scale={'1/sqrt(H)' if scale is None else repr(scale)}; {variant.text()}")
-        kernel, source, path, cached = _flash_kernel(node, ctx, name, variant, hooks, ir_text)
+        kernel, source, path, cached = _flash_kernel(node, ctx, variant, hooks, ir_text)
         launcher = MhaLauncher(kernel, append, dt, heads, scale, kv_bias and not cache,
                                kv_bias and cache, causal_past, wants, ctx)
         return KernelSpec(name, launcher, [_input(node, i) for i in range(8)], ir_text, source,
