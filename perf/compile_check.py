@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(jobs, results, recording["units"]))
     failed = sum(not r["ok"] for r in results)
     print(f"{len(jobs) - failed} compiled, {failed} failed; "
-          f"{sum(bool(r.get('spills')) for r in results)} spill registers to local memory")
+          f"{sum(bool(r.get('spills')) for r in results)} kernels spill registers")
     print()
     print(layer_table(recording, jobs, results))
     print()
