@@ -64,6 +64,9 @@ def parse_args(argv):
                    help="max_ongoing_requests of the replica, both modes (default: 2 x "
                         "--max-batch, so both queue in the replica, not in the proxy)")
     p.add_argument("--num-cpus", type=float, default=1, help="CPUs (and threads) of the replica")
+    p.add_argument("--access-log", action="store_true",
+                   help="keep Serve's per-request access log (default: off, as a loaded "
+                        "server runs; it costs the proxy and the replica CPU per request)")
     p.add_argument("--full", action="store_true", help="the harness's full shapes")
     p.add_argument("--quick", action="store_true", help="200 requests per point")
     p.add_argument("--out", default=None, help="also write the report (markdown) here")
@@ -171,7 +174,8 @@ def main(argv=None) -> int:
              f"One replica with num_cpus={args.num_cpus:g} (intra-op and BLAS threads "
              f"{tserve.replica_threads({'num_cpus': args.num_cpus})}); batched: "
              f"max_batch_size={args.max_batch}, batch_wait_timeout_s={args.batch_wait_ms / 1e3:g}; "
-             f"max_ongoing_requests={max_ongoing} in both modes; "
+             f"max_ongoing_requests={max_ongoing} in both modes; Serve's access log "
+             f"{'on' if args.access_log else 'off'}; "
              f"{args.requests} requests per point, each one item as an .npz body over HTTP "
              f"to 127.0.0.1 (aiohttp clients in the driver process, keep-alive). The plain "
              f"loop is `sess.run` in one thread of the driver, same threads.", "",
@@ -190,7 +194,8 @@ def main(argv=None) -> int:
     ray.init(address="local", num_cpus=max(2, int(args.num_cpus) + 1), include_dashboard=False,
              log_to_driver=False)
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    logging_config = None if args.access_log else {"enable_access_log": False}
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=logging_config)
     url = f"http://127.0.0.1:{port}{ROUTE}"
     speedups = []
     try:
@@ -216,7 +221,8 @@ def main(argv=None) -> int:
                     str(built.path), max_batch_size=max_batch,
                     batch_wait_timeout_s=args.batch_wait_ms / 1e3,
                     ray_actor_options={"num_cpus": args.num_cpus},
-                    max_ongoing_requests=ongoing, name="bench"),
+                    max_ongoing_requests=ongoing, name="bench",
+                    **({"logging_config": logging_config} if logging_config else {})),
                     name="bench", route_prefix=ROUTE)
                 out = post_once(url, body)
                 for got, want in zip(out.values(), reference):
