@@ -13,8 +13,9 @@ Both keep the graph's exact scale (a Python float on the node; the proto attribu
 A mask that is a causal triangle (a triangular constant, cropped top-left, or Trilu of ones the
 exporter builds from the sequence lengths) becomes ``is_causal=1`` and is not loaded.
 
-The contrib-op fusions of ``ort_fusions`` wait in ``WAITING_CONTRIB_FUSIONS`` until both
-providers run those ops on the device; ``CONTRIB_FUSIONS`` is what runs.
+``CONTRIB_FUSIONS`` are ``ort_fusions``' rewrites to com.microsoft ops that both providers
+run (GELUs, skip and RMS normalization); the others (MHA, GQA, rotary) would replace the
+internal attention op, which the flash kernel runs, and are not used.
 """
 from __future__ import annotations
 
@@ -24,29 +25,33 @@ import onnx
 from .contracts import ATTENTION_OP, INTERNAL_DOMAIN
 from .graph import Graph, Node
 
-# onnxscript.rewriter.ort_fusions entry points (model -> count) that write com.microsoft ops,
-# switched on once the Triton provider has rows for the ops they write.
-WAITING_CONTRIB_FUSIONS = (
-    "erfgelu.fuse_erfgelu",                      # Gelu
-    "gelu.fuse_gelu",                            # Gelu (tanh form: FastGelu)
-    "rms_normalization.fuse_rms_normalization",  # SimplifiedLayerNormalization
-    "skip_normalization.fuse_skip_layer_normalization",
-    "skip_normalization.fuse_skip_rms_normalization",
-    "bias_gelu.fuse_bias_gelu",                  # after the Gelu fusions
+# onnxscript.rewriter.ort_fusions entry points (model -> count) that write com.microsoft ops
+# both providers run on the device, in order, with the ops a graph needs for each to match
+# (a graph with none of them skips the conversion, and onnxscript's import).
+CONTRIB_FUSIONS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("erfgelu.fuse_erfgelu", frozenset({"Erf"})),                      # Gelu
+    ("gelu.fuse_gelu", frozenset({"Tanh"})),                           # FastGelu
+    ("rms_normalization.fuse_rms_normalization", frozenset({"ReduceMean"})),
+    ("skip_normalization.fuse_skip_layer_normalization", frozenset({"LayerNormalization"})),
+    ("skip_normalization.fuse_skip_rms_normalization", frozenset({"ReduceMean"})),
+    ("bias_gelu.fuse_bias_gelu", frozenset({"Erf", "Tanh", "Gelu"})),  # after the Gelus
 )
-CONTRIB_FUSIONS: tuple[str, ...] = ()
+_ATTENTION_TRIGGERS = frozenset({"Softmax"})
 
 
 def fuse(graph: Graph) -> int:
     """Run the rewriter's fusions on ``graph`` in place; returns how many fired."""
-    if not CONTRIB_FUSIONS and not any(n.op_type == "Softmax" for n in graph.nodes):
+    present = {n.op_type for n in graph.nodes if n.domain in ("", "ai.onnx")}
+    fusions = [entry for entry, needs in CONTRIB_FUSIONS if needs & present]
+    attention = bool(_ATTENTION_TRIGGERS & present)
+    if not fusions and not attention:
         return 0  # nothing to match: skip the conversion (and onnxscript's import)
     import importlib
 
     from . import rewrite_rules as rules  # onnxscript imports here, only when needed
     model, originals = _to_ir(graph)
-    count = rules.apply_attention_rules(model)
-    for entry in CONTRIB_FUSIONS:
+    count = rules.apply_attention_rules(model) if attention else 0
+    for entry in fusions:
         module, fn = entry.rsplit(".", 1)
         count += getattr(importlib.import_module(
             f"onnxscript.rewriter.ort_fusions.{module}"), fn)(model)
