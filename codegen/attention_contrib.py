@@ -429,7 +429,7 @@ class GroupQueryAttention(Template):
         past = bool(_input(node, 3))
         variant = flash.Variant(dt, "additive" if bias else None, causal,
                                 window - 1 if window > 0 else -1, -1, softcap,
-                                empty_rows="zero")
+                                empty_rows="zero", precision=ctx.dot_precision(dt) or "ieee")
         params = ["seqlens"]
         setup = ["t_b = tl.load(seqlens + b) + 1", "q_off = tl.maximum(t_b - Sq, 0)",
                  "kv_len = tl.minimum(t_b, Sk)"]

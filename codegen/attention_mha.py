@@ -220,7 +220,7 @@ class MultiHeadAttention(Template):
         hooks = flash.Hooks(tuple(params), tuple(setup), causal_past, tuple(q_lines),
                             tuple(k_lines), tuple(v_lines), scores=tuple(scores))
         variant = flash.Variant(dt, "additive" if attn_bias else None, causal,
-                                empty_rows="zero")
+                                empty_rows="zero", precision=ctx.dot_precision(dt) or "ieee")
         append, append_line = None, ""
         if cache:
             append, append_ir, append_path = _append_kernel(node, ctx, "kv_append", dt, False,
