@@ -108,10 +108,15 @@ def _gaps(sess) -> list[str]:
     return gaps
 
 
-def _check_placement(sess, provider, record_property) -> None:
+def _check_placement(sess, provider, record_property, attention_blocks: int = 2) -> None:
     if provider != "triton":
         return
     _record_cpu_nodes(sess, record_property)
+    # every layer's attention is found, fused or not, so no check below passes vacuously
+    keys = [(a.node.domain or "ai.onnx", a.node.op_type)
+            for a in sess._program.partition.assignments.values()]
+    assert sum(k in ATTENTION_OPS or k == ("ai.onnx", "Softmax") for k in keys) == \
+        attention_blocks, Counter(keys)
     gaps = _gaps(sess)
     record_property("triton_gaps", gaps)
     if gaps:
@@ -235,7 +240,7 @@ def test_qoperator_quantized_cnn(models, provider, record_property):
         t for t in onnx.load(path).graph.initializer if t.name.startswith("y_scale"))))
     np.testing.assert_allclose(got, want, rtol=0, atol=step * 1.001)
     assert np.mean(got == want) >= 0.9
-    _check_placement(sess, provider, record_property)
+    _check_placement(sess, provider, record_property, attention_blocks=0)
 
 
 # ------------------------------------------------------------------ unsupported contrib ops
