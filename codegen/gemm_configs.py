@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from . import tuning_space
+from .tuning_space import DEFAULT_SMS
 
 @dataclass(frozen=True)
 class GemmConfig:
@@ -49,7 +50,6 @@ CONFIGS: dict[int | str, tuple[GemmConfig, ...]] = {
         GemmConfig(16, 64, 16, 8, 4, 3)),
 }
 TENSOR_CORE_KINDS = (1, 2, "tf32")
-DEFAULT_SMS = 132  # an H100 SXM's; the device's own count where torch can say
 _WGMMA_ROWS = 64  # Hopper's warpgroup MMA: 64 rows per 4 warps
 _MIN_BLOCK = 16  # tl.dot needs every block dim >= 16
 _INTERPRETER_MAX_BLOCK = 32

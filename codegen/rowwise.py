@@ -22,6 +22,7 @@ import onnx
 from tritort import dtypes
 
 from .launch import launch_kernel
+from .tuning_space import DEFAULT_SMS
 from .cache import KERNEL
 from .emit import (ExprEmitter, acc_type, compute_type, helper_source, round_bf16, storage_type,
                    store, stored)
@@ -356,22 +357,31 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+_TILE_ELEMENTS = 2048  # per program and column step: <= 8 per thread at 8 warps, no spills
+_PER_THREAD = 8  # elements per thread a warp count aims at (two 16-byte loads of fp32)
+
+
 def block_sizes(rows: int, cols: int, interpreted: bool,
-                rows_contiguous: bool = False) -> tuple[int, int, int]:
+                rows_contiguous: bool = False, sms: int = DEFAULT_SMS) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps). The interpreter runs numpy underneath, so big tiles are
-    fast there. GPUs get tiles of at most 4096 elements and loop over long rows; when
+    fast there. GPUs get tiles of at most _TILE_ELEMENTS and loop over long rows; when
     neighbouring rows are neighbours in memory (a reduction over leading axes) a tile takes
-    many rows so its loads coalesce."""
+    many rows so its loads coalesce. Otherwise a program takes fewer rows until every SM has
+    one (a 128-token LayerNorm: 128 programs of one row, not 32 of four); warps give each
+    thread about _PER_THREAD elements of the tile."""
     if interpreted:
         block_n = min(_pow2(max(cols, 1)), 1 << 14)
         return max(1, min(_pow2(max(rows, 1)), (1 << 16) // block_n)), block_n, 1
     if rows_contiguous:
         block_m = min(_pow2(max(rows, 1)), 64)
-        block_n = min(_pow2(max(cols, 1)), 4096 // block_m)
+        block_n = min(_pow2(max(cols, 1)), max(1, _TILE_ELEMENTS // block_m))
     else:
-        block_n = min(_pow2(max(cols, 1)), 2048)
-        block_m = max(1, min(_pow2(max(rows, 1)), 4096 // block_n))
-    return block_m, block_n, 8 if block_m * block_n >= 4096 else 4
+        block_n = min(_pow2(max(cols, 1)), _TILE_ELEMENTS)
+        block_m = max(1, min(_pow2(max(rows, 1)), _TILE_ELEMENTS // block_n))
+        while block_m > 1 and -(-rows // block_m) < sms:
+            block_m //= 2
+    warps = block_m * block_n // (32 * _PER_THREAD)
+    return block_m, block_n, min(8, max(1, _pow2(max(warps, 1))))
 
 
 class TileLauncher:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 INTERPRETER = "triton-interpreter"
+DEFAULT_SMS = 132  # an H100 SXM's SMs: what configs assume where no GPU says otherwise
 SPACES: dict[str, "ConfigSpace"] = {}  # template name (a kernel key's first part) -> space
 
 # ------------------------------------------------------------------ devices
@@ -22,7 +23,7 @@ class DeviceInfo:
     name: str  # the database's device key
     interpreted: bool
     shared_memory: int  # bytes one program may use
-    sms: int = 132  # streaming multiprocessors (an H100's where there is no GPU to ask)
+    sms: int = DEFAULT_SMS  # streaming multiprocessors
 
 
 _devices: dict[tuple, DeviceInfo] = {}

@@ -357,3 +357,14 @@ def test_float32_gemm_uses_tensor_cores_only_with_tf32(tmp_path, monkeypatch):
     tf32, ieee = _compile_sm90(jobs, tmp_path)
     assert tf32["mma"] in ("wgmma", "mma") and tf32["spills"] == 0, tf32
     assert ieee["mma"] == "fma", ieee
+
+
+def test_row_tiles_give_every_sm_a_program_and_few_elements_per_thread():
+    sms = gemm_configs.DEFAULT_SMS
+    for rows, cols in [(1536, 128), (128, 768), (1024, 768), (128, 50257), (1576, 197), (7, 30)]:
+        block_m, block_n, warps = rowwise.block_sizes(rows, cols, False)
+        programs = -(-rows // block_m)
+        assert programs >= min(rows, sms), (rows, cols, block_m)
+        assert block_m * block_n <= 8 * 32 * warps and warps <= 8, (rows, cols, warps)
+    assert rowwise.block_sizes(128, 768, False) == (1, 1024, 4)  # LayerNorm, 128 tokens
+    assert rowwise.block_sizes(12 * 128, 128, False) == (8, 128, 4)  # attention Softmax
