@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from . import patterns, rewrites
+from . import contrib_decompose, patterns, rewrites
 from .contracts import FLOAT8_TYPES
 from .graph import Graph, Node
 from .fallback_cpu import build_kernel, missing_kernel
@@ -36,6 +36,7 @@ def optimize(graph: Graph, level: int, keep_quantized_weights: bool = False) -> 
     fold_constants(graph, keep_quantized_weights)
     patterns.fold_channel_affine(graph)
     if level >= ENABLE_EXTENDED:
+        contrib_decompose.decompose(graph)  # before the fusions, which may match its output
         rewrites.fuse(graph)
         patterns.fuse_float8_matmul(graph)
     remove_dead_nodes(graph)

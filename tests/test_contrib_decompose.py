@@ -1,0 +1,156 @@
+"""com.microsoft Attention and EmbedLayerNormalization rewritten into ops both engines run on
+the device (tritort/contrib_decompose.py), against onnxruntime on the CPU provider and on
+Triton (interpreter): every node the rewrite writes lands on Triton, the attention as one
+flash-attention unit. Forms the rewrite refuses keep the contrib node (and still match)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto
+
+import tritort as ort
+from tests.test_contrib_ops import (  # noqa: F401  (_seeded: the autouse seeding fixture)
+    _seeded, assert_close, build, ms, randint, randn, run_ort,
+)
+from tests.test_contrib_ops_attention import B, N, S, _attention
+from tests.triton_env import requires_triton
+from tritort.contracts import ATTENTION_OP, INTERNAL_DOMAIN
+
+TRITON = "TritonExecutionProvider"
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "triton": [TRITON, "CPUExecutionProvider"]}
+providers = pytest.mark.parametrize("provider", [
+    "cpu", pytest.param("triton", marks=requires_triton)])
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _run(node, feeds, inits, outputs, provider, level=None):
+    """(tritort's outputs, onnxruntime's, the session) for a one-node model."""
+    want = run_ort(build([node], feeds, outputs, inits), feeds)
+    types = {o: TensorProto.INT32 if w.dtype == np.int32 else TensorProto.FLOAT
+             for o, w in zip(outputs, want)}
+    model = build([node], feeds, outputs, inits, out_types=types)
+    so = ort.SessionOptions()
+    if level is not None:
+        so.graph_optimization_level = level
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=PROVIDERS[provider])
+    return sess.run(None, feeds), want, sess
+
+
+def _ops(sess) -> list[tuple[str, str]]:
+    return [(a.node.domain, a.node.op_type)
+            for a in sess._program.partition.assignments.values()]
+
+
+def _check_decomposed(sess, provider, attention: bool) -> None:
+    ops = _ops(sess)
+    # the rewriter may fuse what the rewrite writes (Add + LayerNormalization: SkipLayerNorm)
+    assert not {("com.microsoft", "Attention"), ("com.microsoft", "EmbedLayerNormalization")} \
+        & set(ops), ops
+    assert ops.count((INTERNAL_DOMAIN, ATTENTION_OP)) == int(attention), ops
+    if provider != "triton":
+        return
+    for name, a in sess._program.partition.assignments.items():
+        assert a.provider.name == TRITON, (name, a.node.op_type, a.declined)
+    if attention:
+        units = next(ep for ep in sess._program.providers if ep.name == TRITON).kernels
+        sdpa = [a.node.name for a in sess._program.partition.assignments.values()
+                if a.node.op_type == ATTENTION_OP]
+        holding = [u for u in units if sdpa[0] in u["nodes"]]
+        assert len(holding) == 1 and holding[0]["kind"] == "attention", holding
+
+
+MASKS = {
+    None: None,
+    "lengths": np.array([2, 4], np.int32),
+    "2d": np.array([[1, 0, 1, 1], [1, 1, 1, 0]], np.int32),
+    "2d_values": np.array([[3, 0, -1, 1], [1, 2, 1, 0]], np.int32),  # > 0 opens a key
+    "3d": np.array([[[1, 0, 1, 1]] * S, [[1, 1, 0, 1], [1, 1, 1, 1], [0, 1, 1, 1],
+                                         [1, 1, 1, 0]]], np.int32),
+}
+
+
+@providers
+@pytest.mark.parametrize("mask", list(MASKS))
+@pytest.mark.parametrize("unidirectional", [0, 1])
+def test_attention(provider, mask, unidirectional):
+    node, feeds, inits = _attention(MASKS[mask], unidirectional=unidirectional)
+    (got,), (want,), sess = _run(node, feeds, inits, ["y"], provider)
+    assert_close(got, want, name="y", **TOL)
+    _check_decomposed(sess, provider, attention=True)
+
+
+@providers
+def test_attention_bias_scale_filter_and_sizes(provider):
+    w = randn(12, N * 8 + N * 8 + N * 3, scale=0.5)
+    node, feeds, inits = _attention(MASKS["2d"], attention_bias=randn(1, N, S, S), scale=0.3,
+                                    mask_filter_value=-50.0, weights=w,
+                                    qkv_hidden_sizes=[N * 8, N * 8, N * 3])
+    (got,), (want,), sess = _run(node, feeds, inits, ["y"], provider)
+    assert_close(got, want, name="y", **TOL)
+    _check_decomposed(sess, provider, attention=True)
+
+
+def test_attention_without_bias_and_with_attention_bias_only():
+    node, feeds, inits = _attention(None, bias=False, attention_bias=randn(B, 1, S, S))
+    (got,), (want,), sess = _run(node, feeds, inits, ["y"], "cpu")
+    assert_close(got, want, name="y", **TOL)
+    _check_decomposed(sess, "cpu", attention=True)
+
+
+@pytest.mark.parametrize("case", ["past", "2b", "basic_level"])
+def test_attention_refused_forms_keep_the_contrib_node(case):
+    kwargs, level = {}, None
+    if case == "past":
+        kwargs = {"past": randn(2, B, N, 3, 8), "outputs": ("y", "present")}
+    elif case == "2b":
+        kwargs = {"mask": np.array([4, 3, 1, 0], np.int32)}
+    else:
+        level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    node, feeds, inits = _attention(**kwargs)
+    outputs = list(node.output)
+    got, want, sess = _run(node, feeds, inits, outputs, "cpu", level)
+    for name, g, w in zip(outputs, got, want):
+        assert_close(g, w, name=name, **TOL)
+    assert ("com.microsoft", "Attention") in _ops(sess)
+
+
+def _embed(segments, mask, positions, outputs=("y", "mask_index", "emb_sum")):
+    b, s, hidden, vocab = 2, 5, 16, 11
+    feeds = {"ids": randint(0, vocab, b, s)}
+    inputs = ["ids", "", "word", "pos", "", "gamma", "beta", "", ""]
+    inits = {"word": randn(vocab, hidden), "pos": randn(8, hidden), "gamma": randn(hidden),
+             "beta": randn(hidden)}
+    if segments:
+        feeds["seg"] = randint(0, 2, b, s)
+        inits["segtab"] = randn(2, hidden)
+        inputs[1], inputs[4] = "seg", "segtab"
+    if mask:
+        feeds["mask"] = np.array([[1, 1, 1, 0, 0], [1, 1, 2, 1, 1]], np.int32)
+        inputs[7] = "mask"
+    if positions:
+        feeds["posid"] = randint(0, 8, *((1, s) if positions == "1S" else (b, s)))
+        inputs[8] = "posid"
+    while inputs[-1] == "":
+        inputs.pop()
+    node = ms("EmbedLayerNormalization", inputs, list(outputs), epsilon=1e-5)
+    return node, feeds, inits
+
+
+@providers
+@pytest.mark.parametrize("segments", [True, False])
+@pytest.mark.parametrize("mask", [True, False])
+@pytest.mark.parametrize("positions", [None, "1S", "BS"])
+def test_embed_layer_normalization(provider, segments, mask, positions):
+    node, feeds, inits = _embed(segments, mask, positions)
+    got, want, sess = _run(node, feeds, inits, list(node.output), provider)
+    for name, g, w in zip(node.output, got, want):
+        assert_close(g, w, name=name, **TOL)
+    _check_decomposed(sess, provider, attention=False)
+
+
+@providers
+def test_embed_layer_normalization_y_only(provider):
+    node, feeds, inits = _embed(True, True, None, outputs=("y", "", ""))
+    (got,), (want,), sess = _run(node, feeds, inits, ["y"], provider)
+    assert_close(got, want, name="y", **TOL)
+    _check_decomposed(sess, provider, attention=False)
