@@ -14,6 +14,7 @@ from typing import Sequence
 from tritort.dtypes import FLOAT8_OCP_TYPES, FLOAT_TYPES
 
 from .ir import Cast, Const, Expr
+from .keys import contrib
 from .lowering import _round, lowering, op
 
 RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
@@ -97,12 +98,18 @@ def _quantize(attrs, xs, outs):
         if zero is not None:
             q = op("add", q, _as(zero, cdt))
         return [Cast(out, q, bool(attrs.get("saturate", 1)))]
+    return [saturate(q, zero, out, cdt)]
+
+
+def saturate(q: Expr, zero: Expr | None, out: str, cdt: str = "float") -> Expr:
+    """``q`` (already divided by the scale) rounded half to even, plus the zero point, clamped
+    to ``out``'s range and cast to it."""
     q = _round({}, [q], [])[0]
     if zero is not None:
         q = op("add", q, _as(zero, cdt))
     lo, hi = RANGES[out]
     q = op("min", op("max", q, Const(cdt, float(lo))), Const(cdt, float(hi)))
-    return [Cast(out, q)]
+    return Cast(out, q)
 
 
 def _dq_reason(attrs: dict, dtypes: Sequence[str]) -> str | None:
@@ -117,8 +124,83 @@ def _dq_reason(attrs: dict, dtypes: Sequence[str]) -> str | None:
 def _dequantize(attrs, xs, outs):
     x, scale = xs[0], xs[1]
     zero = xs[2] if len(xs) > 2 else None
-    cdt = _compute_type(x)
+    return [_as(dequantized(x, scale, zero, _compute_type(x)), outs[0])]
+
+
+def dequantized(x: Expr, scale: Expr, zero: Expr | None, cdt: str = "float") -> Expr:
+    """``(x - zero_point) * scale`` in ``cdt``."""
     d = _as(x, cdt)
     if zero is not None:
         d = op("sub", d, _as(zero, cdt))
-    return [_as(op("mul", d, _as(scale, cdt)), outs[0])]
+    return op("mul", d, _as(scale, cdt))
+
+
+# ------------------------------------------------------------------ QOperator pointwise ops
+# onnxruntime's com.microsoft QLinear* ops: dequantize each input with its per-tensor scale and
+# zero point (omitted: 0), compute in float32, requantize to the output's 8-bit type (round half
+# to even, zero point, saturate), as fallback_cpu/contrib_qlinear.py does. Fused, two in a row
+# keep the float value between them in registers only as far as the quantized value allows:
+# each output is still rounded to its 8-bit code.
+
+QLINEAR_TYPES = frozenset({"float", "int8", "uint8"})
+
+
+def _qlinear_reason(attrs: dict, dtypes: Sequence[str]) -> str | None:
+    if dtypes[0] not in ("int8", "uint8"):
+        return f"quantized input of {dtypes[0]} (onnxruntime takes uint8 or int8)"
+    return None
+
+
+def _per_tensor_reason(params: Sequence[int]):
+    """Refuses scales / zero points (inputs ``params``) of more than one element."""
+    def reason(attrs: dict, shapes: Sequence[tuple | None]) -> str | None:
+        for i in params:
+            if i >= len(shapes) or shapes[i] is None:
+                continue
+            if any(not isinstance(d, int) or d != 1 for d in shapes[i]):
+                return f"scale or zero point {i} of shape {list(shapes[i])}: the QOperator " \
+                       f"ops take per-tensor parameters only (the CPU reports it)"
+        return None
+    return reason
+
+
+def _opt(xs: Sequence[Expr | None], i: int) -> Expr | None:
+    return xs[i] if i < len(xs) else None
+
+
+def _binary(prim: str):
+    def build(attrs, xs, outs):
+        a = dequantized(xs[0], xs[1], _opt(xs, 2))
+        b = dequantized(xs[3], xs[4], _opt(xs, 5))
+        v = op(prim, a, b)
+        return [saturate(op("fdiv", v, _as(xs[6], "float")), _opt(xs, 7), outs[0])]
+    return build
+
+
+for _name, _prim in (("QLinearAdd", "add"), ("QLinearMul", "mul")):
+    lowering(contrib(_name), QLINEAR_TYPES, min_inputs=5, refuses=_qlinear_reason,
+             refuses_shapes=_per_tensor_reason((1, 2, 4, 5, 6, 7)))(_binary(_prim))
+
+
+def _unary(fn):
+    def build(attrs, xs, outs):
+        v = fn(attrs, dequantized(xs[0], xs[1], _opt(xs, 2)))
+        return [saturate(op("fdiv", v, _as(xs[3], "float")), _opt(xs, 4), outs[0])]
+    return build
+
+
+def _sigmoid(attrs, v: Expr) -> Expr:
+    # 1 / (1 + exp(-v)) spelled out, as the NumPy kernel computes it
+    one = Const("float", 1.0)
+    return op("fdiv", one, op("add", one, op("exp", op("neg", v))))
+
+
+def _leaky(attrs, v: Expr) -> Expr:
+    alpha = Const("float", float(attrs.get("alpha", 0.01)))
+    return op("where", op("ge", v, Const("float", 0.0), dtype="bool"), v, op("mul", v, alpha),
+              dtype="float")
+
+
+for _name, _fn in (("QLinearSigmoid", _sigmoid), ("QLinearLeakyRelu", _leaky)):
+    lowering(contrib(_name), QLINEAR_TYPES, min_inputs=3, refuses=_qlinear_reason,
+             refuses_shapes=_per_tensor_reason((1, 2, 3, 4)))(_unary(_fn))

@@ -1,0 +1,225 @@
+"""onnxruntime's QOperator set (com.microsoft QLinearAdd, QLinearMul, QLinearSigmoid,
+QLinearLeakyRelu) on Triton (interpreter) against onnxruntime: single-node models over the
+input and attribute combinations, placement, and fusion of QLinear chains into one kernel.
+
+Outputs are 8-bit codes. Both sides dequantize, compute in float32 and round half to even;
+onnxruntime's kernels reach some float32 values by another order of operations (the unary
+ops through a 256-entry table computed with its own exp, the binary ones through MLAS's
+vectorised arithmetic), so a value that lies within an ulp of a half code may round the other
+way: at most one code apart, and at least 95 % of the codes equal. Where a test compares
+exactly, the inputs put no value near a tie.
+
+The graphs declare every value's type and shape: the load-time type rules for the QOperator
+outputs are not assumed here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime
+import pytest
+from onnx import helper, numpy_helper
+
+from tests.triton_env import requires_triton, triton_session
+
+pytestmark = requires_triton
+T = "TritonExecutionProvider"
+MS = "com.microsoft"
+_rng = np.random.default_rng(1313)
+
+
+def q8(dtype, *shape):
+    info = np.iinfo(dtype)
+    return _rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+
+
+def qparams(name, dtype, scale, zero):
+    return {f"{name}_s": np.array(scale, np.float32), f"{name}_z": np.array(zero, dtype)}
+
+
+def _vi(name, array_or_spec):
+    dtype, shape = array_or_spec
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)),
+                                         list(shape))
+
+
+def model(nodes, feeds, inits, values, outputs):
+    """``values``: name -> (dtype, shape) of every node output; ``outputs``: the graph's."""
+    graph = helper.make_graph(
+        nodes, "g", [_vi(k, (v.dtype, v.shape)) for k, v in feeds.items()],
+        [_vi(o, values[o]) for o in outputs],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+        value_info=[_vi(k, v) for k, v in values.items() if k not in outputs])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid(MS, 1)])
+
+
+def oracle(m, feeds):
+    so = onnxruntime.SessionOptions()
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return onnxruntime.InferenceSession(m.SerializeToString(), so,
+                                        providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def kernels(sess) -> list[dict]:
+    return next(ep for ep in sess._program.providers if ep.name == T).kernels
+
+
+def assert_codes(got, want, exact_value=None, chained=False):
+    """Equal codes, except one apart where ``exact_value`` (the float64 value before rounding,
+    from the spec) lies within 1e-4 of a half code: float32 steps taken in another order
+    round such a tie either way. ``chained``: a tie flipped in one op moves the next op's
+    input by a code, so no value is given, only the bounds."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    diff = np.abs(got.astype(np.int32) - want.astype(np.int32))
+    assert diff.max(initial=0) <= 1, diff.max()
+    if exact_value is None and not chained:
+        np.testing.assert_array_equal(got, want)
+        return
+    if exact_value is not None:
+        frac = np.abs(np.asarray(exact_value, np.float64) % 1.0 - 0.5)
+        assert np.all(frac[diff > 0] < 1e-4), \
+            np.asarray(exact_value)[(diff > 0) & (frac >= 1e-4)]
+    assert (diff == 0).mean() >= 0.95, (diff == 0).mean()
+
+
+def deq(x, s, z=None):
+    return (x.astype(np.float64) - (0.0 if z is None else float(z))) * float(s)
+
+
+def ms(op_type, inputs, outputs, **attrs):
+    return helper.make_node(op_type, inputs, outputs, name=op_type.lower(), domain=MS, **attrs)
+
+
+# ------------------------------------------------------------------ binary
+
+
+@pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shapes", [((4, 6, 8), (4, 6, 8)), ((4, 6, 8), (8,)),
+                                    ((9, 1), (1, 11)), ((4, 6, 8), ())])
+def test_qlinear_binary(op, dtype, shapes):
+    feeds = {"a": q8(dtype, *shapes[0]), "b": q8(dtype, *shapes[1])}
+    inits = {**qparams("a", dtype, 0.05, 10 if dtype == np.uint8 else -3),
+             **qparams("b", dtype, 0.02, 130 if dtype == np.uint8 else 4),
+             **qparams("c", dtype, 0.07 if op == "QLinearAdd" else 0.5,
+                       100 if dtype == np.uint8 else 2)}
+    out = np.broadcast_shapes(shapes[0], shapes[1])
+    m = model([ms(op, ["a", "a_s", "a_z", "b", "b_s", "b_z", "c_s", "c_z"], ["c"])], feeds,
+              inits, {"c": (dtype, out)}, ["c"])
+    got = triton_session(m).run(None, feeds)[0]
+    assert_codes(got, oracle(m, feeds)[0], binary_value(op, feeds, inits))
+
+
+def binary_value(op, feeds, inits):
+    a = deq(feeds["a"], inits["a_s"], inits.get("a_z"))
+    b = deq(feeds["b"], inits["b_s"], inits.get("b_z"))
+    return (a + b if op == "QLinearAdd" else a * b) / float(inits["c_s"])
+
+
+@pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
+def test_qlinear_binary_omitted_zero_points(op):
+    """Omitted zero points are 0 and the output uint8 (onnxruntime runs explicit zeros: its
+    type inference refuses the omitted ones)."""
+    feeds = {"a": q8(np.uint8, 16, 16), "b": q8(np.uint8, 16, 16)}
+    inits = {**qparams("a", np.uint8, 0.05, 0), **qparams("b", np.uint8, 0.02, 0),
+             **qparams("c", np.uint8, 0.3, 0)}
+    explicit = model([ms(op, ["a", "a_s", "a_z", "b", "b_s", "b_z", "c_s", "c_z"], ["c"])],
+                     feeds, inits, {"c": (np.uint8, (16, 16))}, ["c"])
+    (want,) = oracle(explicit, feeds)
+    for k in ("a_z", "b_z", "c_z"):
+        del inits[k]
+    omitted = model([ms(op, ["a", "a_s", "", "b", "b_s", "", "c_s"], ["c"])], feeds, inits,
+                    {"c": (np.uint8, (16, 16))}, ["c"])
+    assert_codes(triton_session(omitted).run(None, feeds)[0], want,
+                 binary_value(op, feeds, inits))
+
+
+def test_qlinear_add_saturates():
+    """Sums past the 8-bit range clamp to it."""
+    feeds = {"a": np.array([250, 255, 0, 3], np.uint8), "b": np.array([250, 255, 0, 1], np.uint8)}
+    inits = {**qparams("a", np.uint8, 1.0, 0), **qparams("b", np.uint8, 1.0, 0),
+             **qparams("c", np.uint8, 1.0, 10)}
+    m = model([ms("QLinearAdd", ["a", "a_s", "a_z", "b", "b_s", "b_z", "c_s", "c_z"], ["c"])],
+              feeds, inits, {"c": (np.uint8, (4,))}, ["c"])
+    got = triton_session(m).run(None, feeds)[0]
+    np.testing.assert_array_equal(got, [255, 255, 10, 14])
+    assert_codes(got, oracle(m, feeds)[0])
+
+
+# ------------------------------------------------------------------ unary
+
+
+@pytest.mark.parametrize("op,attrs", [("QLinearSigmoid", {}), ("QLinearLeakyRelu", {}),
+                                      ("QLinearLeakyRelu", {"alpha": 0.3})])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qlinear_unary_every_code(op, attrs, dtype):
+    codes = np.arange(256) - (128 if dtype == np.int8 else 0)
+    feeds = {"x": np.concatenate([codes.astype(dtype), q8(dtype, 40)]).reshape(8, 37)}
+    inits = {**qparams("x", dtype, 0.06, 120 if dtype == np.uint8 else -5),
+             **qparams("y", dtype, 1 / 256 if op == "QLinearSigmoid" else 0.05,
+                       0 if op == "QLinearSigmoid" and dtype == np.uint8 else 7)}
+    m = model([ms(op, ["x", "x_s", "x_z", "y_s", "y_z"], ["y"], **attrs)], feeds, inits,
+              {"y": (dtype, (8, 37))}, ["y"])
+    got = triton_session(m).run(None, feeds)[0]
+    assert_codes(got, oracle(m, feeds)[0], unary_value(op, attrs, feeds, inits))
+
+
+def unary_value(op, attrs, feeds, inits):
+    x = deq(feeds["x"], inits["x_s"], inits.get("x_z"))
+    if op == "QLinearSigmoid":
+        y = 1 / (1 + np.exp(-x))
+    else:
+        y = np.where(x >= 0, x, x * attrs.get("alpha", 0.01))
+    return y / float(inits["y_s"])
+
+
+@pytest.mark.parametrize("op", ["QLinearSigmoid", "QLinearLeakyRelu"])
+def test_qlinear_unary_without_zero_points(op):
+    """x's zero point omitted (0); y's omitted too: the output takes x's type."""
+    feeds = {"x": q8(np.int8, 4, 9)}
+    inits = {"x_s": np.array(0.04, np.float32), "y_s": np.array(0.01, np.float32)}
+    m = model([ms(op, ["x", "x_s", "", "y_s"], ["y"])], feeds, inits,
+              {"y": (np.int8, (4, 9))}, ["y"])
+    explicit = model([ms(op, ["x", "x_s", "z", "y_s", "z"], ["y"])], feeds,
+                     {**inits, "z": np.array(0, np.int8)}, {"y": (np.int8, (4, 9))}, ["y"])
+    got = triton_session(m).run(None, feeds)[0]
+    assert_codes(got, oracle(explicit, feeds)[0], unary_value(op, {}, feeds, inits))
+
+
+# ------------------------------------------------------------------ placement and fusion
+
+
+def test_qlinear_chain_fuses_into_one_pointwise_kernel():
+    """QLinearAdd -> QLinearLeakyRelu -> QLinearSigmoid: one pointwise kernel on Triton."""
+    dtype = np.uint8
+    feeds = {"a": q8(dtype, 2, 3, 8), "b": q8(dtype, 8)}
+    inits = {**qparams("a", dtype, 0.05, 10), **qparams("b", dtype, 0.02, 130),
+             **qparams("c", dtype, 0.07, 100), **qparams("r", dtype, 0.05, 90),
+             **qparams("y", dtype, 1 / 256, 0)}
+    nodes = [ms("QLinearAdd", ["a", "a_s", "a_z", "b", "b_s", "b_z", "c_s", "c_z"], ["c"]),
+             ms("QLinearLeakyRelu", ["c", "c_s", "c_z", "r_s", "r_z"], ["r"], alpha=0.2),
+             ms("QLinearSigmoid", ["r", "r_s", "r_z", "y_s", "y_z"], ["y"])]
+    shape = (2, 3, 8)
+    m = model(nodes, feeds, inits, {"c": (dtype, shape), "r": (dtype, shape),
+                                    "y": (dtype, shape)}, ["y"])
+    sess = triton_session(m)
+    units = kernels(sess)
+    assert len(units) == 1, units
+    assert units[0]["kind"] == "pointwise"
+    assert sorted(units[0]["nodes"]) == sorted(n.name for n in nodes)
+    got = sess.run(None, feeds)[0]
+    assert_codes(got, oracle(m, feeds)[0], chained=True)
+
+
+def test_per_channel_parameters_stay_on_the_cpu_with_a_reason():
+    feeds = {"a": q8(np.uint8, 2, 3), "b": q8(np.uint8, 2, 3)}
+    inits = {**qparams("a", np.uint8, 0.05, 0), **qparams("b", np.uint8, 0.02, 0),
+             **qparams("c", np.uint8, 0.3, 0)}
+    inits["a_s"] = np.array([0.05, 0.06, 0.07], np.float32)
+    m = model([ms("QLinearAdd", ["a", "a_s", "a_z", "b", "b_s", "b_z", "c_s", "c_z"], ["c"])],
+              feeds, inits, {"c": (np.uint8, (2, 3))}, ["c"])
+    import tritort as ort
+    sess = ort.InferenceSession(m.SerializeToString(), providers=[T, "CPUExecutionProvider"])
+    placed = sess._program.partition.assignments["qlinearadd"]
+    assert placed.provider.name == "CPUExecutionProvider"
+    assert "per-tensor" in placed.declined[T]
