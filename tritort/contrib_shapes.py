@@ -53,12 +53,44 @@ def _like_first(node, ins):
     return [_tensor(_elem(ins[0]), _dims(ins[0]))] if ins and ins[0] is not None else [None]
 
 
+def _fresh(d: onnx.TensorShapeProto.Dimension) -> bool:
+    """A dim that says nothing: unknown, or a name onnx's inference made up for one."""
+    return not d.HasField("dim_value") and (
+        not d.HasField("dim_param") or d.dim_param.startswith("unk__"))
+
+
+def _merge(a: list | None, b: list | None, agree: bool) -> list | None:
+    """Numpy broadcast of two dim lists, right-aligned. ``agree``: the spec says the dims are
+    equal where both exist (or b's is 1), so a named or known dim on either side is the dim."""
+    if a is None or b is None:
+        return a if b is None else (b if a is None else None)
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else None
+        y = b[-i] if i <= len(b) else None
+        if x is None or y is None:
+            out.append(x if y is None else y)
+        elif _value(y) == 1 or (not _fresh(x) and _fresh(y) and (agree or _value(x) not in
+                                                                  (None, 1))):
+            out.append(x)
+        elif _value(x) == 1 or (_fresh(x) and not _fresh(y) and (agree or _value(y) != 1)):
+            out.append(y)
+        elif x == y:
+            out.append(x)
+        else:
+            out.append(onnx.TensorShapeProto.Dimension())
+    return out[::-1]
+
+
 def _skip_norm(node, ins):
-    """(y, mean, inv_std_var, input_skip_bias_sum): statistics float32, (..., 1)."""
+    """(y, mean, inv_std_var, input_skip_bias_sum): statistics float32, (..., 1). The input
+    and the skip have one shape (the skip may lack or be 1 in the batch), so what either
+    knows of it is the output's shape."""
     x = ins[0]
     if x is None:
         return [None] * 4
-    dims = _dims(x)
+    skip = ins[1] if len(ins) > 1 else None
+    dims = _merge(_dims(x), _dims(skip), agree=True) if _dims(x) is not None else None
     stats = None if dims is None else dims[:-1] + [_one()]
     return [_tensor(_elem(x), dims), _tensor(FLOAT, stats), _tensor(FLOAT, stats),
             _tensor(_elem(x), dims)]
@@ -229,6 +261,106 @@ def _matmul_n_bits(node, ins):
     return [_tensor(_elem(a), None if dims is None else dims[:-1] + [_dim(_int(node, "N"))])]
 
 
+# ------------------------------------------------------------------ the QOperator set
+# Outputs are in the y zero point's type where one is given, else in the quantized input's
+# (the spec ties them: T for both); shapes as the float op's.
+
+def _quantized(ins, zero_point: int, like: Type | None, dims) -> Type | None:
+    zp = ins[zero_point] if len(ins) > zero_point else None
+    elem = _elem(zp) or _elem(like)
+    return _tensor(elem, dims) if elem else None
+
+
+def _qlinear_binary(node, ins):
+    """QLinearAdd/QLinearMul (A, sa, za, B, sb, zb, sc[, zc]): A and B broadcast."""
+    a, b = ins[0] if ins else None, ins[3] if len(ins) > 3 else None
+    if a is None:
+        return [None]
+    return [_quantized(ins, 7, a, None if b is None else _merge(_dims(a), _dims(b), False))]
+
+
+def _qlinear_unary(node, ins):
+    """(X, sx[, zx], sy[, zy]) -> Y of X's shape: Sigmoid, LeakyRelu, Softmax."""
+    x = ins[0] if ins else None
+    return [None if x is None else _quantized(ins, 4, x, _dims(x))]
+
+
+def _qlinear_global_average_pool(node, ins):
+    """(N, C, 1, ...) or, channels_last, (N, 1, ..., C)."""
+    x = ins[0] if ins else None
+    if x is None:
+        return [None]
+    dims = _dims(x)
+    if dims is not None and len(dims) >= 3:
+        if _int(node, "channels_last"):
+            dims = dims[:1] + [_one() for _ in dims[1:-1]] + dims[-1:]
+        else:
+            dims = dims[:2] + [_one() for _ in dims[2:]]
+    return [_quantized(ins, 4, x, dims)]
+
+
+def _qlinear_average_pool(node, ins):
+    """AveragePool's output shape (onnx's own inference, on the channels-first dims)."""
+    x = ins[0] if ins else None
+    if x is None:
+        return [None]
+    dims, last = _dims(x), bool(_int(node, "channels_last"))
+    out = None
+    if dims is not None and len(dims) >= 3:
+        first = dims[:1] + dims[-1:] + dims[1:-1] if last else dims
+        pool = onnx.helper.make_node("AveragePool", ["x"], ["y"])
+        pool.attribute.extend(a for a in node.attribute if a.name != "channels_last")
+        try:
+            result = onnx.shape_inference.infer_node_outputs(
+                onnx.defs.get_schema("AveragePool", 19, ""), pool,
+                {"x": _tensor(FLOAT, first)})
+            out = _dims(result.get("y"))
+        except Exception:  # the kernel names what is wrong with the attributes
+            out = None
+        if out is not None and last:
+            out = out[:1] + out[2:] + out[1:2]
+    return [_quantized(ins, 4, x, out)]
+
+
+def _qlinear_concat(node, ins):
+    """(sy, zy, X0, sx0, zx0, ...): the Xs joined along ``axis``, in zy's type."""
+    xs = [ins[i] if i < len(ins) else None for i in range(2, len(node.input), 3)]
+    zy = ins[1] if len(ins) > 1 else None
+    if zy is None or not xs:
+        return [None]
+    shapes = [_dims(x) for x in xs]
+    dims = None
+    if all(d is not None for d in shapes) and len({len(d) for d in shapes}) == 1:
+        rank = len(shapes[0])
+        axis = _int(node, "axis")
+        axis = axis + rank if axis < 0 else axis
+        if 0 <= axis < rank:
+            dims = list(shapes[0])
+            for i in range(rank):
+                if i == axis:
+                    sizes = [_value(d[i]) for d in shapes]
+                    dims[i] = _known(None if None in sizes else sum(sizes))
+                else:
+                    dims[i] = next((d[i] for d in shapes if not _fresh(d[i])), dims[i])
+    return [_tensor(_elem(zy), dims)]
+
+
+def _qgemm(node, ins):
+    """(A, sa, za, B, sb, zb[, C, sy, zy]): (M, N) by transA/transB; float without sy."""
+    ins = list(ins) + [None] * 9
+    a, b = ins[0], ins[3]
+    if a is None:
+        return [None]
+    ad, bd = _dims(a), _dims(b)
+    dims = None
+    if ad is not None and bd is not None and len(ad) == 2 and len(bd) == 2:
+        dims = [ad[1] if _int(node, "transA") else ad[0],
+                bd[0] if _int(node, "transB") else bd[1]]
+    if len(node.input) < 8 or not node.input[7]:
+        return [_tensor(FLOAT, dims)]
+    return [_quantized(ins, 8, a, dims)]
+
+
 CONTRIB_RULES: dict[str, Rule] = {
     "Attention": _attention, "MultiHeadAttention": _multi_head_attention,
     "GroupQueryAttention": _group_query_attention,
@@ -237,6 +369,11 @@ CONTRIB_RULES: dict[str, Rule] = {
     "QuickGelu": _like_first, "BiasAdd": _like_first, "RotaryEmbedding": _like_first,
     "BiasSplitGelu": _bias_split_gelu,
     "SkipLayerNormalization": _skip_norm, "SkipSimplifiedLayerNormalization": _skip_norm,
+    "QLinearAdd": _qlinear_binary, "QLinearMul": _qlinear_binary,
+    "QLinearSigmoid": _qlinear_unary, "QLinearLeakyRelu": _qlinear_unary,
+    "QLinearSoftmax": _qlinear_unary, "QLinearConcat": _qlinear_concat,
+    "QLinearAveragePool": _qlinear_average_pool,
+    "QLinearGlobalAveragePool": _qlinear_global_average_pool, "QGemm": _qgemm,
 }
 # onnxruntime's default-domain ops (the loader checks them under a stand-in domain)
 DEFAULT_DOMAIN_RULES: dict[str, Rule] = {
