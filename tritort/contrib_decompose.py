@@ -44,6 +44,7 @@ class _Builder:
         self.nodes: list[Node] = []
         self.types: dict[str, onnx.TypeProto] = {}
         self.inits: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, list] = {}  # of the values written
 
     def _fresh(self, base: str) -> str:
         name, i = base, 0
@@ -70,7 +71,10 @@ class _Builder:
         names = []
         for out, (elem, shape) in zip(outs, types):
             name = out or self._fresh(f"{self.node.name}__{op_type.lower()}")
+            # an unknown dim gets a name of its own: later stages read the rank from shapes
+            shape = [f"{name}_dim{i}" if d is None else d for i, d in enumerate(shape)]
             self.types[name] = onnx.helper.make_tensor_type_proto(elem, shape)
+            self.shapes[name] = shape
             names.append(name)
         proto = onnx.helper.make_node(op_type, inputs, names, domain=domain,
                                       name=f"{self.node.name}/{op_type}_{len(self.nodes)}",
@@ -169,7 +173,8 @@ def _attention(n: Node, graph: Graph, b: _Builder) -> str | None:
         if av is None or av.rank != 4:
             return "attention_bias of unknown rank"
         additive = attn_bias if additive is None else b.op(
-            "Add", [additive, attn_bias], TensorProto.FLOAT, [None] * 4)
+            "Add", [additive, attn_bias], TensorProto.FLOAT,
+            _broadcast(b.shapes[additive], av.shape))
 
     f32 = TensorProto.FLOAT
     proj = b.op("MatMul", [x, w], f32, [bdim, sdim, wv.shape[1]])
@@ -238,6 +243,14 @@ def _attention_mask(graph: Graph, b: _Builder, mask: str, x: str, bdim, sdim,
     return b.unsqueeze(additive, axes, f32, out_shape)
 
 
+def _broadcast(a, b) -> list:
+    """Numpy broadcasting of two equal-rank shapes; None where load time cannot tell."""
+    out = []
+    for x, y in zip(a, b):
+        out.append(y if x == 1 else x if y == 1 or x == y else None)
+    return out
+
+
 def _squeezed(shape, axes):
     return [d for i, d in enumerate(shape) if i not in axes]
 
@@ -256,8 +269,8 @@ def _embed_layer_normalization(n: Node, graph: Graph, b: _Builder) -> str | None
         return "input_ids (B, S), a 2-D word table and gamma are needed"
     bdim, sdim = iv.shape
     hidden = wv.shape[1]
-    if mask and _elem(graph, mask) is None:
-        return "mask of unknown type"
+    if mask and (_elem(graph, mask) is None or graph.value(mask).rank != 2):
+        return "mask of unknown type or not 2-D"
     if outs[1] and not mask and not isinstance(bdim, int):
         return "mask_index without a mask needs a known batch size"
     f32 = TensorProto.FLOAT
@@ -289,8 +302,9 @@ def _embed_layer_normalization(n: Node, graph: Graph, b: _Builder) -> str | None
         if mask:
             # onnxruntime counts the entries equal to 1 (not the nonzero ones)
             one = b.const("one", np.ones((), dtypes.from_onnx(_elem(graph, mask)).numpy))
-            ones = b.op("Equal", [mask, one], TensorProto.BOOL, [bdim, None])
-            counts = b.op("Cast", [ones], i32, [bdim, None], to=i32)
+            mshape = graph.value(mask).shape
+            ones = b.op("Equal", [mask, one], TensorProto.BOOL, mshape)
+            counts = b.op("Cast", [ones], i32, mshape, to=i32)
             b.op("ReduceSum", [counts, b.const("axes", np.array([1], np.int64))], i32, [bdim],
                  out=outs[1], keepdims=0)
         else:
