@@ -33,11 +33,15 @@ class Runner:
 def _tritort_runner(built, threads: int, providers: list[str], label: str, note: str) -> Runner:
     import tritort
 
+    # full float32 products, as the onnxruntime and torch runners are set (like for like)
+    options = [{"use_tf32": "0"} if p == "TritonExecutionProvider" else {} for p in providers]
+
     def create():
         so = tritort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-        return tritort.InferenceSession(str(built.path), so, providers=providers)
+        return tritort.InferenceSession(str(built.path), so, providers=providers,
+                                        provider_options=options)
 
     feeds = built.feeds
     return Runner("tritort", label, create, lambda s: s.run(None, feeds), note=note,

@@ -85,7 +85,8 @@ class Program:
                 units = ep.compile(nodes, info)
                 _check_cover(ep, nodes, units)
                 if ep is not reference and wants_check(info):
-                    units = [checked(u, info, ep.to_host, reference) for u in units]
+                    units = [checked(u, info, ep.to_host, reference,
+                                     ep.use_tf32) for u in units]
                 placed.extend(PlacedUnit(u, ep) for u in units)
         self.units = order_units(placed, position)
 

@@ -20,6 +20,8 @@ CHECK_NUMERICS_KEY = "tritort.debug.check_numerics"
 _TOLERANCE = {np.dtype(np.float64): (1e-9, 1e-12), np.dtype(np.float32): (1e-4, 1e-5),
               np.dtype(np.float16): (1e-2, 1e-3)}
 _LOW_PRECISION = (2e-2, 1e-2)
+# float32 products on TF32 tensor cores (inputs rounded to 10 mantissa bits)
+_TF32 = (2e-3, 1e-3)
 
 
 def wants_check(info: CompileInfo) -> bool:
@@ -27,8 +29,9 @@ def wants_check(info: CompileInfo) -> bool:
 
 
 def checked(unit: CompiledUnit, info: CompileInfo, to_host: Callable,
-            cpu: ExecutionProvider) -> CompiledUnit:
-    """The same unit, whose callable also runs and compares the CPU provider's units."""
+            cpu: ExecutionProvider, tf32: bool = False) -> CompiledUnit:
+    """The same unit, whose callable also runs and compares the CPU provider's units;
+    ``tf32``: the provider's float32 products round their inputs to TF32."""
     reference = cpu.compile(unit.nodes, info)
     kernel = unit.fn
 
@@ -40,20 +43,22 @@ def checked(unit: CompiledUnit, info: CompileInfo, to_host: Callable,
             env.update((n, r) for n, r in zip(ref.outputs, results) if n)
         for name, out in zip(unit.outputs, outs):
             if name:
-                _compare(unit.name, name, to_host(out), np.asarray(env[name]))
+                _compare(unit.name, name, to_host(out), np.asarray(env[name]), tf32)
         return outs
 
     return dataclasses.replace(unit, fn=run)
 
 
-def _compare(kernel: str, name: str, got: np.ndarray, want: np.ndarray) -> None:
+def _compare(kernel: str, name: str, got: np.ndarray, want: np.ndarray,
+             tf32: bool = False) -> None:
     if got.shape != want.shape or got.dtype != want.dtype:
         raise Fail(f"check_numerics: kernel {kernel} output '{name}' is {got.dtype}"
                    f"{list(got.shape)}, the NumPy reference {want.dtype}{list(want.shape)}")
     if got.dtype.kind in "biu":
         bad = got != want
     else:
-        rtol, atol = _TOLERANCE.get(got.dtype, _LOW_PRECISION)
+        rtol, atol = _TF32 if tf32 and got.dtype == np.float32 else \
+            _TOLERANCE.get(got.dtype, _LOW_PRECISION)
         g, w = got.astype(np.float64), want.astype(np.float64)
         bad = ~np.isclose(g, w, rtol=rtol, atol=atol, equal_nan=True)
     if bad.any():

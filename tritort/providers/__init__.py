@@ -24,6 +24,8 @@ class ExecutionProvider(abc.ABC):
     # its GEMMs read int8 / float8 weights as stored, dequantizing them as they load: the
     # optimizer then keeps weight DequantizeLinear nodes instead of folding them to floats
     reads_quantized_weights: bool = False
+    # its float32 products round their inputs to TF32 (check_numerics widens its tolerance)
+    use_tf32: bool = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
