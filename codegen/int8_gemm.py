@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .gemm import Epilogue, MatMulLauncher, _built
+from .keys import contrib
 from .templates import KernelSpec, Template, template
 
 INT8 = ("int8", "uint8")
@@ -216,3 +217,121 @@ def describe(sides: Sequence[QuantOperand]) -> str:
     return ", ".join(f"{'AB'[i]}: {s.source} ({'uint8' if s.unsigned else 'int8'}, scale "
                      f"{'per column' if s.per_column else 'per tensor'})"
                      for i, s in enumerate(sides))
+
+
+# ------------------------------------------------------------------ QGemm (com.microsoft)
+
+_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def _requantize_lines(acc: str) -> list[str]:
+    """``acc / y_scale`` rounded half to even, plus y's zero point: the saturation to the
+    output's range follows (see QGemm.build)."""
+    return [f"q = {acc} / tl.load(y_scale).to(tl.float32)",
+            "q_floor = tl.floor(q)",
+            "q_frac = q - q_floor",
+            "q_even = tl.floor(q_floor * 0.5) == q_floor * 0.5",
+            "q_up = tl.where(q_even, q_floor, q_floor + 1.0)",
+            f"{acc} = tl.where(q_frac > 0.5, q_floor + 1.0, "
+            "tl.where(q_frac < 0.5, q_floor, q_up))"]
+
+
+@template(contrib("QGemm"))
+class QGemm(Template):
+    """``alpha * a_scale * b_scale * ((A - a_zp) @ (B - b_zp) + C)``, requantized when
+    ``y_scale`` is given: the int8 GEMM with C (int32) added to the int32 accumulator before
+    the scales, and the requantization in the epilogue. A's parameters per tensor, B's per
+    tensor or per column; transA / transB as strides."""
+
+    kind = "tiled"
+
+    def claim(self, node, ctx) -> str | None:
+        ins = list(node.inputs) + [""] * (9 - len(node.inputs))
+        a, b = ins[0], ins[3]
+        for value in (a, b):
+            if ctx.dtype_of(value) not in INT8:
+                return f"QGemm of {ctx.dtype_of(value)} ('{value}')"
+            if ctx.rank_of(value) != 2:
+                return f"QGemm input '{value}' of rank {ctx.rank_of(value)}, not 2"
+        out = ctx.dtype_of(node.outputs[0])
+        if out not in ("float",) + INT8:
+            return f"QGemm output '{node.outputs[0]}' of type {out} unknown or not " \
+                   f"float / int8 / uint8"
+        if bool(ins[7]) != (out in INT8):
+            return "QGemm output type does not match the presence of y_scale"
+        n = ctx.shape_of(b)[0 if node.attrs.get("transB", 0) else 1]
+        for i in (1, 2, 4, 5, 7, 8):
+            if not ins[i]:
+                continue
+            shape = ctx.shape_of(ins[i])
+            if shape is None:
+                return f"shape of '{ins[i]}' unknown at load time"
+            if _per_tensor(shape):
+                continue
+            if i not in (4, 5) or len(shape) != 1 or shape[0] != n:
+                return f"QGemm parameter '{ins[i]}' of shape {list(shape)}: A's and Y's " \
+                       f"are per tensor, B's per tensor or per column"
+        if ins[5] and not _per_tensor(ctx.shape_of(ins[4])) != \
+                (not _per_tensor(ctx.shape_of(ins[5]))):
+            return "QGemm's b_scale and b_zero_point: one per tensor, the other per column"
+        if ins[6]:
+            c = ctx.shape_of(ins[6])
+            if ctx.dtype_of(ins[6]) != "int32" or c is None or len(c) > 2:
+                return f"QGemm's C '{ins[6]}' must be int32 of rank <= 2 and known shape"
+        return None
+
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
+        from .gemm import GemmLauncher, gemm_epilogue
+
+        ins = list(node.inputs) + [""] * (9 - len(node.inputs))
+        a_in, b_in, c_in = ins[0], ins[3], ins[6]
+        trans_a = bool(node.attrs.get("transA", 0))
+        trans_b = bool(node.attrs.get("transB", 0))
+        alpha = float(node.attrs.get("alpha", 1.0))
+        per_column = not _per_tensor(ctx.shape_of(ins[4]))  # claim: b_zero_point alike
+        a = QuantOperand(a_in, ins[1], ins[2] or None, ctx.dtype_of(a_in) == "uint8", False)
+        b = QuantOperand(b_in, ins[4], ins[5] or None, ctx.dtype_of(b_in) == "uint8",
+                         per_column)
+        out_dt = ctx.dtype_of(node.outputs[0])
+        ep, rowsums, colsums = epilogue(a, b, a.unsigned, b.unsigned, a.zero is not None,
+                                        b.zero is not None, False)
+        b_vec = b.per_column
+        # a_scale, b_scale (and y's) follow the zero points, before the C of gemm_epilogue
+        ep.params += ["a_scale", "b_scale"]
+        with_c = bool(c_in)
+        c_ep = gemm_epilogue("acc", 1.0, 1.0, with_c)
+        if with_c:
+            ep.text.append("+ C (int32)")
+        ep.lines += c_ep.lines
+        b_scale = "tl.load(b_scale + cols, mask=cols < N, other=0)" if b_vec else \
+            "tl.load(b_scale)"
+        ep.lines.append(f"acc = acc.to(tl.float32) * (tl.load(a_scale).to(tl.float32) * "
+                        f"{b_scale}.to(tl.float32) * {alpha!r})")
+        ep.text.append(f"* a_scale * b_scale * alpha ({alpha!r})")
+        lead = [v for v in (a.zero, b.zero, a.scale, b.scale) if v]
+        if out_dt in INT8:
+            ep.params.append("y_scale")
+            lead.append(ins[7])
+            ep.lines += _requantize_lines("acc")
+            if ins[8]:
+                ep.params.append("y_zero")
+                lead.append(ins[8])
+                ep.lines.append("acc = acc + tl.load(y_zero).to(tl.float32)")
+            lo, hi = _RANGES[out_dt]
+            ep.lines.append(f"acc = tl.minimum(tl.maximum(acc, {float(lo)!r}), {float(hi)!r})")
+            ep.text.append("/ y_scale, rounded half to even, + y_zero_point, saturated")
+        ep.params += c_ep.params
+        prologues, others = {}, {}
+        for index, side, sums in ((0, a, rowsums), (1, b, colsums)):
+            others[index], prologues[index] = tile_lines(side, index, side.unsigned, sums)
+        ir_text = (f"kernel {name} QGemm node={node.name!r}\n"
+                   f"A: {a_in}{'^T' if trans_a else ''} x B: {b_in}{'^T' if trans_b else ''}"
+                   f" -> {node.outputs[0]} {out_dt}\n{describe([a, b])}; "
+                   + " ".join(ep.text))
+        inputs = [a_in, b_in] + lead + ([c_in] if with_c else [])
+        count = len(lead)
+        return _built(name, node, ctx, ir_text, 0, "int8", ep,
+                      lambda fn, dt, fused: QuantLauncher(
+                          GemmLauncher(fn, trans_a, trans_b, with_c, dt, ctx, fused), count),
+                      inputs, None, out_dt, None,
+                      int8=(prologues, others, rowsums, colsums))

@@ -223,3 +223,87 @@ def test_per_channel_parameters_stay_on_the_cpu_with_a_reason():
     placed = sess._program.partition.assignments["qlinearadd"]
     assert placed.provider.name == "CPUExecutionProvider"
     assert "per-tensor" in placed.declined[T]
+
+
+# ------------------------------------------------------------------ QGemm
+
+
+@pytest.mark.parametrize("quantized_out", [False, True])
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 0), (0, 1)])
+@pytest.mark.parametrize("per_column,with_c", [(False, False), (True, True)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qgemm(quantized_out, trans_a, trans_b, per_column, with_c, dtype):
+    """One int8 GEMM launch: int32 products, C, the scales and the requantization in its
+    epilogue."""
+    m, k, n = 5, 24, 7
+    feeds = {"A": q8(dtype, *((k, m) if trans_a else (m, k)))}
+    inits = {"a_scale": np.array(0.02, np.float32), "a_zp": np.array(3, dtype),
+             "B": q8(np.int8, *((n, k) if trans_b else (k, n))),
+             "b_scale": _rng.uniform(0.01, 0.06, n if per_column else 1).astype(np.float32),
+             "b_zp": (_rng.integers(-5, 5, n if per_column else 1)).astype(np.int8)}
+    inputs = ["A", "a_scale", "a_zp", "B", "b_scale", "b_zp", "", "", ""]
+    if with_c:
+        inits["C"] = _rng.integers(-500, 500, n).astype(np.int32)
+        inputs[6] = "C"
+    out = np.float32
+    if quantized_out:
+        inits["y_scale"], inits["y_zp"] = np.array(0.05, np.float32), np.array(5, dtype)
+        inputs[7:9] = ["y_scale", "y_zp"]
+        out = dtype
+    while inputs[-1] == "":
+        inputs.pop()
+    node = ms("QGemm", inputs, ["Y"], transA=trans_a, transB=trans_b, alpha=0.5)
+    mdl = model([node], feeds, inits, {"Y": (out, (m, n))}, ["Y"])
+    sess = triton_session(mdl)
+    assert [u["kind"] for u in kernels(sess)] == ["tiled"]
+    got = sess.run(None, feeds)[0]
+    (want,) = oracle(mdl, feeds)
+    if not quantized_out:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        return
+    wa = feeds["A"].T if trans_a else feeds["A"]
+    wb = inits["B"].T if trans_b else inits["B"]
+    acc = (wa.astype(np.float64) - 3) @ (wb.astype(np.float64) - inits["b_zp"].astype(np.float64))
+    acc = acc + (inits["C"] if with_c else 0)
+    exact = acc * 0.5 * float(inits["a_scale"]) * inits["b_scale"].astype(np.float64) / \
+        float(inits["y_scale"])
+    assert_codes(got, want, exact)
+
+
+@pytest.mark.parametrize("b_dtype", [np.uint8, np.int8])
+def test_qgemm_uint8_weights_omitted_zero_points_and_long_k(b_dtype):
+    """B uint8 (shifted into int8 as it loads), zero points omitted, K over several tiles."""
+    m, k, n = 33, 200, 20
+    feeds = {"A": q8(np.uint8, m, k)}
+    inits = {"a_scale": np.array(0.01, np.float32), "B": q8(b_dtype, n, k),
+             "b_scale": _rng.uniform(0.001, 0.004, n).astype(np.float32)}
+    node = ms("QGemm", ["A", "a_scale", "", "B", "b_scale", ""], ["Y"], transB=1)
+    mdl = model([node], feeds, inits, {"Y": (np.float32, (m, n))}, ["Y"])
+    got = triton_session(mdl).run(None, feeds)[0]
+    exact = feeds["A"].astype(np.float64) @ inits["B"].T.astype(np.float64) * 0.01 * \
+        inits["b_scale"].astype(np.float64)
+    # onnxruntime's schema requires the zero points: it runs explicit zeros
+    zeros = {"a_zp": np.array(0, np.uint8), "b_zp": np.zeros(n, b_dtype)}
+    explicit = model([ms("QGemm", ["A", "a_scale", "a_zp", "B", "b_scale", "b_zp"], ["Y"],
+                         transB=1)], feeds, {**inits, **zeros},
+                     {"Y": (np.float32, (m, n))}, ["Y"])
+    (want,) = oracle(explicit, feeds)
+    np.testing.assert_allclose(want, exact, rtol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_qgemm_mixed_per_column_parameters_stay_on_the_cpu():
+    feeds = {"A": q8(np.int8, 3, 8)}
+    inits = {"a_scale": np.array(0.02, np.float32), "B": q8(np.int8, 8, 4),
+             "b_scale": np.array([0.1], np.float32), "b_zp": np.zeros(4, np.int8),
+             "a_zp": np.array(0, np.int8)}
+    node = ms("QGemm", ["A", "a_scale", "a_zp", "B", "b_scale", "b_zp"], ["Y"])
+    mdl = model([node], feeds, inits, {"Y": (np.float32, (3, 4))}, ["Y"])
+    import tritort as ort
+    sess = ort.InferenceSession(mdl.SerializeToString(), providers=[T, "CPUExecutionProvider"])
+    placed = sess._program.partition.assignments["qgemm"]
+    assert placed.provider.name == "CPUExecutionProvider"
+    assert "per column" in placed.declined[T]
+    # onnxruntime refuses this form ("zero point and scale of input b should have same shape")
+    exact = feeds["A"].astype(np.float64) @ inits["B"].astype(np.float64) * 0.02 * 0.1
+    np.testing.assert_allclose(sess.run(None, feeds)[0], exact, rtol=1e-5)
