@@ -185,3 +185,110 @@ def test_saved_optimized_model_has_the_internal_op(exported, tmp_path):
     ort.InferenceSession(exported("gpt", True), so, providers=["CPUExecutionProvider"])
     saved = onnx.load(str(tmp_path / "opt.onnx"))
     assert sum(n.op_type == ATTENTION_OP for n in saved.graph.node) == LAYERS
+
+
+# ------------------------------------------------------------------ real exports (issue 13)
+# tests/real_models.py's builders: tiny random-weight Hugging Face models, torch.onnx's
+# TorchScript exporter.
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from tests import real_models
+
+    folder = tmp_path_factory.mktemp("real_exports")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            if name == "llama":
+                cache[name] = str(real_models._llama_plain(folder, "llama"))
+            else:
+                cache[name] = str(getattr(real_models, name)(folder))
+        return cache[name]
+    return get
+
+
+def _t5_feeds(seed=0):
+    from tests import real_models
+
+    rng = np.random.default_rng(seed)
+    mask = np.ones((2, real_models.SEQ), np.int64)
+    mask[1, -3:] = 0  # padding
+    return {"input_ids": rng.integers(3, real_models.VOCAB, (2, real_models.SEQ)),
+            "attention_mask": mask}
+
+
+@pytest.mark.parametrize("name", ["t5_encoder", "t5_encoder_plain"])
+def test_t5_relative_position_bias_joins_the_mask(real, name):
+    """T5 scales nothing and adds its relative-position bias, then the padding mask, to the
+    scores: one node per layer with scale 1 and the two terms summed as its additive mask."""
+    path = real("t5_encoder")  # the ORT-optimized model; the plain export lies beside it
+    if name == "t5_encoder_plain":
+        path = path.replace("t5_encoder_opt.onnx", "t5_encoder.onnx")
+    graph, attention = _attention_nodes(path)
+    assert len(attention) == 2 and not any(n.op_type == "Softmax" for n in graph.nodes)
+    for n in attention:
+        assert n.attrs["scale"] == 1.0 and n.attrs["is_causal"] == 0
+        assert len(n.inputs) == 4
+        assert next(m for m in graph.nodes if n.inputs[3] in m.outputs).op_type == "Add"
+    feeds = _t5_feeds()
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, _expected(path, feeds), rtol=1e-4, atol=1e-5)
+
+
+def _llama_feeds(past: int, seq: int, seed: int = 0) -> dict:
+    from tests import real_models
+
+    layers, kv_heads = real_models.LLAMA["layers"], real_models.LLAMA["kv_heads"]
+    head = real_models.LLAMA["hidden"] // real_models.LLAMA["heads"]
+    rng = np.random.default_rng(seed)
+    inputs, _ = real_models.decoder_names(layers)
+    mask = np.ones((1, past + seq), np.int64)
+    return {"input_ids": rng.integers(3, real_models.VOCAB, (1, seq)), "attention_mask": mask,
+            "position_ids": np.arange(past, past + seq, dtype=np.int64)[None],
+            **{n: rng.standard_normal((1, kv_heads, past, head)).astype(np.float32)
+               for n in inputs[3:]}}
+
+
+def test_llama_legacy_export_fuses_past_rotary_and_repeated_heads(real):
+    """The legacy exporter's LLaMA attention: rotary arithmetic on Q and K, K and V repeated
+    to every query head (Expand/Reshape), the scores scaled, the causal-and-padding mask
+    added, and Softmax's float32 upcast (two Casts to float32) before the product with V."""
+    from tests import real_models
+
+    path = real("llama")
+    graph, attention = _attention_nodes(path)
+    assert len(attention) == real_models.LLAMA["layers"]
+    assert not any(n.op_type == "Softmax" for n in graph.nodes)
+    head = real_models.LLAMA["hidden"] // real_models.LLAMA["heads"]
+    for n in attention:
+        assert n.attrs["scale"] == pytest.approx(1 / math.sqrt(head), rel=1e-6)
+        # the mask also carries attention_mask's padding: loaded, not a causal flag
+        assert n.attrs["is_causal"] == 0 and len(n.inputs) == 4
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    want = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for past, seq in ((0, 5), (3, 2), (4, 1)):  # a prompt, then steps with a cache
+        feeds = _llama_feeds(past, seq)
+        for got, expected in zip(sess.run(None, feeds), want.run(None, feeds), strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cast_to_another_type_after_softmax_is_not_fused():
+    """Only Casts to the probabilities' own type are skipped: a Cast to float16 rounds."""
+    from onnx import TensorProto, helper
+
+    q = helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 2, 3, 4])
+    kt = helper.make_tensor_value_info("kt", TensorProto.FLOAT, [1, 2, 4, 3])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT16, [1, 2, 3, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)
+    nodes = [helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+             helper.make_node("Cast", ["p"], ["p16"], to=TensorProto.FLOAT16),
+             helper.make_node("MatMul", ["p16", "v"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [q, kt, v], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    graph = optimizer.optimize(loader.load(model).graph, GraphOptimizationLevel.ORT_ENABLE_ALL)
+    assert [n.op_type for n in graph.nodes if n.op_type in ("Softmax", ATTENTION_OP)] == \
+        ["Softmax"]

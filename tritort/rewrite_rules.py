@@ -144,7 +144,7 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
     rule does not match."""
 
     def pattern(self, op, query, key_t, value, mask, condition, fill, query_scale, key_scale,
-                qk_scale, zero):
+                qk_scale, zero, bias):
         def scaled(x, s, tag):  # the scale on either side of a Mul
             return pattern.OrValue([op.Mul(x, s), op.Mul(s, x), op.Div(x, s), x], tag_var=tag,
                                    tag_values=["Mul", "Mul", "Div", "None"])
@@ -152,18 +152,34 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
         scores = op.MatMul(scaled(query, query_scale, "query_scaling"),
                            scaled(key_t, key_scale, "key_scaling"))
         scores = scaled(scores, qk_scale, "qk_scaling")
+        # two additive terms (T5: the relative-position bias, then the padding mask) sum
+        # into one mask
         scores = pattern.OrValue(
-            [op.Add(scores, mask), op.Add(mask, scores), op.Where(condition, scores, fill),
-             op.Where(condition, fill, scores), scores],
-            tag_var="masking", tag_values=["Add", "Add", "keep", "drop", "None"])
+            [op.Add(scores, mask), op.Add(mask, scores), op.Add(op.Add(scores, bias), mask),
+             op.Add(op.Add(bias, scores), mask), op.Add(mask, op.Add(scores, bias)),
+             op.Where(condition, scores, fill), op.Where(condition, fill, scores), scores],
+            tag_var="masking", tag_values=["Add", "Add", "Add2", "Add2", "Add2", "keep", "drop",
+                                           "None"])
         weights = op.Softmax(scores, axis=-1)
         guarded = op.Where(op.IsNaN(weights), zero, weights)  # a [1] zero too (TorchScript)
-        return op.MatMul(pattern.OrValue([guarded, weights]), value)
+        # Casts to the probabilities' own type (the legacy exporter's upcast in LLaMA's
+        # attention, float32 already) change nothing; check() makes sure of the type
+        probs = pattern.OrValue([guarded, weights, op.Cast(weights), op.Cast(op.Cast(weights))])
+        return op.MatMul(probs, value)
 
     def check(self, context, query, key_t, value, mask, condition, fill, masking, zero=None,
-              **bindings):
+              bias=None, **bindings):
         if zero is not None and _ir_utils.get_singleton_value(zero) != 0:
             return MatchResult().fail("the NaN guard does not write zeros")
+        softmax = next(n for n in context.nodes if n.op_type == "Softmax")
+        dtype = softmax.outputs[0].dtype
+        if any(n.op_type == "Cast" and (dtype is None or n.attributes.get_int("to") !=
+                                        dtype.value) for n in context.nodes):
+            return MatchResult().fail("a Cast after Softmax changes the type")
+        if masking == "Add2" and _widens(bias, next(
+                n for n in context.nodes if n.op_type == "MatMul" and
+                n.outputs[0] is not context.output_values[0]).outputs[0]):
+            return MatchResult().fail("the bias broadcasts the scores to a bigger shape")
         if masking in ("keep", "drop"):
             mask = condition
             fill_value = _ir_utils.get_singleton_value(fill)
@@ -175,7 +191,12 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
             self._causal = masking == "Add" and causal_mask(mask, query, key_len)
         return result
 
-    def rewrite(self, op, query, key_t, value, mask, condition, fill, masking, **_):  # noqa
+    def rewrite(self, op, query, key_t, value, mask, condition, fill, masking, bias=None,
+                **_):  # noqa
+        if masking == "Add2":
+            total = op.Add(bias, mask)
+            total.type, total.shape = mask.type, _broadcast_shape(bias.shape, mask.shape)
+            mask = total
         if masking in ("keep", "drop"):  # scores + Where(condition, 0, fill), the same
             zero = op.Constant(value=ir.tensor(np.zeros((), query.dtype.numpy())))
             fill = op.CastLike(fill, zero)
@@ -184,6 +205,18 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
             mask = op.Where(condition, *branches)
             mask.type, mask.shape = query.type, condition.shape
         return self._emit(op, query, key_t, value, mask, self._causal)
+
+
+def _broadcast_shape(a: ir.Shape | None, b: ir.Shape | None) -> ir.Shape | None:
+    """Numpy broadcast of two shapes as far as they are known (unknown dims stay unknown)."""
+    if a is None or b is None:
+        return None
+    dims = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        dims.append(y if x == 1 else x if y == 1 or x == y else None)
+    return ir.Shape(dims[::-1])
 
 
 # ------------------------------------------------------------------ causal masks

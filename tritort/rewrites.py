@@ -7,7 +7,10 @@ op both engines run (one flash-attention launch on Triton):
 - onnxscript's SDPA rule (``ort_fusions.sdpa``: Q·Kᵀ with the key's transposes, scales on Q, K
   or the scores, an additive mask, Softmax, the IsNaN/Where guard exporters put after it);
 - one rule of ours in onnxscript's pattern language for what that rule leaves: a key that
-  arrives transposed (the internal op's own form) and ``Where(condition, scores, fill)`` masks.
+  arrives transposed (the internal op's own form), ``Where(condition, scores, fill)`` masks,
+  two additive terms summed into one mask (T5's relative-position bias and padding mask), and
+  Casts to the probabilities' own type before the product with V (LLaMA's legacy export,
+  whose K and V arrive repeated to every query head).
 
 Both keep the graph's exact scale (a Python float on the node; the proto attribute is float32).
 A mask that is a causal triangle (a triangular constant, cropped top-left, or Trilu of ones the
