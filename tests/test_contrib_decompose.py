@@ -23,12 +23,17 @@ providers = pytest.mark.parametrize("provider", [
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def _run(node, feeds, inits, outputs, provider, level=None):
-    """(tritort's outputs, onnxruntime's, the session) for a one-node model."""
-    want = run_ort(build([node], feeds, outputs, inits), feeds)
+def _run(node, feeds, inits, outputs, provider, level=None, opset=17, dynamic=False):
+    """(tritort's outputs, onnxruntime's, the session) for a one-node model; ``dynamic``:
+    the inputs' dims are symbolic."""
+    want = run_ort(build([node], feeds, outputs, inits, opset), feeds)
     types = {o: TensorProto.INT32 if w.dtype == np.int32 else TensorProto.FLOAT
              for o, w in zip(outputs, want)}
-    model = build([node], feeds, outputs, inits, out_types=types)
+    model = build([node], feeds, outputs, inits, opset, out_types=types)
+    if dynamic:
+        for vi in model.graph.input:
+            for i, d in enumerate(vi.type.tensor_type.shape.dim):
+                d.dim_param = "batch" if i == 0 else f"{vi.name}_{i}" if i > 1 else "seq"
     so = ort.SessionOptions()
     if level is not None:
         so.graph_optimization_level = level
@@ -154,3 +159,24 @@ def test_embed_layer_normalization_y_only(provider):
     (got,), (want,), sess = _run(node, feeds, inits, ["y"], provider)
     assert_close(got, want, name="y", **TOL)
     _check_decomposed(sess, provider, attention=False)
+
+
+@providers
+def test_symbolic_dims_and_opset_14(provider):
+    """Dims known only by name: key positions and default positions come from the input's
+    shape at run time; below opset 17 the LayerNormalization written is onnxruntime's
+    default-domain form."""
+    node, feeds, inits = _embed(True, True, None)
+    got, want, sess = _run(node, feeds, inits, list(node.output), provider, opset=14,
+                           dynamic=True)
+    for name, g, w in zip(node.output, got, want):
+        assert_close(g, w, name=name, **TOL)
+    assert ("com.microsoft", "EmbedLayerNormalization") not in _ops(sess)
+    node, feeds, inits = _attention(MASKS["lengths"], unidirectional=1)
+    (got,), (want,), sess = _run(node, feeds, inits, ["y"], provider, opset=14, dynamic=True)
+    assert_close(got, want, name="y", **TOL)
+    assert ("com.microsoft", "Attention") not in _ops(sess)
+    if provider == "triton":
+        assignments = sess._program.partition.assignments.values()
+        sdpa = [a for a in assignments if a.node.op_type == ATTENTION_OP]
+        assert len(sdpa) == 1 and sdpa[0].provider.name == TRITON, sdpa[0].declined

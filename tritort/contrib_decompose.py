@@ -16,7 +16,7 @@ the device (optimize stage, EXTENDED and above, before the rewriter's fusions).
 Refused, the node left as it is (:func:`decompose` returns why): past / present state,
 ``do_rotary``, the (2B) and 4-D mask forms, non-float32 values (the kernels compute float16 in
 float32 and round once, which a chain of float16 ops would not), opsets too old for the ops
-written, and shapes not known well enough to tell the mask form apart.
+written (13), and shapes not known well enough to tell the mask form apart.
 """
 from __future__ import annotations
 
@@ -212,6 +212,10 @@ def _attention_mask(graph: Graph, b: _Builder, mask: str, x: str, bdim, sdim,
         if not _same_dim(mv.shape[0], bdim) and not all(isinstance(d, int) or d is None
                                                         for d in (mv.shape[0], bdim)):
             return ("mask_index batch does not match the input's",)
+        # without past state there are S keys (and S queries for the 3-D form)
+        if any(isinstance(d, int) and isinstance(sdim, int) and d != sdim
+               for d in mv.shape[1:]):
+            return (f"mask_index {list(mv.shape)} does not fit {sdim} keys",)
         allowed = b.op("Greater", [mask, b.const("zero", np.zeros((), np.int32))], bool_,
                        list(mv.shape))
         axes = [1, 2] if mv.rank == 2 else [1]
@@ -260,8 +264,10 @@ def _squeezed(shape, axes):
 def _embed_layer_normalization(n: Node, graph: Graph, b: _Builder) -> str | None:
     ids, seg_ids, word, pos, seg, gamma, beta, mask, pos_ids = _inputs(n, 9)
     outs = list(n.outputs) + ["", ""]
-    if graph.opsets.get("", 1) < 17:
-        return "the opset is below 17 (ai.onnx LayerNormalization)"
+    # below opset 17 LayerNormalization is onnxruntime's default-domain form (since 1), the
+    # same computation, which both engines run
+    if graph.opsets.get("", 1) < 13:
+        return "the opset is below 13 (ReduceSum's axes input)"
     if any(_elem(graph, v) != TensorProto.FLOAT for v in (word, pos, seg, gamma, beta) if v):
         return "only float32 embeddings are decomposed exactly"
     iv, wv = graph.value(ids), graph.value(word)
