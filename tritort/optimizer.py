@@ -3,8 +3,9 @@
 BASIC and above: constant folding (including shapes known at load time), identity
 elimination, per-channel affine ops (BatchNormalization, ...) folded into Conv/Gemm weights,
 and dead-node removal. Folding evaluates nodes with the NumPy provider. EXTENDED and above:
-pattern fusions that write internal ops (attention, float8 matmul; see
-:mod:`tritort.patterns`).
+com.microsoft Attention / EmbedLayerNormalization rewritten into ops both engines run
+(:mod:`tritort.contrib_decompose`), then pattern fusions that write internal ops (attention,
+float8 matmul; see :mod:`tritort.rewrites`, :mod:`tritort.patterns`).
 """
 from __future__ import annotations
 
