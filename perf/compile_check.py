@@ -66,6 +66,10 @@ def _arg_type(value: Any) -> tuple[str, Any]:
     raise TypeError(f"unexpected kernel argument {type(value).__name__}")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _launching_unit() -> str | None:
     """The unit whose step the executor is running (its label), None outside a run's steps."""
     frame = sys._getframe(2)
@@ -91,9 +95,17 @@ class _Recorder:
 
         def run(*args, **kwargs):
             names = list(self.fn.arg_names)
-            signature, constexprs = {}, {}
-            for name, value in zip(names, args):
+            signature, constexprs, aligned = {}, {}, []
+            # as Triton's launcher specializes a launch: ints equal to 1 become constants,
+            # 16-divisible ints and pointers (torch allocates 16-byte aligned) are marked so
+            for index, (name, value) in enumerate(zip(names, args)):
                 signature[name], _ = _arg_type(value)
+                if _is_int(value) and value == 1:
+                    signature[name] = "constexpr"
+                    constexprs[index] = 1
+                elif signature[name].startswith("*") and value.data_ptr() % 16 == 0 or \
+                        _is_int(value) and value % 16 == 0:
+                    aligned.append(index)
             options = {k: kwargs[k] for k in _OPTIONS if k in kwargs}
             for name, value in kwargs.items():
                 if name in names:
@@ -102,11 +114,12 @@ class _Recorder:
             for name in names:
                 if signature.get(name) == "constexpr" and names.index(name) not in constexprs:
                     constexprs[names.index(name)] = None
-            key = json.dumps([str(self.path), signature, sorted(constexprs.items()), options],
-                             sort_keys=True, default=str)
+            key = json.dumps([str(self.path), signature, sorted(constexprs.items()), aligned,
+                              options], sort_keys=True, default=str)
             config = {names[i]: v for i, v in sorted(constexprs.items()) if v is not None}
             self.jobs.setdefault(key, {"path": str(self.path), "name": self.name,
                                        "signature": signature, "constexprs": constexprs,
+                                       "aligned": aligned,
                                        "options": options, "config": config})
             self.launches.append((key, _launching_unit()))
             return launch(*args, **kwargs)

@@ -41,7 +41,8 @@ for job in jobs:
     start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(log):
-            compiled = triton.compile(ASTSource(fn, job["signature"], constexprs),
+            attrs = {(i,): [["tt.divisibility", 16]] for i in job.get("aligned", ())}
+            compiled = triton.compile(ASTSource(fn, job["signature"], constexprs, attrs),
                                       target=GPUTarget("cuda", arch, 32),
                                       options=job["options"])
         seconds = time.perf_counter() - start
