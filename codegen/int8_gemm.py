@@ -219,61 +219,128 @@ def describe(sides: Sequence[QuantOperand]) -> str:
                      for i, s in enumerate(sides))
 
 
-# ------------------------------------------------------------------ QGemm (com.microsoft)
+# ------------------------------------------------------------------ QGemm, QLinearMatMul
 
 _RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 
 
-def _requantize_lines(acc: str) -> list[str]:
-    """``acc / y_scale`` rounded half to even, plus y's zero point: the saturation to the
-    output's range follows (see QGemm.build)."""
-    return [f"q = {acc} / tl.load(y_scale).to(tl.float32)",
-            "q_floor = tl.floor(q)",
-            "q_frac = q - q_floor",
-            "q_even = tl.floor(q_floor * 0.5) == q_floor * 0.5",
-            "q_up = tl.where(q_even, q_floor, q_floor + 1.0)",
-            f"{acc} = tl.where(q_frac > 0.5, q_floor + 1.0, "
-            "tl.where(q_frac < 0.5, q_floor, q_up))"]
+def _requantize_lines(acc: str, zero: bool, out_dt: str) -> list[str]:
+    """``acc`` (already divided by y's scale) rounded half to even, plus y's zero point,
+    saturated to ``out_dt``'s range."""
+    lo, hi = _RANGES[out_dt]
+    lines = ["q_floor = tl.floor(acc)",
+             "q_frac = acc - q_floor",
+             "q_even = tl.floor(q_floor * 0.5) == q_floor * 0.5",
+             "q_up = tl.where(q_even, q_floor, q_floor + 1.0)",
+             "acc = tl.where(q_frac > 0.5, q_floor + 1.0, tl.where(q_frac < 0.5, q_floor, q_up))"]
+    if zero:
+        lines.append("acc = acc + tl.load(y_zero).to(tl.float32)")
+    lines.append(f"acc = tl.minimum(tl.maximum(acc, {float(lo)!r}), {float(hi)!r})")
+    return [line.replace("acc", acc) for line in lines]
+
+
+def _param_reason(op: str, ctx, ins: Sequence[str], n, b_params=(4, 5)) -> str | None:
+    """Scales and zero points: per tensor, B's (``b_params``) also per column (``n``)."""
+    for i, value in enumerate(ins):
+        if i in (0, 3) or not value:
+            continue
+        shape = ctx.shape_of(value)
+        if shape is None:
+            return f"shape of '{value}' unknown at load time"
+        if _per_tensor(shape):
+            continue
+        if i not in b_params or len(shape) != 1 or shape[0] != n:
+            return f"{op} parameter '{value}' of shape {list(shape)}: A's and Y's are per " \
+                   f"tensor here, B's per tensor or per column"
+    zb = ins[b_params[1]] if len(ins) > b_params[1] else ""
+    if zb and _per_tensor(ctx.shape_of(ins[b_params[0]])) != _per_tensor(ctx.shape_of(zb)):
+        return f"{op}'s b_scale and b_zero_point: one per tensor, the other per column"
+    return None
+
+
+def _operands_reason(op: str, ctx, a: str, b: str, ranks) -> str | None:
+    for value in (a, b):
+        if ctx.dtype_of(value) not in INT8:
+            return f"{op} of {ctx.dtype_of(value)} ('{value}')"
+        if ctx.rank_of(value) not in ranks:
+            return f"{op} input '{value}' of rank {ctx.rank_of(value)}"
+    return None
+
+
+def _quant_spec(node, ctx, name, ins: Sequence[str], c_in: str, y_scale: str, y_zero: str,
+                alpha: float, batch_rank: int, launcher_for, header: str) -> KernelSpec:
+    """The int8 GEMM of ``ins`` (A, a_scale, a_zp, B, b_scale, b_zp; '' where omitted): the
+    int32 accumulator, zero points by row / column sums, + C, then the scales; with
+    ``y_scale`` requantized to the output's 8-bit type (QLinearMatMul's order: one float32
+    multiplier a_scale * b_scale / y_scale; QGemm's: the scales and alpha, then / y_scale)."""
+    from .gemm import gemm_epilogue
+
+    a_in, b_in = ins[0], ins[3]
+    a = QuantOperand(a_in, ins[1], ins[2] or None, ctx.dtype_of(a_in) == "uint8", False)
+    b = QuantOperand(b_in, ins[4], ins[5] or None, ctx.dtype_of(b_in) == "uint8",
+                     not _per_tensor(ctx.shape_of(ins[4])))
+    out_dt = ctx.dtype_of(node.outputs[0])
+    ep, rowsums, colsums = epilogue(a, b, a.unsigned, b.unsigned, a.zero is not None,
+                                    b.zero is not None, False)
+    lead = [v for v in (a.zero, b.zero, a.scale, b.scale) if v]
+    ep.params += ["a_scale", "b_scale"]
+    c_ep = gemm_epilogue("acc", 1.0, 1.0, bool(c_in))
+    if c_in:
+        ep.lines += c_ep.lines
+        ep.text.append("+ C (int32)")
+    b_scale = "tl.load(b_scale + cols, mask=cols < N, other=0).to(tl.float32)" if \
+        b.per_column else "tl.load(b_scale).to(tl.float32)"
+    scale = f"tl.load(a_scale).to(tl.float32) * {b_scale}"
+    if y_scale:
+        ep.params.append("y_scale")
+        lead.append(y_scale)
+        if y_zero:
+            ep.params.append("y_zero")
+            lead.append(y_zero)
+        y_s = "tl.load(y_scale).to(tl.float32)"
+        if node.op_type == "QLinearMatMul":
+            ep.lines.append(f"acc = acc.to(tl.float32) * (({scale}) / {y_s})")
+            ep.text.append("* (a_scale * b_scale / y_scale)")
+        else:
+            ep.lines.append(f"acc = (acc.to(tl.float32) * ({scale} * {alpha!r})) / {y_s}")
+            ep.text.append(f"* a_scale * b_scale * alpha ({alpha!r}) / y_scale")
+        ep.lines += _requantize_lines("acc", bool(y_zero), out_dt)
+        ep.text.append("rounded half to even, + y_zero_point, saturated")
+    else:
+        ep.lines.append(f"acc = acc.to(tl.float32) * ({scale} * {alpha!r})")
+        ep.text.append(f"* a_scale * b_scale * alpha ({alpha!r})")
+    ep.params += c_ep.params if c_in else []
+    prologues, others = {}, {}
+    for index, side, sums in ((0, a, rowsums), (1, b, colsums)):
+        others[index], prologues[index] = tile_lines(side, index, side.unsigned, sums)
+    ir_text = f"{header} -> {node.outputs[0]} {out_dt}\n{describe([a, b])}; " + " ".join(ep.text)
+    inputs = [a_in, b_in] + lead + ([c_in] if c_in else [])
+    count = len(lead)
+    return _built(name, node, ctx, ir_text, batch_rank, "int8", ep,
+                  lambda fn, dt, fused: QuantLauncher(launcher_for(fn, dt, fused), count),
+                  inputs, None, out_dt, None, int8=(prologues, others, rowsums, colsums))
 
 
 @template(contrib("QGemm"))
 class QGemm(Template):
-    """``alpha * a_scale * b_scale * ((A - a_zp) @ (B - b_zp) + C)``, requantized when
-    ``y_scale`` is given: the int8 GEMM with C (int32) added to the int32 accumulator before
-    the scales, and the requantization in the epilogue. A's parameters per tensor, B's per
-    tensor or per column; transA / transB as strides."""
+    """onnxruntime's ``alpha * a_scale * b_scale * ((A - a_zp) @ (B - b_zp) + C)``,
+    requantized when ``y_scale`` is given; transA / transB as strides."""
 
     kind = "tiled"
 
     def claim(self, node, ctx) -> str | None:
         ins = list(node.inputs) + [""] * (9 - len(node.inputs))
-        a, b = ins[0], ins[3]
-        for value in (a, b):
-            if ctx.dtype_of(value) not in INT8:
-                return f"QGemm of {ctx.dtype_of(value)} ('{value}')"
-            if ctx.rank_of(value) != 2:
-                return f"QGemm input '{value}' of rank {ctx.rank_of(value)}, not 2"
+        reason = _operands_reason("QGemm", ctx, ins[0], ins[3], (2,))
+        if reason:
+            return reason
         out = ctx.dtype_of(node.outputs[0])
-        if out not in ("float",) + INT8:
-            return f"QGemm output '{node.outputs[0]}' of type {out} unknown or not " \
-                   f"float / int8 / uint8"
-        if bool(ins[7]) != (out in INT8):
-            return "QGemm output type does not match the presence of y_scale"
-        n = ctx.shape_of(b)[0 if node.attrs.get("transB", 0) else 1]
-        for i in (1, 2, 4, 5, 7, 8):
-            if not ins[i]:
-                continue
-            shape = ctx.shape_of(ins[i])
-            if shape is None:
-                return f"shape of '{ins[i]}' unknown at load time"
-            if _per_tensor(shape):
-                continue
-            if i not in (4, 5) or len(shape) != 1 or shape[0] != n:
-                return f"QGemm parameter '{ins[i]}' of shape {list(shape)}: A's and Y's " \
-                       f"are per tensor, B's per tensor or per column"
-        if ins[5] and not _per_tensor(ctx.shape_of(ins[4])) != \
-                (not _per_tensor(ctx.shape_of(ins[5]))):
-            return "QGemm's b_scale and b_zero_point: one per tensor, the other per column"
+        if out not in ("float",) + INT8 or bool(ins[7]) != (out in INT8):
+            return f"QGemm output '{node.outputs[0]}' of type {out}: float without y_scale, " \
+                   f"int8 / uint8 with it"
+        n = ctx.shape_of(ins[3])[0 if node.attrs.get("transB", 0) else 1]
+        reason = _param_reason("QGemm", ctx, ins[:6] + [""] + ins[7:], n)
+        if reason:
+            return reason
         if ins[6]:
             c = ctx.shape_of(ins[6])
             if ctx.dtype_of(ins[6]) != "int32" or c is None or len(c) > 2:
@@ -281,57 +348,43 @@ class QGemm(Template):
         return None
 
     def build(self, node, ctx, name, fusion=None) -> KernelSpec:
-        from .gemm import GemmLauncher, gemm_epilogue
+        from .gemm import GemmLauncher
 
         ins = list(node.inputs) + [""] * (9 - len(node.inputs))
-        a_in, b_in, c_in = ins[0], ins[3], ins[6]
         trans_a = bool(node.attrs.get("transA", 0))
         trans_b = bool(node.attrs.get("transB", 0))
-        alpha = float(node.attrs.get("alpha", 1.0))
-        per_column = not _per_tensor(ctx.shape_of(ins[4]))  # claim: b_zero_point alike
-        a = QuantOperand(a_in, ins[1], ins[2] or None, ctx.dtype_of(a_in) == "uint8", False)
-        b = QuantOperand(b_in, ins[4], ins[5] or None, ctx.dtype_of(b_in) == "uint8",
-                         per_column)
-        out_dt = ctx.dtype_of(node.outputs[0])
-        ep, rowsums, colsums = epilogue(a, b, a.unsigned, b.unsigned, a.zero is not None,
-                                        b.zero is not None, False)
-        b_vec = b.per_column
-        # a_scale, b_scale (and y's) follow the zero points, before the C of gemm_epilogue
-        ep.params += ["a_scale", "b_scale"]
-        with_c = bool(c_in)
-        c_ep = gemm_epilogue("acc", 1.0, 1.0, with_c)
-        if with_c:
-            ep.text.append("+ C (int32)")
-        ep.lines += c_ep.lines
-        b_scale = "tl.load(b_scale + cols, mask=cols < N, other=0)" if b_vec else \
-            "tl.load(b_scale)"
-        ep.lines.append(f"acc = acc.to(tl.float32) * (tl.load(a_scale).to(tl.float32) * "
-                        f"{b_scale}.to(tl.float32) * {alpha!r})")
-        ep.text.append(f"* a_scale * b_scale * alpha ({alpha!r})")
-        lead = [v for v in (a.zero, b.zero, a.scale, b.scale) if v]
-        if out_dt in INT8:
-            ep.params.append("y_scale")
-            lead.append(ins[7])
-            ep.lines += _requantize_lines("acc")
-            if ins[8]:
-                ep.params.append("y_zero")
-                lead.append(ins[8])
-                ep.lines.append("acc = acc + tl.load(y_zero).to(tl.float32)")
-            lo, hi = _RANGES[out_dt]
-            ep.lines.append(f"acc = tl.minimum(tl.maximum(acc, {float(lo)!r}), {float(hi)!r})")
-            ep.text.append("/ y_scale, rounded half to even, + y_zero_point, saturated")
-        ep.params += c_ep.params
-        prologues, others = {}, {}
-        for index, side, sums in ((0, a, rowsums), (1, b, colsums)):
-            others[index], prologues[index] = tile_lines(side, index, side.unsigned, sums)
-        ir_text = (f"kernel {name} QGemm node={node.name!r}\n"
-                   f"A: {a_in}{'^T' if trans_a else ''} x B: {b_in}{'^T' if trans_b else ''}"
-                   f" -> {node.outputs[0]} {out_dt}\n{describe([a, b])}; "
-                   + " ".join(ep.text))
-        inputs = [a_in, b_in] + lead + ([c_in] if with_c else [])
-        count = len(lead)
-        return _built(name, node, ctx, ir_text, 0, "int8", ep,
-                      lambda fn, dt, fused: QuantLauncher(
-                          GemmLauncher(fn, trans_a, trans_b, with_c, dt, ctx, fused), count),
-                      inputs, None, out_dt, None,
-                      int8=(prologues, others, rowsums, colsums))
+        header = (f"kernel {name} QGemm node={node.name!r}\n"
+                  f"A: {ins[0]}{'^T' if trans_a else ''} x B: {ins[3]}{'^T' if trans_b else ''}")
+        return _quant_spec(node, ctx, name, ins[:6], ins[6], ins[7], ins[8],
+                           float(node.attrs.get("alpha", 1.0)), 0,
+                           lambda fn, dt, fused: GemmLauncher(fn, trans_a, trans_b,
+                                                              bool(ins[6]), dt, ctx, fused),
+                           header)
+
+
+@template("QLinearMatMul")
+class QLinearMatMul(Template):
+    """``Q(DQ(A) @ DQ(B))`` as numpy.matmul (batch dims broadcast): int32 products, one
+    float32 multiplier ``a_scale * b_scale / y_scale``, rounded half to even."""
+
+    kind = "tiled"
+
+    def claim(self, node, ctx) -> str | None:
+        ins = list(node.inputs) + [""] * (8 - len(node.inputs))
+        reason = _operands_reason("QLinearMatMul", ctx, ins[0], ins[3], range(2, 9))
+        if reason:
+            return reason
+        out = ctx.dtype_of(node.outputs[0])
+        if out not in INT8:
+            return f"QLinearMatMul output of {out} (float8 runs on the CPU)"
+        return _param_reason("QLinearMatMul", ctx, ins[:8], ctx.shape_of(ins[3])[-1])
+
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
+        from .gemm import MatMulLauncher
+
+        ins = list(node.inputs) + [""] * (8 - len(node.inputs))
+        batch_rank = max(ctx.rank_of(ins[0]), ctx.rank_of(ins[3])) - 2
+        header = f"kernel {name} QLinearMatMul node={node.name!r}\nA: {ins[0]} x B: {ins[3]}"
+        return _quant_spec(node, ctx, name, ins[:6], "", ins[6], ins[7], 1.0, batch_rank,
+                           lambda fn, dt, fused: MatMulLauncher(fn, batch_rank, dt, ctx,
+                                                                fused), header)

@@ -307,3 +307,42 @@ def test_qgemm_mixed_per_column_parameters_stay_on_the_cpu():
     # onnxruntime refuses this form ("zero point and scale of input b should have same shape")
     exact = feeds["A"].astype(np.float64) @ inits["B"].astype(np.float64) * 0.02 * 0.1
     np.testing.assert_allclose(sess.run(None, feeds)[0], exact, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ QLinearMatMul
+
+
+def _qmatmul_model(a_shape, b_shape, a_dtype, b_dtype, per_column):
+    feeds = {"A": q8(a_dtype, *a_shape)}
+    n = b_shape[-1]
+    inits = {"a_scale": np.array(0.03, np.float32), "B": q8(b_dtype, *b_shape),
+             "b_scale": _rng.uniform(0.01, 0.05, n if per_column else ()).astype(np.float32),
+             "y_scale": np.array(0.4, np.float32)}
+    inits["a_zp"] = np.array(5 if a_dtype == np.int8 else 128, a_dtype)
+    inits["b_zp"] = _rng.integers(-3, 3, n if per_column else ()).astype(b_dtype) \
+        if b_dtype == np.int8 else np.full(n if per_column else (), 120, b_dtype)
+    inits["y_zp"] = np.array(-10 if a_dtype == np.int8 else 100, a_dtype)
+    node = helper.make_node("QLinearMatMul", ["A", "a_scale", "a_zp", "B", "b_scale", "b_zp",
+                                              "y_scale", "y_zp"], ["Y"], name="qmm")
+    out = np.broadcast_shapes(a_shape[:-2], b_shape[:-2]) + (a_shape[-2], n)
+    m = model([node], feeds, inits, {"Y": (a_dtype, out)}, ["Y"])
+    m.opset_import[0].version = 21
+    a = deq(feeds["A"], inits["a_scale"], inits["a_zp"])
+    b = (inits["B"].astype(np.float64) - inits["b_zp"].astype(np.float64)) * \
+        inits["b_scale"].astype(np.float64)
+    return m, feeds, np.matmul(a, b) / 0.4
+
+
+@pytest.mark.parametrize("a_shape,b_shape,per_column", [
+    ((5, 24), (24, 7), False), ((5, 24), (24, 7), True), ((2, 3, 24), (24, 9), False),
+    ((2, 3, 24), (24, 9), True), ((2, 3, 16), (2, 16, 6), False)])
+@pytest.mark.parametrize("a_dtype,b_dtype", [(np.uint8, np.int8), (np.int8, np.int8),
+                                             (np.uint8, np.uint8)])
+def test_qlinear_matmul(a_shape, b_shape, a_dtype, b_dtype, per_column):
+    """The ai.onnx op (zero points required by its schema); batched A, broadcast or batched
+    B, per-column B parameters on a 2-D B."""
+    m, feeds, exact = _qmatmul_model(a_shape, b_shape, a_dtype, b_dtype, per_column)
+    sess = triton_session(m)
+    assert [u["kind"] for u in kernels(sess)] == ["tiled"]
+    assert_codes(sess.run(None, feeds)[0], oracle(m, feeds)[0], exact)
+
