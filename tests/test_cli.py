@@ -42,7 +42,7 @@ def test_run_any_model(tmp_path):
 def test_help_lists_what_works_from_a_wheel():
     r = _cli("--help")
     assert r.returncode == 0, r.stderr
-    assert "{demo,run,inspect,autotune}" in r.stdout and "bench" not in r.stdout
+    assert "{demo,run,inspect,autotune,serve}" in r.stdout and "bench" not in r.stdout
 
 
 def test_run_bert_like_model_on_valid_random_inputs(tmp_path):

@@ -152,7 +152,18 @@ def test_cli_serve_refuses_a_missing_model(capsys):
 
 # -- one replica's logic, without a cluster ------------------------------------------------------
 
-def test_a_failing_request_does_not_fail_its_batch():
+@pytest.fixture
+def blas_pool_restored():
+    """A replica sizes numpy's BLAS pool for its whole process; give this one's back."""
+    from tritort.fallback_cpu.threads import blas_libraries
+
+    before = [(lib, lib.get_num_threads()) for lib in blas_libraries()]
+    yield
+    for lib, n in before:
+        lib.set_num_threads(n)
+
+
+def test_a_failing_request_does_not_fail_its_batch(blas_pool_restored):
     pytest.importorskip("ray.serve")
     from tritort.serve import ModelServer
 
@@ -169,15 +180,18 @@ def test_a_failing_request_does_not_fail_its_batch():
     assert server.stats()["batches"] == {1: 2}  # the batch ran request by request
 
 
-def test_threads_follow_the_cpus_ray_gives():
+def test_threads_follow_the_cpus_ray_gives(blas_pool_restored):
     pytest.importorskip("ray.serve")
     from tritort.serve import ModelServer, replica_threads, wants_gpu
 
     assert replica_threads(None) == 1 and replica_threads({"num_cpus": 4}) == 4
     assert replica_threads({"num_cpus": 0.5}) == 1
     assert wants_gpu(["CUDAExecutionProvider"]) and not wants_gpu(["CPUExecutionProvider"])
+    from tritort.fallback_cpu.threads import blas_libraries
+
     server = ModelServer(mlp_model(), None, None, None, 2, 1, 0.0)
     assert server.session.get_session_options().intra_op_num_threads == 2
+    assert all(lib.get_num_threads() == 2 for lib in blas_libraries())
     assert server.max_batch_size == 1
     x = np.ones((2, MLP_IN), np.float32)
     out = asyncio.run(server.run({"x": x}))
