@@ -274,13 +274,35 @@ def test_embed_layer_normalization(segments, mask, positions):
     check(node, feeds, ["y", "mask_index", "emb_sum"], inits=inits)
 
 
-def test_embed_layer_normalization_rejects_an_out_of_range_id():
+@pytest.mark.parametrize("level", ["ORT_DISABLE_ALL", "ORT_ENABLE_ALL"])
+def test_embed_layer_normalization_rejects_an_out_of_range_id(level):
+    """The node's own kernel raises; at EXTENDED and above the node is decomposed into
+    Gathers (so it runs on a device), whose bounds check raises instead. (A negative id
+    then indexes from the end, as ai.onnx Gather's do.)"""
     feeds = {"ids": np.array([[0, 9]], np.int32)}
     inits = {"word": randn(4, 8), "pos": randn(4, 8), "gamma": randn(8), "beta": randn(8)}
     node = ms("EmbedLayerNormalization", ["ids", "", "word", "pos", "", "gamma", "beta"], ["y"])
     model = build([node], feeds, ["y"], inits, out_types={"y": TensorProto.FLOAT})
-    with pytest.raises(ort.Fail, match="out of range"):
-        run_tritort(model, feeds)
+    with pytest.raises((ort.Fail, ort.InvalidArgument), match="out of range|out of data bounds"):
+        run_tritort(model, feeds,
+                    graph_optimization_level=getattr(ort.GraphOptimizationLevel, level))
+
+
+def test_embed_layer_normalization_mask_index_counts_ones_as_onnxruntime():
+    ids = np.array([[1, 2, 3, 0, 1], [2, 2, 0, 0, 1]], np.int32)
+    mask = np.array([[1, 1, 2, 1, 1], [1, 0, 1, 0, 0]], np.int32)
+    feeds = {"ids": ids, "mask": mask}
+    inits = {"word": randn(4, 8), "pos": randn(5, 8), "gamma": randn(8), "beta": randn(8)}
+    node = ms("EmbedLayerNormalization",
+              ["ids", "", "word", "pos", "", "gamma", "beta", "mask"], ["y", "mask_index"])
+    model = build([node], feeds, ["y", "mask_index"], inits,
+                  out_types={"y": TensorProto.FLOAT, "mask_index": TensorProto.INT32})
+    want = run_ort(model, feeds)
+    for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
+        got = run_tritort(model, feeds,
+                          graph_optimization_level=getattr(ort.GraphOptimizationLevel, level))
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ GELU family, activations
