@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime
 import pytest
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.triton_env import requires_triton, triton_session
 
@@ -346,3 +346,27 @@ def test_qlinear_matmul(a_shape, b_shape, a_dtype, b_dtype, per_column):
     assert [u["kind"] for u in kernels(sess)] == ["tiled"]
     assert_codes(sess.run(None, feeds)[0], oracle(m, feeds)[0], exact)
 
+
+
+def test_untyped_qoperator_graph_runs_on_triton():
+    """No value_info, the output's element type only: the load-time type rules type the
+    QOperator outputs, so QGemm -> QLinearAdd -> QLinearSigmoid all reach Triton."""
+    dtype = np.uint8
+    feeds = {"A": q8(dtype, 4, 16), "r": q8(dtype, 4, 6)}
+    inits = {"a_scale": np.array(0.02, np.float32), "a_zp": np.array(128, dtype),
+             "B": q8(np.int8, 16, 6), "b_scale": np.array(0.01, np.float32),
+             "b_zp": np.array(0, np.int8), **qparams("g", dtype, 0.05, 120),
+             **qparams("r", dtype, 0.03, 100), **qparams("c", dtype, 0.06, 110),
+             **qparams("y", dtype, 1 / 256, 0)}
+    nodes = [ms("QGemm", ["A", "a_scale", "a_zp", "B", "b_scale", "b_zp", "", "g_s", "g_z"],
+                ["g"]),
+             ms("QLinearAdd", ["g", "g_s", "g_z", "r", "r_s", "r_z", "c_s", "c_z"], ["c"]),
+             ms("QLinearSigmoid", ["c", "c_s", "c_z", "y_s", "y_z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [_vi(k, (v.dtype, v.shape)) for k, v in feeds.items()],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid(MS, 1)])
+    sess = triton_session(m)
+    assert sorted(u["kind"] for u in kernels(sess)) == ["pointwise", "tiled"]
+    assert_codes(sess.run(None, feeds)[0], oracle(m, feeds)[0], chained=True)
