@@ -25,7 +25,6 @@ import datetime
 import io
 import os
 import socket
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -199,6 +199,17 @@ def test_threads_follow_the_cpus_ray_gives(blas_pool_restored):
     np.testing.assert_array_equal(out["y"], ref)
 
 
+def test_only_a_replica_failure_is_retryable():
+    exceptions = pytest.importorskip("ray.exceptions")
+    from tritort.serve import is_retryable
+
+    assert is_retryable(exceptions.ActorDiedError()) and is_retryable(exceptions.RayActorError())
+    wrapped = RuntimeError("wrapped")
+    wrapped.__cause__ = exceptions.ActorDiedError()
+    assert is_retryable(wrapped)
+    assert not is_retryable(ort.InvalidArgument("input 'x'")) and not is_retryable(ValueError())
+
+
 # -- a local Ray instance -----------------------------------------------------------------------
 
 def _free_port() -> int:
