@@ -268,7 +268,8 @@ def _operands_reason(op: str, ctx, a: str, b: str, ranks) -> str | None:
 
 
 def _quant_spec(node, ctx, name, ins: Sequence[str], c_in: str, y_scale: str, y_zero: str,
-                alpha: float, batch_rank: int, launcher_for, header: str) -> KernelSpec:
+                alpha: float, batch_rank: int, launcher_for, header: str,
+                fusion=None) -> KernelSpec:
     """The int8 GEMM of ``ins`` (A, a_scale, a_zp, B, b_scale, b_zp; '' where omitted): the
     int32 accumulator, zero points by row / column sums, + C, then the scales; with
     ``y_scale`` requantized to the output's 8-bit type (QLinearMatMul's order: one float32
@@ -318,7 +319,7 @@ def _quant_spec(node, ctx, name, ins: Sequence[str], c_in: str, y_scale: str, y_
     count = len(lead)
     return _built(name, node, ctx, ir_text, batch_rank, "int8", ep,
                   lambda fn, dt, fused: QuantLauncher(launcher_for(fn, dt, fused), count),
-                  inputs, None, out_dt, None, int8=(prologues, others, rowsums, colsums))
+                  inputs, fusion, out_dt, None, int8=(prologues, others, rowsums, colsums))
 
 
 @template(contrib("QGemm"))
@@ -327,6 +328,7 @@ class QGemm(Template):
     requantized when ``y_scale`` is given; transA / transB as strides."""
 
     kind = "tiled"
+    epilogue = True  # the QLinear ops after it, on the output codes
 
     def claim(self, node, ctx) -> str | None:
         ins = list(node.inputs) + [""] * (9 - len(node.inputs))
@@ -359,7 +361,7 @@ class QGemm(Template):
                            float(node.attrs.get("alpha", 1.0)), 0,
                            lambda fn, dt, fused: GemmLauncher(fn, trans_a, trans_b,
                                                               bool(ins[6]), dt, ctx, fused),
-                           header)
+                           header, fusion)
 
 
 @template("QLinearMatMul")
@@ -368,6 +370,7 @@ class QLinearMatMul(Template):
     float32 multiplier ``a_scale * b_scale / y_scale``, rounded half to even."""
 
     kind = "tiled"
+    epilogue = True
 
     def claim(self, node, ctx) -> str | None:
         ins = list(node.inputs) + [""] * (8 - len(node.inputs))
@@ -387,4 +390,4 @@ class QLinearMatMul(Template):
         header = f"kernel {name} QLinearMatMul node={node.name!r}\nA: {ins[0]} x B: {ins[3]}"
         return _quant_spec(node, ctx, name, ins[:6], "", ins[6], ins[7], 1.0, batch_rank,
                            lambda fn, dt, fused: MatMulLauncher(fn, batch_rank, dt, ctx,
-                                                                fused), header)
+                                                                fused), header, fusion)
