@@ -292,3 +292,23 @@ def test_cast_to_another_type_after_softmax_is_not_fused():
     graph = optimizer.optimize(loader.load(model).graph, GraphOptimizationLevel.ORT_ENABLE_ALL)
     assert [n.op_type for n in graph.nodes if n.op_type in ("Softmax", ATTENTION_OP)] == \
         ["Softmax"]
+
+
+@requires_triton
+@pytest.mark.parametrize("name", ["t5_encoder", "llama"])
+def test_triton_runs_the_fused_real_attention(real, name):
+    """The summed T5 mask keeps a known rank (its dims that may differ get names of their
+    own), so the Triton template claims the node like any other mask."""
+    path = real(name)
+    feeds = _t5_feeds() if name == "t5_encoder" else _llama_feeds(3, 2)
+    sess = ort.InferenceSession(path, providers=["TritonExecutionProvider",
+                                                 "CPUExecutionProvider"])
+    placed = [a for a in sess._program.partition.assignments.values()
+              if a.node.op_type == ATTENTION_OP]
+    assert len(placed) == 2
+    assert all(a.provider.name == "TritonExecutionProvider" for a in placed), \
+        [a.declined for a in placed]
+    want = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, feeds)
+    for got, expected in zip(sess.run(None, feeds), want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -10,6 +10,7 @@ mask, or with a causal one, no row is; with another mask the guard moves to the 
 """
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 
@@ -208,15 +209,27 @@ class GivenKeyAttention(_Attention, pattern.RewriteRuleClassBase):
 
 
 def _broadcast_shape(a: ir.Shape | None, b: ir.Shape | None) -> ir.Shape | None:
-    """Numpy broadcast of two shapes as far as they are known (unknown dims stay unknown)."""
+    """Numpy broadcast of two shapes: a size above 1 wins over an unknown dim (which must be 1
+    or that size); two unknown dims that may differ get a name of their own, so the result's
+    rank stays known to the templates (they take only named or sized dims)."""
     if a is None or b is None:
         return None
     dims = []
     for i in range(1, max(len(a), len(b)) + 1):
         x = a[-i] if i <= len(a) else 1
         y = b[-i] if i <= len(b) else 1
-        dims.append(y if x == 1 else x if y == 1 or x == y else None)
+        if x == 1 or y == 1:
+            dims.append(y if x == 1 else x)
+        elif isinstance(x, int) or (x == y and _known(x)):
+            dims.append(x)
+        elif isinstance(y, int):
+            dims.append(y)
+        else:
+            dims.append(ir.SymbolicDim(f"tritort_mask_{next(_FRESH_DIMS)}"))
     return ir.Shape(dims[::-1])
+
+
+_FRESH_DIMS = itertools.count()  # unique within the process, so within any graph
 
 
 # ------------------------------------------------------------------ causal masks
