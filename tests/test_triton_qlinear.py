@@ -431,3 +431,51 @@ def test_qlinear_ops_fuse_into_the_int8_gemm_epilogue(op):
     x = deq(c, inits["c_s"], inits["c_z"])
     assert_requantized(y, np.where(x >= 0, x, 0.1 * x) / float(inits["y_s"]), inits["y_z"],
                        dtype)
+
+
+# ------------------------------------------------------------------ a quantized model
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_qoperator_quantized_cnn_on_triton(tmp_path):
+    """onnxruntime's QOperator quantizer on a small CNN: QLinearAdd, QLinearSigmoid,
+    QLinearMul (fused with the sigmoid) and QGemm run on Triton; QLinearConv and the
+    QLinear pools and softmax stay on the CPU (no Triton row yet). Outputs as onnxruntime's,
+    one 1/256 quantum apart at most (the softmax output's rounding ties)."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    torch = pytest.importorskip("torch")
+    import onnx
+
+    import tritort as ort
+    from tests.test_contrib_ops_models import _SmallCnn
+
+    torch.manual_seed(0)
+    plain, path = str(tmp_path / "cnn.onnx"), str(tmp_path / "cnn_q.onnx")
+    torch.onnx.export(_SmallCnn().eval(), (torch.randn(1, 3, 8, 8),), plain, input_names=["x"],
+                      output_names=["y"], opset_version=13, dynamo=False)
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.data = iter([{"x": np.random.default_rng(i).standard_normal(
+                (1, 3, 8, 8)).astype(np.float32)} for i in range(8)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantization.quantize_static(plain, path, Reader(),
+                                 quant_format=quantization.QuantFormat.QOperator,
+                                 activation_type=quantization.QuantType.QUInt8,
+                                 weight_type=quantization.QuantType.QUInt8)
+    sess = ort.InferenceSession(path, providers=[T, "CPUExecutionProvider"])
+    placed = sess._program.partition.assignments
+    on_triton = {n.op_type for n in onnx.load(path).graph.node
+                 if placed[n.name].provider.name == T}
+    assert {"QLinearAdd", "QLinearSigmoid", "QLinearMul", "QGemm"} <= on_triton, on_triton
+    assert ["qlinearsigmoid" in u["name"] and "qlinearmul" in u["name"]
+            for u in kernels(sess)].count(True) == 1
+    reference = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        x = np.random.default_rng(100 + seed).standard_normal((1, 3, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0],
+                                   reference.run(None, {"x": x})[0], rtol=0,
+                                   atol=1 / 256 + 1e-7)
