@@ -79,7 +79,8 @@ def test_fusion_takes_what_templates_declare():
     assert {op: TEMPLATES[op].passes for op in declared("prologue")} == {
         **{op: 1 for op in REDUCE_OPS}, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2}
     assert declared("epilogue") == REDUCE_OPS | {"MatMul", "Gemm", "Float8MatMul", "Conv",
-                                                 "MatMulInteger", "com.microsoft.MatMulNBits"}
+                                                 "MatMulInteger", "com.microsoft.MatMulNBits",
+                                                 "com.microsoft.QGemm", "QLinearMatMul"}
     assert declared("operand_prologues") == {"MatMul", "Gemm"}
     assert {op for op, t in TEMPLATES.items() if t.anchors_fusion()} == \
         declared("prologue") | declared("epilogue")
