@@ -439,9 +439,9 @@ def test_qlinear_ops_fuse_into_the_int8_gemm_epilogue(op):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_qoperator_quantized_cnn_on_triton(tmp_path):
     """onnxruntime's QOperator quantizer on a small CNN: QLinearAdd, QLinearSigmoid,
-    QLinearMul (fused with the sigmoid) and QGemm run on Triton; QLinearConv and the
-    QLinear pools and softmax stay on the CPU (no Triton row yet). Outputs as onnxruntime's,
-    one 1/256 quantum apart at most (the softmax output's rounding ties)."""
+    QLinearMul (fused with the sigmoid), QLinearGlobalAveragePool and QGemm run on Triton;
+    QLinearConv, QLinearAveragePool and QLinearSoftmax stay on the CPU (no Triton row yet).
+    Outputs as onnxruntime's, one 1/256 quantum apart at most (the softmax output's ties)."""
     quantization = pytest.importorskip("onnxruntime.quantization")
     torch = pytest.importorskip("torch")
     import onnx
@@ -470,7 +470,8 @@ def test_qoperator_quantized_cnn_on_triton(tmp_path):
     placed = sess._program.partition.assignments
     on_triton = {n.op_type for n in onnx.load(path).graph.node
                  if placed[n.name].provider.name == T}
-    assert {"QLinearAdd", "QLinearSigmoid", "QLinearMul", "QGemm"} <= on_triton, on_triton
+    assert {"QLinearAdd", "QLinearSigmoid", "QLinearMul", "QLinearGlobalAveragePool",
+            "QGemm"} <= on_triton, on_triton
     assert ["qlinearsigmoid" in u["name"] and "qlinearmul" in u["name"]
             for u in kernels(sess)].count(True) == 1
     reference = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -479,3 +480,28 @@ def test_qoperator_quantized_cnn_on_triton(tmp_path):
         np.testing.assert_allclose(sess.run(None, {"x": x})[0],
                                    reference.run(None, {"x": x})[0], rtol=0,
                                    atol=1 / 256 + 1e-7)
+
+
+# ------------------------------------------------------------------ QLinearGlobalAveragePool
+
+
+@pytest.mark.parametrize("channels_last", [0, 1])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (1, 4, 7), (2, 3, 1, 1)])
+def test_qlinear_global_average_pool(channels_last, dtype, shape):
+    """A row-wise kernel: exact int32 sums, one float32 scaling, as onnxruntime."""
+    x = q8(dtype, *shape)
+    inits = {**qparams("x", dtype, 0.1, 20 if dtype == np.uint8 else -10),
+             **qparams("y", dtype, 0.03, 5)}
+    out = (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],) if channels_last else \
+        shape[:2] + (1,) * (len(shape) - 2)
+    node = ms("QLinearGlobalAveragePool", ["x", "x_s", "x_z", "y_s", "y_z"], ["y"],
+              channels_last=channels_last)
+    m = model([node], {"x": x}, inits, {"y": (dtype, out)}, ["y"])
+    sess = triton_session(m)
+    assert [u["kind"] for u in kernels(sess)] == ["rowwise"]
+    axes = tuple(range(1, len(shape) - 1)) if channels_last else tuple(range(2, len(shape)))
+    exact = (x.astype(np.float64).mean(axis=axes, keepdims=True) - float(inits["x_z"])) * \
+        0.1 / 0.03
+    assert_codes(sess.run(None, {"x": x})[0], oracle(m, {"x": x})[0],
+                 np.asarray(exact, np.float64))
