@@ -88,7 +88,8 @@ def assert_codes(got, want, exact_value=None, chained=False):
         frac = np.abs(np.asarray(exact_value, np.float64) % 1.0 - 0.5)
         assert np.all(frac[diff > 0] < 1e-4), \
             np.asarray(exact_value)[(diff > 0) & (frac >= 1e-4)]
-    assert (diff == 0).mean() >= 0.95, (diff == 0).mean()
+    # at least 95 % equal (one tie allowed in outputs too small for a percentage)
+    assert (diff > 0).sum() <= max(1, 0.05 * diff.size), (diff == 0).mean()
 
 
 def deq(x, s, z=None):
@@ -439,8 +440,8 @@ def test_qlinear_ops_fuse_into_the_int8_gemm_epilogue(op):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_qoperator_quantized_cnn_on_triton(tmp_path):
     """onnxruntime's QOperator quantizer on a small CNN: QLinearAdd, QLinearSigmoid,
-    QLinearMul (fused with the sigmoid), QLinearGlobalAveragePool and QGemm run on Triton;
-    QLinearConv, QLinearAveragePool and QLinearSoftmax stay on the CPU (no Triton row yet).
+    QLinearMul (fused with the sigmoid), QLinearGlobalAveragePool, QGemm and QLinearSoftmax
+    run on Triton; QLinearConv and QLinearAveragePool stay on the CPU (no Triton row yet).
     Outputs as onnxruntime's, one 1/256 quantum apart at most (the softmax output's ties)."""
     quantization = pytest.importorskip("onnxruntime.quantization")
     torch = pytest.importorskip("torch")
@@ -471,7 +472,7 @@ def test_qoperator_quantized_cnn_on_triton(tmp_path):
     on_triton = {n.op_type for n in onnx.load(path).graph.node
                  if placed[n.name].provider.name == T}
     assert {"QLinearAdd", "QLinearSigmoid", "QLinearMul", "QLinearGlobalAveragePool",
-            "QGemm"} <= on_triton, on_triton
+            "QGemm", "QLinearSoftmax"} <= on_triton, on_triton
     assert ["qlinearsigmoid" in u["name"] and "qlinearmul" in u["name"]
             for u in kernels(sess)].count(True) == 1
     reference = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -505,3 +506,34 @@ def test_qlinear_global_average_pool(channels_last, dtype, shape):
         0.1 / 0.03
     assert_codes(sess.run(None, {"x": x})[0], oracle(m, {"x": x})[0],
                  np.asarray(exact, np.float64))
+
+
+# ------------------------------------------------------------------ QLinearSoftmax
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("opset,axis", [(13, -1), (13, 1), (12, 1), (12, 2), (11, -1)])
+def test_qlinear_softmax(dtype, opset, axis):
+    """A row-wise kernel; onnxruntime exponentiates through a float table: one code apart at
+    most, on values next to a rounding boundary."""
+    x = q8(dtype, 2, 3, 5)
+    inits = {**qparams("x", dtype, 0.08, 10 if dtype == np.uint8 else -20),
+             **qparams("y", dtype, 1 / 256, 0 if dtype == np.uint8 else -128)}
+    node = ms("QLinearSoftmax", ["x", "x_s", "x_z", "y_s", "y_z"], ["y"], opset=opset,
+              axis=axis)
+    m = model([node], {"x": x}, inits, {"y": (dtype, x.shape)}, ["y"])
+    sess = triton_session(m)
+    assert [u["kind"] for u in kernels(sess)] == ["rowwise"]
+    got, (want,) = sess.run(None, {"x": x})[0], oracle(m, {"x": x})
+    a = axis % 3
+    xf = x.astype(np.float64)
+    if opset >= 13:
+        e = np.exp((xf - xf.max(axis=a, keepdims=True)) * 0.08)
+        exact = e / e.sum(axis=a, keepdims=True) * 256
+    else:
+        rows = xf.reshape(int(np.prod(x.shape[:a])), -1)
+        e = np.exp((rows - rows.max(axis=1, keepdims=True)) * 0.08)
+        exact = (e / e.sum(axis=1, keepdims=True) * 256).reshape(x.shape)
+    # the spec's codes but on ties (float32 steps); onnxruntime's table: one code apart at most
+    assert_requantized(got, exact, inits["y_z"], dtype)
+    assert np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= 1
