@@ -238,10 +238,11 @@ def test_transformer_style_block_becomes_a_few_kernels(dirs):
     model = models.make(nodes, [models.vi("X", shape=["B", "S", 16])],
                         [models.vi("Y", shape=["B", "S", 16])], inits, opset=20)
     sess, groups = _groups(model)
-    assert groups == [("TritonExecutionProvider", ["ln"]),
-                      ("TritonExecutionProvider", ["bias_add", "gelu", "gate", "residual"]),
-                      ("TritonExecutionProvider", ["softmax"]),
-                      ("TritonExecutionProvider", ["residual2"])]
+    assert [provider for provider, _ in groups] == ["TritonExecutionProvider"] * 4
+    assert [nodes for _, nodes in groups][::2] == [["ln"], ["softmax"]]
+    assert groups[3][1] == ["residual2"]
+    # the bias Add and Gelu (one BiasGelu node after onnxscript's rewriter), gate, residual
+    assert len(groups[1][1]) in (3, 4) and groups[1][1][-2:] == ["gate", "residual"]
     ref = onnxruntime.InferenceSession(model.SerializeToString(),
                                        providers=["CPUExecutionProvider"])
     for shape in ((2, 3, 16), (1, 7, 16)):  # symbolic batch and sequence: same kernels
