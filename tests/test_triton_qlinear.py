@@ -537,3 +537,44 @@ def test_qlinear_softmax(dtype, opset, axis):
     # the spec's codes but on ties (float32 steps); onnxruntime's table: one code apart at most
     assert_requantized(got, exact, inits["y_z"], dtype)
     assert np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= 1
+
+
+# ------------------------------------------------------------------ QLinearConcat
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("axis", [1, -1, 0])
+def test_qlinear_concat(dtype, axis):
+    """a shares y's quantization (copied), b and c are requantized (with a zero point of 0,
+    c's scale finer than y's)."""
+    a, b, c = q8(dtype, 2, 3, 4), q8(dtype, 2, 3, 4), q8(dtype, 2, 3, 4)
+    inits = {**qparams("y", dtype, 0.05, 3), **qparams("a", dtype, 0.05, 3),
+             **qparams("b", dtype, 0.11, -7 if dtype == np.int8 else 40),
+             **qparams("c", dtype, 0.02, 0)}
+    feeds = {"a": a, "b": b, "c": c}
+    node = ms("QLinearConcat", ["y_s", "y_z", "a", "a_s", "a_z", "b", "b_s", "b_z", "c", "c_s",
+                                "c_z"], ["y"], axis=axis)
+    shape = list(a.shape)
+    shape[axis] *= 3
+    m = model([node], feeds, inits, {"y": (dtype, shape)}, ["y"])
+    sess = triton_session(m)
+    assert [u["kind"] for u in kernels(sess)] == ["movement"]
+    exact = np.concatenate([deq(feeds[k], inits[f"{k}_s"], inits[f"{k}_z"]) / 0.05
+                            for k in "abc"], axis=axis)
+    assert_codes(sess.run(None, feeds)[0], oracle(m, feeds)[0], exact)
+
+
+def test_qlinear_concat_of_a_transposed_view():
+    """An input that reaches the kernel as a strided view is requantized from a copy."""
+    dtype = np.uint8
+    a, b = q8(dtype, 3, 4), q8(dtype, 4, 2)
+    inits = {**qparams("y", dtype, 0.05, 100), **qparams("a", dtype, 0.07, 90),
+             **qparams("b", dtype, 0.03, 110)}
+    nodes = [helper.make_node("Transpose", ["b"], ["bt"], name="t", perm=[1, 0]),
+             ms("QLinearConcat", ["y_s", "y_z", "a", "a_s", "a_z", "bt", "b_s", "b_z"], ["y"],
+                axis=0)]
+    m = model(nodes, {"a": a, "b": b}, inits, {"bt": (dtype, (2, 4)), "y": (dtype, (5, 4))},
+              ["y"])
+    sess = triton_session(m)
+    exact = np.concatenate([deq(a, 0.07, 90), deq(b.T, 0.03, 110)]) / 0.05
+    assert_codes(sess.run(None, {"a": a, "b": b})[0], oracle(m, {"a": a, "b": b})[0], exact)

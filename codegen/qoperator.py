@@ -1,5 +1,5 @@
 """onnxruntime's com.microsoft QLinearGlobalAveragePool and QLinearSoftmax as row-wise
-templates (:mod:`tritort.codegen.rowwise`). Scales and zero points are per tensor (one
+templates (:mod:`tritort.codegen.rowwise`), and QLinearConcat. Scales and zero points are per tensor (one
 element each); results are divided by y_scale, rounded half to even, offset by y's zero point
 and saturated to the 8-bit output type, as the NumPy kernels do.
 
@@ -12,6 +12,10 @@ QLinearSoftmax: rows as Softmax's (from ``opset`` 13 the one ``axis``, before th
 from ``axis`` on); ``exp((x - row max) * x_scale)`` in float32 (x's zero point cancels), the
 row sum, then each value over it. onnxruntime reads the exponentials from a float table: one
 code apart at most where a value sits on a rounding boundary.
+
+QLinearConcat: per input, a requantizing pointwise launch (skipped where the input shares
+y's scale and zero point values and type) and Concat's strided copy into the output at its
+offset along ``axis``.
 """
 from __future__ import annotations
 
@@ -171,3 +175,98 @@ class QLinearSoftmax(Template):
                    f"  exp((x - row max) * x_scale) in float32, / row sum / y_scale, rounded "
                    f"half to even, + y_zero_point, saturated\n  out: {node.outputs[0]} {out}")
         return KernelSpec(name, launcher, inputs, ir_text, source, path, cached)
+
+
+_REQUANTIZE = """import triton
+import triton.language as tl
+
+
+@triton.jit
+def kernel(x, xs, xz, ys, yz, y, lo, hi, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    v = (tl.load(x + offs, mask=mask, other=0).to(tl.float32) - tl.load(xz).to(tl.float32)) \\
+        * tl.load(xs).to(tl.float32)
+    q = v / tl.load(ys).to(tl.float32)
+    q_floor = tl.floor(q)
+    q_frac = q - q_floor
+    q_up = tl.where(tl.floor(q_floor * 0.5) == q_floor * 0.5, q_floor, q_floor + 1.0)
+    q = tl.where(q_frac > 0.5, q_floor + 1.0, tl.where(q_frac < 0.5, q_floor, q_up))
+    q = tl.minimum(tl.maximum(q + tl.load(yz).to(tl.float32), lo), hi)
+    tl.store(y + offs, q.to(y.dtype.element_ty), mask=mask)
+"""
+
+
+@template(contrib("QLinearConcat"))
+class QLinearConcat(Template):
+    kind = "movement"
+
+    def claim(self, node, ctx) -> str | None:
+        ins = list(node.inputs)
+        if len(ins) < 5 or (len(ins) - 2) % 3 or not all(ins):
+            return "QLinearConcat takes y_scale, y_zero_point and (x, scale, zero point) " \
+                   "triples, none omitted"
+        out = ctx.dtype_of(node.outputs[0])
+        if out not in _INT8:
+            return f"QLinearConcat output of {out}"
+        rank = ctx.rank_of(ins[2])
+        axis = node.attrs.get("axis")
+        if rank is None or not rank or axis is None or not -rank <= axis < rank:
+            return f"QLinearConcat of rank {rank} along axis {axis}"
+        for i in range(2, len(ins), 3):
+            if ctx.dtype_of(ins[i]) not in _INT8 or ctx.rank_of(ins[i]) != rank:
+                return f"QLinearConcat input '{ins[i]}' of {ctx.dtype_of(ins[i])}, rank " \
+                       f"{ctx.rank_of(ins[i])}"
+        for value in ins[:2] + [v for i, v in enumerate(ins[2:]) if i % 3]:
+            if not _per_tensor(ctx.shape_of(value)):
+                return f"QLinearConcat parameter '{value}' not per tensor (or its shape " \
+                       f"unknown at load time)"
+        return None
+
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
+        import torch
+
+        from .movement import CopyKernel, launch, strided_copy
+
+        ins = list(node.inputs)
+        out = ctx.dtype_of(node.outputs[0])
+        rank = ctx.rank_of(ins[2])
+        axis = node.attrs["axis"] % rank
+        triples = [ins[i:i + 3] for i in range(2, len(ins), 3)]
+        constant = lambda v: ctx.constant_of(v)  # noqa: E731
+        same = []  # inputs already in y's quantization: copied as they are
+        for x, s, z in triples:
+            values = [constant(v) for v in (s, z, ins[0], ins[1])]
+            same.append(ctx.dtype_of(x) == out and (
+                (s, z) == (ins[0], ins[1]) or (all(v is not None for v in values) and
+                                               float(values[0].reshape(-1)[0]) ==
+                                               float(values[2].reshape(-1)[0]) and
+                                               int(values[1].reshape(-1)[0]) ==
+                                               int(values[3].reshape(-1)[0]))))
+        kernel = CopyKernel(name, node, rank, f"per input: requantized to y's scale and zero "
+                            f"point (unless shared), then copied into the output at its "
+                            f"offset along axis {axis}", ctx)
+        requantize, _, _ = load_source(_REQUANTIZE, KERNEL, ctx)
+        lo, hi = (float(v) for v in _RANGES[out])
+        out_dtype = torch_dtype(out)
+
+        def run(y_scale, y_zero, *flat):
+            xs = flat[0::3]
+            first = list(xs[0].shape)
+            shape = first[:axis] + [sum(x.shape[axis] for x in xs)] + first[axis + 1:]
+            y = torch.empty(shape, dtype=out_dtype, device=kernel.device)
+            offset = 0
+            for i, x in enumerate(xs):
+                part = y.narrow(axis, offset, x.shape[axis])
+                offset += x.shape[axis]
+                if not same[i]:
+                    x = x if x.is_contiguous() else kernel.contiguous(x)
+                    q = torch.empty(x.shape, dtype=out_dtype, device=kernel.device)
+                    launch(requantize, x.numel(), [x, flat[3 * i + 1], flat[3 * i + 2],
+                                                   y_scale, y_zero, q, lo, hi, x.numel()])
+                    x = q
+                strided_copy(kernel.fn, x, 0, x.stride(), part, x.shape)
+            return (y,)
+
+        what = ", ".join("copied" if s else "requantized" for s in same)
+        return kernel.compiled(run, ins, f"{kernel.ir_text}\ninputs: {what}")
