@@ -13,6 +13,13 @@ from ``axis`` on); ``exp((x - row max) * x_scale)`` in float32 (x's zero point c
 row sum, then each value over it. onnxruntime reads the exponentials from a float table: one
 code apart at most where a value sits on a rounding boundary.
 
+QLinearAveragePool: AveragePool's window kernel (:mod:`tritort.codegen.pool`) reading the
+8-bit codes, its window means (exact sums, one float32 division) stored as float32, then a
+requantizing launch: ``(mean - x_zero_point) * x_scale / y_scale``. onnxruntime takes the
+means' scaling in other float steps: one code apart at most, where a mean sits half way
+between two codes. channels_last inputs are read through a transposed view.
+count_include_pad with pads stays on the CPU: its pads count as x's zero point.
+
 QLinearConcat: per input, a requantizing pointwise launch (skipped where the input shares
 y's scale and zero point values and type) and Concat's strided copy into the output at its
 offset along ``axis``.
@@ -270,3 +277,72 @@ class QLinearConcat(Template):
 
         what = ", ".join("copied" if s else "requantized" for s in same)
         return kernel.compiled(run, ins, f"{kernel.ir_text}\ninputs: {what}")
+
+
+@template(contrib("QLinearAveragePool"))
+class QLinearAveragePool(Template):
+    kind = "window"
+
+    def claim(self, node, ctx) -> str | None:
+        from . import conv
+
+        ins = list(node.inputs) + [""] * (5 - len(node.inputs))
+        if not all(ins[:5]):
+            return "QLinearAveragePool with an omitted scale or zero point (runs on the CPU)"
+        x, out = ins[0], ctx.dtype_of(node.outputs[0])
+        rank = ctx.rank_of(x)
+        if rank is None or not 3 <= rank <= 2 + conv.MAX_SPATIAL_RANK:
+            return f"QLinearAveragePool of rank {rank}"
+        if ctx.dtype_of(x) not in _INT8 or out not in _INT8:
+            return f"QLinearAveragePool of {ctx.dtype_of(x)} to {out}"
+        for value in ins[1:5]:
+            if not _per_tensor(ctx.shape_of(value)):
+                return f"QLinearAveragePool parameter '{value}' not per tensor (or its shape " \
+                       f"unknown at load time)"
+        if "kernel_shape" not in node.attrs:
+            return "kernel_shape missing"
+        padded = any(node.attrs.get("pads", [])) or \
+            node.attrs.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+        if node.attrs.get("count_include_pad", 0) and padded:
+            return "QLinearAveragePool with count_include_pad and pads: they count as x's " \
+                   "zero point, which the pool kernel's zero padding is not (runs on the CPU)"
+        window = conv.window_from_attrs(node.attrs, rank - 2, None,
+                                        bool(node.attrs.get("ceil_mode", 0)))
+        return window if isinstance(window, str) else None
+
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
+        import torch
+
+        from . import conv
+        from .movement import launch
+        from .pool import PoolLauncher, pool_source
+
+        x = node.inputs[0]
+        rank = ctx.rank_of(x)
+        out = ctx.dtype_of(node.outputs[0])
+        channels_last = bool(node.attrs.get("channels_last", 0))
+        window = conv.window_from_attrs(node.attrs, rank - 2, None,
+                                        bool(node.attrs.get("ceil_mode", 0)))
+        include_pad = False  # claim: no pads to count where count_include_pad is set
+        ir_text = (f"kernel {name} QLinearAveragePool node={node.name!r}\n"
+                   f"X: {x} {ctx.dtype_of(x)}[N, {'*spatial, C' if channels_last else 'C, *spatial'}]"
+                   f" -> {node.outputs[0]} {out}\n{window.text()}\nwindow means of the codes "
+                   f"in float32 (count_include_pad={int(include_pad)}), then "
+                   f"(mean - x_zero_point) * x_scale / y_scale rounded half to even, "
+                   f"+ y_zero_point, saturated")
+        header = [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
+        source = pool_source(KERNEL, header, "AveragePool", window, "float", include_pad)
+        fn, path, cached = load_source(source, KERNEL, ctx)
+        pool = PoolLauncher(fn, window, torch.float32, False, ctx.torch_device,
+                            ctx.interpreted, node.name, node.op_type)
+        requantize, _, _ = load_source(_REQUANTIZE, KERNEL, ctx)
+        lo, hi = (float(v) for v in _RANGES[out])
+        out_dtype = torch_dtype(out)
+
+        def run(xt, xs, xz, ys, yz):
+            (means,) = pool(xt.movedim(-1, 1) if channels_last else xt)
+            q = torch.empty(means.shape, dtype=out_dtype, device=means.device)
+            launch(requantize, q.numel(), [means, xs, xz, ys, yz, q, lo, hi, q.numel()])
+            return (q.movedim(1, -1) if channels_last else q,)
+
+        return KernelSpec(name, run, list(node.inputs[:5]), ir_text, source, path, cached)
