@@ -312,3 +312,32 @@ def test_triton_runs_the_fused_real_attention(real, name):
         None, feeds)
     for got, expected in zip(sess.run(None, feeds), want, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_new_node_reusing_a_removed_nodes_id_is_not_taken_for_it():
+    """Rules delete nodes and create others; CPython may give a new node the id() of a
+    deleted one. The node coming back must be the new one (this once turned a MatMul into
+    a one-input node, depending on the hash seed)."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    from tritort import rewrites
+
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    graph = loader.load(model.SerializeToString()).graph
+    irm, originals = rewrites._to_ir(graph)
+    relu = next(iter(irm.graph))
+    sigmoid = ir.node("Sigmoid", inputs=[relu.inputs[0]], name="sigmoid")
+    irm.graph.insert_after(relu, sigmoid)
+    irm.graph.outputs[0] = sigmoid.outputs[0]
+    relu.outputs[0].name = "unused"
+    sigmoid.outputs[0].name = "y"
+    irm.graph.remove(relu, safe=True)
+    # the deleted Relu's entry now under the new node's id, as a reused id would leave it
+    originals[id(sigmoid)] = (relu, originals.pop(next(iter(originals))))
+    rewrites._from_ir(graph, irm, originals)
+    assert [(n.op_type, n.inputs, n.outputs) for n in graph.nodes] == [("Sigmoid", ["x"], ["y"])]

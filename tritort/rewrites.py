@@ -94,7 +94,8 @@ def _to_ir(graph: Graph):
         value.const_value = ir.Tensor(inits[value.name], name=value.name)
         irm.graph.register_initializer(value)
     del irm.graph.inputs[n_inputs:]
-    originals = {id(node): n for node, n in zip(irm.graph, graph.nodes)}
+    # the ir node is kept with its Node: while it lives, no node a rule creates can take its id
+    originals = {id(node): (node, n) for node, n in zip(irm.graph, graph.nodes)}
     return irm, originals
 
 
@@ -107,13 +108,15 @@ def _from_ir(graph: Graph, model, originals: dict) -> None:
         for v in node.outputs:
             if v.name not in graph.value_types and v.type is not None:
                 graph.value_types[v.name] = ir.serde.serialize_value(v).type
-        if node.op_type == "Constant" and node.domain == "" and id(node) not in originals:
+        if node.op_type == "Constant" and node.domain == "" and \
+                originals.get(id(node), (None,))[0] is not node:
             value = node.attributes["value"].value.numpy()
             graph.initializers[node.outputs[0].name] = np.array(value, copy=True)
             graph.value_types[node.outputs[0].name] = onnx.helper.make_tensor_type_proto(
                 onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
             continue
-        old = originals.get(id(node))
+        kept = originals.get(id(node))
+        old = kept[1] if kept is not None and kept[0] is node else None
         inputs = ["" if v is None else v.name for v in node.inputs]
         if old is not None:
             if inputs != old.inputs or [v.name for v in node.outputs] != old.outputs:
