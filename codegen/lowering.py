@@ -63,7 +63,9 @@ def c(value, like: Expr) -> Const:
 
 
 def op(name: str, *args: Expr, dtype: str | None = None) -> Op:
-    return Op(dtype or args[0].dtype, name, tuple(args))
+    # a where's value is its branches', not its condition's (bool)
+    like = args[1] if name == "where" else args[0]
+    return Op(dtype or like.dtype, name, tuple(args))
 
 
 def _is_float(e: Expr) -> bool:

@@ -120,6 +120,16 @@ def test_round_half_to_even():
     np.testing.assert_array_equal(got, exp)
 
 
+def test_ops_after_a_where_take_its_value_type():
+    """LeakyRelu lowers to a where: Round after it must round floats, not bools."""
+    x = np.float32([-3.2, -1.4, 0.3, 0.6, 1.5, 2.5, 2.4, -5])
+    model = models.make([helper.make_node("LeakyRelu", ["X"], ["L"], alpha=0.5),
+                         helper.make_node("Round", ["L"], ["Y"])],
+                        [models.vi("X", shape=[8])], [models.vi("Y", shape=[8])])
+    (got,), (exp,) = _run_both(model, {"X": x})
+    np.testing.assert_array_equal(got, exp)
+
+
 @pytest.mark.parametrize("fmod", [0, 1])
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int8])
 def test_integer_mod_signs(fmod, dtype):
