@@ -352,7 +352,9 @@ class SdpaLauncher:
         q = q.expand(b, h, sq, d)
         k = kt.transpose(2, 3).expand(b, hk, sk, d)
         v = v.expand(b, hk, sk, dv)
-        y = torch.empty((b, h, sq, dv), dtype=self.dtype, device=self.device)
+        # [B, H, Sq, Dv] laid out as [B, Sq, H, Dv]: the heads are merged next (a Transpose
+        # then a Reshape to [B, Sq, H*Dv] in every transformer export), which is then a view
+        y = torch.empty((b, sq, h, dv), dtype=self.dtype, device=self.device).transpose(1, 2)
         if mask is not None:
             mask = _mask_view(self.op, mask, (b, h, sq, sk))
         launch(self.kernel, q, k, v, y, mask, self.scale, self.interpreted, self.table)
