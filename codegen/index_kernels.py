@@ -1,9 +1,10 @@
-"""Kernel templates that must move data: Concat, Split, Gather, GatherND, Pad, Tile.
+"""Kernel templates that move data: Concat, Gather, GatherND, Pad, Tile; and Split, whose
+outputs are views (narrow along the axis) downstream kernels read through strides.
 
 Each kernel walks the flat index of what it writes, splits it into an N-d index over runtime
 dims and turns that into a source offset through runtime strides, so one kernel serves every
-size and every input layout (views included). Concat and Split launch the shared strided-copy
-kernel once per input / output; the others launch once per node.
+size and every input layout (views included). Concat launches the shared strided-copy
+kernel once per input; the others launch once per node.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 
 from .movement import (CopyKernel, Decline, MovementTemplate, constant_ints,
                        index_names, input_name, known_rank, launch, norm_axis, offset_expr,
-                       render_kernel, strided_copy, torch_dtype)
+                       render_kernel, strided_copy, torch_dtype, view_template)
 from .templates import KernelSpec, load_source, template
 
 
@@ -92,25 +93,17 @@ class Split(MovementTemplate):
         return axis, sizes, parts, rank
 
     def build(self, node, ctx, name, fusion=None):
-        import torch
-
-        axis, sizes, parts, rank = self.params(node, ctx)
+        axis, sizes, parts, _ = self.params(node, ctx)
         how = f"sizes {sizes}" if sizes else f"{parts} chunks of ceil(dim / {parts})"
-        kernel = CopyKernel(name, node, rank, f"one launch per output: {how} along axis {axis}",
-                            ctx)
 
-        def run(x):
-            outs = []
-            offset = 0
+        def run(x):  # each output a view of its window: consumers read it through strides
+            outs, offset = [], 0
             for size in split_sizes(x.shape[axis], sizes, parts):
-                part = x.narrow(axis, offset, size)
-                out = torch.empty(part.shape, dtype=x.dtype, device=kernel.device)
-                strided_copy(kernel.fn, part, 0, part.stride(), out, part.shape)
-                outs.append(out)
+                outs.append(x.narrow(axis, offset, size))
                 offset += size
             return tuple(outs)
 
-        return kernel.compiled(run, [node.inputs[0]], kernel.ir_text)
+        return view_template(name, node, f"narrow along axis {axis}: {how}", run)
 
 
 # ------------------------------------------------------------------ Gather

@@ -5,7 +5,8 @@ their launchers return torch views (permute / view / expand / as_strided), and t
 downstream read those through strides, so no data moves. Where a view cannot express the
 result (a negative Slice step, a Reshape of memory whose strides do not allow it), a Triton
 copy kernel maps each flat output index to an N-d index and that to a source offset.
-Concat, Split, Gather, Pad and Tile always move data; they live in :mod:`tritort.codegen.index_kernels`.
+Concat, Gather, Pad and Tile move data and Split is narrowed views; they live in
+:mod:`tritort.codegen.index_kernels`.
 
 This module also holds what both share: declining a node, reading constant inputs, and
 rendering / launching the index-math kernels.
