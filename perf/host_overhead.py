@@ -356,6 +356,12 @@ def check_batched_launches(sess, stub: ctypes.CDLL) -> dict:
             "mismatched": mismatched}
 
 
+def _ortvalue(tensor):
+    import tritort
+
+    return tritort.OrtValue.from_dlpack(tensor)
+
+
 def bound_io_run(sess, feeds: dict) -> Callable[[], None]:
     """``sess.run_with_iobinding`` with the inputs and the outputs bound to tensors of their
     own (torch CPU tensors stand for device ones here): a run that hands nothing back to the
@@ -370,10 +376,9 @@ def bound_io_run(sess, feeds: dict) -> Callable[[], None]:
         keep.append(tensor)
         binding.bind_input(name, "cpu", 0, value.dtype, list(value.shape), tensor.data_ptr())
     for meta, value in zip(sess.get_outputs(), outputs):
-        tensor = torch.from_numpy(np.empty_like(value))
+        tensor = torch.from_numpy(np.empty_like(value))  # a device tensor of the caller's
         keep.append(tensor)
-        binding.bind_output(meta.name, "cpu", 0, value.dtype, list(value.shape),
-                            tensor.data_ptr())
+        binding.bind_ortvalue_output(meta.name, _ortvalue(tensor))
 
     def run() -> None:
         sess.run_with_iobinding(binding)

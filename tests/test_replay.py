@@ -102,6 +102,43 @@ def test_a_bound_run_allocates_nothing_and_reads_nothing_on_the_host():
     assert set(ops.names) <= {"as_strided", "detach"}, ops.names
 
 
+def test_kernels_write_a_bound_output_tensor_in_place():
+    """An output bound to the caller's tensor is written there by the kernel that produces
+    it (no copy out of the plan's buffer); runs without the binding still use the buffer
+    and leave the caller's tensor alone."""
+    model = _block()
+    sess, reference = triton_session(model), _reference(model)
+    feeds = _feeds(3)
+    a, b = torch.from_numpy(feeds["A"]), torch.from_numpy(feeds["B"])
+    z = torch.empty(5, 3)
+    binding = sess.io_binding()
+    binding.bind_input("A", a)
+    binding.bind_input("B", b)
+    binding.bind_ortvalue_output("Z", ort.OrtValue.from_dlpack(z))
+    sess.run_with_iobinding(binding)  # records
+    [bound] = _bound(sess)
+    assert any(bound.writes), "the output's producing launch is patched"
+    for _ in range(2):
+        a.copy_(torch.randn(3, 6))
+        with _Ops() as ops:
+            sess.run_with_iobinding(binding)
+        want = reference({"A": a.numpy(), "B": b.numpy()})
+        np.testing.assert_allclose(z.numpy(), want, rtol=1e-5, atol=1e-6)
+        assert "copy_" not in ops.names, ops.names
+        assert binding.get_outputs()[0]._tensor() is z
+    kept = z.clone()
+    unbound = sess.io_binding()  # the same plan, its output left to the session
+    unbound.bind_input("A", a)
+    unbound.bind_input("B", b)
+    unbound.bind_output("Z", "cpu")
+    a.copy_(torch.randn(3, 6))
+    sess.run_with_iobinding(unbound)
+    np.testing.assert_allclose(unbound.copy_outputs_to_cpu()[0],
+                               reference({"A": a.numpy(), "B": b.numpy()}), rtol=1e-5, atol=1e-6)
+    assert torch.equal(z, kept)  # that run wrote the plan's own buffer, not z
+    assert len(_bound(sess)) == 1
+
+
 def test_inputs_read_in_place_or_copied_into_the_plans_buffers():
     # contiguous tensors are swapped into the launches; transposed ones copied into a buffer
     model = _block()

@@ -32,12 +32,12 @@ def lifetimes(allocated: dict[int, int], launches: Sequence[Sequence[Any]],
     end = len(launches)
     for index, arguments in enumerate(launches):
         for value in arguments:
-            key = _storage(value)
+            key = storage_of(value)
             if key in allocated:
                 span = spans.setdefault(key, [index, index])
                 span[1] = index
     for value in outputs:
-        key = _storage(value)
+        key = storage_of(value)
         if key in spans:
             spans[key][1] = end
     return [Block(key, allocated[key], first, last) for key, (first, last) in spans.items()]
@@ -67,7 +67,7 @@ def rebase(blocks: list[Block], size: int, device: Any) -> tuple[Any, Callable[[
     offsets = {b.storage: (b.offset, b.nbytes) for b in blocks}
 
     def moved(value: Any) -> Any:
-        key = _storage(value)
+        key = storage_of(value)
         if key not in offsets:
             return value
         offset, nbytes = offsets[key]
@@ -78,7 +78,8 @@ def rebase(blocks: list[Block], size: int, device: Any) -> tuple[Any, Callable[[
     return buffer, moved
 
 
-def _storage(value: Any) -> int | None:
+def storage_of(value: Any) -> int | None:
+    """The address of a tensor's storage (None for anything else)."""
     if hasattr(value, "untyped_storage") and hasattr(value, "data_ptr"):
         return value.untyped_storage().data_ptr()
     return None

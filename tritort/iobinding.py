@@ -178,7 +178,11 @@ class IOBinding:
         feeds = session._feeds(dict(self._inputs))
         # outputs bound to the caller's memory are copied there at once: no clone needed
         written = all(self._outputs[n].target is not None for n in names)
-        results = session._run(names, feeds, run_options, on_device=True, borrowed=written)
+        targets = {n: self._outputs[n].target._tensor() for n in names
+                   if self._outputs[n].target is not None and
+                   dlpack.is_torch(self._outputs[n].target._tensor())}
+        results = session._run(names, feeds, run_options, on_device=True, borrowed=written,
+                               targets=targets)
         for name, value in zip(names, results):  # every check before any write
             target = self._outputs[name].target
             if target is not None:
@@ -240,7 +244,10 @@ def _check_fits(name: str, dst: Any, value: Any) -> None:
 
 
 def _write(dst: Any, value: Any) -> None:
-    """Copy a result into bound memory (numpy or torch, any device, any layout)."""
+    """Copy a result into bound memory (numpy or torch, any device, any layout); nothing
+    when the run already wrote it there."""
+    if value is dst:
+        return
     if isinstance(dst, np.ndarray):
         np.copyto(dst, dlpack.to_host(value))
         return

@@ -30,6 +30,7 @@ from .planner import Plan
 MAX_SIGNATURES = 8
 # launches between two looks at the terminate flag
 TERMINATE_EVERY = 32
+_FETCH = "fetch"  # a run's current tensors: input names, and (_FETCH, index) for fetches
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike",
                                "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"})
 # torch operations a replay repeats for free: allocations keep their buffers, views their
@@ -95,12 +96,16 @@ class BoundPlan:
     buffer. A captured CUDA graph has its pointers fixed: every input is copied."""
 
     def __init__(self, inputs: dict[str, Any], buffers: dict[str, Any], launches: list,
-                 outputs: list, interpreted: bool) -> None:
+                 outputs: list, interpreted: bool, writes: list | None = None) -> None:
         self.inputs = inputs
         self.buffers = buffers  # the plan's own: name -> tensor
         self.launches = launches
         self.patches = [_input_views(p.arguments, inputs) for p in launches]
-        self._patched_set = frozenset(i for i, patch in enumerate(self.patches) if patch)
+        # per launch: (position, fetch index, shape, strides, offset in the fetch) of the
+        # arguments over a fetch the kernels write whole (see _output_views)
+        self.writes = writes or [[] for _ in launches]
+        self._patched_set = frozenset(i for i in range(len(launches))
+                                      if self.patches[i] or self.writes[i])
         self._steps: dict[tuple, list] = {}  # (stream, hooks set) -> what a run launches
         self.outputs = outputs
         self.output_patches = _input_views(outputs, inputs)  # fetches that are inputs
@@ -110,15 +115,20 @@ class BoundPlan:
         self.recorded_bytes = 0  # what the intermediates took while recorded
         self.lock = threading.Lock()  # its buffers: one run at a time
 
-    def run(self, feeds: dict[str, Any], terminate) -> list[Any]:
+    def run(self, feeds: dict[str, Any], terminate,
+            targets: Sequence[Any] | None = None) -> list[Any]:
         """The fetches as the plan's buffers hold them after this run (the caller copies or
-        clones them before the next run of this plan)."""
+        clones them before the next run of this plan), or as the caller's ``targets`` do
+        where the kernels wrote them there."""
         if terminate is not None and terminate.is_set():
             raise Fail("Exiting due to terminate flag being set to true.")
         current = self._place_inputs(feeds)
-        if self.graph is not None:
+        if self.graph is not None:  # its pointers are fixed: fetches stay in its buffers
             self.graph.replay()
             return self._outputs(current)
+        for index, output in enumerate(self.outputs):
+            target = targets[index] if targets is not None else None
+            current[_FETCH, index] = target if self._writable(index, target) else output
         from .codegen.launch import current_stream, hooks_set
 
         stream = None if self.interpreted else current_stream()
@@ -171,11 +181,25 @@ class BoundPlan:
         flush()
         return steps
 
-    def _patched_values(self, index: int, current: dict[str, Any]):
-        """(position, value) of launch ``index``'s arguments that view an input, this run."""
+    def _patched_values(self, index: int, current: dict[Any, Any]):
+        """(position, value) of launch ``index``'s arguments that view an input, or a fetch
+        it writes (the plan's buffer or the caller's target), this run."""
         launch = self.launches[index]
         for position, name, view in self.patches[index]:
             yield position, launch.passed(_same_view(view, self.inputs[name], current[name]))
+        for position, fetch, shape, strides, offset in self.writes[index]:
+            tensor = current[_FETCH, fetch]
+            yield position, launch.passed(tensor.as_strided(shape, strides,
+                                                            tensor.storage_offset() + offset))
+
+    def _writable(self, index: int, target: Any) -> bool:
+        """Can the kernels write fetch ``index`` straight into ``target``?"""
+        if target is None or not any(w[1] == index for ws in self.writes for w in ws):
+            return False
+        output = self.outputs[index]
+        return (dlpack.is_torch(target) and target.device == output.device and
+                target.dtype == output.dtype and tuple(target.shape) == tuple(output.shape)
+                and target.is_contiguous() and output.is_contiguous())
 
     def _patched(self, index: int, current: dict[str, Any]) -> tuple:
         """Launch ``index``'s values with this run's inputs swapped in."""
@@ -184,8 +208,8 @@ class BoundPlan:
             values[position] = value
         return tuple(values)
 
-    def _outputs(self, current: dict[str, Any]) -> list[Any]:
-        outputs = list(self.outputs)
+    def _outputs(self, current: dict[Any, Any]) -> list[Any]:
+        outputs = [current.get((_FETCH, i), o) for i, o in enumerate(self.outputs)]
         for position, name, view in self.output_patches:
             outputs[position] = _same_view(view, self.inputs[name], current[name])
         return outputs
@@ -230,6 +254,35 @@ class BoundPlan:
                         _same_view(view, self.inputs[name], self.buffers[name]))
                 launch.go(stream, values)
         self.graph = graph
+
+
+def _output_views(launches: Sequence[Sequence[Any]], outputs: Sequence[Any],
+                  allocated: dict[int, int]) -> list[list[tuple]]:
+    """Per launch, its arguments over a fetch that is a whole allocation of the recording
+    (a contiguous tensor over all of it, fetched once): (position, fetch index, shape,
+    strides, storage offset within the fetch). Before the arena shares memory between
+    values, an allocation is exactly one value's, so these are all the views of that fetch."""
+    whole: dict[int, int] = {}
+    fetched: set[int] = set()
+    for index, output in enumerate(outputs):
+        key = arena.storage_of(output)
+        if key in fetched:  # fetched twice: each fetch needs its own memory
+            whole.pop(key, None)
+            continue
+        fetched.add(key)
+        if key in allocated and output.is_contiguous() and output.storage_offset() == 0 and \
+                output.numel() * output.element_size() == allocated[key]:
+            whole[key] = index
+    found: list[list[tuple]] = []
+    for arguments in launches:
+        views = []
+        for position, value in enumerate(arguments):
+            fetch = whole.get(arena.storage_of(value))
+            if fetch is not None:
+                views.append((position, fetch, tuple(value.shape), tuple(value.stride()),
+                              value.storage_offset() - outputs[fetch].storage_offset()))
+        found.append(views)
+    return found
 
 
 def _in_place(value: Any, device: Any) -> Any:
@@ -278,9 +331,12 @@ class BoundPlans:
         self.refusals: dict[tuple, str] = {}  # (plan id, signature) -> why it runs unbound
         self._lock = threading.Lock()
 
-    def run(self, plan: Plan, feeds: dict[str, Any], terminate) -> list[Any] | None:
+    def run(self, plan: Plan, feeds: dict[str, Any], terminate,
+            targets: Sequence[Any] | None = None) -> list[Any] | None:
         """The fetches (the plan's buffers: copy before the next run), or None when this run must
-        take the ordinary path (a plan that cannot be bound, or busy on another thread)."""
+        take the ordinary path (a plan that cannot be bound, or busy on another thread).
+        ``targets``: per fetch, the caller's device tensor it goes to, or None; a replay writes
+        a fetch its kernels produce straight there and returns that tensor."""
         key = signature(feeds)
         if key is None:
             self._refuse(plan, None, "an input is not a tensor")
@@ -309,7 +365,7 @@ class BoundPlans:
         if not bound.lock.acquire(blocking=False):
             return None  # another thread replays this signature now
         try:
-            return bound.run(feeds, terminate)
+            return bound.run(feeds, terminate, targets)
         finally:
             bound.lock.release()
 
@@ -344,6 +400,7 @@ class BoundPlans:
                                     f"{', '.join(sorted(audit.refused))}")
             return None, outputs
         prepared = [launch.Prepared(r) for r in launches]
+        writes = _output_views([p.arguments for p in prepared], outputs, audit.allocated)
         del launches  # the recorded tensors go with them once the arena holds their data
         blocks = arena.lifetimes(audit.allocated, [p.arguments for p in prepared], outputs)
         size = arena.place(blocks)
@@ -351,7 +408,7 @@ class BoundPlans:
         for p in prepared:
             p.rebind(moved)
         bound = BoundPlan(inputs, buffers, prepared, [moved(o) for o in outputs],
-                          self.interpreted)
+                          self.interpreted, writes)
         bound.arena, bound.recorded_bytes = memory, sum(b.nbytes for b in blocks)
         if self.cuda_graph and not self.interpreted:
             bound.capture()

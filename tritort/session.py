@@ -307,31 +307,36 @@ class InferenceSession:
             self._guard = (ep.torch_device, stream or None)
 
     def _execute(self, fetches: list[str], feeds: dict[str, Any], terminate, on_device: bool,
-                 borrowed: bool) -> list[Any]:
+                 borrowed: bool, targets: dict | None = None) -> list[Any]:
         if self._scoped:  # provider settings that hold during a run (BLAS threads)
             with contextlib.ExitStack() as stack:
                 for ep in self._scoped:
                     stack.enter_context(ep.run_scope())
-                return self._execute_on_device(fetches, feeds, terminate, on_device, borrowed)
-        return self._execute_on_device(fetches, feeds, terminate, on_device, borrowed)
+                return self._execute_on_device(fetches, feeds, terminate, on_device, borrowed,
+                                               targets)
+        return self._execute_on_device(fetches, feeds, terminate, on_device, borrowed, targets)
 
     def _execute_on_device(self, fetches: list[str], feeds: dict[str, Any], terminate,
-                           on_device: bool, borrowed: bool) -> list[Any]:
+                           on_device: bool, borrowed: bool,
+                           targets: dict | None = None) -> list[Any]:
         if self._guard is None:
-            return self._execute_plan(fetches, feeds, terminate, on_device, borrowed)
+            return self._execute_plan(fetches, feeds, terminate, on_device, borrowed, targets)
         device, stream = self._guard
         with dlpack.StreamGuard(device, stream) as guard:
-            results = self._execute_plan(fetches, feeds, terminate, on_device, borrowed)
+            results = self._execute_plan(fetches, feeds, terminate, on_device, borrowed,
+                                         targets)
             guard.hand_over(results)
         return results
 
     def _execute_plan(self, fetches: list[str], feeds: dict[str, Any], terminate,
-                      on_device: bool, borrowed: bool) -> list[Any]:
+                      on_device: bool, borrowed: bool,
+                      targets: dict | None = None) -> list[Any]:
         """The recorded launches of the input signature where the plan can be bound (not
         while profiling: its events are per node), else the plan's steps."""
         if self._bound_plans is not None and self._profiler is None:
             plan = self._plans.get(fetches, keep_on_device=True)
-            results = self._bound_plans.run(plan, feeds, terminate)
+            results = self._bound_plans.run(
+                plan, feeds, terminate, [targets.get(f) for f in fetches] if targets else None)
             if results is not None:
                 return [_handed_over(r, on_device, borrowed) for r in results]
         plan = self._plans.get(fetches, keep_on_device=on_device)
@@ -409,16 +414,19 @@ class InferenceSession:
         return feeds
 
     def _run(self, fetches: list[str], feeds: dict[str, Any], run_options,
-             on_device: bool = False, borrowed: bool = False) -> list[Any]:
+             on_device: bool = False, borrowed: bool = False,
+             targets: dict | None = None) -> list[Any]:
         """Run on converted feeds. Results are host values, or with ``on_device`` values where
         their producers left them (torch tensors for the Triton provider); ``borrowed``: the
-        caller copies them before the next run, so they may be the session's own buffers."""
+        caller copies them before the next run, so they may be the session's own buffers;
+        ``targets``: fetch name -> the caller's device tensor it goes to, which a bound plan
+        may write in place (the result is then that tensor)."""
         if run_options is not None and not isinstance(run_options, RunOptions):
             raise InvalidArgument(f"run_options must be a RunOptions, got "
                                   f"{type(run_options).__name__}")
         terminate = run_options._terminate if run_options is not None else None
         try:
-            results = self._execute(fetches, feeds, terminate, on_device, borrowed)
+            results = self._execute(fetches, feeds, terminate, on_device, borrowed, targets)
         except EPFail:
             if not self._fallback or self.get_providers() == [eps.CPU]:
                 raise
