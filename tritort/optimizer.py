@@ -5,14 +5,15 @@ elimination, per-channel affine ops (BatchNormalization, ...) folded into Conv/G
 and dead-node removal. Folding evaluates nodes with the NumPy provider. EXTENDED and above:
 com.microsoft Attention / EmbedLayerNormalization rewritten into ops both engines run
 (:mod:`tritort.contrib_decompose`), then pattern fusions that write internal ops (attention,
-float8 matmul; see :mod:`tritort.rewrites`, :mod:`tritort.patterns`).
+float8 matmul; see :mod:`tritort.rewrites`, :mod:`tritort.patterns`), and MatMuls that read
+the same input over constant weights as one (:mod:`tritort.horizontal`).
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from . import contrib_decompose, patterns, rewrites
+from . import contrib_decompose, horizontal, patterns, rewrites
 from .contracts import FLOAT8_TYPES
 from .graph import Graph, Node
 from .fallback_cpu import build_kernel, missing_kernel
@@ -39,6 +40,7 @@ def optimize(graph: Graph, level: int, keep_quantized_weights: bool = False) -> 
     if level >= ENABLE_EXTENDED:
         contrib_decompose.decompose(graph)  # before the fusions, which may match its output
         rewrites.fuse(graph)
+        horizontal.fuse_shared_input_gemms(graph)  # after the fusions: they match the MatMuls
         patterns.fuse_float8_matmul(graph)
     remove_dead_nodes(graph)
     return graph
