@@ -10,7 +10,7 @@ from onnx import TensorProto
 
 import tritort as ort
 from tests.test_contrib_ops import (  # noqa: F401  (_seeded: the autouse seeding fixture)
-    _seeded, assert_close, build, ms, randint, randn, run_ort,
+    _seeded, assert_close, build, embed_case, ms, randint, randn, run_ort,
 )
 from tests.test_contrib_ops_attention import B, N, S, _attention
 from tests.triton_env import requires_triton
@@ -119,34 +119,12 @@ def test_attention_refused_forms_keep_the_contrib_node(case):
     assert ("com.microsoft", "Attention") in _ops(sess)
 
 
-def _embed(segments, mask, positions, outputs=("y", "mask_index", "emb_sum")):
-    b, s, hidden, vocab = 2, 5, 16, 11
-    feeds = {"ids": randint(0, vocab, b, s)}
-    inputs = ["ids", "", "word", "pos", "", "gamma", "beta", "", ""]
-    inits = {"word": randn(vocab, hidden), "pos": randn(8, hidden), "gamma": randn(hidden),
-             "beta": randn(hidden)}
-    if segments:
-        feeds["seg"] = randint(0, 2, b, s)
-        inits["segtab"] = randn(2, hidden)
-        inputs[1], inputs[4] = "seg", "segtab"
-    if mask:
-        feeds["mask"] = np.array([[1, 1, 1, 0, 0], [1, 1, 2, 1, 1]], np.int32)
-        inputs[7] = "mask"
-    if positions:
-        feeds["posid"] = randint(0, 8, *((1, s) if positions == "1S" else (b, s)))
-        inputs[8] = "posid"
-    while inputs[-1] == "":
-        inputs.pop()
-    node = ms("EmbedLayerNormalization", inputs, list(outputs), epsilon=1e-5)
-    return node, feeds, inits
-
-
 @providers
 @pytest.mark.parametrize("segments", [True, False])
 @pytest.mark.parametrize("mask", [True, False])
 @pytest.mark.parametrize("positions", [None, "1S", "BS"])
 def test_embed_layer_normalization(provider, segments, mask, positions):
-    node, feeds, inits = _embed(segments, mask, positions)
+    node, feeds, inits = embed_case(segments, mask, positions)
     got, want, sess = _run(node, feeds, inits, list(node.output), provider)
     for name, g, w in zip(node.output, got, want):
         assert_close(g, w, name=name, **TOL)
@@ -155,7 +133,7 @@ def test_embed_layer_normalization(provider, segments, mask, positions):
 
 @providers
 def test_embed_layer_normalization_y_only(provider):
-    node, feeds, inits = _embed(True, True, None, outputs=("y", "", ""))
+    node, feeds, inits = embed_case(True, True, None, outputs=("y", "", ""))
     (got,), (want,), sess = _run(node, feeds, inits, ["y"], provider)
     assert_close(got, want, name="y", **TOL)
     _check_decomposed(sess, provider, attention=False)
@@ -166,7 +144,7 @@ def test_symbolic_dims_and_opset_14(provider):
     """Dims known only by name: key positions and default positions come from the input's
     shape at run time; below opset 17 the LayerNormalization written is onnxruntime's
     default-domain form."""
-    node, feeds, inits = _embed(True, True, None)
+    node, feeds, inits = embed_case(True, True, None)
     got, want, sess = _run(node, feeds, inits, list(node.output), provider, opset=14,
                            dynamic=True)
     for name, g, w in zip(node.output, got, want):

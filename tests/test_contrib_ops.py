@@ -249,10 +249,10 @@ def test_layer_normalization_before_opset_17(axis):
         assert_close(g, w, 1e-5, 1e-6, name)
 
 
-@pytest.mark.parametrize("segments", [True, False])
-@pytest.mark.parametrize("mask", [True, False])
-@pytest.mark.parametrize("positions", [None, "1S", "BS"])
-def test_embed_layer_normalization(segments, mask, positions):
+def embed_case(segments, mask, positions, outputs=("y", "mask_index", "emb_sum")):
+    """An EmbedLayerNormalization node and its feeds and tables: optional segment ids, a
+    mask (one row counting a 2, which onnxruntime does not count), position ids (1, S) or
+    (B, S)."""
     b, s, hidden, vocab = 2, 5, 16, 11
     feeds = {"ids": randint(0, vocab, b, s)}
     inputs = ["ids", "", "word", "pos", "", "gamma", "beta", "", ""]
@@ -263,15 +263,23 @@ def test_embed_layer_normalization(segments, mask, positions):
         inits["segtab"] = randn(2, hidden)
         inputs[1], inputs[4] = "seg", "segtab"
     if mask:
-        feeds["mask"] = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32)
+        feeds["mask"] = np.array([[1, 1, 1, 0, 0], [1, 1, 2, 1, 1]], np.int32)
         inputs[7] = "mask"
     if positions:
         feeds["posid"] = randint(0, 8, *((1, s) if positions == "1S" else (b, s)))
         inputs[8] = "posid"
     while inputs[-1] == "":
         inputs.pop()
-    node = ms("EmbedLayerNormalization", inputs, ["y", "mask_index", "emb_sum"], epsilon=1e-5)
-    check(node, feeds, ["y", "mask_index", "emb_sum"], inits=inits)
+    node = ms("EmbedLayerNormalization", inputs, list(outputs), epsilon=1e-5)
+    return node, feeds, inits
+
+
+@pytest.mark.parametrize("segments", [True, False])
+@pytest.mark.parametrize("mask", [True, False])
+@pytest.mark.parametrize("positions", [None, "1S", "BS"])
+def test_embed_layer_normalization(segments, mask, positions):
+    node, feeds, inits = embed_case(segments, mask, positions)
+    check(node, feeds, list(node.output), inits=inits)
 
 
 @pytest.mark.parametrize("level", ["ORT_DISABLE_ALL", "ORT_ENABLE_ALL"])
