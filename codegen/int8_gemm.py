@@ -391,3 +391,73 @@ class QLinearMatMul(Template):
         return _quant_spec(node, ctx, name, ins[:6], "", ins[6], ins[7], 1.0, batch_rank,
                            lambda fn, dt, fused: MatMulLauncher(fn, batch_rank, dt, ctx,
                                                                 fused), header, fusion)
+
+
+# ------------------------------------------------------------------ ConvInteger (1x1)
+
+
+def _pointwise_conv_reason(node, ctx) -> str | None:
+    """Why a ConvInteger is not a plain GEMM ``w[M, C] @ x[n][C, H*W]`` (the kernel's only
+    form here; spatial windows, strides, pads and groups run on the CPU)."""
+    x, w = node.inputs[:2]
+    xs, ws = ctx.shape_of(x), ctx.shape_of(w)
+    if xs is None or ws is None or len(xs) < 3 or len(ws) != len(xs):
+        return "ConvInteger input or weight shape unknown at load time (or rank < 3)"
+    if any(d != 1 for d in ws[2:]) or node.attrs.get("group", 1) != 1 or \
+            any(s != 1 for s in node.attrs.get("strides", [])) or \
+            any(p != 0 for p in node.attrs.get("pads", [])) or \
+            node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return "ConvInteger runs on Triton for 1x1 kernels without strides, pads or groups " \
+               "only (the int8 conv template does not take spatial windows yet)"
+    for value in (x, w):
+        if ctx.dtype_of(value) not in INT8:
+            return f"ConvInteger of {ctx.dtype_of(value)} ('{value}')"
+    for value in node.inputs[2:4]:
+        if value and not _per_tensor(ctx.shape_of(value)):
+            return f"ConvInteger zero point '{value}' per channel runs on the CPU"
+    return None
+
+
+class _PointwiseConvLauncher:
+    """x [N, C, *S], w [M, C, 1...] -> the GEMM w[M, C] @ x[N, C, prod(S)], viewed back."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, w, x, *rest) -> tuple:
+        n, m = x.shape[0], w.shape[0]
+        x = x if x.is_contiguous() else x.contiguous()
+        (y,) = self.inner(w.reshape(m, w.shape[1]), x.view(n, x.shape[1], -1), *rest)
+        return (y.view((n, m) + tuple(x.shape[2:])),)
+
+
+@template("ConvInteger")
+class ConvInteger(Template):
+    """A 1x1 ConvInteger as MatMulInteger's kernel: A = the weights, B = each image's
+    [C, H*W] (the output comes out as [N, M, H*W], NCHW already); x's zero point is B's,
+    w's A's, both per tensor."""
+
+    kind = "tiled"
+
+    def claim(self, node, ctx) -> str | None:
+        return _pointwise_conv_reason(node, ctx)
+
+    def build(self, node, ctx, name, fusion=None) -> KernelSpec:
+        x, w = node.inputs[:2]
+        zx = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+        zw = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+        a_u, b_u = ctx.dtype_of(w) == "uint8", ctx.dtype_of(x) == "uint8"
+        ep, rowsums, colsums = epilogue(None, None, a_u, b_u, zw is not None,
+                                        zx is not None, False)
+        prologues, others = {}, {}
+        for index, unsigned, sums in ((0, a_u, rowsums), (1, b_u, colsums)):
+            others[index], prologues[index] = tile_lines(None, index, unsigned, sums)
+        ir_text = (f"kernel {name} ConvInteger (1x1) node={node.name!r}\n"
+                   f"A: {w} {ctx.dtype_of(w)}[M, C] x B: {x} {ctx.dtype_of(x)}[N, C, H*W] -> "
+                   f"{node.outputs[0]} int32\n" + "; ".join(ep.text))
+        inputs = [w, x] + [v for v in (zw, zx) if v]
+        count = len(inputs) - 2
+        return _built(name, node, ctx, ir_text, 1, "int8", ep,
+                      lambda fn, out_dt, fused: _PointwiseConvLauncher(QuantLauncher(
+                          MatMulLauncher(fn, 1, out_dt, ctx, fused), count)),
+                      inputs, None, "int32", None, int8=(prologues, others, rowsums, colsums))
