@@ -175,6 +175,17 @@ def conv_spec(node, ctx) -> ConvSpec | str:
             return f"Triton's Conv does not take {dt} ('{value}')"
     if len({ctx.dtype_of(v) for v in [x, w] + ([b] if b else [])}) != 1:
         return "Conv inputs of different element types"
+    return window_spec(node, ctx, x, w, b, ctx.dtype_of(x))
+
+
+def window_spec(node, ctx, x: str, w: str, b: str, dtype: str) -> ConvSpec | str:
+    """The ConvSpec of a conv node reading ``x``, ``w`` and bias ``b`` ('' if none), their
+    element types already checked, or why its geometry is declined."""
+    rank = ctx.rank_of(x)
+    if rank is None:
+        return f"rank of '{x}' unknown at load time"
+    if not 3 <= rank <= 2 + MAX_SPATIAL_RANK:
+        return f"Conv over {rank - 2} spatial axes (Triton's Conv takes 1 to {MAX_SPATIAL_RANK})"
     w_shape = ctx.shape_of(w)
     if w_shape is None or len(w_shape) != rank:
         return f"shape of W '{w}' unknown or not of rank {rank}"
@@ -196,7 +207,7 @@ def conv_spec(node, ctx) -> ConvSpec | str:
         return window
     if window.kernel != tuple(w_shape[2:]):
         return f"kernel_shape {list(window.kernel)} differs from W's {list(w_shape[2:])}"
-    return ConvSpec(window, group, cg, bool(b), ctx.dtype_of(x))
+    return ConvSpec(window, group, cg, bool(b), dtype)
 
 
 # ------------------------------------------------------------------ kernel source
@@ -356,7 +367,8 @@ def _finish(spec: ConvSpec, epilogue: gemm.Epilogue, out_dtype: str) -> list[str
 
 
 def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str,
-                interpreted: bool, epilogue: gemm.Epilogue, precision: str | None = None) -> str:
+                interpreted: bool, epilogue: gemm.Epilogue, precision: str | None = None,
+                body: Sequence[str] | None = None) -> str:
     """The kernel's source: ``Y = epilogue(conv(X, W) + B)`` rounded once to ``out_dtype``.
 
     ``epilogue.params`` follow ``y`` in the signature; ``epilogue.lines`` (unindented
@@ -366,8 +378,11 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
     broadcastable to the tile: the index of each element along Y's dim j, so ``out_idx_1`` is
     the output channel), ``y_offs`` (each element's offset in Y, which the launcher allocates
     contiguous) and every kernel parameter. ``precision``: a float32 dot's input_precision.
+    ``body``: the main loop's lines in place of the float ones (the int8 path's).
     """
-    if spec.variant == "direct":
+    if body is not None:
+        body = list(body)
+    elif spec.variant == "direct":
         body = _direct_body(spec)
     else:
         body = _gemm_body(spec, interpreted, precision)

@@ -37,6 +37,10 @@ class ConvConfig:
 # GPU candidates per element size in bytes, largest tiles first (float32 runs tl.dot in
 # IEEE fp32, so its tiles stay smaller). BLOCK_K is capped by the K a program walks.
 CONFIGS: dict[int, tuple[ConvConfig, ...]] = {
+    # int8 tiles (tl.dot with int32 accumulation): an int8 MMA's K step is 32
+    1: (ConvConfig(128, 128, 64, 8, 3), ConvConfig(128, 64, 64, 4, 3),
+        ConvConfig(64, 64, 64, 4, 3), ConvConfig(64, 32, 32, 4, 2), ConvConfig(32, 32, 32, 4, 2),
+        ConvConfig(32, 16, 32, 4, 2)),
     2: (ConvConfig(128, 128, 64, 8, 3), ConvConfig(128, 64, 32, 4, 3),
         ConvConfig(64, 64, 32, 4, 3), ConvConfig(64, 32, 32, 4, 2), ConvConfig(32, 32, 32, 4, 2),
         ConvConfig(32, 16, 32, 4, 2)),
@@ -85,7 +89,8 @@ def pick_config(rows: int, cols: int, k: int, groups: int, itemsize: int, varian
     chosen = next((c for c in fitting
                    if groups * math.ceil(rows / c.block_m) * math.ceil(cols / c.block_n)
                    >= _MIN_PROGRAMS), fitting[-1])
-    return ConvConfig(chosen.block_m, chosen.block_n, min(chosen.block_k, _fit(k, 256)),
+    block_k = min(chosen.block_k, _fit(k, 256))
+    return ConvConfig(chosen.block_m, chosen.block_n, max(block_k, 32 if itemsize == 1 else 16),
                       chosen.num_warps, chosen.num_stages)
 
 
@@ -103,7 +108,8 @@ _TUNING_TILES = {
     8: ((64, 64, 16), (64, 32, 16), (32, 64, 16), (32, 32, 16), (32, 32, 32), (64, 16, 16),
         (32, 16, 16), (16, 32, 16), (16, 16, 16)),
 }
-_TUNING_STAGES = {2: (2, 3, 4), 4: (2, 3, 4), 8: (2, 3)}
+_TUNING_TILES[1] = tuple(t for t in _TUNING_TILES[2] if t[2] >= 32) + ((64, 64, 128),)
+_TUNING_STAGES = {1: (2, 3, 4), 2: (2, 3, 4), 4: (2, 3, 4), 8: (2, 3)}
 # direct: (positions, channels); no shared memory staging, so one stage
 _DIRECT_TILES = ((512, 8), (256, 8), (256, 16), (128, 8), (128, 16), (128, 32), (64, 8),
                  (64, 16), (64, 32), (32, 8), (32, 16))

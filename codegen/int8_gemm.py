@@ -435,14 +435,24 @@ class _PointwiseConvLauncher:
 class ConvInteger(Template):
     """A 1x1 ConvInteger as MatMulInteger's kernel: A = the weights, B = each image's
     [C, H*W] (the output comes out as [N, M, H*W], NCHW already); x's zero point is B's,
-    w's A's, both per tensor."""
+    w's A's, both per tensor. Every other form: the int8 Conv template
+    (:mod:`tritort.codegen.int8_conv`)."""
 
     kind = "tiled"
 
     def claim(self, node, ctx) -> str | None:
-        return _pointwise_conv_reason(node, ctx)
+        if _pointwise_conv_reason(node, ctx) is None:
+            return None
+        from .int8_conv import quant_conv
+
+        q = quant_conv(node, ctx)
+        return q if isinstance(q, str) else None
 
     def build(self, node, ctx, name, fusion=None) -> KernelSpec:
+        if _pointwise_conv_reason(node, ctx) is not None:
+            from .int8_conv import build_quant_conv
+
+            return build_quant_conv(node, ctx, name)  # the int8 Conv template
         x, w = node.inputs[:2]
         zx = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
         zw = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
@@ -461,3 +471,6 @@ class ConvInteger(Template):
                       lambda fn, out_dt, fused: _PointwiseConvLauncher(QuantLauncher(
                           MatMulLauncher(fn, 1, out_dt, ctx, fused), count)),
                       inputs, None, "int32", None, int8=(prologues, others, rowsums, colsums))
+
+
+from . import int8_conv  # noqa: E402,F401  (registers QLinearConv; it reads the helpers above)
