@@ -53,11 +53,13 @@ def _convert_graph(graph: onnx.GraphProto) -> None:
                     node.attribute.append(helper.make_attribute(
                         "value", numpy_helper.from_array(np.array(half))))
                     break
-    for value in list(graph.input) + list(graph.output):
+    # statistics a LayerNormalization keeps in float32 (stash_type 1) stay float32
+    stats = {o for node in graph.node if node.op_type == "LayerNormalization"
+             for o in node.output[1:]}
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
         tensor = value.type.tensor_type
-        if tensor.elem_type == TensorProto.FLOAT and value.name not in keep:
-            tensor.elem_type = TensorProto.FLOAT16
-    del graph.value_info[:]
+        if tensor.elem_type == TensorProto.FLOAT and value.name not in keep | stats:
+            tensor.elem_type = TensorProto.FLOAT16  # value_info kept: its symbolic dims
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
