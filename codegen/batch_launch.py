@@ -179,16 +179,17 @@ def _build() -> Path | None:
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
+    # built beside its final name, then renamed: concurrent builds leave one whole file
+    partial = library.with_name(f".{library.name}.{os.getpid()}.partial")
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "batch_launch.c"
         source.write_text(_SOURCE)
-        partial = Path(folder) / library.name
         done = subprocess.run([compiler, "-O2", "-shared", "-fPIC", f"-I{include}", "-o",
                                str(partial), str(source)], capture_output=True, text=True)
-        if done.returncode != 0:
-            return None
-        shutil.move(str(partial), str(library) + ".partial")
-        os.replace(str(library) + ".partial", library)  # concurrent builds: one whole file
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        return None
+    os.replace(partial, library)
     return library
 
 
