@@ -104,6 +104,7 @@ class BoundPlan:
         # per launch: (position, fetch index, shape, strides, offset in the fetch) of the
         # arguments over a fetch the kernels write whole (see _output_views)
         self.writes = writes or [[] for _ in launches]
+        self._written = frozenset(w[1] for ws in self.writes for w in ws)
         self._patched_set = frozenset(i for i in range(len(launches))
                                       if self.patches[i] or self.writes[i])
         self._steps: dict[tuple, list] = {}  # (stream, hooks set) -> what a run launches
@@ -194,7 +195,7 @@ class BoundPlan:
 
     def _writable(self, index: int, target: Any) -> bool:
         """Can the kernels write fetch ``index`` straight into ``target``?"""
-        if target is None or not any(w[1] == index for ws in self.writes for w in ws):
+        if target is None or index not in self._written:
             return False
         output = self.outputs[index]
         return (dlpack.is_torch(target) and target.device == output.device and
