@@ -397,8 +397,8 @@ class QLinearMatMul(Template):
 
 
 def _pointwise_conv_reason(node, ctx) -> str | None:
-    """Why a ConvInteger is not a plain GEMM ``w[M, C] @ x[n][C, H*W]`` (the kernel's only
-    form here; spatial windows, strides, pads and groups run on the CPU)."""
+    """Why a ConvInteger is not a plain GEMM ``w[M, C] @ x[n][C, H*W]`` (spatial windows,
+    strides, pads, groups and per-channel zero points take the int8 Conv template)."""
     x, w = node.inputs[:2]
     xs, ws = ctx.shape_of(x), ctx.shape_of(w)
     if xs is None or ws is None or len(xs) < 3 or len(ws) != len(xs):
@@ -407,8 +407,8 @@ def _pointwise_conv_reason(node, ctx) -> str | None:
             any(s != 1 for s in node.attrs.get("strides", [])) or \
             any(p != 0 for p in node.attrs.get("pads", [])) or \
             node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return "ConvInteger runs on Triton for 1x1 kernels without strides, pads or groups " \
-               "only (the int8 conv template does not take spatial windows yet)"
+        return "not a 1x1 ConvInteger without strides, pads or groups (the int8 Conv " \
+               "template takes it)"
     for value in (x, w):
         if ctx.dtype_of(value) not in INT8:
             return f"ConvInteger of {ctx.dtype_of(value)} ('{value}')"

@@ -1,6 +1,7 @@
 """int8 convolutions on Triton (interpreter) against onnxruntime: a 1x1 ConvInteger (int8 /
 uint8 operands, with and without zero points) is one launch of the int8 GEMM kernel, exact
-in int32; spatial ConvInteger stays on the CPU with the reason named."""
+in int32; a spatial one is one launch of the Conv template's int8 path
+(tests/test_triton_qlinear_conv.py covers that path's forms)."""
 from __future__ import annotations
 
 import numpy as np
@@ -63,14 +64,12 @@ def test_pointwise_conv_integer_is_one_exact_gemm(xt, wt, zero_points):
     assert len(report) == 1
 
 
-def test_spatial_conv_integer_stays_on_the_cpu_with_a_reason():
+def test_spatial_conv_integer_is_one_int8_conv_launch():
+    """A 3x3 padded ConvInteger takes the int8 path of the Conv template (not the GEMM's 1x1
+    form); padded positions are x's zero point."""
     x, w = _q(np.uint8, 1, 3, 5, 5), _q(np.uint8, 4, 3, 3, 3)
     m = _conv_integer(x, w, 7, None, pads=[1, 1, 1, 1])
-    import tritort as ort
-
-    sess = ort.InferenceSession(m.SerializeToString(),
-                                providers=[T, "CPUExecutionProvider"])
-    placed = sess._program.partition.assignments["conv"]
-    assert placed.provider.name == "CPUExecutionProvider"
-    assert "1x1" in str(placed.declined)
+    sess = triton_session(m)
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], _oracle(m, {"x": x})[0])
+    report = next(ep for ep in sess._program.providers if ep.name == T).kernels
+    assert len(report) == 1
