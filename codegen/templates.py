@@ -161,3 +161,4 @@ def dump(unit: str, ir_text: str, source: str, path: Path | None,
 # The families register their rows on import; they need the names above to exist first.
 from . import attention, conv, fp8_gemm, gemm, int8_gemm, movement, nbits_gemm, pool, \
     qoperator, quant_dynamic, reductions, rotary  # noqa: E402,F401
+from . import split_gelu  # noqa: E402,F401

@@ -414,15 +414,15 @@ def test_ort_optimized_bert_on_triton(tmp_path, gelu, act):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_bias_split_gelu_stays_on_the_cpu():
-    """It halves the last axis: not pointwise, and no template takes it yet."""
+def test_bias_split_gelu_runs_on_triton():
+    """It halves the last axis: not pointwise, so a template of its own takes it (more in
+    tests/test_triton_bias_split_gelu.py)."""
     feeds = {"x": randn(2, 3, 8), "bias": randn(8)}
     model = build([ms("BiasSplitGelu", ["x", "bias"], ["y"], name="bsg")], feeds, ["y"],
                   out_types={"y": TensorProto.FLOAT})
     sess = _session(model)
-    assignment = sess._program.partition.assignments["bsg"]
-    assert assignment.provider.name == "CPUExecutionProvider"
-    assert "no Triton lowering for com.microsoft.BiasSplitGelu" in str(assignment.declined)
+    _placed_on_triton(sess, ["bsg"])
+    assert _kernels(sess) == [["bsg"]]
     (got,) = sess.run(None, feeds)
     from scipy.special import erf
     y = feeds["x"].astype(np.float64) + feeds["bias"]
