@@ -516,6 +516,15 @@ def build_conv(node, ctx, name: str, fusion: Any = None) -> KernelSpec:
     """The node's kernel; a ``fusion`` (:class:`tritort.codegen.rowwise.TileFusion`, chosen by
     codegen.fusion) is rendered by :func:`tritort.codegen.epilogue.build` in front of the store, its
     inputs following the node's in the launcher's."""
+    if fusion is not None and fusion.operands:  # DequantizeLinear x and w: the int8 path
+        from .int8_conv import build_dq_conv, dq_conv
+
+        made = {v: n for n in fusion.operands.values() for v in n.outputs}
+        q = dq_conv(node, ctx, made.get)
+        if q is None:
+            raise ValueError(f"Conv node '{node.name}': operands {sorted(made)} are not a "
+                             "DequantizeLinear pair the int8 path takes")
+        return build_dq_conv(node, ctx, name, q, fusion)
     spec = conv_spec(node, ctx)
     if isinstance(spec, str):
         raise ValueError(f"Conv node '{node.name}': {spec}")
@@ -550,6 +559,7 @@ def build_conv(node, ctx, name: str, fusion: Any = None) -> KernelSpec:
 class Conv(Template):
     kind = "tiled"
     epilogue = True  # on the output tile, before the one rounding store
+    operand_prologues = True  # DequantizeLinear x and w: int8 tiles (int8_conv.dq_conv)
 
     def claim(self, node, ctx) -> str | None:
         spec = conv_spec(node, ctx)

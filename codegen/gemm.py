@@ -404,9 +404,14 @@ def operand_prologue(node, ctx, anchor=None, index: int | None = None,
     """A Cast between float types, or a Mul / Div by a scalar constant, as a tile prologue;
     None for anything else. The result is rounded to the operand's type as the graph does.
     A DequantizeLinear of int8 / uint8 is one when both of ``anchor``'s operands are
-    (``producer(value)``: the node making a value): the GEMM then multiplies int8 tiles."""
+    (``producer(value)``: the node making a value): the GEMM then multiplies int8 tiles; a
+    Conv anchor takes only such a pair (codegen.int8_conv.dq_conv)."""
     if node.domain != "" or not node.inputs or not node.outputs:
         return None
+    if anchor is not None and anchor.op_type == "Conv":
+        from .int8_conv import conv_operand
+
+        return conv_operand(node, ctx, anchor, index, producer)
     if node.op_type == "DequantizeLinear":
         from .int8_gemm import quant_pair
 

@@ -39,7 +39,7 @@ class QuantConv:
     x_zero: str  # '' where omitted
     w_zero: str
     w_zero_per_channel: bool
-    scales: tuple[str, str, str] | None  # x, w, y (QLinearConv)
+    scales: tuple[str, str, str] | None  # x, w, y (QLinearConv; y '' for a float output)
     w_scale_per_channel: bool
     y_zero: str
     out_dtype: str  # int32, or QLinearConv's 8-bit type
@@ -48,7 +48,7 @@ class QuantConv:
     def ints(self) -> list[str]:
         """The epilogue's tensors after y, in the kernel's parameter order."""
         return [v for v in (self.x_zero, self.w_zero) if v] + \
-            (list(self.scales) if self.scales else []) + ([self.y_zero] if self.y_zero else [])
+            [v for v in (self.scales or ()) if v] + ([self.y_zero] if self.y_zero else [])
 
 
 def _per_channel(ctx, value: str, channels) -> bool | str:
@@ -265,6 +265,11 @@ def _epilogue(q: QuantConv) -> Epilogue:
                    "int32 multiply-adds of (x - x_zp) * (w - w_zp)")
     if q.scales is None:
         return ep
+    if not q.scales[2]:  # dequantized operands: the scaling is the body's last step
+        ep.params += ["x_scale", "w_scale"]
+        ep.text.append(f"* x_scale * w_scale{' per channel' if q.w_scale_per_channel else ''} "
+                       "in float32, then the float bias")
+        return ep
     ep.params += ["x_scale", "w_scale", "y_scale"] + (["y_zero"] if q.y_zero else [])
     w_scale = "tl.load(w_scale + m, mask=col_in, other=0)[None, :]" if \
         q.w_scale_per_channel else "tl.load(w_scale)"
@@ -324,6 +329,131 @@ def build_quant_conv(node, ctx, name: str) -> KernelSpec:
                               body=body)
     fn, path, cached = load_source(source, KERNEL, ctx)
     launcher = QuantConvLauncher(fn, q, ctx, node.name, order, bias)
+    return KernelSpec(name, launcher, inputs, ir_text, source, path, cached)
+
+
+# ------------------------------------------------------------------ DequantizeLinear operands
+
+
+def _dq_side(node, ctx, weights: bool) -> tuple[str, str, str, bool] | None:
+    """(int8 source, scale, zero point or '', per output channel) of a DequantizeLinear
+    feeding a Conv's x (per tensor) or w (per tensor or along axis 0), or None."""
+    if node is None or node.op_type != "DequantizeLinear" or node.domain != "" or \
+            len(node.inputs) < 2 or node.attrs.get("block_size", 0):
+        return None
+    src, scale = node.inputs[0], node.inputs[1]
+    zero = node.inputs[2] if len(node.inputs) > 2 else ""
+    if ctx.dtype_of(src) not in INT8 or ctx.dtype_of(scale) != "float" or \
+            (zero and ctx.dtype_of(zero) != ctx.dtype_of(src)):
+        return None
+    s_shape, src_shape = ctx.shape_of(scale), ctx.shape_of(src)
+    if s_shape is None or not src_shape:
+        return None
+    if _per_tensor(s_shape) and (not zero or _per_tensor(ctx.shape_of(zero))):
+        return src, scale, zero, False
+    axis = node.attrs.get("axis", 1)
+    if not weights or (axis + len(src_shape) if axis < 0 else axis) != 0 or \
+            len(s_shape) != 1 or s_shape[0] != src_shape[0]:
+        return None
+    return src, scale, zero, True
+
+
+def dq_conv(anchor, ctx, producer) -> QuantConv | None:
+    """``Conv(DQ(x8), DQ(w8)[, b])`` (``producer(value)``: the node making a value) as the
+    int8 conv with a float output: x's scale and zero point per tensor, w's per tensor or
+    per output channel; None for any other form."""
+    if anchor is None or anchor.op_type != "Conv" or anchor.domain != "" or \
+            len(anchor.inputs) < 2:
+        return None
+    x = _dq_side(producer(anchor.inputs[0]), ctx, False)
+    w = _dq_side(producer(anchor.inputs[1]), ctx, True)
+    out_dt = ctx.dtype_of(anchor.outputs[0])
+    b = anchor.inputs[2] if len(anchor.inputs) > 2 else ""
+    if x is None or w is None or out_dt != "float" or \
+            {ctx.dtype_of(v) for v in anchor.inputs[:3] if v} != {out_dt}:
+        return None
+    spec = window_spec(anchor, ctx, x[0], w[0], b, ctx.dtype_of(x[0]))
+    if isinstance(spec, str):
+        return None
+    # DequantizeLinear's zero point has its scale's shape
+    return QuantConv(spec, ctx.dtype_of(x[0]) == "uint8", ctx.dtype_of(w[0]) == "uint8",
+                     x[2], w[2], bool(w[2]) and w[3], (x[1], w[1], ""), w[3], "", out_dt)
+
+
+def conv_operand(node, ctx, anchor, index, producer):
+    """``node`` as operand ``index`` of a Conv's int8 pair (gemm.operand_prologue's rule for
+    a Conv anchor: its x and w DequantizeLinear only), or None."""
+    from .gemm import OperandPrologue
+
+    q = dq_conv(anchor, ctx, producer) if producer and index in (0, 1) else None
+    if q is None or producer(anchor.inputs[index]) is not node:
+        return None
+    return OperandPrologue(node.inputs[0], "", f"int8 operand of {node.name}", q)
+
+
+def _scale_lines(q: QuantConv) -> list[str]:
+    """The int32 accumulator times x_scale * w_scale (before the float bias)."""
+    w_scale = "tl.load(w_scale + m, mask=col_in, other=0)[None, :]" if \
+        q.w_scale_per_channel else "tl.load(w_scale)"
+    return [f"    acc = acc.to(tl.float32) * (tl.load(x_scale) * {w_scale})"]
+
+
+class DequantConvLauncher(ConvLauncher):
+    """(x8, w8, quantization tensors, [bias], fused epilogue inputs) -> one launch."""
+
+    def __init__(self, fn: Any, q: QuantConv, out_dtype: str, ctx, node_name: str,
+                 count: int, fused: Any) -> None:
+        super().__init__(fn, q.spec, torch_dtype(out_dtype), ctx, node_name, fused)
+        self.tf32, self.count = False, count
+
+    def __call__(self, x: Any, w: Any, *rest: Any) -> tuple:
+        import numpy as np
+        import torch
+
+        lead, rest = list(rest[:self.count]), rest[self.count:]
+        b, epilogue_inputs = (rest[0], rest[1:]) if self.spec.with_bias else (None, rest)
+        self._check(x, w, b)
+        outs, _, _ = self.spec.window.resolve(tuple(x.shape[2:]))
+        y = torch.empty((x.shape[0], w.shape[0], *outs), dtype=self.out_dtype,
+                        device=self.device)
+        if self.fused is None:
+            launch(self.fn, self.spec, x, w, b, y, lead, self.interpreted, self.table, False)
+            return (y,)
+        from .epilogue import launch_args
+
+        args, outputs = launch_args(self.fused, epilogue_inputs, y.shape, y.shape, y.device)
+        with np.errstate(all="ignore"):  # the interpreter computes masked lanes too
+            launch(self.fn, self.spec, x, w, b, y, lead + list(args), self.interpreted,
+                   self.table, False)
+        return (y, *outputs) if self.fused.result_stored else (*outputs, y)
+
+
+def build_dq_conv(node, ctx, name: str, q: QuantConv, fusion: Any) -> KernelSpec:
+    """The Conv of two DequantizeLinear operands (``fusion.operands``) on their int8 values:
+    scaled in float32, the float bias added, then ``fusion``'s epilogue (a QuantizeLinear)."""
+    b = node.inputs[2] if q.spec.with_bias else ""
+    inputs = [fusion.operands[0].inputs[0], fusion.operands[1].inputs[0]] + \
+        q.ints + ([b] if b else [])
+    ep, out_dt, fused = _epilogue(q), q.out_dtype, None
+    if fusion.epilogue is not None:
+        from .epilogue import build
+
+        fused = build(fusion, q.out_dtype, q.spec.window.rank + 2)
+        ep = Epilogue(ep.params + fused.epilogue.params, ep.lines + fused.epilogue.lines,
+                      ep.text + fused.epilogue.text)
+        out_dt = fused.out_dtype
+        inputs += fused.inputs
+    body = _direct_body(q) if q.spec.variant == "direct" else _gemm_body(q)
+    ir_text = (f"kernel {name} Conv node={node.name!r}\n"
+               f"X: {inputs[0]} {ctx.dtype_of(inputs[0])} * W: {inputs[1]} "
+               f"{ctx.dtype_of(inputs[1])}{f' + B: {b} float' if b else ''} -> "
+               f"{node.outputs[0]} {q.out_dtype}\n{q.spec.text()}\n" + "; ".join(ep.text) +
+               f"\n{fusion.text()}")
+    header = [f"ONNX node: {node.name} (Conv)", *ir_text.splitlines()[1:]]
+    source = conv.conv_source(KERNEL, header, q.spec, out_dt, ctx.interpreted, ep,
+                              body=body + _scale_lines(q))
+    fn, path, cached = load_source(source, KERNEL, ctx)
+    launcher = DequantConvLauncher(fn, q, out_dt, ctx, node.name, len(q.ints), fused)
     return KernelSpec(name, launcher, inputs, ir_text, source, path, cached)
 
 

@@ -81,7 +81,7 @@ def test_fusion_takes_what_templates_declare():
     assert declared("epilogue") == REDUCE_OPS | {"MatMul", "Gemm", "Float8MatMul", "Conv",
                                                  "MatMulInteger", "com.microsoft.MatMulNBits",
                                                  "com.microsoft.QGemm", "QLinearMatMul"}
-    assert declared("operand_prologues") == {"MatMul", "Gemm"}
+    assert declared("operand_prologues") == {"MatMul", "Gemm", "Conv"}
     assert {op for op, t in TEMPLATES.items() if t.anchors_fusion()} == \
         declared("prologue") | declared("epilogue")
     assert {TEMPLATES[op].kind for op in ("MatMul", "Conv", "Softmax", "MaxPool", "Attention",

@@ -96,7 +96,7 @@ def fold_constants(graph: Graph, keep_quantized_weights: bool = False) -> None:
 
 _INT8_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 # ops whose quantized kernels take a DequantizeLinear operand as stored
-_QUANTIZED_READERS = frozenset({"MatMul", "Gemm"})
+_QUANTIZED_READERS = frozenset({"MatMul", "Gemm", "Conv"})
 
 
 def _keeps_quantized(n: Node, graph: Graph, int8: bool) -> bool:
