@@ -374,3 +374,20 @@ def test_matmul_integer_takes_the_dynamic_quantization_epilogue():
     feeds = {"A": _rng.integers(0, 256, (4, 16)).astype(np.uint8),
              "B": _rng.integers(-128, 128, (16, 8)).astype(np.int8)}
     np.testing.assert_allclose(sess.run(None, feeds)[0], oracle(model, feeds)[0], rtol=1e-6)
+
+
+def test_weights_against_a_float_operand_are_dequantized_once():
+    """A float activation times an int8 weight is a float product: the weight's
+    DequantizeLinear is folded at creation, not run every time."""
+    w = _rng.integers(-127, 127, (40, 24), endpoint=True).astype(np.int8)
+    inits = [numpy_helper.from_array(w, "W8"),
+             numpy_helper.from_array(np.array(0.03, np.float32), "sw")]
+    nodes = [helper.make_node("DequantizeLinear", ["W8", "sw"], ["w"], name="dq_w"),
+             helper.make_node("MatMul", ["A", "w"], ["Y"], name="mm")]
+    model = models.make(nodes, [models.vi("A", TP.FLOAT, ["M", 40])],
+                        [models.vi("Y", TP.FLOAT, None)], inits)
+    sess = triton_session(model, ["mm"], sess_options=_level("ORT_ENABLE_ALL"))
+    assert "dq_w" not in sess.placement()
+    a = _rng.standard_normal((3, 40)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"A": a})[0], oracle(model, {"A": a})[0],
+                               rtol=1e-5, atol=1e-4)

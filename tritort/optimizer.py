@@ -113,8 +113,24 @@ def _keeps_quantized(n: Node, graph: Graph, int8: bool) -> bool:
     if not int8 or v.elem_type not in _INT8_TYPES:
         return False
     readers = [r for r in graph.nodes if n.outputs[0] in r.inputs]
-    return bool(readers) and all(r.op_type in _QUANTIZED_READERS and r.domain == ""
-                                 for r in readers) and n.outputs[0] not in graph.output_names
+    return bool(readers) and n.outputs[0] not in graph.output_names and all(
+        r.op_type in _QUANTIZED_READERS and r.domain == "" and
+        _quantized_partner(r, n.outputs[0], graph) for r in readers)
+
+
+def _quantized_partner(reader: Node, weight: str, graph: Graph) -> bool:
+    """Is the reader's other operand an int8 DequantizeLinear of its own? Only then is the
+    product an int8 one; against a float operand, weights kept quantized would be dequantized
+    on every run instead of once here."""
+    others = [v for v in reader.inputs[:2] if v and v != weight]
+    if len(others) != 1:
+        return False
+    producer = next((p for p in graph.nodes if others[0] in p.outputs), None)
+    if producer is None or producer.op_type != "DequantizeLinear" or producer.domain != "":
+        return False
+    source = graph.value(producer.inputs[0])
+    readers = [r for r in graph.nodes if others[0] in r.inputs]
+    return source is not None and source.elem_type in _INT8_TYPES and len(readers) == 1
 
 
 def _try_fold(n: Node, graph: Graph) -> list[np.ndarray] | None:
