@@ -27,6 +27,7 @@ import onnx
 from onnx import TensorProto
 
 from . import dtypes
+from .contrib_decompose_linear import RULES as _LINEAR_RULES
 from .contracts import ATTENTION_OP, INTERNAL_DOMAIN
 from .graph import Graph, Node
 
@@ -98,7 +99,8 @@ class _Builder:
 
 
 def decompose(graph: Graph) -> dict[str, str]:
-    """Rewrite every com.microsoft Attention / EmbedLayerNormalization that can be written
+    """Rewrite every com.microsoft node of a row here or in
+    :mod:`tritort.contrib_decompose_linear` that can be written
     exactly; returns node name -> why it was left as it is, for the others."""
     refused: dict[str, str] = {}
     kept: list[Node] = []
@@ -319,4 +321,5 @@ def _embed_layer_normalization(n: Node, graph: Graph, b: _Builder) -> str | None
     return None
 
 
-_RULES = {"Attention": _attention, "EmbedLayerNormalization": _embed_layer_normalization}
+_RULES = {"Attention": _attention, "EmbedLayerNormalization": _embed_layer_normalization,
+          **_LINEAR_RULES}
