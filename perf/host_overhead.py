@@ -338,15 +338,15 @@ def smoke_model(folder: Path) -> tuple[str, dict]:
     return str(path), {"X": rng.standard_normal((8, 64)).astype(np.float32)}
 
 
-def benchmark_model(name: str, quick: bool) -> tuple[str, dict]:
+def benchmark_model(name: str, quick: bool, batch: int | None = None) -> tuple[str, dict]:
     from perf import models
 
     # exported in a process of its own, as perf/compile_check.py does: torch.onnx's export
     # leaves state behind in the process that builds it
     subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-                    f"from perf import models; models.get_model({name!r}, quick={quick})"],
-                   check=True, capture_output=True)
-    built = models.get_model(name, quick=quick)
+                    f"from perf import models; models.get_model({name!r}, quick={quick}, "
+                    f"batch={batch})"], check=True, capture_output=True)
+    built = models.get_model(name, quick=quick, batch=batch)
     return str(built.path), built.feeds
 
 
@@ -452,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=["bert", "gpt2", "vit", "resnet50"],
                         help="a benchmark model (perf/models.py) instead of a file")
     parser.add_argument("--quick", action="store_true", help="the benchmark model's small size")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="the benchmark model's batch size (default: its own, 1)")
     parser.add_argument("--smoke", action="store_true", help="a tiny built-in model, for CI")
     parser.add_argument("--shapes", nargs="*", default=[], help="NAME=D0,D1,... per input")
     parser.add_argument("--runs", type=int, default=None,
@@ -476,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
             path, feeds = smoke_model(Path(tmp))
             label = "smoke (MatMul+bias+Relu, Softmax, Tanh+Add; X 8x64)"
         elif args.model:
-            path, feeds = benchmark_model(args.model, args.quick)
-            label = f"{args.model} ({'quick' if args.quick else 'full'} size)"
+            path, feeds = benchmark_model(args.model, args.quick, args.batch)
+            label = f"{args.model} ({'quick' if args.quick else 'full'} size" + \
+                (f", batch {args.batch})" if args.batch else ")")
         else:
             path, feeds = file_model(args.path, args.shapes)
             label = args.path
