@@ -245,6 +245,49 @@ def _window_starts(window: Window) -> list[str]:
     return [f"    h{j} = {scaled(f'pos{j}', s)} - P{j}" for j, s in enumerate(window.strides)]
 
 
+
+def dot_program(win: Window) -> list[str]:
+    """A dot variant program's tile: its group, rows (output positions) and columns (output
+    channels), the positions' window starts and the base pointers of X's rows and W's
+    columns; the float and int8 kernels share it."""
+    return [
+        "    pid = tl.program_id(0)",
+        "    g = tl.program_id(1).to(tl.int64)",
+        "    blocks_n = tl.cdiv(MG, BLOCK_N)",
+        "    # neighbouring programs share a row block: X's tile is reused from L2",
+        "    pid_m = pid // blocks_n",
+        "    pid_n = pid % blocks_n",
+        "    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)",
+        "    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
+        "    row_in = rows < ROWS",
+        "    col_in = cols < MG",
+        "    m = g * MG + cols  # output channel (int64)",
+        *_rows_to_positions(win.rank),
+        *_window_starts(win),
+        "    x_rows = x + (n * sx0 + g * CG * sx1)",
+        "    w_cols = w + m * sw0",
+    ]
+
+
+def direct_program(win: Window) -> list[str]:
+    """The direct (depthwise) variant program's tile, as :func:`dot_program`."""
+    return [
+        "    pid = tl.program_id(0)",
+        "    blocks_n = tl.cdiv(M, BLOCK_N)",
+        "    pid_m = pid // blocks_n",
+        "    pid_n = pid % blocks_n",
+        "    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)",
+        "    m = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel",
+        "    row_in = rows < ROWS",
+        "    col_in = m < M",
+        *_rows_to_positions(win.rank),
+        *_window_starts(win),
+        "    # group m // MG has one input channel: channel m // MG",
+        "    x_tile = x + (n * sx0)[:, None] + ((m // MG) * sx1)[None, :]",
+        "    w_cols = w + m * sw0",
+    ]
+
+
 def _in_bounds(r: int) -> str:
     return " & ".join(f"(i{j} >= 0) & (i{j} < S{j})" for j in range(r))
 
@@ -257,24 +300,8 @@ def _gemm_body(spec: ConvSpec, interpreted: bool, precision: str | None = None) 
     """The implicit-GEMM main loop (tap_major or flat) filling ``acc``."""
     win, r = spec.window, spec.window.rank
     taps = win.taps
-    lines = [
-        "    pid = tl.program_id(0)",
-        "    g = tl.program_id(1).to(tl.int64)",
-        "    blocks_n = tl.cdiv(MG, BLOCK_N)",
-        "    # neighbouring programs share a row block: X's tile is reused from L2",
-        "    pid_m = pid // blocks_n",
-        "    pid_n = pid % blocks_n",
-        "    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)",
-        "    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
-        "    row_in = rows < ROWS",
-        "    col_in = cols < MG",
-        "    m = g * MG + cols  # output channel (int64)",
-        *_rows_to_positions(r),
-        *_window_starts(win),
-        "    x_rows = x + (n * sx0 + g * CG * sx1)",
-        "    w_cols = w + m * sw0",
-        f"    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc_type(spec.dtype)})",
-    ]
+    lines = [*dot_program(win),
+             f"    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={acc_type(spec.dtype)})"]
     dot = gemm._dot_line(spec.dtype, interpreted, precision=precision)
     if spec.variant == "tap_major":
         t = tap_indices("tap", win.kernel)
@@ -322,19 +349,7 @@ def _direct_body(spec: ConvSpec) -> list[str]:
     t = tap_indices("tap", win.kernel)
     loop = "tl.static_range" if win.taps <= 32 else "range"
     lines = [
-        "    pid = tl.program_id(0)",
-        "    blocks_n = tl.cdiv(M, BLOCK_N)",
-        "    pid_m = pid // blocks_n",
-        "    pid_n = pid % blocks_n",
-        "    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)",
-        "    m = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel",
-        "    row_in = rows < ROWS",
-        "    col_in = m < M",
-        *_rows_to_positions(r),
-        *_window_starts(win),
-        "    # group m // MG has one input channel: channel m // MG",
-        "    x_tile = x + (n * sx0)[:, None] + ((m // MG) * sx1)[None, :]",
-        "    w_cols = w + m * sw0",
+        *direct_program(win),
         f"    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype={ct})",
         f"    for tap in {loop}(0, {win.taps}):",
     ]

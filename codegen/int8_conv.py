@@ -138,20 +138,7 @@ def _gemm_body(q: QuantConv) -> list[str]:
     rowsums, colsums = _needs_sums(q)
     x_off = 128 if q.x_unsigned else 0
     lines = [
-        "    pid = tl.program_id(0)",
-        "    g = tl.program_id(1).to(tl.int64)",
-        "    blocks_n = tl.cdiv(MG, BLOCK_N)",
-        "    pid_m = pid // blocks_n",
-        "    pid_n = pid % blocks_n",
-        "    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)",
-        "    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)",
-        "    row_in = rows < ROWS",
-        "    col_in = cols < MG",
-        "    m = g * MG + cols  # output channel (int64)",
-        *conv._rows_to_positions(r),
-        *conv._window_starts(win),
-        "    x_rows = x + (n * sx0 + g * CG * sx1)",
-        "    w_cols = w + m * sw0",
+        *conv.dot_program(win),
         *_zero_setup(q),
         "    # a padded position is x's zero point: zero once dequantized",
         f"    x_pad = (xz - {x_off}).to(tl.int8)" if q.x_zero else
@@ -227,18 +214,7 @@ def _direct_body(q: QuantConv) -> list[str]:
     t = tap_indices("tap", win.kernel)
     loop = "tl.static_range" if win.taps <= 32 else "range"
     lines = [
-        "    pid = tl.program_id(0)",
-        "    blocks_n = tl.cdiv(M, BLOCK_N)",
-        "    pid_m = pid // blocks_n",
-        "    pid_n = pid % blocks_n",
-        "    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)",
-        "    m = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel",
-        "    row_in = rows < ROWS",
-        "    col_in = m < M",
-        *conv._rows_to_positions(r),
-        *conv._window_starts(win),
-        "    x_tile = x + (n * sx0)[:, None] + ((m // MG) * sx1)[None, :]",
-        "    w_cols = w + m * sw0",
+        *conv.direct_program(win),
         *_zero_setup(q),
         "    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)",
         f"    for tap in {loop}(0, {win.taps}):",
