@@ -168,7 +168,7 @@ def compile_nodes(nodes: Sequence[Node], info: Any,
     per template node with the pointwise nodes fused into it, then one per group of the
     remaining pointwise nodes; and a report of each unit (name, kernel, kind, nodes, cache
     path). ``info``: the compile stage's view of the graph."""
-    from .gemm import operand_prologue
+    from .prologues import operand_prologue
 
     types = Types(info.value)
     ctx = template_context(types, info.initializers, info.opsets[""], device)

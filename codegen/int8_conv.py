@@ -357,9 +357,9 @@ def dq_conv(anchor, ctx, producer) -> QuantConv | None:
 
 
 def conv_operand(node, ctx, anchor, index, producer):
-    """``node`` as operand ``index`` of a Conv's int8 pair (gemm.operand_prologue's rule for
+    """``node`` as operand ``index`` of a Conv's int8 pair (prologues.operand_prologue's rule for
     a Conv anchor: its x and w DequantizeLinear only), or None."""
-    from .gemm import OperandPrologue
+    from .prologues import OperandPrologue
 
     q = dq_conv(anchor, ctx, producer) if producer and index in (0, 1) else None
     if q is None or producer(anchor.inputs[index]) is not node:
