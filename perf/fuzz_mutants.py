@@ -1,7 +1,6 @@
 """The fuzzer's mutants (perf/fuzz.py): cases of the seed corpus (perf/fuzz_corpus.py) with
-one or two mutations each, of
-attributes, types and shapes, feeds, initializers, graph structure, op types, domains and
-opsets. Mutant ``i`` of seed ``S`` depends on nothing else (:func:`make_mutant`).
+one or two mutations each, of attributes, types and shapes, feeds, initializers, graph
+structure, op types, domains and opsets. Mutant ``i`` of seed ``S`` depends on nothing else (:func:`make_mutant`).
 """
 from __future__ import annotations
 
