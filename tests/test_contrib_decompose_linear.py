@@ -9,8 +9,10 @@ from onnx import TensorProto
 
 import tritort as ort
 from tests.test_contrib_ops import (  # noqa: F401  (_seeded: the autouse seeding fixture)
-    _seeded, assert_close, build, ms, randint, randn, run_ort,
+    _seeded, assert_close, build, ms, randn, run_ort,
 )
+from tests.test_contrib_ops_quant import dynamic_quantize_matmul_case, \
+    matmul_integer_to_float_case
 from tests.triton_env import requires_triton
 
 TRITON = "TritonExecutionProvider"
@@ -75,31 +77,14 @@ def test_fused_conv_grouped_same_padding(provider):
               activation="Relu"), {"x": randn(1, 6, 5, 4)}, {"w": randn(6, 2, 3, 3)}, provider)
 
 
-def _ints(dtype, *shape):
-    lo, hi = (-128, 128) if dtype == np.int8 else (0, 256)
-    return randint(lo, hi, *shape, dtype=dtype)
-
-
 @providers
 @pytest.mark.parametrize("a_dtype,b_dtype", [(np.uint8, np.int8), (np.int8, np.int8),
                                              (np.uint8, np.uint8)])
 @pytest.mark.parametrize("per_column,with_zp,bias", [(False, True, True), (True, False, False),
                                                      (True, True, True)])
 def test_matmul_integer_to_float(provider, a_dtype, b_dtype, per_column, with_zp, bias):
-    k, n = 12, 5
-    feeds = {"A": _ints(a_dtype, 2, 3, k)}
-    inits = {"B": _ints(b_dtype, k, n), "a_scale": np.array(0.03, np.float32),
-             "b_scale": np.abs(randn(n if per_column else 1, scale=0.05)) + 0.01}
-    inputs = ["A", "B", "a_scale", "b_scale", "", "", ""]
-    if with_zp:
-        inits["a_zp"] = _ints(a_dtype, 1).reshape(())
-        inits["b_zp"] = _ints(b_dtype, n if per_column else 1)
-        inputs[4:6] = ["a_zp", "b_zp"]
-    if bias:
-        inits["bias"] = randn(n)
-        inputs[6] = "bias"
-    while inputs[-1] == "":
-        inputs.pop()
+    inputs, feeds, inits = matmul_integer_to_float_case(a_dtype, b_dtype, per_column, with_zp,
+                                                        bias)
     _check(ms("MatMulIntegerToFloat", inputs, ["y"]), feeds, inits, provider)
 
 
@@ -108,20 +93,8 @@ def test_matmul_integer_to_float(provider, a_dtype, b_dtype, per_column, with_zp
 @pytest.mark.parametrize("per_column,zero_point,bias", [(False, False, False),
                                                         (True, True, True), (False, True, True)])
 def test_dynamic_quantize_matmul(provider, b_dtype, per_column, zero_point, bias):
-    k, n = 16, 6
-    lo, hi = (-128, 128) if b_dtype == np.int8 else (0, 256)
-    inits = {"B": randint(lo, hi, k, n, dtype=b_dtype),
-             "b_scale": np.abs(randn(n if per_column else 1, scale=0.05)) + 0.01}
-    inputs = ["A", "B", "b_scale", "", ""]
-    if zero_point:
-        inits["b_zp"] = randint(lo // 4, hi // 4, n if per_column else 1, dtype=b_dtype)
-        inputs[3] = "b_zp"
-    if bias:
-        inits["bias"] = randn(n)
-        inputs[4] = "bias"
-    while inputs[-1] == "":
-        inputs.pop()
-    _check(ms("DynamicQuantizeMatMul", inputs, ["y"]), {"A": randn(2, 3, k)}, inits, provider)
+    inputs, feeds, inits = dynamic_quantize_matmul_case(b_dtype, per_column, zero_point, bias)
+    _check(ms("DynamicQuantizeMatMul", inputs, ["y"]), feeds, inits, provider)
 
 
 def test_refused_forms_keep_the_node_and_still_match():

@@ -164,11 +164,32 @@ def test_matmul_nbits_g_idx(zp):
 # ------------------------------------------------------------------ integer matmuls
 
 
-@pytest.mark.parametrize("b_dtype", [np.int8, np.uint8])
-@pytest.mark.parametrize("per_column", [False, True])
-@pytest.mark.parametrize("zero_point", [False, True])
-@pytest.mark.parametrize("bias", [False, True])
-def test_dynamic_quantize_matmul(b_dtype, per_column, zero_point, bias):
+def _ints(dtype, *shape):
+    lo, hi = (-128, 128) if dtype == np.int8 else (0, 256)
+    return randint(lo, hi, *shape, dtype=dtype)
+
+
+def matmul_integer_to_float_case(a_dtype, b_dtype, per_column, with_zp, bias):
+    """(node inputs, feeds, initializers) of a MatMulIntegerToFloat over A [2, 3, 12]."""
+    k, n = 12, 5
+    feeds = {"A": _ints(a_dtype, 2, 3, k)}
+    inits = {"B": _ints(b_dtype, k, n), "a_scale": np.array(0.03, np.float32),
+             "b_scale": np.abs(randn(n if per_column else 1, scale=0.05)) + 0.01}
+    inputs = ["A", "B", "a_scale", "b_scale", "", "", ""]
+    if with_zp:
+        inits["a_zp"] = _ints(a_dtype, 1).reshape(())
+        inits["b_zp"] = _ints(b_dtype, n if per_column else 1)
+        inputs[4:6] = ["a_zp", "b_zp"]
+    if bias:
+        inits["bias"] = randn(n)
+        inputs[6] = "bias"
+    while inputs[-1] == "":
+        inputs.pop()
+    return inputs, feeds, inits
+
+
+def dynamic_quantize_matmul_case(b_dtype, per_column, zero_point, bias):
+    """(node inputs, feeds, initializers) of a DynamicQuantizeMatMul over A [2, 3, 16]."""
     k, n = 16, 6
     lo, hi = (-128, 128) if b_dtype == np.int8 else (0, 256)
     inits = {"B": randint(lo, hi, k, n, dtype=b_dtype),
@@ -182,7 +203,16 @@ def test_dynamic_quantize_matmul(b_dtype, per_column, zero_point, bias):
         inputs[4] = "bias"
     while inputs[-1] == "":
         inputs.pop()
-    check(ms("DynamicQuantizeMatMul", inputs, ["Y"]), {"A": randn(2, 3, k)}, ["Y"], inits=inits,
+    return inputs, {"A": randn(2, 3, k)}, inits
+
+
+@pytest.mark.parametrize("b_dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("per_column", [False, True])
+@pytest.mark.parametrize("zero_point", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_dynamic_quantize_matmul(b_dtype, per_column, zero_point, bias):
+    inputs, feeds, inits = dynamic_quantize_matmul_case(b_dtype, per_column, zero_point, bias)
+    check(ms("DynamicQuantizeMatMul", inputs, ["Y"]), feeds, ["Y"], inits=inits,
           rtol=1e-5, atol=1e-5)
 
 
@@ -198,25 +228,8 @@ def test_dynamic_quantize_matmul_positive_input():
 @pytest.mark.parametrize("per_column", [False, True])
 @pytest.mark.parametrize("with_zp,bias", [(True, True), (False, False)])
 def test_matmul_integer_to_float(a_dtype, b_dtype, per_column, with_zp, bias):
-    k, n = 12, 5
-
-    def ints(dtype, *shape):
-        lo, hi = (-128, 128) if dtype == np.int8 else (0, 256)
-        return randint(lo, hi, *shape, dtype=dtype)
-
-    feeds = {"A": ints(a_dtype, 2, 3, k)}
-    inits = {"B": ints(b_dtype, k, n), "a_scale": np.array(0.03, np.float32),
-             "b_scale": np.abs(randn(n if per_column else 1, scale=0.05)) + 0.01}
-    inputs = ["A", "B", "a_scale", "b_scale", "", "", ""]
-    if with_zp:
-        inits["a_zp"] = ints(a_dtype, 1)[0:1].reshape(())
-        inits["b_zp"] = ints(b_dtype, n if per_column else 1)
-        inputs[4:6] = ["a_zp", "b_zp"]
-    if bias:
-        inits["bias"] = randn(n)
-        inputs[6] = "bias"
-    while inputs[-1] == "":
-        inputs.pop()
+    inputs, feeds, inits = matmul_integer_to_float_case(a_dtype, b_dtype, per_column, with_zp,
+                                                        bias)
     check(ms("MatMulIntegerToFloat", inputs, ["Y"]), feeds, ["Y"], inits=inits, rtol=1e-5,
           atol=1e-5)
 
