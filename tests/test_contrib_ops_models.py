@@ -125,8 +125,9 @@ class _SmallCnn(torch.nn.Module):
         return torch.softmax(self.fc(p), -1)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_qoperator_quantized_cnn(tmp_path):
+def qoperator_cnn(tmp_path) -> str:
+    """The small CNN exported and quantized by onnxruntime's QOperator quantizer (uint8
+    activations and weights, calibrated on 8 random images); its path."""
     quantization = pytest.importorskip("onnxruntime.quantization")
     torch.manual_seed(0)
     plain, path = str(tmp_path / "cnn.onnx"), str(tmp_path / "cnn_q.onnx")
@@ -145,6 +146,12 @@ def test_qoperator_quantized_cnn(tmp_path):
                                  quant_format=quantization.QuantFormat.QOperator,
                                  activation_type=quantization.QuantType.QUInt8,
                                  weight_type=quantization.QuantType.QUInt8)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_qoperator_quantized_cnn(tmp_path):
+    path = qoperator_cnn(tmp_path)
     ops = Counter((n.domain, n.op_type) for n in onnx.load(path).graph.node)
     for op in ("QLinearAdd", "QLinearAveragePool", "QLinearSigmoid", "QLinearMul",
                "QLinearGlobalAveragePool", "QGemm", "QLinearSoftmax"):

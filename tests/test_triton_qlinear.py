@@ -268,32 +268,16 @@ def test_per_channel_parameters_stay_on_the_cpu_with_a_reason():
 def test_qoperator_quantized_cnn_on_triton(tmp_path):
     """onnxruntime's QOperator quantizer on a small CNN: QLinearAdd, QLinearSigmoid,
     QLinearMul (fused with the sigmoid), QLinearAveragePool, QLinearGlobalAveragePool, QGemm
-    and QLinearSoftmax run on Triton; QLinearConv stays on the CPU (no Triton row yet).
+    and QLinearSoftmax run on Triton (QLinearConv too: tests/test_triton_qlinear_conv.py).
     Outputs as onnxruntime's, one 1/256 quantum apart at most (the softmax output's ties)."""
-    quantization = pytest.importorskip("onnxruntime.quantization")
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime.quantization")
+    pytest.importorskip("torch")
     import onnx
 
     import tritort as ort
-    from tests.test_contrib_ops_models import _SmallCnn
+    from tests.test_contrib_ops_models import qoperator_cnn
 
-    torch.manual_seed(0)
-    plain, path = str(tmp_path / "cnn.onnx"), str(tmp_path / "cnn_q.onnx")
-    torch.onnx.export(_SmallCnn().eval(), (torch.randn(1, 3, 8, 8),), plain, input_names=["x"],
-                      output_names=["y"], opset_version=13, dynamo=False)
-
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self):
-            self.data = iter([{"x": np.random.default_rng(i).standard_normal(
-                (1, 3, 8, 8)).astype(np.float32)} for i in range(8)])
-
-        def get_next(self):
-            return next(self.data, None)
-
-    quantization.quantize_static(plain, path, Reader(),
-                                 quant_format=quantization.QuantFormat.QOperator,
-                                 activation_type=quantization.QuantType.QUInt8,
-                                 weight_type=quantization.QuantType.QUInt8)
+    path = qoperator_cnn(tmp_path)
     sess = ort.InferenceSession(path, providers=[T, "CPUExecutionProvider"])
     placed = sess._program.partition.assignments
     on_triton = {n.op_type for n in onnx.load(path).graph.node
