@@ -26,13 +26,19 @@ MultiHeadAttention: query (B, S, D) or packed QKV (B, S, N, 3, H); key (B, L, D)
 (B, L, N, 2, H) or already in heads (B, N, L, H) (cross attention: no bias, no past added);
 ``bias`` (D + D + Dv) for the projections; ``key_padding_mask`` (B), (B, T) or (B, S, T);
 ``attention_bias`` broadcastable to (B, N, S, T); past/present key and value (B, N, *, H);
-output ``qk``: the scores that enter the softmax. ``past_sequence_length`` and
-``cache_indirection`` (beam-search decoding) are refused.
+output ``qk``: the scores that enter the softmax. With ``past_sequence_length`` past_key and
+past_value are one shared (B, N, M, H) buffer whose first rows are valid: the new rows are
+written after them and ``present_*`` is that whole buffer. ``cache_indirection`` (beam search,
+(batch, beam_width, M) with B = batch * beam_width) makes a decoding step's query row
+``b * beam + j`` read cached position t from beam ``cache_indirection[b, j, t]``'s row; as in
+onnxruntime's CPU kernel it is not read when S > 1, and it is refused together with
+``attention_bias`` (whose rows that kernel reads inconsistently).
 
 RotaryEmbedding: (B, S, N*H) or (B, N, S, H) input; ``position_ids`` (B, S) positions or a
 one-element offset (position ``offset + s``); caches (max_positions, R / 2) with R the rotated
 width (``rotary_embedding_dim``, else the head size; ``num_heads`` gives the head size of 3-D
 input, else it is 2 * the caches' width); halves (default) or interleaved pairs.
+``is_packed_batching`` (a ragged batch in the same layout) changes nothing on the CPU.
 """
 from __future__ import annotations
 
@@ -218,6 +224,31 @@ def attention(ctx):
     return run
 
 
+def _beam_gather(k, v, indirection, past_len):
+    """Beam search over a shared cache: query row ``i = b * beam + j`` reads cached position
+    ``t < past_len`` from the row of beam ``indirection[b, j, t]`` of batch entry b; the new
+    token's own row stays."""
+    rows = k.shape[0]
+    if indirection.ndim != 3 or indirection.shape[0] * indirection.shape[1] != rows:
+        raise ValueError(f"cache_indirection must be (batch, beam_width, max_sequence_length) "
+                         f"with batch * beam_width = {rows} query rows, got "
+                         f"{list(indirection.shape)}")
+    beam = indirection.shape[1]
+    if indirection.shape[2] < past_len:
+        raise ValueError(f"cache_indirection covers {indirection.shape[2]} positions, fewer "
+                         f"than past_sequence_length {past_len}")
+    idx = indirection[:, :, :past_len].astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= beam):
+        raise ValueError(f"cache_indirection holds beam indices outside [0, {beam})")
+    source = (np.arange(rows) // beam * beam)[:, None] + idx.reshape(rows, past_len)
+    positions = np.arange(past_len)[None, :]
+    k, v = k.copy(), v.copy()
+    # fancy indexing moves the (rows, past_len) axes first: put heads back in front of them
+    k[:, :, :past_len] = k[source, :, positions].transpose(0, 2, 1, 3)
+    v[:, :, :past_len] = v[source, :, positions].transpose(0, 2, 1, 3)
+    return k, v
+
+
 def _split_packed(x: np.ndarray, parts: int) -> list[np.ndarray]:
     """(B, S, N, parts, H) -> ``parts`` arrays (B, N, S, H)."""
     return [x[:, :, :, i].transpose(0, 2, 1, 3) for i in range(parts)]
@@ -243,9 +274,6 @@ def multi_head_attention(ctx):
     def run(query, key=None, value=None, bias=None, key_padding_mask=None,
             attention_bias=None, past_key=None, past_value=None, past_sequence_length=None,
             cache_indirection=None):
-        if past_sequence_length is not None or cache_indirection is not None:
-            raise ValueError("past_sequence_length and cache_indirection (buffer sharing for "
-                             "beam search) are not supported on the CPU")
         dtype = query.dtype
         work = work_dtype(dtype)
 
@@ -291,12 +319,26 @@ def multi_head_attention(ctx):
                 k, v = to_heads(wk, heads), to_heads(wv, heads)
         b, n, s, h = q.shape
         p = 0
+        past_len = None
         if not cross_cached and (past_key is not None or past_value is not None):
             if past_key is None or past_value is None:
                 raise ValueError("past_key and past_value go together")
             p = past_key.shape[2]
-        present_k, k = _append(None if cross_cached else w(past_key), k, None)
-        present_v, v = _append(None if cross_cached else w(past_value), v, None)
+            if past_sequence_length is not None:  # one shared past/present buffer
+                past_len = p = int(np.asarray(past_sequence_length).reshape(-1)[0])
+        elif past_sequence_length is not None or cache_indirection is not None:
+            raise ValueError("past_sequence_length and cache_indirection need past_key and "
+                             "past_value of the shared (B, N, max_sequence_length, H) buffer")
+        present_k, k = _append(None if cross_cached else w(past_key), k, past_len)
+        present_v, v = _append(None if cross_cached else w(past_value), v, past_len)
+        if cache_indirection is not None:
+            if past_len is None:
+                raise ValueError("cache_indirection needs past_sequence_length")
+            if attention_bias is not None:
+                raise ValueError("attention_bias with cache_indirection: onnxruntime's CPU "
+                                 "kernel reads the bias rows of other beams; not supported")
+            if s == 1:  # only a decoding step reads the cache through the beams' indices
+                k, v = _beam_gather(k, v, np.asarray(cache_indirection), past_len)
         t = k.shape[2]
         allowed = None
         if key_padding_mask is not None:
@@ -352,9 +394,8 @@ def rotary_embedding(ctx):
     interleaved = bool(ctx.attr("interleaved", 0))
     heads_attr = int(ctx.attr("num_heads", 0))
     rot_attr = int(ctx.attr("rotary_embedding_dim", 0))
-    # ``scale`` is read by no onnxruntime kernel that runs this op on the CPU: ignored alike
-    if ctx.attr("is_packed_batching", 0):
-        raise ValueError("is_packed_batching (ragged batches) is not supported")
+    # ``scale`` and ``is_packed_batching`` change nothing in onnxruntime's CPU kernel (a
+    # ragged batch there still comes as (B, S, ...) with per-row position_ids): ignored alike
 
     def run(x, position_ids, cos_cache, sin_cache):
         dtype = x.dtype

@@ -210,8 +210,17 @@ def _multi_head_attention(node, ins):
         out = qd[:2] + [vd[2] if vd is not None and len(vd) == 3 else
                         _known(None if hv is None else heads * hv)]
     batch = qd[0] if qd else None
+    past_k, past_v, shared = (ins + [None] * 9)[6:9]
+    if shared is not None:  # past_sequence_length: the presents are the shared past buffers
+        return [_tensor(elem, out), _like_cache(past_k, elem), _like_cache(past_v, elem),
+                _tensor(elem, None)]
     return [_tensor(elem, out), _cache(elem, batch, heads, hk), _cache(elem, batch, heads, hv),
             _tensor(elem, None)]
+
+
+def _like_cache(past: Type | None, elem: int) -> Type:
+    """A present that is its past buffer: the past's element type and shape."""
+    return _tensor(_elem(past) if past is not None else elem, _dims(past))
 
 
 def _group_query_attention(node, ins):
@@ -235,8 +244,21 @@ def _group_query_attention(node, ins):
     out = None if qd is None or len(qd) != 3 else \
         qd[:2] + [_known(None if hv is None else n * hv)]
     batch = qd[0] if qd else None
-    return [_tensor(elem, out), _cache(elem, batch, nk, h), _cache(elem, batch, nk, hv),
-            _tensor(elem, None)]
+    past_k, past_v = ins[3:5]
+    caches = []
+    for past, size in ((past_k, h), (past_v, hv)):
+        if past is None:
+            caches.append(_cache(elem, batch, nk, size))
+            continue
+        # the past's element type (a quantized cache stays int8 / packed uint8) and row width
+        # (4-bit caches pack two values a byte); window-sized caches keep its length too
+        pd = _dims(past)
+        row = pd[3] if pd is not None and len(pd) == 4 else _known(size)
+        length = pd[2] if pd is not None and len(pd) == 4 and \
+            _int(node, "sliding_window_cache") else _known(None)
+        caches.append(_tensor(_elem(past), [batch if batch is not None else _known(None),
+                                            _known(nk or None), length, row]))
+    return [_tensor(elem, out), *caches, _tensor(elem, None)]
 
 
 def _embed_layer_norm(node, ins):

