@@ -21,14 +21,18 @@ before the rotation), ``output_qk`` (``qk_output`` 1: the scores before the soft
 probabilities; 0 at keys a row does not see). A row with no visible key (only a padding row
 can have one) gives zeros.
 
-Refused with a clear error: quantized caches (``k_scale``/``v_scale``, ``k_quant_type``),
-``sliding_window_cache``.
+Quantized caches (``k_quant_type``/``v_quant_type`` PER_TENSOR or PER_CHANNEL with
+``k_scale``/``v_scale``, ``kv_cache_bit_width`` 8: int8 caches, 4: packed uint8) are stored
+and read as :mod:`.contrib_kv_quant` describes; float8 caches are refused.
+
+Refused with a clear error: ``sliding_window_cache``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .contrib_attention import attend, cache_rows, rotate, work_dtype
+from .contrib_kv_quant import check_cache_type, codec
 from .nn_util import narrow, widen
 from .registry import register
 
@@ -57,9 +61,9 @@ def group_query_attention(ctx):
     k_eps = float(ctx.attr("k_norm_epsilon", eps))
     if ctx.attr("sliding_window_cache", 0):
         raise ValueError("sliding_window_cache (window-sized KV buffers) is not supported")
-    for name in ("k_quant_type", "v_quant_type"):
-        if ctx.attr(name, "NONE") not in ("NONE", ""):
-            raise ValueError(f"{name}={ctx.attr(name)!r}: quantized KV caches are not supported")
+    bits = int(ctx.attr("kv_cache_bit_width", 8) or 8)
+    k_codec = codec(str(ctx.attr("k_quant_type", "NONE")), bits, "k")
+    v_codec = codec(str(ctx.attr("v_quant_type", "NONE")), bits, "v")
     if n % max(nk, 1) or nk <= 0:
         raise ValueError(f"num_heads {n} must be a positive multiple of kv_num_heads {nk}")
     if not causal and window >= 0:
@@ -71,8 +75,6 @@ def group_query_attention(ctx):
             total_sequence_length=None, cos_cache=None, sin_cache=None, position_ids=None,
             attention_bias=None, head_sink=None, k_scale=None, v_scale=None,
             q_norm_weight=None, k_norm_weight=None, query_seqlens=None):
-        if k_scale is not None or v_scale is not None:
-            raise ValueError("k_scale/v_scale (quantized KV caches) are not supported")
         dtype = query.dtype
         work = work_dtype(dtype)
         b, s = query.shape[:2]
@@ -137,22 +139,30 @@ def group_query_attention(ctx):
                 pos = past[:, None] + np.arange(s)[None, :]
             cos, sin = cache_rows(cos_cache, pos, work), cache_rows(sin_cache, pos, work)
             q4, k4 = rotate(q4, cos, sin, interleaved), rotate(k4, cos, sin, interleaved)
-        cache_dtype = past_key.dtype if past_key is not None else dtype
+        quantized = k_codec or v_codec
+        cache_dtype = past_key.dtype if past_key is not None else \
+            (quantized.dtype if quantized else dtype)
+        check_cache_type(k_codec, v_codec, cache_dtype)
         present_len = max(buf, total_len, int(totals.max()))
-        outs_kv = []
-        for past_x, new in ((past_key, k4), (past_value, v4)):
-            present = np.zeros((b, nk, present_len, new.shape[-1]), dtype=cache_dtype)
+        t = int(totals.max())
+        outs_kv, reads = [], []
+        for past_x, new, cc, scale, what in ((past_key, k4, k_codec, k_scale, "k_scale"),
+                                             (past_value, v4, v_codec, v_scale, "v_scale")):
+            rows = new.transpose(0, 2, 1, 3)  # (B, N_kv, S, H)
+            width = new.shape[-1] if cc is None else cc.row_width(new.shape[-1])
+            rows = narrow(rows, cache_dtype) if cc is None else cc.encode(rows, scale, what)
+            present = np.zeros((b, nk, present_len, width), dtype=cache_dtype)
             if past_x is not None:
                 present[:, :, :buf] = past_x
-            rows = new.transpose(0, 2, 1, 3)
             for i in range(b):
                 count = s if query_seqlens is None else int(valid[i])
                 count = min(count, present_len - int(past[i]))
-                present[i, :, past[i]:past[i] + count] = narrow(rows[i, :, :count], cache_dtype)
+                present[i, :, past[i]:past[i] + count] = rows[i, :, :count]
             outs_kv.append(present)
-        t = int(totals.max())
-        keys = widen(outs_kv[0][:, :, :t]).astype(work, copy=False)
-        vals = widen(outs_kv[1][:, :, :t]).astype(work, copy=False)
+            # attention reads the cache as stored: quantized caches dequantized, new rows too
+            reads.append(widen(present[:, :, :t]).astype(work, copy=False) if cc is None
+                         else cc.decode(present[:, :, :t], scale, what, work))
+        keys, vals = reads
         j = np.arange(t)[None, None, :]
         at = past[:, None, None] + np.arange(s)[None, :, None]  # (B, S, 1) query positions
         seen = j < totals[:, None, None]

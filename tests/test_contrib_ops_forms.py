@@ -178,3 +178,102 @@ def test_rotary_packed_batching_like_onnxruntime(layout, interleaved):
         return
     np.testing.assert_allclose(run_triton_session(model, feeds)[0], run_ort(model, feeds)[0],
                                **TOL)
+
+
+# ------------------------------------------------------------------ GroupQueryAttention
+
+GN, GNK, GH = 4, 2, 8  # onnxruntime's CPU kernel wants the head size a multiple of 8
+
+
+def _quant_case(seqlens, s, past, total, k_mode, v_mode, bits, layout=None):
+    """A GQA call on quantized caches: ``past`` the past buffers' length (None: no past)."""
+    b = len(seqlens)
+    cache = np.int8 if bits == 8 else np.uint8
+    width = GH if bits == 8 else GH // 2
+    feeds = {"q": randn(b, s, GN * GH), "k": randn(b, s, GNK * GH), "v": randn(b, s, GNK * GH)}
+    inputs = ["q", "k", "v", "", ""]
+    if past is not None:
+        lo, hi = (-128, 128) if bits == 8 else (0, 256)
+        feeds["pk"] = randint(lo, hi, b, GNK, past, width, dtype=cache)
+        feeds["pv"] = randint(lo, hi, b, GNK, past, width, dtype=cache)
+        inputs[3:5] = ["pk", "pv"]
+    feeds["seqlens"] = np.array(seqlens, np.int32)
+    feeds["total"] = np.array(total, np.int32)
+    inputs += ["seqlens", "total", "", "", "", "", "", "ks", "vs"]
+    for name, mode in (("ks", k_mode), ("vs", v_mode)):
+        feeds[name] = (np.array([0.05 if bits == 8 else 0.4], np.float32) if mode == "PER_TENSOR"
+                       else (np.abs(randn(1, GNK, 1, GH)) * 0.05 + 0.02 * (16 / 2 ** bits)))
+    node = ms("GroupQueryAttention", inputs, ["y", "present_k", "present_v"], num_heads=GN,
+              kv_num_heads=GNK, k_quant_type=k_mode, v_quant_type=v_mode,
+              kv_cache_bit_width=bits)
+    return node, feeds, ["y", "present_k", "present_v"]
+
+
+QUANT_MODES = [("PER_TENSOR", "PER_TENSOR", 8), ("PER_CHANNEL", "PER_CHANNEL", 8),
+               ("PER_TENSOR", "PER_TENSOR", 4), ("PER_CHANNEL", "PER_CHANNEL", 4)]
+QUANT_STEPS = {  # seqlens, S, past buffer, total
+    "decode": ([3, 5], 1, 8, 8),
+    "decode_growing": ([3, 3], 1, 3, 4),
+    "chunk": ([4], 2, 6, 6),
+    "prompt": ([1, 2], 3, 0, 3),
+}
+
+
+@pytest.mark.parametrize("k_mode,v_mode,bits", QUANT_MODES)
+@pytest.mark.parametrize("step", list(QUANT_STEPS))
+def test_gqa_quantized_cache(k_mode, v_mode, bits, step):
+    seqlens, s, past, total = QUANT_STEPS[step]
+    node, feeds, outputs = _quant_case(seqlens, s, past, total, k_mode, v_mode, bits)
+    cache = TensorProto.INT8 if bits == 8 else TensorProto.UINT8
+    types = {"y": TensorProto.FLOAT, "present_k": cache, "present_v": cache}
+    got = check(node, feeds, outputs, **TOL, skip=("present_k", "present_v"), types=types)
+    want = run_ort(build([node], feeds, outputs, out_types=types), feeds)
+    for i, seen in enumerate(np.array(seqlens) + 1):  # rows past T are unspecified
+        for j in (1, 2):
+            assert got[j].dtype == want[j].dtype and got[j].shape == want[j].shape
+            np.testing.assert_array_equal(got[j][i, :, :seen], want[j][i, :, :seen])
+
+
+def _dequant64(stored, scale, bits):
+    """float64 reading of a quantized cache (int8, or uint8 nibbles biased by 8, even column
+    low), written out for the test."""
+    if bits == 8:
+        vals = stored.astype(np.float64)
+    else:
+        vals = np.empty(stored.shape[:-1] + (2 * stored.shape[-1],))
+        vals[..., 0::2] = (stored & 15).astype(np.int64) - 8
+        vals[..., 1::2] = (stored >> 4).astype(np.int64) - 8
+    return vals * np.asarray(scale, np.float64).reshape((1,) * (4 - np.ndim(scale)) +
+                                                        np.shape(scale))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_gqa_quantized_cache_mixed_modes(bits):
+    """K per tensor, V per channel: onnxruntime's CPU kernel refuses differing modes. Each
+    cache must be what onnxruntime stores under that mode for both caches, and the output a
+    float64 causal attention over those caches dequantized."""
+    seqlens, s, past, total = [3, 5], 1, 8, 8
+    node, feeds, outputs = _quant_case(seqlens, s, past, total, "PER_TENSOR", "PER_CHANNEL",
+                                       bits)
+    cache = TensorProto.INT8 if bits == 8 else TensorProto.UINT8
+    types = {"y": TensorProto.FLOAT, "present_k": cache, "present_v": cache}
+    got = run_tritort(build([node], feeds, outputs, out_types=types), feeds)
+    for j, mode in ((1, "PER_TENSOR"), (2, "PER_CHANNEL")):
+        same, same_feeds, _ = _quant_case(seqlens, s, past, total, mode, mode, bits)
+        same_feeds.update({k: v for k, v in feeds.items() if k in same_feeds and k not in
+                           ("ks", "vs")})
+        same_feeds["ks" if j == 1 else "vs"] = feeds["ks" if j == 1 else "vs"]
+        want = run_ort(build([same], same_feeds, outputs, out_types=types), same_feeds)[j]
+        for i, seen in enumerate(np.array(seqlens) + 1):
+            np.testing.assert_array_equal(got[j][i, :, :seen], want[i, :, :seen])
+    keys = _dequant64(got[1], feeds["ks"], bits)
+    vals = _dequant64(got[2], feeds["vs"], bits)
+    q = feeds["q"].astype(np.float64).reshape(2, GN, GH)
+    group = GN // GNK
+    for i, seen in enumerate(np.array(seqlens) + 1):
+        for head in range(GN):
+            k_rows, v_rows = keys[i, head // group, :seen], vals[i, head // group, :seen]
+            sc = k_rows @ q[i, head] / np.sqrt(GH)
+            p = np.exp(sc - sc.max())
+            want = (p / p.sum()) @ v_rows
+            np.testing.assert_allclose(got[0][i, 0, head * GH:(head + 1) * GH], want, **TOL)
