@@ -25,7 +25,10 @@ Quantized caches (``k_quant_type``/``v_quant_type`` PER_TENSOR or PER_CHANNEL wi
 ``k_scale``/``v_scale``, ``kv_cache_bit_width`` 8: int8 caches, 4: packed uint8) are stored
 and read as :mod:`.contrib_kv_quant` describes; float8 caches are refused.
 
-Refused with a clear error: ``sliding_window_cache``.
+``sliding_window_cache``: the past/present buffers hold C >= ``local_window_size`` rows; after
+a step of an entry with T tokens, rows [0, L(T)) hold its most recent L(T) positions in order
+(L(T) = T while T <= C, else T - G * ceil((T - C) / G) with G = C - W + 1), which is the
+layout onnxruntime's CPU kernel writes; ``attention_bias`` columns stay absolute positions.
 """
 from __future__ import annotations
 
@@ -44,6 +47,35 @@ def _rms(x4: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x4 / np.sqrt(ms + x4.dtype.type(eps)) * weight
 
 
+def resident(total: int, capacity: int, window: int) -> int:
+    """How many of a window cache's ``total`` positions stay in its rows: all while they fit,
+    then eviction frees ``capacity - window + 1`` rows at once."""
+    if total <= capacity:
+        return total
+    freed = capacity - window + 1
+    return total - freed * -(-(total - capacity) // freed)
+
+
+def _by_position(cache: np.ndarray, past: np.ndarray, capacity: int, window: int):
+    """A window cache (rows [0, L) holding positions P - L .. P - 1) as a cache indexed by
+    absolute position; evicted positions are zeros (outside every query's window)."""
+    full = np.zeros(cache.shape[:2] + (max(int(past.max()), 0),) + cache.shape[3:], cache.dtype)
+    for i, p in enumerate(past.tolist()):
+        kept = resident(p, capacity, window)
+        full[i, :, p - kept:p] = cache[i, :, :kept]
+    return full
+
+
+def _to_window(full: np.ndarray, totals: np.ndarray, capacity: int, window: int):
+    """The present window cache: the most recent ``resident(T)`` positions at rows 0 .. (the
+    rows after them are unspecified by the operator: zeros here)."""
+    out = np.zeros(full.shape[:2] + (capacity,) + full.shape[3:], full.dtype)
+    for i, t in enumerate(totals.tolist()):
+        kept = resident(t, capacity, window)
+        out[i, :, :kept] = full[i, :, t - kept:t]
+    return out
+
+
 @register("GroupQueryAttention", since=1, domain=MS_DOMAIN)
 def group_query_attention(ctx):
     n = int(ctx.attr("num_heads"))
@@ -59,8 +91,9 @@ def group_query_attention(ctx):
     eps = float(ctx.attr("qk_norm_epsilon", 1e-6))
     q_eps = float(ctx.attr("q_norm_epsilon", eps))
     k_eps = float(ctx.attr("k_norm_epsilon", eps))
-    if ctx.attr("sliding_window_cache", 0):
-        raise ValueError("sliding_window_cache (window-sized KV buffers) is not supported")
+    windowed = bool(ctx.attr("sliding_window_cache", 0))
+    if windowed and (window <= 0 or not causal):
+        raise ValueError("sliding_window_cache needs causal attention and local_window_size > 0")
     bits = int(ctx.attr("kv_cache_bit_width", 8) or 8)
     k_codec = codec(str(ctx.attr("k_quant_type", "NONE")), bits, "k")
     v_codec = codec(str(ctx.attr("v_quant_type", "NONE")), bits, "v")
@@ -121,6 +154,16 @@ def group_query_attention(ctx):
         if (totals < 1).any():
             raise ValueError(f"seqlens_k {(totals - 1).tolist()} must be >= 0")
         past = totals - valid
+        capacity = None
+        if windowed:  # rebuild the caches by absolute position; the window never reads past them
+            if past_key is None or past_value is None:
+                raise ValueError("sliding_window_cache needs past_key and past_value")
+            capacity = past_key.shape[2]
+            if capacity < window:
+                raise ValueError(f"the window cache holds {capacity} positions, fewer than "
+                                 f"local_window_size {window}")
+            past_key, past_value = (_by_position(x, past, capacity, window)
+                                    for x in (past_key, past_value))
         total_len = int(np.asarray(total_sequence_length).reshape(-1)[0])
         buf = 0 if past_key is None else past_key.shape[2]
         if (past > buf).any():
@@ -163,6 +206,8 @@ def group_query_attention(ctx):
             reads.append(widen(present[:, :, :t]).astype(work, copy=False) if cc is None
                          else cc.decode(present[:, :, :t], scale, what, work))
         keys, vals = reads
+        if windowed:
+            outs_kv = [_to_window(x, totals, capacity, window) for x in outs_kv]
         j = np.arange(t)[None, None, :]
         at = past[:, None, None] + np.arange(s)[None, :, None]  # (B, S, 1) query positions
         seen = j < totals[:, None, None]

@@ -127,7 +127,7 @@ def test_mha_shared_buffer_refusals(case, match):
         run_tritort(model, feeds)
 
 
-def loaded_type(node, feeds, outputs, name):
+def loaded_type(node, feeds, outputs, name, cache=TensorProto.FLOAT):
     """(element type, dims) the loader gives ``name``, an output made intermediate by an
     Identity after it (so only the contrib shape rules type it)."""
     from onnx import helper
@@ -136,8 +136,8 @@ def loaded_type(node, feeds, outputs, name):
 
     copies = [helper.make_node("Identity", [o], [o + "_out"]) for o in outputs]
     finals = [o + "_out" for o in outputs]
-    model = build([node, *copies], feeds, finals, out_types={o: TensorProto.FLOAT
-                                                            for o in finals})
+    model = build([node, *copies], feeds, finals,
+                  out_types={o: TensorProto.FLOAT if o == "y_out" else cache for o in finals})
     t = loader.load(model).graph.value_types[name].tensor_type
     return t.elem_type, [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
 
@@ -185,12 +185,12 @@ def test_rotary_packed_batching_like_onnxruntime(layout, interleaved):
 GN, GNK, GH = 4, 2, 8  # onnxruntime's CPU kernel wants the head size a multiple of 8
 
 
-def _quant_case(seqlens, s, past, total, k_mode, v_mode, bits, layout=None):
+def _quant_case(seqlens, s, past, total, k_mode, v_mode, bits, h=GH, **attrs):
     """A GQA call on quantized caches: ``past`` the past buffers' length (None: no past)."""
     b = len(seqlens)
     cache = np.int8 if bits == 8 else np.uint8
-    width = GH if bits == 8 else GH // 2
-    feeds = {"q": randn(b, s, GN * GH), "k": randn(b, s, GNK * GH), "v": randn(b, s, GNK * GH)}
+    width = h if bits == 8 else h // 2
+    feeds = {"q": randn(b, s, GN * h), "k": randn(b, s, GNK * h), "v": randn(b, s, GNK * h)}
     inputs = ["q", "k", "v", "", ""]
     if past is not None:
         lo, hi = (-128, 128) if bits == 8 else (0, 256)
@@ -202,10 +202,10 @@ def _quant_case(seqlens, s, past, total, k_mode, v_mode, bits, layout=None):
     inputs += ["seqlens", "total", "", "", "", "", "", "ks", "vs"]
     for name, mode in (("ks", k_mode), ("vs", v_mode)):
         feeds[name] = (np.array([0.05 if bits == 8 else 0.4], np.float32) if mode == "PER_TENSOR"
-                       else (np.abs(randn(1, GNK, 1, GH)) * 0.05 + 0.02 * (16 / 2 ** bits)))
+                       else (np.abs(randn(1, GNK, 1, h)) * 0.05 + 0.02 * (16 / 2 ** bits)))
     node = ms("GroupQueryAttention", inputs, ["y", "present_k", "present_v"], num_heads=GN,
               kv_num_heads=GNK, k_quant_type=k_mode, v_quant_type=v_mode,
-              kv_cache_bit_width=bits)
+              kv_cache_bit_width=bits, **attrs)
     return node, feeds, ["y", "present_k", "present_v"]
 
 
@@ -277,3 +277,108 @@ def test_gqa_quantized_cache_mixed_modes(bits):
             p = np.exp(sc - sc.max())
             want = (p / p.sum()) @ v_rows
             np.testing.assert_allclose(got[0][i, 0, head * GH:(head + 1) * GH], want, **TOL)
+
+
+def _window_case(seqlens, s, capacity, window, total, ab=False):
+    b = len(seqlens)
+    feeds = {"q": randn(b, s, GN * GH), "k": randn(b, s, GNK * GH), "v": randn(b, s, GNK * GH),
+             "pk": randn(b, GNK, capacity, GH), "pv": randn(b, GNK, capacity, GH),
+             "seqlens": np.array(seqlens, np.int32), "total": np.array(total, np.int32)}
+    inputs = ["q", "k", "v", "pk", "pv", "seqlens", "total"]
+    if ab:
+        feeds["ab"] = randn(b, 1, s, total)
+        inputs += ["", "", "", "ab"]
+    node = ms("GroupQueryAttention", inputs, ["y", "present_k", "present_v"], num_heads=GN,
+              kv_num_heads=GNK, local_window_size=window, sliding_window_cache=1)
+    return node, feeds, ["y", "present_k", "present_v"]
+
+
+def resident_rows(t, capacity, window):
+    """The window cache's resident count, as the operator's spec writes it."""
+    if t <= capacity:
+        return t
+    g = capacity - window + 1
+    return t - g * int(np.ceil((t - capacity) / g))
+
+
+def compare_window_presents(got, want, seqlens, capacity, window):
+    for i, seqlen in enumerate(seqlens):
+        kept = resident_rows(seqlen + 1, capacity, window)
+        for j in (1, 2):
+            assert got[j].shape == want[j].shape and got[j].dtype == want[j].dtype
+            np.testing.assert_allclose(got[j][i, :, :kept], want[j][i, :, :kept], **TOL)
+
+
+WINDOW_STEPS = {  # seqlens, S, capacity, window, total
+    "filling": ([3], 1, 4, 3, 4),
+    "evicting": ([5], 1, 4, 3, 6),
+    "slack": ([9], 1, 5, 3, 10),
+    "ragged": ([6, 2], 1, 4, 4, 7),
+    "chunk": ([8], 3, 4, 3, 9),
+    "prompt": ([2], 3, 4, 3, 3),
+    "step_over_capacity": ([7], 6, 4, 3, 8),
+}
+
+
+@pytest.mark.parametrize("step", list(WINDOW_STEPS))
+def test_gqa_sliding_window_cache(step):
+    seqlens, s, capacity, window, total = WINDOW_STEPS[step]
+    node, feeds, outputs = _window_case(seqlens, s, capacity, window, total)
+    got = check(node, feeds, outputs, **TOL, skip=("present_k", "present_v"))
+    want = run_ort(build([node], feeds, outputs), feeds)
+    compare_window_presents(got, want, seqlens, capacity, window)
+
+
+def test_gqa_sliding_window_cache_with_absolute_attention_bias():
+    seqlens, s, capacity, window, total = WINDOW_STEPS["evicting"]
+    node, feeds, outputs = _window_case(seqlens, s, capacity, window, total, ab=True)
+    check(node, feeds, outputs, **TOL, skip=("present_k", "present_v"))
+
+
+def test_gqa_sliding_window_cache_decode_loop():
+    """Ten decode steps through a window cache of capacity 5, window 3: each step feeds the
+    previous step's presents back, on both runtimes."""
+    capacity, window = 5, 3
+    node, feeds, outputs = _window_case([0], 1, capacity, window, 1)
+    model = build([node], feeds, outputs, out_types={o: TensorProto.FLOAT for o in outputs})
+    states = {"ort": (feeds["pk"], feeds["pv"]), "tritort": (feeds["pk"], feeds["pv"])}
+    for step in range(10):
+        feeds.update(q=randn(1, 1, GN * GH), k=randn(1, 1, GNK * GH), v=randn(1, 1, GNK * GH),
+                     seqlens=np.array([step], np.int32), total=np.array(step + 1, np.int32))
+        outs = {}
+        for who, runner in (("ort", run_ort), ("tritort", run_tritort)):
+            pk, pv = states[who]
+            outs[who] = runner(model, {**feeds, "pk": pk, "pv": pv})
+            states[who] = outs[who][1], outs[who][2]
+        np.testing.assert_allclose(outs["tritort"][0], outs["ort"][0], **TOL, err_msg=str(step))
+        compare_window_presents(outs["tritort"], outs["ort"], [step], capacity, window)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_gqa_sliding_window_quantized_cache(bits):
+    seqlens, s, past, total = [5], 1, 4, 6
+    node, feeds, outputs = _quant_case(seqlens, s, past, total, "PER_CHANNEL", "PER_CHANNEL",
+                                       bits, h=32, local_window_size=3,
+                                       sliding_window_cache=1)
+    got = check(node, feeds, outputs, **TOL, skip=("present_k", "present_v"))
+    want = run_ort(build([node], feeds, outputs), feeds)
+    kept = resident_rows(seqlens[0] + 1, past, 3)
+    for j in (1, 2):
+        np.testing.assert_array_equal(got[j][:, :, :kept], want[j][:, :, :kept])
+
+
+def test_gqa_window_cache_smaller_than_the_window_is_refused():
+    node, feeds, outputs = _window_case([2], 1, 2, 3, 3)
+    model = build([node], feeds, outputs, out_types={o: TensorProto.FLOAT for o in outputs})
+    with pytest.raises(ort.Fail, match="fewer than local_window_size"):
+        run_tritort(model, feeds)
+
+
+def test_gqa_cache_presents_typed_at_load():
+    """Presents take the past's element type and row width (a 4-bit cache packs two values
+    a byte); a window cache keeps its capacity."""
+    node, feeds, outputs = _quant_case([3], 1, 8, 8, "PER_TENSOR", "PER_TENSOR", 4)
+    assert loaded_type(node, feeds, outputs, "present_k", TensorProto.UINT8) == \
+        (TensorProto.UINT8, [1, GNK, None, GH // 2])
+    node, feeds, outputs = _window_case([5], 1, 4, 3, 6)
+    assert loaded_type(node, feeds, outputs, "present_v") == (TensorProto.FLOAT, [1, GNK, 4, GH])

@@ -236,7 +236,8 @@ def test_gqa_decode_loop_matches_onnxruntime_token_by_token():
 
 
 @pytest.mark.parametrize("attrs,match", [
-    ({"sliding_window_cache": 1, "local_window_size": 2}, "sliding_window_cache"),
+    ({"sliding_window_cache": 1, "local_window_size": 2}, "sliding_window_cache needs past"),
+    ({"sliding_window_cache": 1}, "local_window_size > 0"),
     ({"k_quant_type": "PER_TENSOR"}, "both NONE or both quantized"),
     ({"k_quant_type": "PER_TENSOR", "v_quant_type": "PER_TENSOR"}, "need k_scale"),
     ({"k_quant_type": "PER_BLOCK", "v_quant_type": "PER_BLOCK"}, "one of NONE"),
