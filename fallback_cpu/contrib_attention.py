@@ -14,13 +14,15 @@ scores (as onnxruntime does), it is not NaN. Causal (``unidirectional``) attenti
 ``s`` see keys ``j <= past + s``.
 
 Attention ``mask_index`` forms: (B) key lengths (right padding), (2B) end positions then start
-positions (left padding), (B, T) or (B, S, T) 0/1 masks, (B, 1, M, M) (rows ``past ..
+positions (left padding), (3B + 2) key lengths then packed-batch offsets (only the lengths are
+read, as onnxruntime's CPU kernels do), (B, T) or (B, S, T) 0/1 masks, (B, 1, M, M) (rows ``past ..
 past + S`` and columns ``0 .. T`` are read: onnxruntime's CUDA form; its CPU kernel refuses
 it). ``past`` (2, B, N, P, H) is concatenated with the new K and V into ``present``; with
 ``past_present_share_buffer`` it is a (2, B, N, M, H) buffer whose first
 ``past_sequence_length`` rows are valid, and ``present`` is that buffer with the new rows
-written after them. ``do_rotary`` and the (3B + 2) mask form are refused (onnxruntime's CPU
-kernel refuses them too).
+written after them. ``do_rotary`` (+ ``rotary_embedding_dim``) rotates the new Q and K rows as
+onnxruntime's CUDA kernel does (see :func:`rotary_heads`; its CPU kernel refuses the
+attribute).
 
 MultiHeadAttention: query (B, S, D) or packed QKV (B, S, N, 3, H); key (B, L, D), packed KV
 (B, L, N, 2, H) or already in heads (B, N, L, H) (cross attention: no bias, no past added);
@@ -130,6 +132,10 @@ def _key_mask(mask: np.ndarray, b: int, s: int, t: int, past: int, what: str) ->
     """Allowed keys (bool, broadcastable to (B, 1, S, T)) from an Attention mask_index or a
     MultiHeadAttention key_padding_mask."""
     keys = np.arange(t)
+    if mask.ndim == 1 and mask.shape[0] == 3 * b + 2:
+        # key lengths, then the query and key start offsets of a packed (varlen) batch: the
+        # batch here is padded, so as in onnxruntime's CPU kernels only the lengths count
+        mask = mask[:b]
     if mask.ndim == 1 and mask.shape[0] == b:
         return (keys[None, :] < mask[:, None]).reshape(b, 1, 1, t)
     if mask.ndim == 1 and mask.shape[0] == 2 * b:
@@ -142,11 +148,8 @@ def _key_mask(mask: np.ndarray, b: int, s: int, t: int, past: int, what: str) ->
     if mask.ndim == 4 and mask.shape[:2] == (b, 1) and mask.shape[2] >= past + s and \
             mask.shape[3] >= t:
         return mask[:, :, past:past + s, :t] > 0
-    if mask.ndim == 1 and mask.shape[0] == 3 * b + 2:
-        raise ValueError(f"{what} of shape (3 * batch + 2) (the packed CUDA form) is not "
-                         f"supported on the CPU")
     raise ValueError(f"{what} of shape {list(mask.shape)} fits none of the forms (B={b}), "
-                     f"(2B), (B, T={t}), (B, S={s}, T) or (B, 1, M, M)")
+                     f"(2B), (3B + 2), (B, T={t}), (B, S={s}, T) or (B, 1, M, M)")
 
 
 def _append(past, new, past_len):
@@ -174,9 +177,8 @@ def attention(ctx):
     scale_attr = ctx.attr("scale")
     filter_value = float(ctx.attr("mask_filter_value", MASK_FILTER))
     share = bool(ctx.attr("past_present_share_buffer", 0))
-    if ctx.attr("do_rotary", 0):
-        raise ValueError("do_rotary is not supported (onnxruntime's CPU kernel refuses it too: "
-                         "rotary attention runs as RotaryEmbedding + MultiHeadAttention)")
+    rotary = bool(ctx.attr("do_rotary", 0))
+    rotary_dim = int(ctx.attr("rotary_embedding_dim", 0))
     want_present = ctx.num_outputs > 1 and bool(ctx.output_names[1])
 
     def run(x, weights, bias=None, mask_index=None, past=None, attention_bias=None,
@@ -206,9 +208,11 @@ def attention(ctx):
                 raise ValueError("with past state, Q, K and V hidden sizes must be equal")
         pk = None if past is None else widen(past[0])
         pv = None if past is None else widen(past[1])
+        p = 0 if past is None else (past_len if past_len is not None else past.shape[3])
+        if rotary:  # on the new Q and K rows, before K joins the cache
+            q, k = rotary_heads(q, p, rotary_dim), rotary_heads(k, p, rotary_dim)
         present_k, k_all = _append(pk, k, past_len)
         present_v, v_all = _append(pv, v, past_len)
-        p = 0 if past is None else (past_len if past_len is not None else past.shape[3])
         t = k_all.shape[2]
         allowed = None
         if mask_index is not None:
@@ -247,6 +251,23 @@ def _beam_gather(k, v, indirection, past_len):
     k[:, :, :past_len] = k[source, :, positions].transpose(0, 2, 1, 3)
     v[:, :, :past_len] = v[source, :, positions].transpose(0, 2, 1, 3)
     return k, v
+
+
+def rotary_heads(x: np.ndarray, past: int, rotary_dim: int) -> np.ndarray:
+    """Attention's ``do_rotary`` on (B, N, S, H) heads, as onnxruntime's CUDA kernel computes
+    it (no caches): row s sits at position ``past + s``; channel pairs (i, i + R/2) of the
+    first R = ``rotary_embedding_dim`` (default H) channels turn by ``position * 10000 **
+    (-2i / R)``."""
+    h = x.shape[-1]
+    rot = rotary_dim or h
+    if rot % 2 or rot > h:
+        raise ValueError(f"rotary_embedding_dim {rot} must be even and at most the head size "
+                         f"{h}")
+    positions = past + np.arange(x.shape[2], dtype=np.float64)
+    angles = positions[:, None] * 10000.0 ** (-np.arange(0, rot, 2, dtype=np.float64) / rot)
+    cos = np.cos(angles).astype(x.dtype)[None]  # (1, S, R/2), broadcast over the batch
+    sin = np.sin(angles).astype(x.dtype)[None]
+    return rotate(x.transpose(0, 2, 1, 3), cos, sin, False).transpose(0, 2, 1, 3)
 
 
 def _split_packed(x: np.ndarray, parts: int) -> list[np.ndarray]:

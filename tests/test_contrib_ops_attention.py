@@ -71,13 +71,14 @@ def _attention(mask=None, past=None, attention_bias=None, outputs=("y",), weight
     return ms("Attention", inputs, list(outputs), num_heads=N, **attrs), feeds, inits
 
 
-@pytest.mark.parametrize("mask", [None, "1d", "2b", "2d", "3d", "2d_causal"])
+@pytest.mark.parametrize("mask", [None, "1d", "2b", "3b2", "2d", "3d", "2d_causal"])
 @pytest.mark.parametrize("unidirectional", [0, 1])
 def test_attention_masks(mask, unidirectional):
     masks = {
         None: None,
         "1d": np.array([2, 4], np.int32),
         "2b": np.array([4, 3, 1, 0], np.int32),
+        "3b2": np.array([3, 2, 0, 3, 5, 0, 3, 5], np.int32),  # lengths, then packed offsets
         "2d": np.array([[1, 0, 1, 1], [1, 1, 1, 0]], np.int32),
         "3d": (randn(B, S, S) > -0.5).astype(np.int32),
         "2d_causal": np.array([[0, 1, 1, 1], [1, 1, 0, 1]], np.int32),
@@ -173,8 +174,7 @@ def test_attention_4d_mask():
 
 
 @pytest.mark.parametrize("attrs,feeds_mask,match", [
-    ({"do_rotary": 1}, None, "do_rotary"),
-    ({}, np.zeros(3 * B + 2, np.int32), "3 \\* batch"),
+    ({"do_rotary": 1, "rotary_embedding_dim": 10}, None, "rotary_embedding_dim 10"),
     ({}, np.zeros((B, 5), np.int32), "fits none"),
 ])
 def test_attention_refusals(attrs, feeds_mask, match):

@@ -158,6 +158,15 @@ def test_mha_shared_buffer_in_a_triton_session(beams):
         np.testing.assert_allclose(got, want, **TOL)
 
 
+def test_mha_key_padding_mask_of_3b_plus_2():
+    """Key lengths then a packed batch's offsets: onnxruntime's CPU kernel reads the
+    lengths."""
+    feeds = {"q": randn(2, 3, D), "k": randn(2, 4, D), "v": randn(2, 4, D),
+             "m": np.array([3, 2, 0, 3, 6, 0, 4, 8], np.int32)}
+    check(ms("MultiHeadAttention", ["q", "k", "v", "", "m"], ["y"], num_heads=N), feeds,
+          ["y"], **TOL)
+
+
 # ------------------------------------------------------------------ RotaryEmbedding
 
 
@@ -382,3 +391,80 @@ def test_gqa_cache_presents_typed_at_load():
         (TensorProto.UINT8, [1, GNK, None, GH // 2])
     node, feeds, outputs = _window_case([5], 1, 4, 3, 6)
     assert loaded_type(node, feeds, outputs, "present_v") == (TensorProto.FLOAT, [1, GNK, 4, GH])
+
+
+# ------------------------------------------------------------------ Attention do_rotary
+
+
+def _rotary_caches(rot, positions=32):
+    """cos/sin caches of the rotation onnxruntime's CUDA Attention computes (base 10000)."""
+    angles = np.arange(positions)[:, None] * 10000.0 ** (-np.arange(0, rot, 2) / rot)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _rotary_attention_in_ort(x, w, bias, past_kv, n, rot, past, unidirectional, shared=False):
+    """onnxruntime running MatMul (+ bias) -> RotaryEmbedding on Q and K (positions past + s)
+    -> MultiHeadAttention with past_key/past_value (a shared buffer: past_sequence_length);
+    returns (output, present stacked as Attention's)."""
+    from onnx import helper
+
+    h = past_kv.shape[-1]
+    d = n * h
+    cos, sin = _rotary_caches(rot or h)
+    rope = {"num_heads": n} | ({"rotary_embedding_dim": rot} if rot else {})
+    proj = [helper.make_node("MatMul", ["x", "w"], ["qkv" if bias is None else "xw"])]
+    inits = {"w": w, "sizes": np.array([d, d, d], np.int64), "pos": np.array([past], np.int64),
+             "cos": cos, "sin": sin}
+    if bias is not None:
+        proj.append(helper.make_node("Add", ["xw", "b"], ["qkv"]))
+        inits["b"] = bias
+    mha_in = ["q_rot", "k_rot", "v", "", "", "", "pk", "pv"] + (["psl"] if shared else [])
+    nodes = proj + [
+        helper.make_node("Split", ["qkv", "sizes"], ["q", "k", "v"], axis=2),
+        ms("RotaryEmbedding", ["q", "pos", "cos", "sin"], ["q_rot"], **rope),
+        ms("RotaryEmbedding", ["k", "pos", "cos", "sin"], ["k_rot"], **rope),
+        ms("MultiHeadAttention", mha_in, ["y", "present_k", "present_v"], num_heads=n,
+           unidirectional=unidirectional),
+    ]
+    feeds = {"x": x, "pk": past_kv[0], "pv": past_kv[1]}
+    if shared:
+        feeds["psl"] = np.array([past], np.int32)
+    want = run_ort(build(nodes, feeds, ["y", "present_k", "present_v"], inits), feeds)
+    return want[0], np.stack(want[1:])
+
+
+@pytest.mark.parametrize("rot", [None, 4])
+@pytest.mark.parametrize("past,unidirectional", [(0, 0), (0, 1), (3, 1), (2, 0)])
+def test_attention_do_rotary_as_rotary_embedding_and_mha(rot, past, unidirectional):
+    """onnxruntime's CPU Attention refuses do_rotary: onnxruntime runs the equivalent graph
+    (see _rotary_attention_in_ort) on the same weights."""
+    b, s, din, n, h = 2, 3, 6, 2, 8
+    x, w, bias = randn(b, s, din), randn(din, 3 * n * h, scale=0.5), randn(3 * n * h)
+    past_kv = randn(2, b, n, past, h)
+    attrs = {"num_heads": n, "unidirectional": unidirectional, "do_rotary": 1}
+    if rot:
+        attrs["rotary_embedding_dim"] = rot
+    feeds = {"x": x, "past": past_kv}
+    node = ms("Attention", ["x", "w", "b", "", "past"], ["y", "present"], **attrs)
+    types = {"y": TensorProto.FLOAT, "present": TensorProto.FLOAT}
+    got = run_tritort(build([node], feeds, ["y", "present"], {"w": w, "b": bias},
+                            out_types=types), feeds)
+    want = _rotary_attention_in_ort(x, w, bias, past_kv, n, rot, past, unidirectional)
+    np.testing.assert_allclose(got[0], want[0], **TOL)
+    np.testing.assert_allclose(got[1], want[1], **TOL)
+
+
+def test_attention_do_rotary_on_a_shared_buffer():
+    """do_rotary with past_present_share_buffer: positions start at past_sequence_length;
+    onnxruntime runs the equivalent graph on MultiHeadAttention's shared buffer."""
+    b, s, din, n, h, cap, past = 1, 1, 6, 2, 8, 6, 3
+    x, w = randn(b, s, din), randn(din, 3 * n * h, scale=0.5)
+    buffer = randn(2, b, n, cap, h)
+    feeds = {"x": x, "past": buffer, "psl": np.array([past], np.int32)}
+    node = ms("Attention", ["x", "w", "", "", "past", "", "psl"], ["y", "present"],
+              num_heads=n, do_rotary=1, past_present_share_buffer=1, unidirectional=1)
+    types = {"y": TensorProto.FLOAT, "present": TensorProto.FLOAT}
+    got = run_tritort(build([node], feeds, ["y", "present"], {"w": w}, out_types=types), feeds)
+    want = _rotary_attention_in_ort(x, w, None, buffer, n, None, past, 1, shared=True)
+    np.testing.assert_allclose(got[0], want[0], **TOL)
+    np.testing.assert_allclose(got[1], want[1], **TOL)
