@@ -279,4 +279,6 @@ def _tile_fusion(group: AnchorGroup, template: Template, info: Any, types: Types
         epilogue = build_kernel(f"{anchor.name}_epilogue", group.epilogue, types.dtype,
                                 types.rank, lambda v: info.escapes(v, names))
     fused = [(n.name, n.op_type) for n in group.prologue + group.epilogue]
-    return TileFusion(prologue, epilogue, result, info.escapes(result, names), fused, operands)
+    return TileFusion(prologue, epilogue, result, info.escapes(result, names), fused, operands,
+                      data, prologue is not None and info.escapes(data, names),
+                      template.per_element_epilogue)

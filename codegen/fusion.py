@@ -207,13 +207,16 @@ class AnchorPlanner:
                  for v in node.inputs]
         return bool(aligned_inputs(op_key(node), node.attrs, ranks))
 
-    def _prologue_candidate(self, node: Node, members: set[str], target: Shape) -> bool:
+    def _prologue_candidate(self, node: Node, members: set[str], target: Shape,
+                            data: str) -> bool:
+        """A free pointwise node whose outputs feed only the group; the data itself may be
+        read elsewhere too (the kernel then stores it: a residual stream)."""
         if not self._free(node):
             return False
         for value in node.outputs:
             shape = self._known(value)
             if shape is None or not broadcasts_to(shape, target) or \
-                    self.escapes(value, members):
+                    (value != data and self.escapes(value, members)):
                 return False
         return all(self._known(v) is not None and broadcasts_to(self._known(v), target)
                    for v in node.inputs if v)
@@ -226,7 +229,7 @@ class AnchorPlanner:
         template = template_of(anchor)
         if target is None or not template.prologue:
             return
-        passes = template.passes
+        passes = template.memory_passes(anchor, target)
         data_bytes = estimated_bytes(target, self.dtype_of(data))
         chosen: list[Node] = []
         best: list[Node] = []
@@ -238,7 +241,7 @@ class AnchorPlanner:
                 [v for n in chosen for v in n.inputs if v and v not in produced]
             candidates = [self.producer[v] for v in wanted if v in self.producer]
             candidates = [n for n in candidates if n.name not in members and
-                          self._prologue_candidate(n, members | {n.name}, target)]
+                          self._prologue_candidate(n, members | {n.name}, target, data)]
             if not candidates:
                 break
             chosen.append(max(candidates, key=lambda n: self.position[n.name]))
@@ -251,6 +254,8 @@ class AnchorPlanner:
             stops = sum(size[v] for v in inputs if v in self.producer and
                         self.is_pointwise(self.producer[v]))
             score = prologue_score(data_bytes, sum(size.values()), passes) - stops
+            if self.escapes(data, members | {n.name for n in chosen}):
+                score -= data_bytes  # still written, by the fused kernel
             # on a tie the bigger prologue wins: its own inputs would otherwise be written
             # by another kernel and read back
             if score > 0 and score >= best_score:
@@ -287,6 +292,8 @@ class AnchorPlanner:
             return
         start = self.position[anchor.name]
         values = {result}
+        # computed inside the kernel by the prologue: never a loaded input
+        made_before = {o for n in group.prologue for o in n.outputs}
         chosen: list[Node] = []
         for node in self.nodes:
             here = self.position[node.name]
@@ -294,8 +301,9 @@ class AnchorPlanner:
                     not any(v in values for v in node.inputs):
                 continue
             outs_ok = all(self._known(o) == target for o in node.outputs)
-            if outs_ok and all(self._epilogue_input_ok(v, target, start, here)
-                               for v in node.inputs if v and v not in values) and \
+            if outs_ok and all(self._epilogue_input_ok(v, target, start, here) and
+                               v not in made_before for v in node.inputs
+                               if v and v not in values) and \
                     len(_external_inputs(chosen + [node])) <= MAX_INPUTS:
                 chosen.append(node)
                 values.update(node.outputs)

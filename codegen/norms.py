@@ -13,15 +13,17 @@ from tritort.dtypes import FLOAT_TYPES
 
 from .cache import KERNEL
 from .emit import acc_type
-from .rowwise import (Layout, TileFusion, TileLauncher, TileSource, arg_best, check_dtypes,
-                      normalize_axes, since_version, torch_dtype)
+from .rowwise import (Layout, TileFusion, TileSource, arg_best, check_dtypes, normalize_axes,
+                      since_version, torch_dtype)
+from .rowwise_launch import TileLauncher, row_in_cache
 from .templates import KernelSpec, Template, load_source, template
 
 
 def built(name, node, ctx, k: TileSource, inputs, describe: str, **launch) -> KernelSpec:
     source = k.render()
     fn, path, cached = load_source(source, KERNEL, ctx)
-    launcher = TileLauncher(fn, k.layout, ctx.torch_device, ctx.interpreted, **launch)
+    launcher = TileLauncher(fn, k.layout, ctx.torch_device, ctx.interpreted,
+                            **k.launch_args(**launch))
     dts = ", ".join(f"{t} {dt}" for t, dt in {**k.full, **k.rows}.items())
     ir = (f"kernel {name} {node.op_type} node={node.name!r}\n"
           f"  rank {k.layout.rank}: {k.layout.text()}\n  {dts}\n  {describe}")
@@ -81,10 +83,12 @@ class Hardmax(_SoftmaxAxis):
 class Softmax(_SoftmaxAxis):
     passes = 2  # the row max and sum, then every element
     prologue = True  # computed in both passes
+    epilogue = True  # on each element of the result
+    per_element_epilogue = True
 
     def build(self, node, ctx, name, fusion: TileFusion | None = None) -> KernelSpec:
         """With a fused prologue the launcher takes the prologue's inputs in place of the
-        node's input."""
+        node's input; with an epilogue its inputs last."""
         x = node.inputs[0]
         rank = ctx.rank_of(x)
         dt = ctx.dtype_of(x)
@@ -104,18 +108,15 @@ class Softmax(_SoftmaxAxis):
             k.line("top = new_top")
         k.line("shift = tl.where(top == float('-inf'), 0.0, top)")
         # pass 2: every element
-        with k.columns(*k.data_tensors, "y"):
+        with k.columns(*k.data_tensors, *k.outputs()):
             k.line(f"x = {k.data()}")
             if node.op_type == "Softmax":
-                k.store_full("y", "tl.exp(x - shift[:, None]) / total[:, None]")
+                k.finish_full("tl.exp(x - shift[:, None]) / total[:, None]")
             else:
-                k.store_full("y", "x - shift[:, None] - tl.log(total)[:, None]")
-        if fusion:
-            return built(name, node, ctx, k, fusion.prologue_inputs,
-                          f"{node.op_type} computed in {ct}\n{fusion.text()}",
-                          full=[torch_dtype(dt)], data_inputs=len(fusion.prologue_inputs))
-        return built(name, node, ctx, k, [x], f"{node.op_type} computed in {ct}",
-                      full=[torch_dtype(dt)])
+                k.finish_full("x - shift[:, None] - tl.log(total)[:, None]")
+        fused = f"\n{fusion.text()}" if fusion else ""
+        return built(name, node, ctx, k, k.launch_inputs(x),
+                      f"{node.op_type} computed in {ct}{fused}", full=[torch_dtype(dt)])
 
 
 # ----------------------------------------------------------------------- normalizations
@@ -159,6 +160,17 @@ def row_shape(axes: tuple[int, ...]):
 class LayerNorm(Template):
     kind = "rowwise"
     passes = 3  # mean, variance, output (RMSNormalization skips the mean)
+    prologue = True  # a residual Add (+ bias) computed in each pass, its sum stored once
+    epilogue = True  # on each element of the result (single-output nodes)
+    per_element_epilogue = True
+
+    def memory_passes(self, node, shape) -> int:
+        """A row that fits a tile is read from memory once: later passes over it hit the
+        cache of the program that just loaded it."""
+        axes = trailing_axes(len(shape), node.attrs.get("axis", -1))
+        if isinstance(axes, str):
+            return self.passes
+        return 1 if row_in_cache([shape[a] for a in axes]) else self.passes
 
     def claim(self, node, ctx) -> str | None:
         x = node.inputs[0]
@@ -191,24 +203,26 @@ class LayerNorm(Template):
         stats = {t: ctx.dtype_of(o) or stash
                  for t, o in zip(["mean_out", "inv_out"], outputs[1:]) if o}
         full = {"x": dt, **{t: ctx.dtype_of(p) for t, p in zip(names, params)}, "y": dt}
-        k = TileSource(name, node, Layout.reducing(rank, axes), full, stats)
+        k = TileSource(name, node, Layout.reducing(rank, axes), full, stats, fusion)
         rms = node.op_type == "RMSNormalization"
-        row_statistics(k, st, eps, rms)
+        row_statistics(k, st, eps, rms, lambda: k.data(st), k.data_tensors)
         for t in stats:
             k.store_row(t, "mean" if t == "mean_out" else "inv_std")
-        with k.columns(*full):
+        with k.columns(*k.data_tensors, *names, *k.outputs()):
             centred = "x" if rms else "(x - mean[:, None])"
-            k.line(f"x = {k.load('x', st)}")
+            k.line(f"x = {k.data(st)}")
             # the spec rounds the normalized value to X's type before scaling
             k.line(f"normalized = {k.round_to(f'{centred} * inv_std[:, None]', dt)}")
             y = "normalized * " + k.load("scale", xt)
             if "bias" in names:
                 y += " + " + k.load("bias", xt)
-            k.store_full("y", y)
+            k.finish_full(y)
         row_outs = [(torch_dtype(stats[t]) if t in stats else None, row_shape(axes))
                     for t in ["mean_out", "inv_out"]][:max(0, len(node.outputs) - 1)]
-        return built(name, node, ctx, k, [x] + params, f"statistics in {st}, epsilon={eps!r}",
-                      full=[torch_dtype(dt)], rows=row_outs)
+        fused = f"\n{fusion.text()}" if fusion else ""
+        return built(name, node, ctx, k, k.launch_inputs(x, params),
+                      f"statistics in {st}, epsilon={eps!r}{fused}", full=[torch_dtype(dt)],
+                      rows=row_outs)
 
 
 def _per_channel(rank: int):

@@ -26,7 +26,8 @@ from .launch import launch_kernel
 from . import conv
 from .cache import KERNEL
 from .emit import acc_type, compute_type, helper_source, store
-from .rowwise import Layout, TileLauncher, TileSource, check_dtypes, extreme, torch_dtype
+from .rowwise import Layout, TileSource, check_dtypes, extreme, torch_dtype
+from .rowwise_launch import TileLauncher
 from .templates import KernelSpec, Template, kernel_signature, load_source, template
 
 SMALL_INTS = frozenset({"int8", "uint8"})  # MaxPool computes them in int32

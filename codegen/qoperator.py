@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from .cache import KERNEL
 from .keys import contrib
-from .rowwise import Layout, TileLauncher, TileSource, torch_dtype
+from .rowwise import Layout, TileSource, torch_dtype
+from .rowwise_launch import TileLauncher
 from .templates import KernelSpec, Template, load_source, template
 
 _INT8 = ("int8", "uint8")

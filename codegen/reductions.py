@@ -12,8 +12,9 @@ from tritort.dtypes import FLOAT_TYPES, INT_TYPES
 
 from .cache import KERNEL
 from .emit import acc_type
-from .rowwise import (Layout, TileFusion, TileLauncher, TileSource, arg_best, check_dtypes,
-                      constant_ints, extreme, normalize_axes, since_version, torch_dtype)
+from .rowwise import (Layout, TileFusion, TileSource, arg_best, check_dtypes, constant_ints,
+                      extreme, normalize_axes, since_version, torch_dtype)
+from .rowwise_launch import TileLauncher
 from .templates import KernelSpec, Template, load_source, template
 
 # op: (term accumulated per element, how terms combine, result from the folded `total`)
@@ -149,21 +150,16 @@ class Reduce(Template):
         out_shape = _out_shape(reduced, keepdims)
         stored = [out_dt] if not fusion or not fusion.epilogue or fusion.store_result else []
         stored += [dt_ for _, dt_ in fusion.row_outputs] if fusion else []
-        inputs = (fusion.prologue_inputs if fusion and fusion.prologue else [x]) + \
-            (fusion.row_inputs if fusion else [])
         launcher = TileLauncher(fn, layout, ctx.torch_device, ctx.interpreted,
-                                rows=[(torch_dtype(d), out_shape) for d in stored],
-                                data_inputs=len(fusion.prologue_inputs)
-                                if fusion and fusion.prologue else 1,
-                                row_inputs=len(fusion.row_inputs) if fusion else 0,
-                                keepdims=keepdims)
+                                **k.launch_args(rows=[(torch_dtype(d), out_shape)
+                                                      for d in stored], keepdims=keepdims))
         ir = (f"kernel {name} {node.op_type} node={node.name!r}\n"
               f"  in: {x} {dt}[rank {rank}], {layout.text()}\n"
               f"  accumulate in {ct}, keepdims={int(keepdims)}\n"
               f"  out: {y} {out_dt}")
         if fusion:
             ir += "\n" + fusion.text()
-        return KernelSpec(name, launcher, inputs, ir, source, path, cached)
+        return KernelSpec(name, launcher, k.launch_inputs(x), ir, source, path, cached)
 
 
 @template("ReduceLogSumExp")

@@ -9,20 +9,17 @@ specialized on rank, axes, dtypes and attributes only.
 """
 from __future__ import annotations
 
-import math
 import re
 import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 
 from tritort import dtypes
 
-from .launch import launch_kernel
-from .tuning_space import DEFAULT_SMS
 from .cache import KERNEL
 from .emit import (ExprEmitter, acc_type, compute_type, helper_source, round_bf16, storage_type,
                    store, stored)
@@ -108,10 +105,12 @@ class TileFusion:
     """Pointwise nodes computed inside a row-wise kernel (chosen by codegen.fusion).
 
     ``prologue`` computes the data tile (the node's first input, its one output) from its
-    own inputs, each loaded with broadcast strides over the data's shape. ``epilogue`` works
-    on the per-row result ``result``; its other inputs broadcast to the result's shape and
-    are loaded per row; its outputs are the values stored. ``store_result``: the result is
-    read outside the group too, so it is stored as well.
+    own inputs, each loaded with broadcast strides over the data's shape; ``store_data``: the
+    data is read outside the group too (a residual stream), so the first pass stores it.
+    ``epilogue`` works on the result ``result``: per row (a reduction's), or per element when
+    ``per_element`` (a Softmax or normalization's data-shaped result); its other inputs
+    broadcast to the result's shape; its outputs are the values stored. ``store_result``: the
+    result is read outside the group too, so it is stored as well.
     """
 
     prologue: PointwiseKernel | None
@@ -121,6 +120,9 @@ class TileFusion:
     nodes: list[tuple[str, str]]  # (name, op type) of every fused node besides the anchor
     # tiled anchors (GEMM): operand index -> the Cast / scale node computing that operand
     operands: dict = field(default_factory=dict)
+    data: str = ""  # the anchor's data input (the prologue's output)
+    store_data: bool = False
+    per_element: bool = False
 
     @property
     def prologue_inputs(self) -> list[str]:
@@ -143,10 +145,11 @@ class TileFusion:
         """The values a kernel with this fusion writes, in its launcher's return order: the
         anchor's own (with an epilogue, its result only if read elsewhere), then the
         epilogue's."""
+        data = [self.data] if self.store_data else []
         if not self.epilogue:
-            return list(anchor_outputs)
+            return list(anchor_outputs) + data
         return list(anchor_outputs[:1] if self.store_result else []) + \
-            [v for v, _ in self.row_outputs]
+            [v for v, _ in self.row_outputs] + data
 
     def text(self) -> str:
         parts = []
@@ -155,6 +158,8 @@ class TileFusion:
             if k:
                 parts.append(f"  fused {what}:\n" + "\n".join(
                     "    " + line for line in k.text().splitlines()))
+        if self.store_data:
+            parts.append(f"  {self.data}: stored by the first pass")
         if self.epilogue:
             parts.append(f"  {self.result}: {'stored' if self.store_result else 'not stored'}")
         return "\n".join(parts)
@@ -178,8 +183,11 @@ class TileSource:
     broadcast parameters, same-shaped outputs); ``rows`` tensors hold one value per row,
     contiguously (reduction results, statistics). Both map a short name to an ONNX type.
     The data tensor is ``x``; with a ``fusion`` its prologue's inputs (``p0``, ``p1``, ...)
-    replace it, its epilogue's inputs (``e0``, ...) are full tensors read at row offsets
-    only, and its epilogue's outputs are rows ``o0``, ``o1``, ...
+    replace it (and ``xs`` receives the data when it is stored); its epilogue's inputs
+    (``e0``, ...) are full tensors, read at row offsets only for a per-row result; its
+    epilogue's outputs are rows ``o0``, ``o1``, ... (full tensors for a per-element one,
+    replacing the template's output ``y``). The launcher takes tensors in the order of
+    ``full`` then ``rows``: data, parameters, full outputs, epilogue inputs, ``xs``.
     """
 
     def __init__(self, name: str, node, layout: Layout, full: dict[str, str],
@@ -187,17 +195,30 @@ class TileSource:
         self.name, self.node, self.layout = name, node, layout
         self.fusion = fusion
         self.data_dtype = full["x"]
-        if fusion and fusion.prologue:
+        prologue = bool(fusion and fusion.prologue)
+        if prologue:
             self.data_dtype = fusion.prologue.outputs[0][0].dtype
             data = {f"p{i}": p.dtype for i, p in enumerate(fusion.prologue.inputs)}
             full = {**data, **{t: dt for t, dt in full.items() if t != "x"}}
+        self.prologue_tensors = tuple(t for t in full if t.startswith("p")) \
+            if prologue else ("x",)
+        self.per_element = bool(fusion and fusion.epilogue and fusion.per_element)
         if fusion and fusion.epilogue:
             params = [p for p in fusion.epilogue.inputs if p.name != fusion.result]
-            full = {**full, **{f"e{i}": p.dtype for i, p in enumerate(params)}}
-            kept = {t: dt for t, dt in rows.items() if fusion.store_result}
-            rows = {**kept, **{f"o{i}": dt for i, (_, dt) in enumerate(fusion.row_outputs)}}
-        self.data_tensors = tuple(t for t in full if t.startswith("p")) \
-            if fusion and fusion.prologue else ("x",)
+            outs = {f"o{i}": dt for i, (_, dt) in enumerate(fusion.row_outputs)}
+            inputs = {f"e{i}": p.dtype for i, p in enumerate(params)}
+            if self.per_element:
+                full = {t: dt for t, dt in full.items() if t != "y" or fusion.store_result}
+                full = {**full, **outs, **inputs}
+            else:
+                full = {**full, **inputs}
+                kept = {t: dt for t, dt in rows.items() if fusion.store_result}
+                rows = {**kept, **outs}
+        self.stores_data = bool(prologue and fusion.store_data)
+        if self.stores_data:
+            full = {**full, "xs": self.data_dtype}
+        self.data_tensors = self.prologue_tensors + (("xs",) if self.stores_data else ())
+        self._data_stored = False
         self.full, self.rows = full, rows
         self.lines: list[str] = []
         self.indent = 1
@@ -259,10 +280,14 @@ class TileSource:
         prologue = self.fusion.prologue if self.fusion else None
         if prologue is None:
             return self.load("x", to)
-        loads = {i: f"{t}v{self._fused_uses}" for i, t in enumerate(self.data_tensors)}
-        for i, t in enumerate(self.data_tensors):
+        loads = {i: f"{t}v{self._fused_uses}" for i, t in enumerate(self.prologue_tensors)}
+        for i, t in enumerate(self.prologue_tensors):
             self.line(f"{loads[i]} = {self.load(t, compute_type(self.full[t]))}")
         value = self._pointwise(prologue.outputs[0][1], loads, "BLOCK_M, BLOCK_N")
+        if self.stores_data and not self._data_stored:
+            # the first pass walks every column of the row: it writes the data once
+            self.store_full("xs", value)
+            self._data_stored = True
         # rounded to the data's type, as if it had been stored and loaded
         return self._reloaded(value, self.data_dtype, to or acc_type(self.data_dtype))
 
@@ -289,6 +314,59 @@ class TileSource:
             self.line(f"{t}v = {text}")
         for j, (_, e) in enumerate(epilogue.outputs):
             self.store_row(f"o{j}", self._pointwise(e, loads, "BLOCK_M"))
+
+    def outputs(self, out: str = "y") -> tuple[str, ...]:
+        """The full tensors the last pass touches in place of the template's output ``out``:
+        with a per-element epilogue its inputs and outputs (and ``out`` if still stored)."""
+        if not self.per_element:
+            return (out,)
+        return tuple(t for t in self.full if t == out or t[0] in "eo" and t[1:].isdigit())
+
+    def finish_full(self, value: str, out: str = "y") -> None:
+        """Store the element tile ``value`` to ``out`` (inside columns(*outputs())), or run
+        the fused per-element epilogue on it."""
+        if not self.per_element:
+            self.store_full(out, value)
+            return
+        fusion, epilogue = self.fusion, self.fusion.epilogue
+        self.line(f"result = {value}")
+        if fusion.store_result:
+            self.store_full(out, "result")
+        loads: dict[int, str] = {}
+        params = iter(f"e{i}" for i in range(len(fusion.row_inputs)))
+        for i, p in enumerate(epilogue.inputs):
+            if p.name == fusion.result:
+                loads[i] = self._reloaded("result", p.dtype, compute_type(p.dtype))
+                continue
+            t = next(params)
+            loads[i] = f"{t}v"
+            self.line(f"{t}v = {self.load(t, compute_type(p.dtype))}")
+        for j, (_, e) in enumerate(epilogue.outputs):
+            self.store_full(f"o{j}", self._pointwise(e, loads, "BLOCK_M, BLOCK_N"))
+
+    def launch_args(self, full: Sequence[Any] = (), **launch) -> dict:
+        """TileLauncher's arguments for this kernel, from the template's own outputs
+        (``full``: the element outputs' torch dtypes) and fusion."""
+        fusion = self.fusion
+        if fusion is None:
+            return {"full": list(full), **launch}
+        if self.per_element:
+            full = list(full[:1] if fusion.store_result else []) + \
+                [torch_dtype(dt) for _, dt in fusion.row_outputs]
+        launch.setdefault("data_inputs", len(self.prologue_tensors))
+        return {"full": list(full), "row_inputs": len(fusion.row_inputs),
+                "tail_full": self.per_element,
+                "store_data": torch_dtype(self.data_dtype) if self.stores_data else None,
+                **launch}
+
+    def launch_inputs(self, data: str, params: Sequence[str] = ()) -> list[str]:
+        """The node values the launcher takes: the data (or the prologue's inputs), the
+        parameters, the epilogue's inputs."""
+        fusion = self.fusion
+        if fusion is None:
+            return [data, *params]
+        head = fusion.prologue_inputs if fusion.prologue else [data]
+        return head + list(params) + fusion.row_inputs
 
     def _pointwise(self, e: Expr, loads: dict[int, str], block: str) -> str:
         """Lines computing tile IR expression e from named tiles; returns its name."""
@@ -351,112 +429,6 @@ class TileSource:
         helpers = self.helpers | {helper_source("\n".join(self.lines))} - {""}
         return ("\n".join(header) + "\n" + "".join(sorted(helpers)) + "\n\n"
                 + "\n".join(signature + self.lines) + "\n")
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-_TILE_ELEMENTS = 2048  # per program and column step: <= 8 per thread at 8 warps, no spills
-_PER_THREAD = 8  # elements per thread a warp count aims at (two 16-byte loads of fp32)
-
-
-def block_sizes(rows: int, cols: int, interpreted: bool,
-                rows_contiguous: bool = False, sms: int = DEFAULT_SMS) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps). The interpreter runs numpy underneath, so big tiles are
-    fast there. GPUs get tiles of at most _TILE_ELEMENTS and loop over long rows; when
-    neighbouring rows are neighbours in memory (a reduction over leading axes) a tile takes
-    many rows so its loads coalesce. Otherwise a program takes fewer rows until every SM has
-    one (a 128-token LayerNorm: 128 programs of one row, not 32 of four); warps give each
-    thread about _PER_THREAD elements of the tile."""
-    if interpreted:
-        block_n = min(_pow2(max(cols, 1)), 1 << 14)
-        return max(1, min(_pow2(max(rows, 1)), (1 << 16) // block_n)), block_n, 1
-    if rows_contiguous:
-        block_m = min(_pow2(max(rows, 1)), 64)
-        block_n = min(_pow2(max(cols, 1)), max(1, _TILE_ELEMENTS // block_m))
-    else:
-        block_n = min(_pow2(max(cols, 1)), _TILE_ELEMENTS)
-        block_m = max(1, min(_pow2(max(rows, 1)), _TILE_ELEMENTS // block_n))
-        while block_m > 1 and -(-rows // block_m) < sms:
-            block_m //= 2
-    warps = block_m * block_n // (32 * _PER_THREAD)
-    return block_m, block_n, min(8, max(1, _pow2(max(warps, 1))))
-
-
-class TileLauncher:
-    """Runs a TileSource kernel on torch tensors: broadcast parameters, allocate, launch.
-
-    The first input is the tensor the layout describes (with a fused prologue, the first
-    ``data_inputs`` inputs broadcast together describe it). ``prepare`` turns the remaining
-    inputs into tensors broadcastable to it (a per-channel vector gets trailing 1s, say); the
-    last ``row_inputs`` inputs broadcast to the per-row result (shaped as with ``keepdims``)
-    and are read at row offsets only. Outputs are ``full`` (shaped like
-    the input) then ``rows`` (one value per row, shaped by a function of the input's shape);
-    a None dtype marks an output the node omits.
-    """
-
-    def __init__(self, fn: Any, layout: Layout, device: Any, interpreted: bool,
-                 full: Sequence[Any] = (), rows: Sequence[tuple[Any, Callable]] = (),
-                 prepare: Callable[..., list] | None = None, data_inputs: int = 1,
-                 row_inputs: int = 0, keepdims: bool = True) -> None:
-        self.fn, self.layout, self.device, self.interpreted = fn, layout, device, interpreted
-        self.full, self.rows, self.prepare = list(full), list(rows), prepare
-        self.data_inputs, self.row_inputs, self.keepdims = data_inputs, row_inputs, keepdims
-
-    def _per_row(self, t, shape):
-        """t over the input's axes, size 1 on the reduced ones (only row offsets are used:
-        a view expanded over an empty reduced axis would have no memory to read)."""
-        lay = self.layout
-        if self.keepdims:
-            return t.expand(tuple(1 if a in lay.reduced else d for a, d in enumerate(shape)))
-        t = t.expand(tuple(shape[a] for a in lay.kept))
-        for a in lay.reduced:
-            t = t.unsqueeze(a)
-        return t
-
-    def __call__(self, *inputs):
-        import torch
-
-        lay = self.layout
-        split = len(inputs) - self.row_inputs
-        data, inputs, per_row = inputs[:self.data_inputs], inputs[self.data_inputs:split], \
-            inputs[split:]
-        if len(data) == 1:
-            x = data[0]
-            shape = tuple(x.shape)
-        else:  # a fused prologue's inputs
-            shape = tuple(torch.broadcast_shapes(*(t.shape for t in data)))
-            data = [t.expand(shape) for t in data]
-            x = data[0]
-        if len(shape) != lay.rank:
-            raise ValueError(f"kernel built for rank {lay.rank}, got shape {list(shape)}")
-        params = self.prepare(x, *inputs) if self.prepare else list(inputs)
-        params = [p.expand(shape) for p in params]
-        per_row = [self._per_row(t, shape) for t in per_row]
-        full = [torch.empty(shape, dtype=dt, device=self.device) if dt is not None else None
-                for dt in self.full]
-        rows = [torch.empty(fn(shape), dtype=dt, device=self.device) if dt is not None else None
-                for dt, fn in self.rows]
-        outputs = tuple(full + rows)
-        n_rows = math.prod(shape[a] for a in lay.kept)
-        n_cols = math.prod(shape[a] for a in lay.reduced)
-        if n_rows == 0 or (n_cols == 0 and not any(r is not None for r in rows)):
-            return outputs
-        axes = lay.kept + lay.reduced
-        tensors = list(data) + params + [t for t in full if t is not None] + per_row
-        strides = [t.stride(a) for t in tensors for a in axes]
-        rows_contiguous = bool(lay.kept) and x.stride(lay.kept[-1]) == 1 and \
-            all(x.stride(a) != 1 or shape[a] == 1 for a in lay.reduced)
-        block_m, block_n, warps = block_sizes(n_rows, n_cols, self.interpreted,
-                                              rows_contiguous)
-        grid = ((n_rows + block_m - 1) // block_m,)
-        # masked lanes compute 0/0 and log(0) too; numpy (the interpreter) would warn
-        with np.errstate(all="ignore"):
-            launch_kernel(self.fn, grid, *tensors, *(r for r in rows if r is not None), n_rows,
-                   n_cols, *(shape[a] for a in axes), *strides, BLOCK_M=block_m,
-                   BLOCK_N=block_n, num_warps=warps)
-        return outputs
 
 
 def arg_best(k: TileSource, t: str, largest: bool, last: bool) -> None:

@@ -78,6 +78,7 @@ class Template(abc.ABC):
     passes: ClassVar[int] = 1  # reading passes over the data input (the first input)
     prologue: ClassVar[bool] = False  # computes pointwise producers of its data per tile
     epilogue: ClassVar[bool] = False  # computes pointwise consumers of its result
+    per_element_epilogue: ClassVar[bool] = False  # ... on each element, not once per row
     operand_prologues: ClassVar[bool] = False  # converts each GEMM operand's tiles as loaded
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -85,6 +86,10 @@ class Template(abc.ABC):
         if getattr(cls, "kind", None) not in KINDS:
             raise TypeError(f"template {cls.__name__} declares kind "
                             f"{getattr(cls, 'kind', None)!r}, not one of {KINDS}")
+
+    def memory_passes(self, node: Node, shape: Sequence[Any]) -> int:
+        """Passes that read the data input from memory (not cache), for data of ``shape``."""
+        return self.passes
 
     @classmethod
     def anchors_fusion(cls) -> bool:

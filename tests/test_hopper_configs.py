@@ -23,7 +23,7 @@ from onnx import helper, numpy_helper
 import tritort as ort
 from tests import models
 from tests.triton_env import requires_triton
-from tritort.codegen import gemm, gemm_configs, rowwise
+from tritort.codegen import gemm, gemm_configs, rowwise_launch
 from tritort.codegen.gemm_configs import GemmConfig, pick_config
 
 pytestmark = requires_triton
@@ -326,7 +326,7 @@ def test_bert_gemms_and_rows_compile_to_wgmma_without_spills(tmp_path, monkeypat
                                 models.vi("S", TP.FLOAT16, [12, 128, 128])],
                         [models.vi("Y", TP.FLOAT16, None), models.vi("P", TP.FLOAT16, None)],
                         inits, opset=21)
-    gemms, rows = _record(monkeypatch, gemm), _record(monkeypatch, rowwise)
+    gemms, rows = _record(monkeypatch, gemm), _record(monkeypatch, rowwise_launch)
     sess = _session(model)
     assert set(sess.placement().values()) == {"TritonExecutionProvider"}
     sess.run(None, {"X": h(128, 768), "S": h(12, 128, 128)})
@@ -362,9 +362,9 @@ def test_float32_gemm_uses_tensor_cores_only_with_tf32(tmp_path, monkeypatch):
 def test_row_tiles_give_every_sm_a_program_and_few_elements_per_thread():
     sms = gemm_configs.DEFAULT_SMS
     for rows, cols in [(1536, 128), (128, 768), (1024, 768), (128, 50257), (1576, 197), (7, 30)]:
-        block_m, block_n, warps = rowwise.block_sizes(rows, cols, False)
+        block_m, block_n, warps = rowwise_launch.block_sizes(rows, cols, False)
         programs = -(-rows // block_m)
         assert programs >= min(rows, sms), (rows, cols, block_m)
         assert block_m * block_n <= 8 * 32 * warps and warps <= 8, (rows, cols, warps)
-    assert rowwise.block_sizes(128, 768, False) == (1, 1024, 4)  # LayerNorm, 128 tokens
-    assert rowwise.block_sizes(12 * 128, 128, False) == (8, 128, 4)  # attention Softmax
+    assert rowwise_launch.block_sizes(128, 768, False) == (1, 1024, 4)  # LayerNorm, 128 tokens
+    assert rowwise_launch.block_sizes(12 * 128, 128, False) == (8, 128, 4)  # attention Softmax

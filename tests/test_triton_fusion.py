@@ -77,10 +77,13 @@ def test_fusion_takes_what_templates_declare():
     assert all(t.kind in KINDS for t in TEMPLATES.values())
     declared = lambda attr: {op for op, t in TEMPLATES.items() if getattr(t, attr)}  # noqa: E731
     assert {op: TEMPLATES[op].passes for op in declared("prologue")} == {
-        **{op: 1 for op in REDUCE_OPS}, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2}
-    assert declared("epilogue") == REDUCE_OPS | {"MatMul", "Gemm", "Float8MatMul", "Conv",
-                                                 "MatMulInteger", "com.microsoft.MatMulNBits",
-                                                 "com.microsoft.QGemm", "QLinearMatMul"}
+        **{op: 1 for op in REDUCE_OPS}, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2,
+        "LayerNormalization": 3, "RMSNormalization": 3}
+    row_wise_results = {"Softmax", "LogSoftmax", "LayerNormalization", "RMSNormalization"}
+    assert declared("epilogue") == REDUCE_OPS | row_wise_results | {
+        "MatMul", "Gemm", "Float8MatMul", "Conv", "MatMulInteger", "com.microsoft.MatMulNBits",
+        "com.microsoft.QGemm", "QLinearMatMul"}
+    assert declared("per_element_epilogue") == row_wise_results
     assert declared("operand_prologues") == {"MatMul", "Gemm", "Conv"}
     assert {op for op, t in TEMPLATES.items() if t.anchors_fusion()} == \
         declared("prologue") | declared("epilogue")
@@ -277,15 +280,30 @@ def test_low_precision_prologue_and_epilogue(dtype, elem, tol):
 
 # ------------------------------------------------------------------- what must not fuse
 
-def test_value_read_outside_is_not_a_prologue():
+def test_data_read_outside_is_stored_by_its_prologue():
+    """Exp's output is read by Div too: the reduction computes it on its one pass and
+    stores it (Div broadcasts the sum against the reduced axis: no epilogue)."""
     nodes = [_node("Exp", ["X"], "E", "exp"),
              _node("ReduceSum", ["E", "axes"], "S", "sum"),
              _node("Div", ["E", "S"], "Y", "div")]
     model = models.make(nodes, [models.vi("X", shape=[2, 5])], [models.vi("Y", shape=[2, 5])],
                         [_axes([1])], opset=18)
     sess, groups = _session(model)
-    # Exp's output is read by Div too; Div broadcasts the sum against the reduced axis
-    assert groups == [(T, ["exp"]), (T, ["sum"]), (T, ["div"])]
+    assert groups == [(T, ["exp", "sum"]), (T, ["div"])]
+    _check(model, sess, {"X": _randn((2, 5))})
+
+
+def test_intermediate_read_outside_is_not_a_prologue():
+    """Only the data itself may be stored: a value inside the prologue read elsewhere stops
+    it there."""
+    nodes = [_node("Exp", ["X"], "E", "exp"),
+             _node("Neg", ["E"], "n", "neg"),
+             _node("ReduceSum", ["n", "axes"], "S", "sum"),
+             _node("Div", ["E", "S"], "Y", "div")]
+    model = models.make(nodes, [models.vi("X", shape=[2, 5])], [models.vi("Y", shape=[2, 5])],
+                        [_axes([1])], opset=18)
+    sess, groups = _session(model)
+    assert (T, ["neg", "sum"]) in groups and (T, ["exp"]) in groups
     _check(model, sess, {"X": _randn((2, 5))})
 
 

@@ -172,9 +172,9 @@ def test_long_rows_are_walked_in_chunks():
                                 "Hardmax", "LayerNormalization"])
 def test_tiny_tiles_merge_chunks_and_row_blocks(op, monkeypatch):
     """2x4 tiles: every row spans chunks and every program several rows."""
-    import tritort.codegen.rowwise
+    import tritort.codegen.rowwise_launch
 
-    monkeypatch.setattr(tritort.codegen.rowwise, "block_sizes", lambda *args: (2, 4, 1))
+    monkeypatch.setattr(tritort.codegen.rowwise_launch, "block_sizes", lambda *args: (2, 4, 1))
     x = np.round(_randn((5, 3, 7)) * 2) / 2  # ties across chunks
     feeds, inits, elems = {"X": x}, [], None
     if op.startswith("Reduce"):
