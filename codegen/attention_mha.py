@@ -24,8 +24,9 @@ _MASK_INTS = ("int32", "int64")
 
 
 def _padding_hooks(rank: int, filter_value: float) -> tuple[list, list, list]:
-    """(params, setup, score lines) of key_padding_mask: (B) key lengths or (2B) ends then
-    starts, (B, T), or (B, S, T); masked keys get ``filter_value`` added."""
+    """(params, setup, score lines) of key_padding_mask: (B) key lengths (also the first B
+    entries of the (3B + 2) form) or (2B) ends then starts, (B, T), or (B, S, T); masked keys
+    get ``filter_value`` added."""
     if rank == 1:
         params = ["kpm", "kp_two"]
         setup = ["kp_end = tl.load(kpm + b)",
@@ -44,12 +45,13 @@ def _padding_hooks(rank: int, filter_value: float) -> tuple[list, list, list]:
 
 def _padding_args(op: str, kpm, b: int, s: int, t: int) -> tuple:
     shape = tuple(kpm.shape)
-    if kpm.dim() == 1 and shape[0] in (b, 2 * b):
+    # (3B + 2): key lengths, then a packed batch's offsets, of which only the lengths count
+    if kpm.dim() == 1 and shape[0] in (b, 2 * b, 3 * b + 2):
         return kpm, b if shape[0] == 2 * b else 0
     if kpm.dim() == 2 and shape == (b, t) or kpm.dim() == 3 and shape == (b, s, t):
         return (kpm, *kpm.stride())
     raise ValueError(f"{op}: key_padding_mask of shape {list(shape)} fits none of the forms "
-                     f"(B={b}), (2B), (B, T={t}), (B, S={s}, T)")
+                     f"(B={b}), (2B), (3B + 2), (B, T={t}), (B, S={s}, T)")
 
 
 def _bias_mask(op: str, bias, b: int, n: int, s: int, t: int):

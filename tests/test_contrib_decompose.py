@@ -67,6 +67,7 @@ def _check_decomposed(sess, provider, attention: bool) -> None:
 MASKS = {
     None: None,
     "lengths": np.array([2, 4], np.int32),
+    "3b2": np.array([2, 4, 0, 4, 8, 0, 4, 8], np.int32),  # lengths, then packed offsets
     "2d": np.array([[1, 0, 1, 1], [1, 1, 1, 0]], np.int32),
     "2d_values": np.array([[3, 0, -1, 1], [1, 2, 1, 0]], np.int32),  # > 0 opens a key
     "3d": np.array([[[1, 0, 1, 1]] * S, [[1, 1, 0, 1], [1, 1, 1, 1], [0, 1, 1, 1],

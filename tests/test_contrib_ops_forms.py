@@ -468,3 +468,86 @@ def test_attention_do_rotary_on_a_shared_buffer():
     want = _rotary_attention_in_ort(x, w, None, buffer, n, None, past, 1, shared=True)
     np.testing.assert_allclose(got[0], want[0], **TOL)
     np.testing.assert_allclose(got[1], want[1], **TOL)
+
+
+# ------------------------------------------------------------------ the Triton provider
+
+
+def _triton_placement(model):
+    """(session with the Triton provider first, {node name: (provider, Triton's reason)})."""
+    sess = ort.InferenceSession(model.SerializeToString(),
+                                providers=[TRITON, "CPUExecutionProvider"])
+    placed = {name: (a.provider.name, a.declined.get(TRITON, ""))
+              for name, a in sess._program.partition.assignments.items()}
+    return sess, placed
+
+
+@requires_triton
+@pytest.mark.parametrize("form,reason", [
+    ("mha_shared", "past_sequence_length"),
+    ("mha_beams", "past_sequence_length"),
+    ("gqa_int8", "k_quant_type"),
+    ("gqa_int4", "k_quant_type"),
+    ("gqa_window", "sliding_window_cache"),
+    ("mha_3b2", None),
+])
+def test_forms_in_a_triton_session(form, reason):
+    """Each form runs in a Triton-first session and matches onnxruntime; a node Triton
+    declines stays on the CPU provider with the form named in the reason."""
+    skip = ()
+    if form.startswith("mha_") and form != "mha_3b2":
+        node, feeds, outputs, inits = _mha_shared(2, 1, 3, 8, beams=2 if "beams" in form else 1,
+                                                  bias=True)
+    elif form == "mha_3b2":
+        feeds = {"q": randn(2, 3, D), "k": randn(2, 4, D), "v": randn(2, 4, D),
+                 "m": np.array([3, 2, 0, 3, 6, 0, 4, 8], np.int32)}
+        node, outputs, inits = ms("MultiHeadAttention", ["q", "k", "v", "", "m"], ["y"],
+                                  num_heads=N), ["y"], {}
+    elif form == "gqa_window":
+        node, feeds, outputs = _window_case([5], 1, 4, 3, 6)
+        inits, skip = {}, (1, 2)
+    else:
+        bits = 8 if form == "gqa_int8" else 4
+        node, feeds, outputs = _quant_case([3, 5], 1, 8, 8, "PER_CHANNEL", "PER_CHANNEL", bits)
+        inits, skip = {}, (1, 2)
+    node.name = "n"
+    want = run_ort(build([node], feeds, outputs, inits), feeds)
+    types = {o: helper_elem(w) for o, w in zip(outputs, want)}
+    sess, placed = _triton_placement(build([node], feeds, outputs, inits, out_types=types))
+    provider, declined = placed["n"]
+    if reason is None:
+        assert provider == TRITON, declined
+    else:
+        assert provider == "CPUExecutionProvider" and reason in declined, placed
+    got = sess.run(None, feeds)
+    for j, (g, w) in enumerate(zip(got, want)):
+        if j in skip:  # rows past each entry's length are unspecified
+            w, g = w[..., :4, :], g[..., :4, :]
+        np.testing.assert_allclose(g, w, **TOL, err_msg=outputs[j])
+
+
+def helper_elem(array):
+    from onnx import helper
+
+    return helper.np_dtype_to_tensor_dtype(array.dtype)
+
+
+@requires_triton
+@pytest.mark.parametrize("past", [0, 2])
+def test_attention_do_rotary_in_a_triton_session(past):
+    """The node stays a contrib Attention (the decomposition names do_rotary) on the CPU
+    provider and matches onnxruntime's equivalent graph."""
+    b, s, din, n, h = 2, 3, 6, 2, 8
+    x, w, bias = randn(b, s, din), randn(din, 3 * n * h, scale=0.5), randn(3 * n * h)
+    past_kv = randn(2, b, n, past, h)
+    feeds = {"x": x, "past": past_kv}
+    node = ms("Attention", ["x", "w", "b", "", "past"], ["y", "present"], num_heads=n,
+              unidirectional=1, do_rotary=1, name="n")
+    types = {"y": TensorProto.FLOAT, "present": TensorProto.FLOAT}
+    sess, placed = _triton_placement(build([node], feeds, ["y", "present"],
+                                           {"w": w, "b": bias}, out_types=types))
+    assert placed["n"][0] == "CPUExecutionProvider", placed
+    got = sess.run(None, feeds)
+    want = _rotary_attention_in_ort(x, w, bias, past_kv, n, None, past, 1)
+    np.testing.assert_allclose(got[0], want[0], **TOL)
+    np.testing.assert_allclose(got[1], want[1], **TOL)

@@ -7,7 +7,7 @@ the device (optimize stage, EXTENDED and above, before the rewriter's fusions).
   ``unidirectional`` as ``is_causal``, then back to (B, S, hidden). ``mask_index`` (B, T) or
   (B, S, T) becomes the additive mask ``Where(mask > 0, 0, mask_filter_value)``, (B) key
   lengths ``Where(arange(T) < length, 0, mask_filter_value)``; ``attention_bias`` is added to
-  it. This is the NumPy kernel's math (:mod:`tritort.fallback_cpu.contrib_attention`).
+  it ((3B + 2): its first B entries, the lengths). This is the NumPy kernel's math (:mod:`tritort.fallback_cpu.contrib_attention`).
 - EmbedLayerNormalization: Gathers of the word, position (default positions 0..S-1: the
   table's first S rows) and segment embeddings, summed in the kernel's order, then ai.onnx
   LayerNormalization; ``mask_index`` as the count of mask entries equal to 1 per row (int32,
@@ -224,9 +224,14 @@ def _attention_mask(graph: Graph, b: _Builder, mask: str, x: str, bdim, sdim,
         out_shape = [mv.shape[0], 1, 1, mv.shape[1]] if mv.rank == 2 else \
             [mv.shape[0], 1, mv.shape[1], mv.shape[2]]
     elif mv.rank == 1:
-        # (B) lengths and (2B) end/start pairs differ only in length: the dim must be B's
-        if not _same_dim(mv.shape[0], bdim):
-            return ("1-D mask_index not known to be (B) key lengths",)
+        # (B) lengths and (2B) end/start pairs differ only in length: the dim must be B's;
+        # (3B + 2) starts with the lengths (the packed batch's offsets after them go unread)
+        if isinstance(bdim, int) and mv.shape[0] == 3 * bdim + 2:
+            mask = b.op("Slice", [mask, b.const("zero", np.array([0], np.int64)),
+                                  b.const("batch", np.array([bdim], np.int64))],
+                        TensorProto.INT32, [bdim])
+        elif not _same_dim(mv.shape[0], bdim):
+            return ("1-D mask_index not known to be (B) key lengths or (3B + 2)",)
         lengths = b.op("Cast", [mask], TensorProto.INT64, [bdim], to=TensorProto.INT64)
         lengths = b.op("Reshape", [lengths, b.const("shape", np.array([-1, 1], np.int64))],
                        TensorProto.INT64, [bdim, 1])
