@@ -103,12 +103,36 @@ def test_attention_without_bias_and_with_attention_bias_only():
     _check_decomposed(sess, "cpu", attention=True)
 
 
-@pytest.mark.parametrize("case", ["past", "2b", "basic_level"])
+@providers
+@pytest.mark.parametrize("mask", [None, "lengths", "2b", "total"])
+@pytest.mark.parametrize("unidirectional", [0, 1])
+@pytest.mark.parametrize("past", [3, 0, None])
+def test_attention_with_past_as_multi_head_attention(provider, mask, unidirectional, past):
+    """Past / present state: the projection, then one MultiHeadAttention with past_key /
+    past_value (on Triton one flash-attention unit with its KV append); ``past`` None: no past
+    input but a present output."""
+    t = S + (past or 0)
+    masks = {None: None, "lengths": np.array([t - 1, t], np.int32),
+             "2b": np.array([t, t - 1, 1, 0], np.int32),
+             "total": (randn(B, t) > -0.8).astype(np.int32)}
+    node, feeds, inits = _attention(masks[mask], past=None if past is None else
+                                    randn(2, B, N, past, 8), outputs=("y", "present"),
+                                    unidirectional=unidirectional)
+    got, want, sess = _run(node, feeds, inits, ["y", "present"], provider)
+    for name, g, w in zip(("y", "present"), got, want):
+        assert_close(g, w, name=name, **TOL)
+    ops = _ops(sess)
+    assert ("com.microsoft", "Attention") not in ops and \
+        ops.count(("com.microsoft", "MultiHeadAttention")) == 1, ops
+    if provider == "triton":
+        for name, a in sess._program.partition.assignments.items():
+            assert a.provider.name == TRITON, (name, a.node.op_type, a.declined)
+
+
+@pytest.mark.parametrize("case", ["2b", "basic_level"])
 def test_attention_refused_forms_keep_the_contrib_node(case):
     kwargs, level = {}, None
-    if case == "past":
-        kwargs = {"past": randn(2, B, N, 3, 8), "outputs": ("y", "present")}
-    elif case == "2b":
+    if case == "2b":
         kwargs = {"mask": np.array([4, 3, 1, 0], np.int32)}
     else:
         level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

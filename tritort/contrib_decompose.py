@@ -13,8 +13,11 @@ the device (optimize stage, EXTENDED and above, before the rewriter's fusions).
   LayerNormalization; ``mask_index`` as the count of mask entries equal to 1 per row (int32,
   as onnxruntime counts).
 
-Refused, the node left as it is (:func:`decompose` returns why): past / present state,
-``do_rotary``, the (2B) and 4-D mask forms, non-float32 values (the kernels compute float16 in
+With past / present state it becomes the projection and one MultiHeadAttention with
+past_key/past_value (which the flash-attention template runs with its KV append).
+
+Refused, the node left as it is (:func:`decompose` returns why): a shared past/present
+buffer (``past_sequence_length``), ``do_rotary``, without past the (2B) and 4-D mask forms, non-float32 values (the kernels compute float16 in
 float32 and round once, which a chain of float16 ops would not), opsets too old for the ops
 written (13), and shapes not known well enough to tell the mask form apart.
 """
@@ -143,13 +146,13 @@ def _same_dim(a, b) -> bool:
 def _attention(n: Node, graph: Graph, b: _Builder) -> str | None:
     x, w, bias, mask, past, attn_bias, past_len = _inputs(n, 7)
     outs = list(n.outputs) + [""]
-    if past or past_len or outs[1]:
-        return "past / present state is not decomposed"
+    if past_len or n.attrs.get("past_present_share_buffer", 0):
+        return "a shared past/present buffer (past_sequence_length) is not decomposed"
     if n.attrs.get("do_rotary", 0):
         return "do_rotary is not decomposed"
     if graph.opsets.get("", 1) < 13:
         return "the opset is below 13 (Split / ReduceSum forms)"
-    if any(_elem(graph, v) != TensorProto.FLOAT for v in (x, w, bias, attn_bias) if v):
+    if any(_elem(graph, v) != TensorProto.FLOAT for v in (x, w, bias, attn_bias, past) if v):
         return "only float32 Attention is decomposed exactly"
     xv, wv = graph.value(x), graph.value(w)
     if xv is None or xv.rank != 3 or wv is None or wv.rank != 2 or \
@@ -164,6 +167,11 @@ def _attention(n: Node, graph: Graph, b: _Builder) -> str | None:
     causal = int(bool(n.attrs.get("unidirectional", 0)))
     bdim, sdim = xv.shape[0], xv.shape[1]
     hq, hv = qh // heads, vh // heads
+    if past or outs[1]:
+        if qh != vh:
+            return "with past state Q, K and V hidden sizes must be equal"
+        return _attention_with_past(n, graph, b, (x, w, bias, mask, past, attn_bias), outs,
+                                    (bdim, sdim, heads, qh, wv.shape[1]))
 
     additive = None
     if mask:
@@ -200,6 +208,50 @@ def _attention(n: Node, graph: Graph, b: _Builder) -> str | None:
     y = b.op("Transpose", [y4], f32, [bdim, sdim, heads, hv], perm=[0, 2, 1, 3])
     b.op("Reshape", [y, b.const("shape", np.array([0, 0, vh], np.int64))], f32,
          [bdim, sdim, vh], out=outs[0])
+    return None
+
+
+def _attention_with_past(n: Node, graph: Graph, b: _Builder, inputs, outs, dims) -> None:
+    """Attention with past / present state as the projection GEMM, Split, and one
+    MultiHeadAttention over past_key = past[0], past_value = past[1] (mask_index as its
+    key_padding_mask, the same forms over the same total length); present stacks its
+    present_key and present_value."""
+    x, w, bias, mask, past, attn_bias = inputs
+    bdim, sdim, heads, hidden, width = dims
+    f32 = TensorProto.FLOAT
+    proj = b.op("MatMul", [x, w], f32, [bdim, sdim, width])
+    if bias:
+        proj = b.op("Add", [proj, bias], f32, [bdim, sdim, width])
+    q, k, v = b.multi("Split", [proj, b.const("split", np.array([hidden] * 3, np.int64))],
+                      [(f32, [bdim, sdim, hidden])] * 3, [None] * 3, axis=2)
+    head = hidden // heads
+    inputs = [q, k, v, "", mask, attn_bias]
+    total = None
+    if past:
+        pv = graph.value(past)
+        cached = pv.shape[3] if pv is not None and pv.rank == 5 else None
+        total = cached + sdim if isinstance(cached, int) and isinstance(sdim, int) else None
+        inputs += [b.op("Gather", [past, b.const("which", np.array(i, np.int64))], f32,
+                        [bdim, heads, cached, head], axis=0) for i in (0, 1)]
+    elif isinstance(sdim, int):
+        total = sdim
+    while not inputs[-1]:
+        inputs.pop()
+    attrs = {"num_heads": heads, "unidirectional": int(bool(n.attrs.get("unidirectional", 0))),
+             "mask_filter_value": float(n.attrs.get("mask_filter_value", _MASK_FILTER))}
+    if n.attrs.get("scale") is not None:
+        attrs["scale"] = float(n.attrs["scale"])
+    cache = (f32, [bdim, heads, total, head])
+    if not outs[1]:
+        b.op("MultiHeadAttention", inputs, f32, [bdim, sdim, hidden], out=outs[0],
+             domain=MS_DOMAIN, **attrs)
+        return None
+    _, present_k, present_v = b.multi("MultiHeadAttention", inputs,
+                                      [(f32, [bdim, sdim, hidden]), cache, cache],
+                                      [outs[0], None, None], MS_DOMAIN, **attrs)
+    stacked = [b.unsqueeze(t, [0], f32, [1, bdim, heads, total, head])
+               for t in (present_k, present_v)]
+    b.op("Concat", stacked, f32, [2, bdim, heads, total, head], out=outs[1], axis=0)
     return None
 
 
