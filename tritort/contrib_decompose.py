@@ -6,20 +6,22 @@ the device (optimize stage, EXTENDED and above, before the rewriter's fusions).
   ``ScaledDotProductAttention`` (one flash-attention launch) with the scale written out and
   ``unidirectional`` as ``is_causal``, then back to (B, S, hidden). ``mask_index`` (B, T) or
   (B, S, T) becomes the additive mask ``Where(mask > 0, 0, mask_filter_value)``, (B) key
-  lengths ``Where(arange(T) < length, 0, mask_filter_value)``; ``attention_bias`` is added to
-  it ((3B + 2): its first B entries, the lengths). This is the NumPy kernel's math (:mod:`tritort.fallback_cpu.contrib_attention`).
+  lengths (also the first B entries of the (3B + 2) form) ``Where(arange(T) < length, 0,
+  mask_filter_value)``; ``attention_bias`` is added to it. This is the NumPy kernel's math
+  (:mod:`tritort.fallback_cpu.contrib_attention`).
 - EmbedLayerNormalization: Gathers of the word, position (default positions 0..S-1: the
   table's first S rows) and segment embeddings, summed in the kernel's order, then ai.onnx
   LayerNormalization; ``mask_index`` as the count of mask entries equal to 1 per row (int32,
   as onnxruntime counts).
 
-With past / present state it becomes the projection and one MultiHeadAttention with
+Attention with past / present state becomes the projection and one MultiHeadAttention with
 past_key/past_value (which the flash-attention template runs with its KV append).
 
 Refused, the node left as it is (:func:`decompose` returns why): a shared past/present
-buffer (``past_sequence_length``), ``do_rotary``, without past the (2B) and 4-D mask forms, non-float32 values (the kernels compute float16 in
-float32 and round once, which a chain of float16 ops would not), opsets too old for the ops
-written (13), and shapes not known well enough to tell the mask form apart.
+buffer (``past_sequence_length``), ``do_rotary``, without past the (2B) and 4-D mask forms,
+non-float32 values (the kernels compute float16 in float32 and round once, which a chain of
+float16 ops would not), opsets too old for the ops written (13), and shapes not known well
+enough to tell the mask form apart.
 """
 from __future__ import annotations
 
