@@ -154,7 +154,7 @@ class MultiHeadAttention(Template):
 
     def claim(self, node, ctx) -> str | None:
         if _input(node, 8):
-            return "past_sequence_length (shared buffer for beam search) runs on the CPU"
+            return "past_sequence_length (a shared past/present buffer) runs on the CPU"
         if _input(node, 9):
             return "cache_indirection (beam search) runs on the CPU"
         if _output(node, 3):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from .contrib_attention import attend, cache_rows, rotate, work_dtype
-from .contrib_kv_quant import check_cache_type, codec
+from .contrib_kv_quant import check_cache_type, check_modes, codec
 from .nn_util import narrow, widen
 from .registry import register
 
@@ -97,6 +97,7 @@ def group_query_attention(ctx):
     bits = int(ctx.attr("kv_cache_bit_width", 8) or 8)
     k_codec = codec(str(ctx.attr("k_quant_type", "NONE")), bits, "k")
     v_codec = codec(str(ctx.attr("v_quant_type", "NONE")), bits, "v")
+    check_modes(k_codec, v_codec)
     if n % max(nk, 1) or nk <= 0:
         raise ValueError(f"num_heads {n} must be a positive multiple of kv_num_heads {nk}")
     if not causal and window >= 0:
@@ -183,9 +184,11 @@ def group_query_attention(ctx):
             cos, sin = cache_rows(cos_cache, pos, work), cache_rows(sin_cache, pos, work)
             q4, k4 = rotate(q4, cos, sin, interleaved), rotate(k4, cos, sin, interleaved)
         quantized = k_codec or v_codec
-        cache_dtype = past_key.dtype if past_key is not None else \
-            (quantized.dtype if quantized else dtype)
-        check_cache_type(k_codec, v_codec, cache_dtype)
+        if quantized and (past_key is None or past_value is None):
+            raise ValueError("quantized caches need past_key and past_value (the presents take "
+                             "their element type)")
+        cache_dtype = past_key.dtype if past_key is not None else dtype
+        check_cache_type(k_codec, cache_dtype)
         present_len = max(buf, total_len, int(totals.max()))
         t = int(totals.max())
         outs_kv, reads = [], []

@@ -75,19 +75,18 @@ def codec(mode: str, bits: int, which: str) -> KVCodec | None:
     return KVCodec(mode, bits)
 
 
-def check_cache_type(kc: KVCodec | None, vc: KVCodec | None, cache_dtype):
-    """The past caches' element type must be what the quantization stores."""
-    want = kc.dtype if kc is not None else (vc.dtype if vc is not None else None)
-    if kc is not None and vc is not None and kc.dtype != vc.dtype:
-        raise ValueError("K and V caches share one element type: give both the same "
-                         "kv_cache_bit_width")
+def check_modes(kc: KVCodec | None, vc: KVCodec | None) -> None:
+    """K and V caches share one element type: both float or both quantized alike."""
     if (kc is None) != (vc is None):
         raise ValueError("k_quant_type and v_quant_type are both NONE or both quantized (the "
                          "caches share one element type)")
-    if want is None:
+
+
+def check_cache_type(kc: KVCodec | None, cache_dtype) -> None:
+    """The past caches' element type must be what the quantization stores."""
+    if kc is None:
         if np.dtype(cache_dtype).kind in "iu":
             raise ValueError(f"{np.dtype(cache_dtype)} caches need k_quant_type/v_quant_type")
-        return
-    if np.dtype(cache_dtype) != want:
-        raise ValueError(f"{kc.bits}-bit quantized caches are {want}, got "
+    elif np.dtype(cache_dtype) != kc.dtype:
+        raise ValueError(f"{kc.bits}-bit quantized caches are {kc.dtype}, got "
                          f"{np.dtype(cache_dtype)}")

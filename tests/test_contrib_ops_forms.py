@@ -551,3 +551,28 @@ def test_attention_do_rotary_in_a_triton_session(past):
     want = _rotary_attention_in_ort(x, w, bias, past_kv, n, None, past, 1)
     np.testing.assert_allclose(got[0], want[0], **TOL)
     np.testing.assert_allclose(got[1], want[1], **TOL)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("float_past", "quantized caches are int8, got float32"),
+    ("no_scale", "need v_scale"),
+    ("tensor_scale_of_many", "PER_TENSOR v_scale has one element"),
+    ("uint8_for_8_bits", "quantized caches are int8, got uint8"),
+])
+def test_gqa_quantized_cache_refusals(case, match):
+    node, feeds, outputs = _quant_case([3], 1, 8, 8, "PER_TENSOR", "PER_TENSOR", 8)
+    if case == "float_past":
+        feeds["pk"], feeds["pv"] = randn(1, GNK, 8, GH), randn(1, GNK, 8, GH)
+    elif case == "no_scale":
+        node.input[13] = ""
+        del feeds["vs"]
+    elif case == "tensor_scale_of_many":
+        feeds["vs"] = np.full(GH, 0.1, np.float32)
+    else:
+        feeds["pk"], feeds["pv"] = (feeds[k].view(np.uint8) for k in ("pk", "pv"))
+    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int8): TensorProto.INT8,
+            np.dtype(np.uint8): TensorProto.UINT8}[feeds["pk"].dtype]
+    model = build([node], feeds, outputs, out_types={"y": TensorProto.FLOAT,
+                                                     "present_k": elem, "present_v": elem})
+    with pytest.raises(ort.Fail, match=match):
+        run_tritort(model, feeds)

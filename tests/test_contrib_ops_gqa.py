@@ -239,7 +239,7 @@ def test_gqa_decode_loop_matches_onnxruntime_token_by_token():
     ({"sliding_window_cache": 1, "local_window_size": 2}, "sliding_window_cache needs past"),
     ({"sliding_window_cache": 1}, "local_window_size > 0"),
     ({"k_quant_type": "PER_TENSOR"}, "both NONE or both quantized"),
-    ({"k_quant_type": "PER_TENSOR", "v_quant_type": "PER_TENSOR"}, "need k_scale"),
+    ({"k_quant_type": "PER_TENSOR", "v_quant_type": "PER_TENSOR"}, "need past_key"),
     ({"k_quant_type": "PER_BLOCK", "v_quant_type": "PER_BLOCK"}, "one of NONE"),
     ({"causal": 0, "local_window_size": 2}, "local_window_size"),
 ])
