@@ -25,6 +25,7 @@ from .templates import TEMPLATES, Template, TemplateContext, dump
 
 _SHAPE_OPS = ("Shape", "Size")
 _DOMAINS = ("", INTERNAL_DOMAIN)
+_SHAPE_DTYPES = ("int64", "int32")
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,15 @@ def template_context(types: Types, initializers: dict, opset: int,
 
 
 def _shape_arithmetic(node: Node, types: Types, host: set[str] | frozenset[str]) -> bool:
-    """Computes on a shape: reads a host shape value, and every value is an int64 vector or
-    scalar. On the device each such node would cost a launch, then a copy back for the
-    Reshape that reads it."""
+    """Computes on a shape: reads a host shape value, and every value is an int64 or int32
+    vector or scalar. On the device each such node would cost a launch, then a copy back for
+    the Reshape that reads it (int32: LLM builders cast a dimension for GroupQueryAttention's
+    total_sequence_length, which it reads on the host)."""
     if node.domain not in _DOMAINS or node.op_type in _SHAPE_OPS or \
             not any(v in host for v in node.inputs):
         return False
     values = [v for v in node.inputs + node.outputs if v]
-    return all(types.dtype(v) == "int64" and types.rank(v) <= 1 for v in values)
+    return all(types.dtype(v) in _SHAPE_DTYPES and types.rank(v) <= 1 for v in values)
 
 
 def _scan_host_shapes(nodes: Sequence[Node], types: Types) -> frozenset[str]:
@@ -131,7 +133,7 @@ def claim(node: Node, graph: Graph, device: Device) -> str | None:
         return f"no Triton lowering for domain '{node.domain}'"
     types = Types(graph.value)
     if _shape_arithmetic(node, types, host_shape_values(graph)):
-        return "shape arithmetic (int64 vectors) stays on the host, where Reshape, " \
+        return "shape arithmetic (integer vectors) stays on the host, where Reshape, " \
                "Expand and the like read it"
     template = TEMPLATES.get(key)
     if template is not None:

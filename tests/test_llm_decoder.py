@@ -155,6 +155,10 @@ def _check_placement(sess, rotary: str, record_property) -> None:
     assert not hard, hard
     attention_units = [u for u in _kernels(sess) if u["kind"] == "attention"]
     assert len(attention_units) == llm.LAYERS, attention_units
+    # total_sequence_length (Shape, Gather, Cast to int32) stays on the host, where
+    # GroupQueryAttention reads it: no run waits for the device mid-way
+    report = sess.placement_report().splitlines()[-1]
+    assert report.endswith("(device values read on the host): none"), report
 
 
 @pytest.mark.parametrize("variant,cache", [
@@ -200,3 +204,37 @@ def test_batch_of_unequal_prompts(models, cache, provider):
                    cache, prompts)
     sess = ort.InferenceSession(model, providers=PROVIDERS[provider])
     _compare(_decode(ort, sess, rotary, cache, prompts), want)
+
+
+@requires_triton
+def test_second_decode_replays_into_shared_torch_buffers(models):
+    """torch tensors bound as the shared KV buffers: the first decode records each step's
+    launches (one input signature per step: attention_mask grows), a second decode into fresh
+    buffers replays them, the kernels writing present.* straight into the past buffers they
+    read; both give onnxruntime's tokens."""
+    torch = pytest.importorskip("torch")
+    model, rotary = models("gqa_rotary_4bit_b32"), "gqa"
+    want = decode_shared_buffers(onnxruntime, onnxruntime.InferenceSession(
+        model, providers=CPU), rotary)
+    sess = ort.InferenceSession(model, providers=PROVIDERS["triton"])
+    inputs, outputs = llm.io_names()
+    pasts = [n for n in inputs if n.startswith("past")]
+    for _ in range(2):
+        buffers = [torch.zeros(1, llm.KV_HEADS, llm.MAX_LEN, llm.HEAD) for _ in outputs[1:]]
+        binding, steps, tokens, logits = sess.io_binding(), _Steps(rotary, [PROMPT]), [], []
+        for _ in range(1 + STEPS):
+            for name, value in steps.feeds().items():
+                binding.bind_input(name, torch.from_numpy(value))
+            binding.clear_binding_outputs()
+            binding.bind_output("logits", "cpu")
+            for past, present, buffer in zip(pasts, outputs[1:], buffers, strict=True):
+                binding.bind_input(past, buffer)
+                binding.bind_output(present, buffer)
+            sess.run_with_iobinding(binding)
+            step_tokens, step_logits = steps.advance(binding.copy_outputs_to_cpu()[0])
+            tokens.append(step_tokens)
+            logits.append(step_logits)
+        _compare((tokens, logits, _written([b.numpy() for b in buffers], steps.lengths - 1)),
+                 want)
+    assert sess._bound_plans.refusals == {}
+    assert len(sess._bound_plans.bound()) == 1 + STEPS
