@@ -293,3 +293,21 @@ def helper_attr(name, value):
     from onnx import helper
 
     return helper.make_attribute(name, value)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_gqa_quantized_cache_float16(bits):
+    """float16 queries and new K/V on quantized caches (the new rows quantized from their
+    float16 values, the output rounded to float16 once)."""
+    node, feeds, outputs = _quant_case([3, 5], 1, 8, 8, "PER_CHANNEL", "PER_CHANNEL", bits)
+    for name in ("q", "k", "v"):
+        feeds[name] = feeds[name].astype(np.float16)
+    cache = TensorProto.INT8 if bits == 8 else TensorProto.UINT8
+    types = {"y": TensorProto.FLOAT16, "present_k": cache, "present_v": cache}
+    model = build([node], feeds, outputs, out_types=types)
+    got, want = run_tritort(model, feeds), run_ort(model, feeds)
+    np.testing.assert_allclose(got[0].astype(np.float32), want[0].astype(np.float32),
+                               rtol=1e-3, atol=1e-3)
+    for i, seen in enumerate((4, 6)):
+        for j in (1, 2):
+            np.testing.assert_array_equal(got[j][i, :, :seen], want[j][i, :, :seen])
