@@ -177,6 +177,13 @@ def quantize(model: onnx.ModelProto, bits: int = 4, block_size: int = 32) -> onn
     return quantizer.model.model
 
 
-def decoder(rotary: str = "gqa", bits: int = 4, block_size: int = 32) -> bytes:
-    """The serialized MatMulNBits decoder."""
-    return quantize(build(rotary), bits, block_size).SerializeToString()
+def decoder(rotary: str = "gqa", bits: int = 4, block_size: int = 32,
+            dtype: str = "float32") -> bytes:
+    """The serialized MatMulNBits decoder; ``dtype`` "float16" converts weights, activations,
+    inputs and outputs (the KV cache, logits) to float16 first, as builders do for GPUs."""
+    model = build(rotary)
+    if dtype == "float16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
+    return quantize(model, bits, block_size).SerializeToString()
