@@ -132,7 +132,7 @@ class ModelServer:
     def stats(self) -> dict[str, Any]:
         """This replica's requests and runs: ``batches`` maps requests per run to runs."""
         return {"replica": serve.get_replica_context().replica_tag
-                if _in_replica() else None,
+                if _in_replica() else None, "pid": os.getpid(),
                 "batch_dim": self.batch_dim, "max_batch_size": self.max_batch_size,
                 "requests": self._requests, "runs": sum(self._runs.values()),
                 "batches": dict(sorted(self._runs.items()))}
