@@ -179,10 +179,16 @@ def test_greedy_decode_gives_onnxruntimes_tokens(models, variant, cache, provide
                                                  record_property):
     model = models(variant)
     rotary, dtype = VARIANTS[variant][0], VARIANTS[variant][3]
-    ops = {(n.domain, n.op_type) for n in onnx.load_from_string(model).graph.node}
-    assert ("com.microsoft", "MatMulNBits") in ops and \
-        ("com.microsoft", "GroupQueryAttention") in ops
+    nodes = onnx.load_from_string(model).graph.node
+    ops = {(n.domain, n.op_type) for n in nodes}
+    assert ("com.microsoft", "GroupQueryAttention") in ops
     assert (("com.microsoft", "RotaryEmbedding") in ops) == (rotary == "node")
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    _, bits, block, _ = VARIANTS[variant]
+    for node in nbits:  # every weight quantized as asked, with zero points
+        attrs = {a.name: a.i for a in node.attribute}
+        assert (attrs["bits"], attrs["block_size"]) == (bits, block), attrs
+        assert len(node.input) >= 4 and node.input[3], node.input
     want = _decode(onnxruntime, onnxruntime.InferenceSession(model, providers=CPU), rotary,
                    cache, dtype=dtype)
     sess = ort.InferenceSession(model, providers=PROVIDERS[provider])
