@@ -176,8 +176,8 @@ class ContribRotaryEmbedding(_Rotary):
         return node.inputs[1]
 
     def refuses(self, node, rank: int) -> str | None:
-        if node.attrs.get("is_packed_batching", 0):
-            return "is_packed_batching (ragged batches)"
+        # is_packed_batching: onnxruntime reads a packed batch in the usual layout with
+        # per-row positions, as this kernel does
         if rank == 3 and node.attrs.get("rotary_embedding_dim") and \
                 not node.attrs.get("num_heads"):
             return "rotary_embedding_dim without num_heads for 3-D input"
