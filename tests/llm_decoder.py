@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+# head size 16: onnxruntime's CPU GroupQueryAttention rotates only multiples of 16
 VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD = 64, 64, 2, 4, 2, 16
 INTERMEDIATE, MAX_LEN, EPS = 128, 16, 1e-5
 MS = "com.microsoft"

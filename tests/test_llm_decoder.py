@@ -19,7 +19,6 @@ import pytest
 import tritort as ort
 from tests import llm_decoder as llm
 from tests.triton_env import requires_triton
-from tests.test_real_models import _gaps, _kernels, _record_cpu_nodes
 
 PROMPT = [5, 17, 42, 9, 7]
 STEPS = 5  # single-token steps after the prompt
@@ -151,18 +150,29 @@ def _compare(got, want, dtype: str = "float32") -> None:
 
 
 def _check_placement(sess, rotary: str, record_property) -> None:
-    """Every GroupQueryAttention one attention launch, every MatMulNBits one GEMM launch."""
-    _record_cpu_nodes(sess, record_property)
+    """Every GroupQueryAttention one attention launch, every MatMulNBits one GEMM launch (the
+    unit's first node: dequantization in its operand prologue); whatever stays on the CPU
+    says why."""
     assignments = sess._program.partition.assignments
-    ops = [a.node.op_type for a in assignments.values()]
-    assert ops.count("GroupQueryAttention") == llm.LAYERS
-    assert ops.count("MatMulNBits") == (5 if rotary == "packed" else 7) * llm.LAYERS + 1
-    gaps = _gaps(sess)
-    record_property("triton_gaps", gaps)
-    hard = [g for g in gaps if g.startswith(("GroupQueryAttention", "MatMulNBits"))]
-    assert not hard, hard
-    attention_units = [u for u in _kernels(sess) if u["kind"] == "attention"]
-    assert len(attention_units) == llm.LAYERS, attention_units
+    units = {name: unit for unit in next(ep for ep in sess._program.providers
+                                         if ep.name == TRITON).kernels
+             for name in unit["nodes"]}
+    on_cpu = {name: f"{a.node.op_type}: {a.declined.get(TRITON)}"
+              for name, a in assignments.items() if a.provider.name != TRITON}
+    record_property("cpu_nodes", on_cpu)
+    assert all(not why.endswith(": None") for why in on_cpu.values()), on_cpu
+    ops = {name: a.node.op_type for name, a in assignments.items()}
+    attention = [n for n, op in ops.items() if op == "GroupQueryAttention"]
+    nbits = [n for n, op in ops.items() if op == "MatMulNBits"]
+    assert len(attention) == llm.LAYERS
+    assert len(nbits) == (5 if rotary == "packed" else 7) * llm.LAYERS + 1
+    for name in attention:
+        assert name in units, on_cpu[name]
+        assert units[name]["kind"] == "attention" and [
+            ops[n] for n in units[name]["nodes"]].count("GroupQueryAttention") == 1, units[name]
+    for name in nbits:
+        assert name in units, on_cpu[name]
+        assert units[name]["kind"] == "tiled" and units[name]["nodes"][0] == name, units[name]
     # total_sequence_length (Shape, Gather, Cast to int32) stays on the host, where
     # GroupQueryAttention reads it: no run waits for the device mid-way
     report = sess.placement_report().splitlines()[-1]
