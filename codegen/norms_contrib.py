@@ -17,7 +17,7 @@ from tritort.dtypes import FLOAT_TYPES
 
 from .emit import acc_type
 from .keys import contrib
-from .norms import built, row_shape, row_statistics, stats_type, trailing_axes
+from .norms import LayerNorm, built, row_shape, row_statistics, stats_type, trailing_axes
 from .rowwise import Layout, TileSource, check_dtypes, torch_dtype
 from .templates import KernelSpec, Template, template
 
@@ -39,6 +39,8 @@ def _skip_params(node) -> dict[str, str]:
 class SkipLayerNorm(Template):
     kind = "rowwise"
     passes = 3  # mean, variance, output (the simplified form skips the mean)
+    epilogue = True  # on each element of y (nodes with y only)
+    per_element_epilogue = True
 
     def claim(self, node, ctx) -> str | None:
         params = _skip_params(node)
@@ -79,7 +81,7 @@ class SkipLayerNorm(Template):
         if outputs[3]:
             full["sum_out"] = dt
         axes = (rank - 1,)
-        k = TileSource(name, node, Layout.reducing(rank, axes), full, stats)
+        k = TileSource(name, node, Layout.reducing(rank, axes), full, stats, fusion)
         total = f"{k.load('x', st)} + {k.load('skip', st)}"
         if "bias" in params:
             total += f" + {k.load('bias', st)}"
@@ -92,20 +94,24 @@ class SkipLayerNorm(Template):
                         else "mean")
         if "inv_out" in stats:
             k.store_row("inv_out", "inv_std")
-        with k.columns(*full):
+        with k.columns(*params, *k.outputs(), *(["sum_out"] if outputs[3] else [])):
             k.line(f"s = {summed()}")
             centred = "s" if simplified else "(s - mean[:, None])"
             y = f"{centred} * inv_std[:, None] * {k.load('gamma', st)}"
             if "beta" in params:
                 y += f" + {k.load('beta', st)}"
-            k.store_full("y", y)
+            k.finish_full(y)
             if "sum_out" in full:
                 k.store_full("sum_out", "s")
         full_outs = [torch_dtype(dt), torch_dtype(dt) if outputs[3] else None]
         row_outs = [(torch_dtype(stats[t]) if t in stats else None, row_shape(axes))
                     for t in ["mean_out", "inv_out"]]
-        spec = built(name, node, ctx, k, list(params.values()),
-                     f"statistics in {st}, epsilon={eps!r}", full=full_outs, rows=row_outs)
+        fused = f"\n{fusion.text()}" if fusion else ""
+        spec = built(name, node, ctx, k, k.launch_inputs(x, list(params.values())[1:]),
+                     f"statistics in {st}, epsilon={eps!r}{fused}", full=full_outs,
+                     rows=row_outs)
+        if fusion:  # y only: the launcher returns the epilogue's outputs
+            return spec
         launch, n_outputs = spec.fn, len(node.outputs)
         # the launcher returns (y, sum, mean, inv_std); the node orders (y, mean, inv_std, sum)
         spec.fn = lambda *inputs: _node_order(launch(*inputs))[:n_outputs]
@@ -123,6 +129,12 @@ class SimplifiedLayerNorm(Template):
 
     kind = "rowwise"
     passes = 2  # the mean square, then the output
+    prologue = True  # a residual Add computed in both passes, its sum stored once
+    epilogue = True  # on each element of the result (single-output nodes)
+    per_element_epilogue = True
+
+    def memory_passes(self, node, shape) -> int:
+        return LayerNorm.memory_passes(self, node, shape)
 
     def claim(self, node, ctx) -> str | None:
         x = node.inputs[0]
@@ -152,13 +164,14 @@ class SimplifiedLayerNorm(Template):
         stash = "double" if st == "tl.float64" else "float"
         stats = {"inv_out": ctx.dtype_of(outputs[1]) or stash} if outputs[1] else {}
         full = {"x": dt, "scale": yt, "y": yt}
-        k = TileSource(name, node, Layout.reducing(rank, axes), full, stats)
-        row_statistics(k, st, eps, rms=True)
+        k = TileSource(name, node, Layout.reducing(rank, axes), full, stats, fusion)
+        row_statistics(k, st, eps, True, lambda: k.data(st), k.data_tensors)
         if stats:
             k.store_row("inv_out", "inv_std")
-        with k.columns(*full):
-            k.store_full("y", f"{k.load('x', st)} * inv_std[:, None] * {k.load('scale', st)}")
+        with k.columns(*k.data_tensors, "scale", *k.outputs()):
+            k.finish_full(f"{k.data(st)} * inv_std[:, None] * {k.load('scale', st)}")
         row_outs = [(torch_dtype(stats["inv_out"]), row_shape(axes))] if stats else []
-        return built(name, node, ctx, k, [x, scale],
-                     f"statistics in {st}, epsilon={eps!r}, scaled in {acc_type(dt)}",
+        fused = f"\n{fusion.text()}" if fusion else ""
+        return built(name, node, ctx, k, k.launch_inputs(x, [scale]),
+                     f"statistics in {st}, epsilon={eps!r}, scaled in {acc_type(dt)}{fused}",
                      full=[torch_dtype(yt)], rows=row_outs)

@@ -78,8 +78,10 @@ def test_fusion_takes_what_templates_declare():
     declared = lambda attr: {op for op, t in TEMPLATES.items() if getattr(t, attr)}  # noqa: E731
     assert {op: TEMPLATES[op].passes for op in declared("prologue")} == {
         **{op: 1 for op in REDUCE_OPS}, "ReduceLogSumExp": 2, "Softmax": 2, "LogSoftmax": 2,
-        "LayerNormalization": 3, "RMSNormalization": 3}
-    row_wise_results = {"Softmax", "LogSoftmax", "LayerNormalization", "RMSNormalization"}
+        "LayerNormalization": 3, "RMSNormalization": 3, "SimplifiedLayerNormalization": 2}
+    row_wise_results = {"Softmax", "LogSoftmax", "LayerNormalization", "RMSNormalization",
+                        "SimplifiedLayerNormalization", "com.microsoft.SkipLayerNormalization",
+                        "com.microsoft.SkipSimplifiedLayerNormalization"}
     assert declared("epilogue") == REDUCE_OPS | row_wise_results | {
         "MatMul", "Gemm", "Float8MatMul", "Conv", "MatMulInteger", "com.microsoft.MatMulNBits",
         "com.microsoft.QGemm", "QLinearMatMul"}

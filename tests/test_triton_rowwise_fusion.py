@@ -142,3 +142,37 @@ def test_long_rows_keep_the_byte_score():
     sess, groups = _groups(model)
     assert groups == [(T, ["residual"]), (T, ["norm"])]
     _check(model, sess, _feeds(np.float32, "X", "R", shape=(2, n)), 2e-5)
+
+
+def _ms(op, inputs, outputs, name, **attrs):
+    return helper.make_node(op, inputs, outputs, name=name, domain="com.microsoft", **attrs)
+
+
+@pytest.mark.parametrize("op", ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"])
+def test_skip_norm_epilogue(op):
+    params = ["g", "b"] if op == "SkipLayerNormalization" else ["g"]
+    nodes = [_ms(op, ["X", "R", *params], ["y"], "norm", epsilon=1e-5),
+             helper.make_node("Relu", ["y"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "g2"], ["z"], name="scale")]
+    model = models.make(nodes, [models.vi("X", shape=[2, 3, D]), models.vi("R", shape=[2, 3, D])],
+                        [models.vi("z", shape=[2, 3, D])],
+                        _params(np.float32, "g2", *params), opset=18)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    sess, groups = _groups(model)
+    assert groups == [(T, ["norm", "relu", "scale"])]
+    _check(model, sess, _feeds(np.float32, "X", "R"), 2e-5)
+
+
+def test_simplified_norm_prologue_and_epilogue():
+    """onnxruntime's default-domain RMS normalization, as T5 and LLaMA exports carry it."""
+    nodes = [helper.make_node("Add", ["X", "R"], ["h"], name="residual"),
+             helper.make_node("SimplifiedLayerNormalization", ["h", "g"], ["y"], name="norm",
+                              axis=-1, epsilon=1e-6),
+             helper.make_node("Mul", ["y", "g2"], ["z"], name="scale"),
+             helper.make_node("Add", ["z", "h"], ["out"], name="next_residual")]
+    model = models.make(nodes, [models.vi("X", shape=[2, 3, D]), models.vi("R", shape=[2, 3, D])],
+                        [models.vi("out", shape=[2, 3, D])], _params(np.float32, "g", "g2"),
+                        opset=18)
+    sess, groups = _groups(model)
+    assert (T, ["residual", "norm", "scale"]) in groups, groups
+    _check(model, sess, _feeds(np.float32, "X", "R"), 2e-5)
