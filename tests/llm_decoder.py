@@ -76,10 +76,11 @@ def _rotary_caches() -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def build(rotary: str = "gqa", seed: int = 0) -> onnx.ModelProto:
+def build(rotary: str = "gqa", seed: int = 0, **attention: float) -> onnx.ModelProto:
     """The float decoder (MatMul weights not yet quantized). ``rotary``: "gqa" (do_rotary=1 on
     GroupQueryAttention), "packed" (the same with one packed QKV projection) or "node"
-    (com.microsoft RotaryEmbedding on Q and K, position_ids an input)."""
+    (com.microsoft RotaryEmbedding on Q and K, position_ids an input). ``attention``: more
+    GroupQueryAttention attributes (local_window_size, softcap)."""
     g = _Graph(seed)
     inputs, outputs = io_names(LAYERS, position_ids=rotary == "node")
     cos, sin = _rotary_caches()
@@ -132,7 +133,7 @@ def build(rotary: str = "gqa", seed: int = 0) -> onnx.ModelProto:
                       [f"{prefix}/attn/GroupQueryAttention/output_0", outputs[1 + 2 * i],
                        outputs[2 + 2 * i]], domain=MS, num_heads=HEADS, kv_num_heads=KV_HEADS,
                       do_rotary=int(rotary != "node"), rotary_interleaved=0,
-                      scale=float(HEAD ** -0.5))[0]
+                      scale=float(HEAD ** -0.5), **attention)[0]
         o = g.matmul(attn, HEADS * HEAD, HIDDEN, f"{prefix}/attn/o_proj/MatMul")
         normed, residual = g.skip_norm(o, residual, f"{prefix}/post_attention_layernorm")
         gate = g.matmul(normed, HIDDEN, INTERMEDIATE, f"{prefix}/mlp/gate_proj/MatMul")
@@ -179,10 +180,10 @@ def quantize(model: onnx.ModelProto, bits: int = 4, block_size: int = 32) -> onn
 
 
 def decoder(rotary: str = "gqa", bits: int = 4, block_size: int = 32,
-            dtype: str = "float32") -> bytes:
+            dtype: str = "float32", **attention: float) -> bytes:
     """The serialized MatMulNBits decoder; ``dtype`` "float16" converts weights, activations,
     inputs and outputs (the KV cache, logits) to float16 first, as builders do for GPUs."""
-    model = build(rotary)
+    model = build(rotary, **attention)
     if dtype == "float16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 

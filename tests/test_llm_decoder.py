@@ -26,12 +26,15 @@ CPU = ["CPUExecutionProvider"]
 TRITON = "TritonExecutionProvider"
 PROVIDERS = {"cpu": CPU, "triton": [TRITON, *CPU]}
 VARIANTS = {
-    # name: (rotary, bits, block size, dtype)
-    "gqa_rotary_4bit_b32": ("gqa", 4, 32, "float32"),
-    "rotary_nodes_4bit_b16": ("node", 4, 16, "float32"),
-    "gqa_rotary_8bit_b32": ("gqa", 8, 32, "float32"),
-    "packed_qkv_4bit_b32": ("packed", 4, 32, "float32"),
-    "gqa_rotary_4bit_b32_fp16": ("gqa", 4, 32, "float16"),
+    # name: (rotary, bits, block size, dtype, more GroupQueryAttention attributes)
+    "gqa_rotary_4bit_b32": ("gqa", 4, 32, "float32", {}),
+    "rotary_nodes_4bit_b16": ("node", 4, 16, "float32", {}),
+    "gqa_rotary_8bit_b32": ("gqa", 8, 32, "float32", {}),
+    "packed_qkv_4bit_b32": ("packed", 4, 32, "float32", {}),
+    "gqa_rotary_4bit_b32_fp16": ("gqa", 4, 32, "float16", {}),
+    # a sliding window shorter than the decode (Mistral, Phi-3) and a logit cap (Gemma 2)
+    "window_softcap_4bit_b32": ("gqa", 4, 32, "float32",
+                                {"local_window_size": 3, "softcap": 1.5}),
 }
 TOL = {"float32": {"rtol": 1e-5, "atol": 1e-5},
        # a logit near 3 is 2 ** -9 from the next float16: a different summation order shows
@@ -44,7 +47,8 @@ def models():
 
     def get(name: str) -> bytes:
         if name not in cache:
-            cache[name] = llm.decoder(*VARIANTS[name])
+            rotary, bits, block, dtype, attention = VARIANTS[name]
+            cache[name] = llm.decoder(rotary, bits, block, dtype, **attention)
         return cache[name]
     return get
 
@@ -183,7 +187,7 @@ def _check_placement(sess, rotary: str, record_property) -> None:
     ("gqa_rotary_4bit_b32", "shared"), ("gqa_rotary_4bit_b32", "fed_back"),
     ("rotary_nodes_4bit_b16", "shared"), ("rotary_nodes_4bit_b16", "fed_back"),
     ("gqa_rotary_8bit_b32", "shared"), ("packed_qkv_4bit_b32", "fed_back"),
-    ("gqa_rotary_4bit_b32_fp16", "shared")])
+    ("gqa_rotary_4bit_b32_fp16", "shared"), ("window_softcap_4bit_b32", "shared")])
 @pytest.mark.parametrize("provider", ["cpu", pytest.param("triton", marks=requires_triton)])
 def test_greedy_decode_gives_onnxruntimes_tokens(models, variant, cache, provider,
                                                  record_property):
@@ -194,7 +198,7 @@ def test_greedy_decode_gives_onnxruntimes_tokens(models, variant, cache, provide
     assert ("com.microsoft", "GroupQueryAttention") in ops
     assert (("com.microsoft", "RotaryEmbedding") in ops) == (rotary == "node")
     nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
-    _, bits, block, _ = VARIANTS[variant]
+    _, bits, block, _, _ = VARIANTS[variant]
     for node in nbits:  # every weight quantized as asked, with zero points
         attrs = {a.name: a.i for a in node.attribute}
         assert (attrs["bits"], attrs["block_size"]) == (bits, block), attrs
