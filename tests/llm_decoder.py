@@ -156,6 +156,8 @@ def build(rotary: str = "gqa", seed: int = 0, **attention: float) -> onnx.ModelP
         for n in inputs if n.startswith("past")]
     graph_outputs = [helper.make_tensor_value_info(
         "logits", TensorProto.FLOAT, ["batch_size", "sequence_length", VOCAB])]
+    # named as the builder names it, though a shared buffer keeps MAX_LEN rows while
+    # attention_mask's total_sequence_length grows: equal names are not equal sizes here
     graph_outputs += [helper.make_tensor_value_info(
         n, TensorProto.FLOAT, ["batch_size", KV_HEADS, "total_sequence_length", HEAD])
         for n in outputs[1:]]
