@@ -43,7 +43,8 @@ from tritort.windows import output_size, resolved_pads
 from .launch import launch_kernel
 from . import gemm
 from .cache import KERNEL
-from .conv_configs import TUNING, ConvConfig, kernel_key, pick_config, problem_of, unusable
+from .conv_configs import (DOT_VARIANTS, TUNING, ConvConfig, kernel_key, pick_config,
+                           problem_of, unusable)
 from .emit import acc_type, helper_source, store
 from .rowwise import torch_dtype
 from .templates import KernelSpec, Template, kernel_signature, load_source, template
@@ -316,8 +317,11 @@ def _gemm_body(spec: ConvSpec, interpreted: bool, precision: str | None = None) 
                   "            c = cb + tl.arange(0, BLOCK_K)",
                   "            c_in = c < CG",
                   "            c64 = c.to(tl.int64)",
-                  "            a_tile = tl.load(a_rows[:, None] + c64[None, :] * sx1,",
-                  "                             mask=valid[:, None] & c_in[None, :], other=0.0)",
+                  "            # loaded [channels, positions], then transposed: a warp's threads",
+                  "            # spread over positions, so each holds one or two rows' pointers",
+                  "            a_tile = tl.trans(tl.load(a_rows[None, :] + c64[:, None] * sx1,",
+                  "                                      mask=valid[None, :] & c_in[:, None],",
+                  "                                      other=0.0))",
                   "            b_tile = tl.load(b_cols[None, :] + c64[:, None] * sw1,",
                   "                             mask=c_in[:, None] & col_in[None, :], other=0.0)"]
         lines += ["    " + line for line in dot]
@@ -364,19 +368,26 @@ def _direct_body(spec: ConvSpec) -> list[str]:
     return lines
 
 
-def _finish(spec: ConvSpec, epilogue: gemm.Epilogue, out_dtype: str) -> list[str]:
-    """Bias, the epilogue's lines, then the one rounding store."""
+def _finish(spec: ConvSpec, epilogue: gemm.Epilogue, out_dtype: str,
+            channels_first: bool = False) -> list[str]:
+    """Bias, the epilogue's lines, then the one rounding store. ``channels_first``: the
+    epilogue and store see the tile transposed, [channels, positions]: Triton then spreads
+    a warp's threads over positions (Y's contiguous axis) and each thread holds one or two
+    rows' indices instead of one per row of the tile (64-row tiles spilled holding them)."""
     r = spec.window.rank
     lines = []
     if spec.with_bias:
         lines.append("    bias = tl.load(b + m * sb0, mask=col_in, other=0.0)")
         lines.append("    acc += bias.to(acc.dtype)[None, :]")
-    lines += ["    tile_mask = row_in[:, None] & col_in[None, :]",
+    row, col = ("[None, :]", "[:, None]") if channels_first else ("[:, None]", "[None, :]")
+    if channels_first:
+        lines.append("    acc = tl.trans(acc)  # [channels, positions]")
+    lines += [f"    tile_mask = row_in{row} & col_in{col}",
               "    # the output index of each tile element along Y's dims, for the epilogue",
-              "    out_idx_0 = n[:, None]",
-              "    out_idx_1 = m[None, :]"]
-    lines += [f"    out_idx_{j + 2} = pos{j}[:, None]" for j in range(r)]
-    lines += [f"    y_offs = (n * sy0 + {_spatial('pos', 'sy', r)})[:, None] + (m * sy1)[None, :]"]
+              f"    out_idx_0 = n{row}",
+              f"    out_idx_1 = m{col}"]
+    lines += [f"    out_idx_{j + 2} = pos{j}{row}" for j in range(r)]
+    lines += [f"    y_offs = (n * sy0 + {_spatial('pos', 'sy', r)}){row} + (m * sy1){col}"]
     lines += ["    " + line for line in epilogue.lines]
     return lines + ["    " + store("y + y_offs", "acc", out_dtype, "tile_mask")]
 
@@ -387,21 +398,24 @@ def conv_source(name: str, header: Sequence[str], spec: ConvSpec, out_dtype: str
     """The kernel's source: ``Y = epilogue(conv(X, W) + B)`` rounded once to ``out_dtype``.
 
     ``epilogue.params`` follow ``y`` in the signature; ``epilogue.lines`` (unindented
-    statements) update ``acc`` (fp32, fp64 for double; [BLOCK_M, BLOCK_N]) after the bias
-    and before the store. In scope for them (:mod:`tritort.codegen.epilogue`'s contract): ``acc``,
-    ``tile_mask`` (in-bounds elements), ``out_idx_0`` .. ``out_idx_{R-1}`` (int64,
-    broadcastable to the tile: the index of each element along Y's dim j, so ``out_idx_1`` is
-    the output channel), ``y_offs`` (each element's offset in Y, which the launcher allocates
-    contiguous) and every kernel parameter. ``precision``: a float32 dot's input_precision.
-    ``body``: the main loop's lines in place of the float ones (the int8 path's).
+    statements) update ``acc`` (fp32, fp64 for double; [BLOCK_N, BLOCK_M] for the float dot
+    variants, whose epilogue sees the tile channels first, else [BLOCK_M, BLOCK_N]) after
+    the bias and before the store. In scope for them (:mod:`tritort.codegen.epilogue`'s
+    contract): ``acc``, ``tile_mask`` (in-bounds elements), ``out_idx_0`` ..
+    ``out_idx_{R-1}`` (int64, broadcastable to the tile: the index of each element along Y's
+    dim j, so ``out_idx_1`` is the output channel), ``y_offs`` (each element's offset in Y,
+    which the launcher allocates contiguous) and every kernel parameter. ``precision``: a
+    float32 dot's input_precision. ``body``: the main loop's lines in place of the float ones
+    (the int8 path's, whose epilogue lines broadcast per-channel scales as [None, :]).
     """
+    channels_first = spec.variant in DOT_VARIANTS and body is None
     if body is not None:
         body = list(body)
     elif spec.variant == "direct":
         body = _direct_body(spec)
     else:
         body = _gemm_body(spec, interpreted, precision)
-    body += _finish(spec, epilogue, out_dtype)
+    body += _finish(spec, epilogue, out_dtype, channels_first)
     lines = ["# tritort conv kernel", *[f"# {h}" for h in header],
              "import triton", "import triton.language as tl"]
     helpers = helper_source("\n".join(body))
@@ -430,10 +444,12 @@ def launch(fn: Any, spec: ConvSpec, x: Any, w: Any, b: Any, y: Any, extra: Seque
     itemsize = x.element_size()
     problem = problem_of(rows, cols, k, spec.group, win.taps, itemsize, variant)
 
-    def default() -> ConvConfig:
-        return pick_config(rows, cols, k, spec.group, itemsize, variant, interpreted)
-
     dtype = str(x.dtype).removeprefix("torch.")
+
+    def default() -> ConvConfig:
+        return pick_config(rows, cols, k, spec.group, itemsize, variant, interpreted,
+                           tf32 and dtype == "float32")
+
     key = kernel_key("tf32" if tf32 and dtype == "float32" else dtype, variant, win.rank)
     cfg = choose(table, TUNING, key, problem, default, (x, w, b, y, *extra),
                  functools.partial(_run, fn, spec=spec))

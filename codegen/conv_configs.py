@@ -34,20 +34,29 @@ class ConvConfig:
     num_stages: int
 
 
-# GPU candidates per element size in bytes, largest tiles first (float32 runs tl.dot in
-# IEEE fp32, so its tiles stay smaller). BLOCK_K is capped by the K a program walks.
-CONFIGS: dict[int, tuple[ConvConfig, ...]] = {
+# GPU candidates per element size in bytes ("tf32": float32 dots on TF32 tensor cores),
+# largest tiles first (float32 with input_precision="ieee" runs tl.dot as FMA, so its
+# tiles stay smaller). BLOCK_K is capped by the K a program walks. Tensor-core tiles of 64
+# rows or more run as Hopper's wgmma (4 warps per 64 rows); the 64 x 16 tile keeps the
+# small late-stage convs on it. No 128-column tile: with a fused residual epilogue they
+# spilled on sm_90, as did float32 64 x 64 tiles of 3x3 convs (ptxas, perf/compile_check.py).
+CONFIGS: dict[int | str, tuple[ConvConfig, ...]] = {
     # int8 tiles (tl.dot with int32 accumulation): an int8 MMA's K step is 32
     1: (ConvConfig(128, 128, 64, 8, 3), ConvConfig(128, 64, 64, 4, 3),
         ConvConfig(64, 64, 64, 4, 3), ConvConfig(64, 32, 32, 4, 2), ConvConfig(32, 32, 32, 4, 2),
         ConvConfig(32, 16, 32, 4, 2)),
-    2: (ConvConfig(128, 128, 64, 8, 3), ConvConfig(128, 64, 32, 4, 3),
-        ConvConfig(64, 64, 32, 4, 3), ConvConfig(64, 32, 32, 4, 2), ConvConfig(32, 32, 32, 4, 2),
-        ConvConfig(32, 16, 32, 4, 2)),
+    2: (ConvConfig(128, 64, 64, 8, 3), ConvConfig(64, 64, 64, 4, 3),
+        ConvConfig(64, 32, 32, 4, 3), ConvConfig(64, 16, 32, 4, 3),
+        ConvConfig(32, 32, 32, 4, 2), ConvConfig(32, 16, 32, 4, 2)),
+    "tf32": (ConvConfig(128, 64, 32, 8, 3), ConvConfig(64, 32, 32, 4, 3),
+             ConvConfig(64, 16, 32, 4, 3), ConvConfig(32, 32, 32, 4, 2),
+             ConvConfig(32, 16, 32, 4, 2)),
     4: (ConvConfig(128, 64, 32, 8, 3), ConvConfig(64, 64, 32, 4, 3),
         ConvConfig(64, 32, 32, 4, 2), ConvConfig(32, 32, 32, 4, 2), ConvConfig(32, 16, 32, 4, 2)),
     8: (ConvConfig(64, 32, 16, 4, 2), ConvConfig(32, 32, 16, 4, 2), ConvConfig(32, 16, 16, 4, 2)),
 }
+WGMMA_KINDS = (2, "tf32")  # fp16 / bf16 and TF32 dots: wgmma from 64 rows
+_WGMMA_ROWS = 64  # Hopper's warpgroup MMA: 64 rows per 4 warps
 # the direct (depthwise) kernel: many positions, a few channels, no tl.dot
 DIRECT_CONFIGS = (ConvConfig(256, 8, 1, 4, 1), ConvConfig(128, 8, 1, 4, 1),
                   ConvConfig(64, 8, 1, 4, 1), ConvConfig(32, 8, 1, 2, 1))
@@ -66,10 +75,11 @@ def _fit(n: int, cap: int) -> int:
 
 @functools.lru_cache(maxsize=4096)  # launches repeat their problems
 def pick_config(rows: int, cols: int, k: int, groups: int, itemsize: int, variant: str,
-                interpreted: bool) -> ConvConfig:
+                interpreted: bool, tf32: bool = False) -> ConvConfig:
     """Block sizes for one launch of ``groups`` GEMMs of rows x cols over K = k, used when
     the tuning database has no entry: the largest listed tile that still gives enough
-    programs."""
+    programs; tensor-core dots (fp16 / bf16, float32 with ``tf32``) of 64 rows or more keep
+    64-row tiles (wgmma) even when that leaves fewer programs."""
     if variant == "direct":
         if interpreted:  # small tiles keep ragged edges exercised
             return ConvConfig(_fit(rows, _INTERPRETER_MAX_BLOCK), min(_pow2(cols), 8), 1, 1, 1)
@@ -82,10 +92,13 @@ def pick_config(rows: int, cols: int, k: int, groups: int, itemsize: int, varian
     if interpreted:
         cap = _INTERPRETER_MAX_BLOCK
         return ConvConfig(_fit(rows, cap), _fit(cols, cap), _fit(k, cap), 4, 1)
-    candidates = CONFIGS[itemsize]
+    kind = "tf32" if tf32 and itemsize == 4 else itemsize
+    candidates = CONFIGS[kind]
     fitting = [c for c in candidates
                if c.block_m <= _fit(rows, 256) and c.block_n <= _fit(cols, 256)] \
         or [candidates[-1]]
+    if kind in WGMMA_KINDS and rows >= _WGMMA_ROWS:
+        fitting = [c for c in fitting if c.block_m >= _WGMMA_ROWS] or fitting
     chosen = next((c for c in fitting
                    if groups * math.ceil(rows / c.block_m) * math.ceil(cols / c.block_n)
                    >= _MIN_PROGRAMS), fitting[-1])
