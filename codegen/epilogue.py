@@ -6,7 +6,8 @@ contract): ``acc`` (the fp32 accumulator tile), ``tile_mask`` (in-bounds element
 ``out_idx_0`` .. ``out_idx_{R-1}`` (int64 tensors broadcastable to the tile: each element's
 index along dim j of the kernel's view of Y) and ``y_offs`` (the tile's element offsets in Y).
 
-Every epilogue input is loaded through strides over that view (0 where it broadcasts). The
+Every epilogue input is loaded through strides over that view (0 where it broadcasts), a
+0-d one as one scalar (its strides are passed but unused). The
 template's own store writes one value: the anchor's result if something outside the group
 reads it, else the epilogue's last output; every other output is stored by the epilogue
 lines at ``y_offs`` (the launcher allocates them contiguous, shaped like Y).
@@ -51,8 +52,11 @@ def build(fusion: TileFusion, result_dtype: str, rank: int) -> FusedEpilogue:
         inputs.append(p.name)
         strides = [f"{t}_s{j}" for j in range(rank)]
         ep.params += [t, *strides]
-        offs = " + ".join(f"out_idx_{j} * {s}" for j, s in enumerate(strides)) or "0"
-        load = f"tl.load({t} + ({offs}), mask=tile_mask, other=0)"
+        if p.rank == 0:  # one value (a constant, say): a scalar load, not a tile of copies
+            load = f"tl.load({t})"
+        else:
+            offs = " + ".join(f"out_idx_{j} * {s}" for j, s in enumerate(strides)) or "0"
+            load = f"tl.load({t} + ({offs}), mask=tile_mask, other=0)"
         if compute_type(p.dtype) != storage_type(p.dtype):
             load += f".to({compute_type(p.dtype)})"
         ep.lines.append(f"{t}v = {load}")

@@ -283,3 +283,19 @@ def test_gpu_config_heuristic_picks_a_listed_tile(itemsize):
     assert pick_config(8192, 8192, 8192, 1, itemsize, False) == CONFIGS[itemsize][0]
     small = pick_config(33, 17, 65, 1, itemsize, interpreted=True)
     assert (small.block_m, small.block_n, small.block_k) == (32, 32, 32)
+
+
+def test_zero_d_epilogue_inputs_are_loaded_as_one_scalar(tmp_path, monkeypatch):
+    """GELU-tanh's constants (0-d initializers) in a GEMM epilogue: one scalar load each,
+    not a tile of broadcast copies (six such tiles spilled GPT-2's fp16 FFN kernel)."""
+    monkeypatch.setenv("TRITORT_DUMP_DIR", str(tmp_path))
+    scalar = lambda name, v: numpy_helper.from_array(np.array(v, np.float32), name)  # noqa
+    feeds = {"A": data(5, 12)}
+    inits = [numpy_helper.from_array(data(12, 7), "W"), scalar("three", 3.0),
+             scalar("half", 0.5)]
+    model = build([node("MatMul", ["A", "W"], ["mm"]), node("Pow", ["mm", "three"], ["cube"]),
+                   node("Mul", ["cube", "half"], ["Y"])], feeds, inits=inits)
+    sess = check(model, feeds)
+    assert set(sess.placement().values()) == {TRITON}
+    [source] = [p.read_text() for p in tmp_path.glob("*.py")]
+    assert "e0v = tl.load(e0)" in source and "e1v = tl.load(e1)" in source, source
