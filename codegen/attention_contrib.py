@@ -17,11 +17,13 @@ follow the NumPy kernels (fallback_cpu/contrib_attention.py, contrib_gqa.py):
 - MultiHeadAttention: query (B, S, D) or packed QKV (B, S, N, 3, H); key (B, L, D), packed
   KV (B, L, N, 2, H) or in heads (B, N, L, H); bias; key_padding_mask (B), (2B), (B, T),
   (B, S, T) as ``mask_filter_value`` added at masked keys; attention_bias; past/present
-  (present = past + new rows; unidirectional rows see keys ``j <= past + s``).
+  (present = past + new rows; unidirectional rows see keys ``j <= past + s``); with
+  past_sequence_length one shared (B, N, M, H) buffer: the new rows written at
+  ``past_sequence_length``, read on the device like GQA's seqlens_k.
 
 Refused with the attribute or input named (the node then runs on the CPU): quantized caches,
-sliding_window_cache, qk outputs, q/k norm weights, query_seqlens, MHA's past_sequence_length
-and cache_indirection, the (B, 1, M, M) key_padding_mask.
+sliding_window_cache, qk outputs, q/k norm weights, query_seqlens, MHA's cache_indirection,
+the (B, 1, M, M) key_padding_mask.
 """
 from __future__ import annotations
 
@@ -96,13 +98,16 @@ def _rotary_args(cos, sin, pids, batch: int) -> tuple:
 
 
 def append_source(name: str, node, dtype: str, per_batch: bool, past: bool, bias: bool,
-                  rotary: str | None, interleaved: bool) -> tuple[str, str]:
+                  rotary: str | None, interleaved: bool, shared: bool = False
+                  ) -> tuple[str, str]:
     """One launch over present [B, NK, L, max(HK, HV)] writing both caches: new rows (K/V
     read as [b, s, n, d] through strides, bias added, K rotated) at rows ``P ..`` (``P``
-    from seqlens_k per batch entry, or the past's length), past rows below / around them,
-    zeros elsewhere. ``rotary``: None, "offsets" or "ids"."""
+    from seqlens_k per batch entry, with ``shared`` the one value of a device tensor
+    (MultiHeadAttention's past_sequence_length), or the past's length), past rows below /
+    around them, zeros elsewhere. ``rotary``: None, "offsets" or "ids"."""
     ct = acc_type(dtype)
-    start = "seqlens_k[b] + 1 - min(S, seqlens_k[b] + 1)" if per_batch else "past length"
+    start = "seqlens_k[b] + 1 - min(S, seqlens_k[b] + 1)" if per_batch else \
+        "past_sequence_length" if shared else "past length"
     ir_text = (f"{name}: KV cache append for '{node.name}' ({node.op_type}) into present "
                f"[B, NK, L, H]: rows P .. P + S from the new K/V"
                f"{' + bias' if bias else ''}{', K rotated' if rotary else ''}"
@@ -112,7 +117,7 @@ def append_source(name: str, node, dtype: str, per_batch: bool, past: bool, bias
               "os0", "os1", "os2", "os3", "us0", "us1", "us2", "us3"]
     if past:
         params += ["pk", "pv", "ps0", "ps1", "ps2", "ps3", "qs0", "qs1", "qs2", "qs3"]
-    if per_batch:
+    if per_batch or shared:
         params += ["seq"]
     if bias:
         params += ["kbias", "vbias"]
@@ -122,6 +127,8 @@ def append_source(name: str, node, dtype: str, per_batch: bool, past: bool, bias
     if per_batch:
         body += ["t_b = tl.load(seq + i0, mask=mask, other=0) + 1",
                  "p_b = tl.maximum(t_b - S, 0)"]
+    elif shared:  # the same offset for every entry, read on the device
+        body += ["p_b = tl.load(seq)"]
     else:
         body += ["p_b = BUF"]
     body += ["r = i2 - p_b", "new = (r >= 0) & (r < S)", "rs = tl.where(new, r, 0)",
@@ -172,7 +179,9 @@ def append_source(name: str, node, dtype: str, per_batch: bool, past: bool, bias
 
 class Append:
     """Launches the append kernel: ``knew``/``vnew`` [B, S, NK, H] views, ``past`` a pair of
-    [B, NK, BUF, H] tensors or None; returns the present pair [B, NK, L, H]."""
+    [B, NK, BUF, H] tensors or None; returns the present pair [B, NK, L, H]. ``per_batch``:
+    the kernel reads its start offsets from ``seqlens`` (per entry, or a shared buffer's one
+    past_sequence_length)."""
 
     def __init__(self, fn, per_batch: bool, device):
         self.fn, self.per_batch, self.device = fn, per_batch, device
@@ -202,11 +211,11 @@ class Append:
 
 
 def _append_kernel(node, ctx, name: str, dtype: str, per_batch: bool, past: bool, bias: bool,
-                   rotary: str | None, interleaved: bool):
+                   rotary: str | None, interleaved: bool, shared: bool = False):
     source, ir_text = append_source(name, node, dtype, per_batch, past, bias, rotary,
-                                    interleaved)
+                                    interleaved, shared)
     fn, path, _ = load_source(source, name, ctx)
-    return Append(fn, per_batch, ctx.torch_device), ir_text, path
+    return Append(fn, per_batch or shared, ctx.torch_device), ir_text, path
 
 
 # ------------------------------------------------------------------ flash hooks

@@ -7,6 +7,12 @@ K and V are read where they are, their bias added on each loaded tile. The query
 added on its tile; key_padding_mask adds ``mask_filter_value`` at masked keys (a row whose
 keys are all masked still averages V, as onnxruntime does), attention_bias is the kernel's
 additive mask; unidirectional rows see keys ``j <= past + s``.
+
+With past_sequence_length, past_key/past_value are one shared (B, N, M, H) buffer: the append
+writes the new rows at that offset, read on the device (no host sync, so a bound plan replays
+the step), and present is the whole buffer, as onnxruntime's kernels return it; the flash
+launch reads keys ``j < past + L`` of it. Rows past M are dropped there, where the NumPy
+kernel raises (the offset is never read on the host).
 """
 from __future__ import annotations
 
@@ -33,49 +39,59 @@ def _padding_hooks(rank: int, filter_value: float) -> tuple[list, list, list]:
                  "kp_start = tl.load(kpm + (kp_two + b), mask=kp_two > 0, other=0)"]
         allowed = ["allowed = (cols[None, :] < kp_end) & (cols[None, :] >= kp_start)"]
     elif rank == 2:
-        params, setup = ["kpm", "kp_sb", "kp_sk"], []
+        # kp_len: the mask's width (a shared buffer's T is known on the device only); keys it
+        # does not cover are masked, keys past kv_len are not visible anyway
+        params, setup = ["kpm", "kp_len", "kp_sb", "kp_sk"], []
         allowed = ["allowed = tl.load(kpm + (b * kp_sb + keys[None, :] * kp_sk), "
-                   "mask=in_n[None, :], other=1) != 0"]
+                   "mask=in_n[None, :] & (cols[None, :] < kp_len), other=0) != 0"]
     else:
-        params, setup = ["kpm", "kp_sb", "kp_sq", "kp_sk"], []
+        params, setup = ["kpm", "kp_len", "kp_sb", "kp_sq", "kp_sk"], []
         allowed = ["allowed = tl.load(kpm + (b * kp_sb + rows[:, None] * kp_sq + "
-                   "keys[None, :] * kp_sk), mask=in_m[:, None] & in_n[None, :], other=1) != 0"]
+                   "keys[None, :] * kp_sk), mask=in_m[:, None] & in_n[None, :] & "
+                   "(cols[None, :] < kp_len), other=0) != 0"]
     return params, setup, allowed + [f"s = s + tl.where(allowed, 0.0, {filter_value!r})"]
 
 
-def _padding_args(op: str, kpm, b: int, s: int, t: int) -> tuple:
+def _padding_args(op: str, kpm, b: int, s: int, t: int, shared: bool) -> tuple:
+    """The kernel's key_padding_mask arguments; ``t`` the keys (with ``shared`` the buffer's
+    capacity, which the mask's T = past + L may not exceed)."""
     shape = tuple(kpm.shape)
     # (3B + 2): key lengths, then a packed batch's offsets, of which only the lengths count
     if kpm.dim() == 1 and shape[0] in (b, 2 * b, 3 * b + 2):
         return kpm, b if shape[0] == 2 * b else 0
-    if kpm.dim() == 2 and shape == (b, t) or kpm.dim() == 3 and shape == (b, s, t):
-        return (kpm, *kpm.stride())
+    width = shape[-1]
+    fits = width <= t if shared else width == t
+    if fits and (kpm.dim() == 2 and shape[0] == b or kpm.dim() == 3 and shape[:2] == (b, s)):
+        return (kpm, width, *kpm.stride())
     raise ValueError(f"{op}: key_padding_mask of shape {list(shape)} fits none of the forms "
-                     f"(B={b}), (2B), (3B + 2), (B, T={t}), (B, S={s}, T)")
+                     f"(B={b}), (2B), (3B + 2), (B, T{' <= ' if shared else '='}{t}), "
+                     f"(B, S={s}, T)")
 
 
-def _bias_mask(op: str, bias, b: int, n: int, s: int, t: int):
-    """attention_bias broadcast to (B, N, S, T) through zero strides."""
-    if bias.shape[-1] not in (1, t):
+def _bias_mask(op: str, bias, b: int, n: int, s: int, t: int, shared: bool):
+    """attention_bias broadcast to (B, N, S, T) through zero strides; with ``shared`` T is
+    the bias's own width (past + L, known on the device only), at most the capacity ``t``."""
+    width = bias.shape[-1]
+    if width not in (1, t) and not (shared and width < t):
         raise ValueError(f"{op}: attention_bias {list(bias.shape)} does not broadcast to "
                          f"{[b, n, s, t]}")
-    return flash._mask_view(op, bias, (b, n, s, t))
+    return flash._mask_view(op, bias, (b, n, s, t if width == 1 else width))
 
 
 class MhaLauncher:
     op = "MultiHeadAttention"
 
     def __init__(self, kernel, append, dtype: str, heads: int, scale, kv_bias_in_flash: bool,
-                 kv_bias_in_append: bool, causal_past: bool, wants: tuple, ctx):
+                 kv_bias_in_append: bool, causal_past: bool, shared: bool, wants: tuple, ctx):
         self.kernel, self.append, self.dtype = kernel, append, torch_dtype(dtype)
         self.heads, self.scale = heads, scale
         self.kv_bias_in_flash, self.kv_bias_in_append = kv_bias_in_flash, kv_bias_in_append
-        self.causal_past, self.wants = causal_past, wants
+        self.causal_past, self.shared, self.wants = causal_past, shared, wants
         self.device, self.interpreted, self.table = ctx.torch_device, ctx.interpreted, \
             ctx.tuning
 
     def __call__(self, query, key=None, value=None, bias=None, kpm=None, attn_bias=None,
-                 past_k=None, past_v=None) -> tuple:
+                 past_k=None, past_v=None, past_len=None) -> tuple:
         import torch
 
         n, op = self.heads, self.op
@@ -108,25 +124,41 @@ class MhaLauncher:
             if self.kv_bias_in_flash:
                 extra += kv_bias
         past = None if past_k is None else (past_k, past_v)
-        p = 0 if past is None else past_k.shape[2]
-        t = p + length
+        offsets = None
+        if self.shared:  # one (B, N, M, H) buffer: present is all of it, M keys at most
+            _check_buffer(op, past_k, past_v, b, n, h, hv)
+            p, t = None, past_k.shape[2]
+            offsets = past_len.reshape(-1)
+        else:
+            p = 0 if past is None else past_k.shape[2]
+            t = p + length
         if self.append is not None:
-            kf, vf = self.append(k4, v4, past, t,
+            kf, vf = self.append(k4, v4, past, t, offsets,
                                  bias=kv_bias if self.kv_bias_in_append else None)
         else:
             kf, vf = k4.permute(0, 2, 1, 3), v4.permute(0, 2, 1, 3)
         if kpm is not None:
-            extra += _padding_args(op, kpm, b, s, t)
-        if self.causal_past:
+            extra += _padding_args(op, kpm, b, s, t, self.shared)
+        if self.shared:
+            extra += (offsets, length)
+        elif self.causal_past:
             extra += (p,)
         out = torch.empty((b, s, n * hv), dtype=self.dtype, device=self.device)
         y = out.view(b, s, n, hv).permute(0, 2, 1, 3)
-        mask = None if attn_bias is None else _bias_mask(op, attn_bias, b, n, s, t)
+        mask = None if attn_bias is None else _bias_mask(op, attn_bias, b, n, s, t,
+                                                         self.shared)
         scale = self.scale if self.scale is not None else 1 / math.sqrt(h)
         flash.launch(self.kernel, q4.permute(0, 2, 1, 3), kf, vf, y, mask, scale,
                      self.interpreted, self.table, extra)
         present_k, present_v = self.wants
         return out, kf if present_k else None, vf if present_v else None
+
+
+def _check_buffer(op: str, past_k, past_v, b: int, n: int, h: int, hv: int) -> None:
+    m = past_k.shape[2] if past_k.dim() == 4 else None
+    if tuple(past_k.shape) != (b, n, m, h) or tuple(past_v.shape) != (b, n, m, hv):
+        raise ValueError(f"{op}: the shared past/present buffers {list(past_k.shape)} and "
+                         f"{list(past_v.shape)} are not (B={b}, N={n}, M, H) alike")
 
 
 def _shape_reason(node, ctx) -> str | None:
@@ -153,8 +185,6 @@ class MultiHeadAttention(Template):
     kind = "attention"
 
     def claim(self, node, ctx) -> str | None:
-        if _input(node, 8):
-            return "past_sequence_length (a shared past/present buffer) runs on the CPU"
         if _input(node, 9):
             return "cache_indirection (beam search) runs on the CPU"
         if _output(node, 3):
@@ -169,6 +199,14 @@ class MultiHeadAttention(Template):
             return "past_key without past_value (or the reverse)"
         if past_k and (ctx.rank_of(past_k) != 4 or ctx.rank_of(past_v) != 4):
             return "past_key / past_value must be 4-D (B, N, P, H)"
+        shared = _input(node, 8)
+        if shared:
+            if not past_k:
+                return "past_sequence_length without past_key / past_value"
+            why = check_dtypes(ctx, [shared], ("int32",), node.op_type +
+                               " past_sequence_length")
+            if why:
+                return why
         floats = [node.inputs[0], _input(node, 1), _input(node, 2), _input(node, 3), past_k,
                   past_v, _input(node, 5)]
         why = check_dtypes(ctx, floats, FLOATS, node.op_type)
@@ -198,6 +236,7 @@ class MultiHeadAttention(Template):
         in_heads = bool(key) and ctx.rank_of(key) == 4
         bias, kpm, attn_bias = _input(node, 3), _input(node, 4), _input(node, 5)
         past = bool(_input(node, 6))
+        shared = bool(_input(node, 8))
         wants = (bool(_output(node, 1)), bool(_output(node, 2)))
         cache = past or any(wants)
         kv_bias = bool(bias) and not in_heads
@@ -216,29 +255,33 @@ class MultiHeadAttention(Template):
             kp_params, setup, scores = _padding_hooks(ctx.rank_of(kpm), filter_value)
             params += kp_params
         causal_past = causal and past
-        if causal_past:
+        if shared:  # the offset on the device; keys past + L of the buffer's M
+            params += ["psl", "new_len"]
+            setup += ["q_off = tl.load(psl)", "kv_len = tl.minimum(q_off + new_len, Sk)"]
+        elif causal_past:
             params.append("past_len")
             setup += ["q_off = past_len", "kv_len = Sk"]
-        hooks = flash.Hooks(tuple(params), tuple(setup), causal_past, tuple(q_lines),
+        hooks = flash.Hooks(tuple(params), tuple(setup), shared or causal_past, tuple(q_lines),
                             tuple(k_lines), tuple(v_lines), scores=tuple(scores))
         variant = flash.Variant(dt, "additive" if attn_bias else None, causal,
                                 empty_rows="zero", precision=ctx.dot_precision(dt) or "ieee")
         append, append_line = None, ""
         if cache:
             append, append_ir, append_path = _append_kernel(node, ctx, "kv_append", dt, False,
-                                                            past, kv_bias, None, False)
+                                                            past, kv_bias, None, False, shared)
             append_line = f"1. {append_ir} (kernel {append_path.stem})\n2. "
         scale = _scale(a.get("scale"))
         key_form = "in heads" if in_heads else f"rank {ctx.rank_of(key)}" if key else "packed"
         ir_text = (f"kernel {name} MultiHeadAttention node={node.name!r}\n"
                    f"{heads} heads; query rank {ctx.rank_of(node.inputs[0])}, key {key_form}"
                    f"{'; bias' if bias else ''}"
-                   f"{'; key_padding_mask rank ' + str(ctx.rank_of(kpm)) if kpm else ''}\n"
+                   f"{'; key_padding_mask rank ' + str(ctx.rank_of(kpm)) if kpm else ''}"
+                   f"{'; shared KV buffer at past_sequence_length' if shared else ''}\n"
                    f"{append_line}flash attention, online softmax in {compute_type(dt)}; "
                    f"scale={'1/sqrt(H)' if scale is None else repr(scale)}; {variant.text()}")
         kernel, source, path, cached = _flash_kernel(node, ctx, variant, hooks, ir_text)
         launcher = MhaLauncher(kernel, append, dt, heads, scale, kv_bias and not cache,
-                               kv_bias and cache, causal_past, wants, ctx)
-        return KernelSpec(name, launcher, [_input(node, i) for i in range(8)], ir_text, source,
+                               kv_bias and cache, causal_past, shared, wants, ctx)
+        return KernelSpec(name, launcher, [_input(node, i) for i in range(9)], ir_text, source,
                           path, cached)
 
