@@ -15,13 +15,16 @@ the device (optimize stage, EXTENDED and above, before the rewriter's fusions).
   as onnxruntime counts).
 
 Attention with past / present state becomes the projection and one MultiHeadAttention with
-past_key/past_value (which the flash-attention template runs with its KV append).
+past_key/past_value (which the flash-attention template runs with its KV append); with
+``past_present_share_buffer`` the MultiHeadAttention takes ``past_sequence_length`` too, its
+shared-buffer form (the new rows written at that offset of the (B, N, M, H) buffers, read
+on the device).
 
-Refused, the node left as it is (:func:`decompose` returns why): a shared past/present
-buffer (``past_sequence_length``), ``do_rotary``, without past the (2B) and 4-D mask forms,
-non-float32 values (the kernels compute float16 in float32 and round once, which a chain of
-float16 ops would not), opsets too old for the ops written (13), and shapes not known well
-enough to tell the mask form apart.
+Refused, the node left as it is (:func:`decompose` returns why): ``past_sequence_length``
+without ``past_present_share_buffer`` and past (or the reverse), ``do_rotary``, without past
+the (2B) and 4-D mask forms, non-float32 values (the kernels compute float16 in float32 and
+round once, which a chain of float16 ops would not), opsets too old for the ops written (13),
+and shapes not known well enough to tell the mask form apart.
 """
 from __future__ import annotations
 
@@ -148,8 +151,12 @@ def _same_dim(a, b) -> bool:
 def _attention(n: Node, graph: Graph, b: _Builder) -> str | None:
     x, w, bias, mask, past, attn_bias, past_len = _inputs(n, 7)
     outs = list(n.outputs) + [""]
-    if past_len or n.attrs.get("past_present_share_buffer", 0):
-        return "a shared past/present buffer (past_sequence_length) is not decomposed"
+    # the shared form needs both: the NumPy kernel ignores a lone past_sequence_length and
+    # raises without one, which the contrib node keeps doing
+    shared = bool(past and n.attrs.get("past_present_share_buffer", 0))
+    if bool(past_len) != shared:
+        return ("past_sequence_length without past_present_share_buffer and past" if past_len
+                else "past_present_share_buffer without past_sequence_length")
     if n.attrs.get("do_rotary", 0):
         return "do_rotary is not decomposed"
     if graph.opsets.get("", 1) < 13:
@@ -172,7 +179,8 @@ def _attention(n: Node, graph: Graph, b: _Builder) -> str | None:
     if past or outs[1]:
         if qh != vh:
             return "with past state Q, K and V hidden sizes must be equal"
-        return _attention_with_past(n, graph, b, (x, w, bias, mask, past, attn_bias), outs,
+        return _attention_with_past(n, graph, b, (x, w, bias, mask, past, attn_bias,
+                                                  past_len), outs,
                                     (bdim, sdim, heads, qh, wv.shape[1]))
 
     additive = None
@@ -217,8 +225,9 @@ def _attention_with_past(n: Node, graph: Graph, b: _Builder, inputs, outs, dims)
     """Attention with past / present state as the projection GEMM, Split, and one
     MultiHeadAttention over past_key = past[0], past_value = past[1] (mask_index as its
     key_padding_mask, the same forms over the same total length); present stacks its
-    present_key and present_value."""
-    x, w, bias, mask, past, attn_bias = inputs
+    present_key and present_value. ``past_len``: the shared buffer's past_sequence_length
+    (present then has the past's shape)."""
+    x, w, bias, mask, past, attn_bias, past_len = inputs
     bdim, sdim, heads, hidden, width = dims
     f32 = TensorProto.FLOAT
     proj = b.op("MatMul", [x, w], f32, [bdim, sdim, width])
@@ -235,6 +244,9 @@ def _attention_with_past(n: Node, graph: Graph, b: _Builder, inputs, outs, dims)
         total = cached + sdim if isinstance(cached, int) and isinstance(sdim, int) else None
         inputs += [b.op("Gather", [past, b.const("which", np.array(i, np.int64))], f32,
                         [bdim, heads, cached, head], axis=0) for i in (0, 1)]
+        if past_len:
+            total = cached
+            inputs.append(past_len)
     elif isinstance(sdim, int):
         total = sdim
     while not inputs[-1]:
