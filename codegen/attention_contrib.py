@@ -19,11 +19,12 @@ follow the NumPy kernels (fallback_cpu/contrib_attention.py, contrib_gqa.py):
   (B, S, T) as ``mask_filter_value`` added at masked keys; attention_bias; past/present
   (present = past + new rows; unidirectional rows see keys ``j <= past + s``); with
   past_sequence_length one shared (B, N, M, H) buffer: the new rows written at
-  ``past_sequence_length``, read on the device like GQA's seqlens_k.
+  ``past_sequence_length``, read on the device like GQA's seqlens_k; cache_indirection
+  (beam search) on it, the flash launch's K/V tiles loaded from each key's source beam.
 
 Refused with the attribute or input named (the node then runs on the CPU): quantized caches,
-sliding_window_cache, qk outputs, q/k norm weights, query_seqlens, MHA's cache_indirection,
-the (B, 1, M, M) key_padding_mask.
+sliding_window_cache, qk outputs, q/k norm weights, query_seqlens, MHA's attention_bias with
+cache_indirection, the (B, 1, M, M) key_padding_mask.
 """
 from __future__ import annotations
 

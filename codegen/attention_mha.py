@@ -12,7 +12,11 @@ With past_sequence_length, past_key/past_value are one shared (B, N, M, H) buffe
 writes the new rows at that offset, read on the device (no host sync, so a bound plan replays
 the step), and present is the whole buffer, as onnxruntime's kernels return it; the flash
 launch reads keys ``j < past + L`` of it. Rows past M are dropped there, where the NumPy
-kernel raises (the offset is never read on the host).
+kernel raises (the offset is never read on the host). cache_indirection (beam search, on a
+shared buffer): in a one-token step, query row ``b * beam + j`` reads cached key ``t < past``
+from row ``b * beam + cache_indirection[b, j, t]`` (the flash launch's K/V tiles load
+through it; present keeps each row's own cache, as onnxruntime's does); beam indices are
+clamped to [0, beam) where the NumPy kernel raises.
 """
 from __future__ import annotations
 
@@ -68,6 +72,32 @@ def _padding_args(op: str, kpm, b: int, s: int, t: int, shared: bool) -> tuple:
                      f"(B, S={s}, T)")
 
 
+def _beam_hooks() -> tuple[list, list, list, list]:
+    """(params, setup, K-tile lines, V-tile lines) of cache_indirection: the tiles load again
+    from each key's source row (the first loads are dead code for the compiler)."""
+    params = ["ci", "ci_beam", "ci_b", "ci_j", "ci_t", "ci_len"]
+    setup = ["beam_j = b % ci_beam", "ci_row = ci + ((b // ci_beam) * ci_b + beam_j * ci_j)"]
+    k_lines = ["gathered = in_n & (cols < q_off) & (cols < ci_len)",
+               "src_beam = tl.load(ci_row + keys * ci_t, mask=gathered, other=0)",
+               "src_beam = tl.minimum(tl.maximum(src_beam, 0), ci_beam - 1)",
+               "src_b = tl.where(gathered, b - beam_j + src_beam, b)",
+               "k_tile = tl.load(k + (src_b[None, :] * skb + hk * skh + keys[None, :] * skn + "
+               "offs_d[:, None] * skd), mask=in_d[:, None] & in_n[None, :], other=0.0)"]
+    v_lines = ["v_tile = tl.load(vals + (src_b[:, None] * svb + hk * svh + keys[:, None] * svn "
+               "+ offs_dv[None, :] * svd), mask=in_n[:, None] & in_dv[None, :], other=0.0)"]
+    return params, setup, k_lines, v_lines
+
+
+def _beam_args(op: str, ci, b: int, s: int) -> tuple:
+    """The kernel's cache_indirection arguments; ``ci_len`` 0 (nothing gathered) unless the
+    step has one query token."""
+    if ci.dim() != 3 or ci.shape[0] * ci.shape[1] != b:
+        raise ValueError(f"{op}: cache_indirection must be (batch, beam_width, "
+                         f"max_sequence_length) with batch * beam_width = {b} query rows, got "
+                         f"{list(ci.shape)}")
+    return (ci, ci.shape[1], *ci.stride(), ci.shape[2] if s == 1 else 0)
+
+
 def _bias_mask(op: str, bias, b: int, n: int, s: int, t: int, shared: bool):
     """attention_bias broadcast to (B, N, S, T) through zero strides; with ``shared`` T is
     the bias's own width (past + L, known on the device only), at most the capacity ``t``."""
@@ -91,7 +121,7 @@ class MhaLauncher:
             ctx.tuning
 
     def __call__(self, query, key=None, value=None, bias=None, kpm=None, attn_bias=None,
-                 past_k=None, past_v=None, past_len=None) -> tuple:
+                 past_k=None, past_v=None, past_len=None, beams=None) -> tuple:
         import torch
 
         n, op = self.heads, self.op
@@ -141,6 +171,8 @@ class MhaLauncher:
             extra += _padding_args(op, kpm, b, s, t, self.shared)
         if self.shared:
             extra += (offsets, length)
+            if beams is not None:
+                extra += _beam_args(op, beams, b, s)
         elif self.causal_past:
             extra += (p,)
         out = torch.empty((b, s, n * hv), dtype=self.dtype, device=self.device)
@@ -185,8 +217,6 @@ class MultiHeadAttention(Template):
     kind = "attention"
 
     def claim(self, node, ctx) -> str | None:
-        if _input(node, 9):
-            return "cache_indirection (beam search) runs on the CPU"
         if _output(node, 3):
             return "the qk output runs on the CPU"
         if int(node.attrs.get("num_heads", 0)) <= 0:
@@ -205,6 +235,15 @@ class MultiHeadAttention(Template):
                 return "past_sequence_length without past_key / past_value"
             why = check_dtypes(ctx, [shared], ("int32",), node.op_type +
                                " past_sequence_length")
+            if why:
+                return why
+        beams = _input(node, 9)
+        if beams:  # the NumPy kernel's errors for these
+            if not shared:
+                return "cache_indirection without past_sequence_length"
+            if _input(node, 5):
+                return "attention_bias with cache_indirection runs on the CPU"
+            why = check_dtypes(ctx, [beams], ("int32",), node.op_type + " cache_indirection")
             if why:
                 return why
         floats = [node.inputs[0], _input(node, 1), _input(node, 2), _input(node, 3), past_k,
@@ -255,9 +294,14 @@ class MultiHeadAttention(Template):
             kp_params, setup, scores = _padding_hooks(ctx.rank_of(kpm), filter_value)
             params += kp_params
         causal_past = causal and past
+        beams = bool(_input(node, 9))
         if shared:  # the offset on the device; keys past + L of the buffer's M
             params += ["psl", "new_len"]
             setup += ["q_off = tl.load(psl)", "kv_len = tl.minimum(q_off + new_len, Sk)"]
+            if beams:
+                beam_params, beam_setup, k_lines, v_lines = _beam_hooks()
+                params += beam_params
+                setup += beam_setup
         elif causal_past:
             params.append("past_len")
             setup += ["q_off = past_len", "kv_len = Sk"]
@@ -276,12 +320,13 @@ class MultiHeadAttention(Template):
                    f"{heads} heads; query rank {ctx.rank_of(node.inputs[0])}, key {key_form}"
                    f"{'; bias' if bias else ''}"
                    f"{'; key_padding_mask rank ' + str(ctx.rank_of(kpm)) if kpm else ''}"
-                   f"{'; shared KV buffer at past_sequence_length' if shared else ''}\n"
+                   f"{'; shared KV buffer at past_sequence_length' if shared else ''}"
+                   f"{', K/V read through cache_indirection' if beams else ''}\n"
                    f"{append_line}flash attention, online softmax in {compute_type(dt)}; "
                    f"scale={'1/sqrt(H)' if scale is None else repr(scale)}; {variant.text()}")
         kernel, source, path, cached = _flash_kernel(node, ctx, variant, hooks, ir_text)
         launcher = MhaLauncher(kernel, append, dt, heads, scale, kv_bias and not cache,
                                kv_bias and cache, causal_past, shared, wants, ctx)
-        return KernelSpec(name, launcher, [_input(node, i) for i in range(9)], ir_text, source,
+        return KernelSpec(name, launcher, [_input(node, i) for i in range(10)], ir_text, source,
                           path, cached)
 

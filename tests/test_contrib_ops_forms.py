@@ -284,8 +284,8 @@ def _triton_placement(model):
 
 @requires_triton
 @pytest.mark.parametrize("form,reason", [
-    ("mha_shared", None),  # tests/test_triton_mha_shared.py: its kernels
-    ("mha_beams", "cache_indirection"),
+    ("mha_shared", None),  # tests/test_triton_mha_shared.py: their kernels
+    ("mha_beams", None),
     ("gqa_int8", "k_quant_type"),
     ("gqa_int4", "k_quant_type"),
     ("gqa_window", "sliding_window_cache"),

@@ -1,6 +1,6 @@
 """com.microsoft MultiHeadAttention on one shared past/present KV buffer
-(``past_sequence_length``) on the Triton provider (interpreter mode), against onnxruntime's
-CPU kernel, float32 at rtol/atol 1e-5.
+(``past_sequence_length``, and beam search's ``cache_indirection`` on it) on the Triton
+provider (interpreter mode), against onnxruntime's CPU kernel, float32 at rtol/atol 1e-5.
 
 Each node lands on Triton as one append launch (the new rows written at the offset read on
 the device) and one flash-attention launch; the run reads nothing back on the host, so the
@@ -102,6 +102,20 @@ def test_the_kernels_read_the_offset_on_the_device():
         for name, g, w in zip(outputs, got, want):
             np.testing.assert_allclose(g, w, **TOL, err_msg=f"{name}, past {past}")
     assert len(sess._bound_plans.bound()) == 1
+
+
+@pytest.mark.parametrize("batch,beams,past,s", [(1, 2, 3, 1), (2, 2, 4, 1), (1, 3, 0, 1),
+                                                (2, 3, 5, 1), (1, 2, 3, 2)])
+@pytest.mark.parametrize("mask", [None, "2d"])
+def test_beam_search_reads_the_cache_through_cache_indirection(batch, beams, past, s, mask):
+    """Row b * beam + j reads cached key t from beam cache_indirection[b, j, t] in a one-token
+    step (a prompt, s > 1, reads its own rows, as onnxruntime's CPU kernel does)."""
+    rows = batch * beams
+    node, feeds, inits = _case(rows, s, past, 0, mask)
+    feeds["ci"] = np.random.default_rng(past).integers(0, beams, (batch, beams, CAP)) \
+        .astype(np.int32)
+    node.input.append("ci")
+    _check_step(node, feeds, inits)
 
 
 def test_placement_names_the_shared_buffer():
