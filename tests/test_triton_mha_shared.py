@@ -59,17 +59,17 @@ def _case(b, s, past, causal, mask=None, attention_bias=False, bias=True):
     return node, feeds, inits
 
 
-def _check_step(node, feeds, inits):
+def _check_step(node, feeds, inits, elem=TensorProto.FLOAT, tol=TOL):
     outputs = list(node.output)
-    model = build([node], feeds, outputs, inits,
-                  out_types={o: TensorProto.FLOAT for o in outputs})
+    model = build([node], feeds, outputs, inits, out_types={o: elem for o in outputs})
     want = run_ort(model, feeds)
     sess = _session(model)
     got, kernels = _launches(sess, feeds)
     assert kernels == 2, kernels  # the append, then the flash launch
     for name, g, w in zip(outputs, got, want):
-        assert g.shape == w.shape, (name, g.shape, w.shape)
-        np.testing.assert_allclose(g, w, **TOL, err_msg=name)
+        assert g.shape == w.shape and g.dtype == w.dtype, (name, g.shape, w.shape)
+        np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), **tol,
+                                   err_msg=name)
     assert sess._bound_plans.refusals == {}
     assert sess.placement_report().endswith(NO_HOST_READS)
     return sess
@@ -86,6 +86,15 @@ def test_prompt_and_decode_steps(past, s, causal, mask):
 @pytest.mark.parametrize("causal", [0, 1])
 def test_key_lengths_attention_bias_and_no_bias(causal):
     _check_step(*_case(2, 3, 3, causal, "lengths", attention_bias=True, bias=False))
+
+
+def test_float16_step():
+    """float16 buffers: the kernels compute in float32 and round once (a float16 ulp of the
+    outputs' magnitude apart from onnxruntime's)."""
+    node, feeds, inits = _case(2, 3, 3, 1, "2d")
+    feeds = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    inits = {k: v.astype(np.float16) for k, v in inits.items()}
+    _check_step(node, feeds, inits, TensorProto.FLOAT16, {"rtol": 2e-3, "atol": 2e-3})
 
 
 def test_the_kernels_read_the_offset_on_the_device():
@@ -296,3 +305,33 @@ def test_attention_half_shared_forms_keep_the_contrib_node(case):
     sess = _session(model)
     ops = [(a.node.domain, a.node.op_type) for a in sess._program.partition.assignments.values()]
     assert ("com.microsoft", "Attention") in ops, ops
+
+
+def test_attention_decode_loop_with_present_bound_onto_past():
+    """The decomposed Attention through IOBinding, present bound onto the past's own
+    (2, B, N, M, H) OrtValue: a 3-token prompt then three one-token steps, each equal to
+    onnxruntime's MultiHeadAttention on the same projection."""
+    node, feeds, inits = _attention_case(3, 0, 1, None)
+    model = build([node], feeds, ["y", "present"], inits,
+                  out_types={"y": TensorProto.FLOAT, "present": TensorProto.FLOAT})
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "chunk"
+    sess = _session(model)
+    buffer = feeds["past"].copy()
+    cache = ort.OrtValue.ortvalue_from_numpy(buffer.copy())
+    past = 0
+    for step, s in enumerate([3, 1, 1, 1]):
+        feeds = {"x": randn(2, s, 6), "past": buffer, "psl": np.array([past], np.int32)}
+        want_y, buffer = _attention_in_ort(feeds, inits, node)
+        io = sess.io_binding()
+        io.bind_cpu_input("x", feeds["x"])
+        io.bind_cpu_input("psl", feeds["psl"])
+        io.bind_ortvalue_input("past", cache)
+        io.bind_output("y")
+        io.bind_ortvalue_output("present", cache)
+        sess.run_with_iobinding(io)
+        np.testing.assert_allclose(io.copy_outputs_to_cpu()[0], want_y, **TOL,
+                                   err_msg=f"step {step}")
+        np.testing.assert_allclose(cache.numpy(), buffer, **TOL, err_msg=f"step {step}")
+        past += s
+    assert sess._bound_plans.refusals == {}
+    assert sess.placement_report().endswith(NO_HOST_READS)
