@@ -180,6 +180,38 @@ def test_a_failing_request_does_not_fail_its_batch(blas_pool_restored):
     assert server.stats()["batches"] == {1: 2}  # the batch ran request by request
 
 
+def test_batches_closed_while_the_session_runs_then_run_as_one(blas_pool_restored):
+    """Serve's batcher closes a batch every wait timeout, busy session or not: the batches
+    that wait meanwhile run together, up to max_batch_size requests."""
+    pytest.importorskip("ray.serve")
+    import threading
+
+    from tritort.serve import ModelServer
+
+    server = ModelServer(gather_model().SerializeToString(), None, None, None, 1, 8, 0.01)
+    table = np.arange(12, dtype=np.float32).reshape(4, 3)
+    requests = [{"idx": np.array([i % 4, (i + 1) % 4])} for i in range(11)]
+
+    async def send():
+        gate = threading.Event()
+        server._worker.submit(gate.wait)  # the session is busy
+        # as Serve hands them over: one batch of one request, then ten more
+        batches = [[(r, None, batching.signature(r, None))] for r in requests]
+        first = asyncio.ensure_future(server._run_batch(batches[0]))
+        await asyncio.sleep(0.05)  # the first batch waits for the session
+        rest = [asyncio.ensure_future(server._run_batch(b)) for b in batches[1:]]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(first, *rest)
+
+    results = asyncio.run(send())
+    for request, result in zip(requests, results):
+        (ok, outputs), = result
+        assert ok
+        np.testing.assert_array_equal(outputs["out"], table[request["idx"]])
+    assert server.stats()["batches"] == {1: 1, 2: 1, 8: 1}
+
+
 def test_threads_follow_the_cpus_ray_gives(blas_pool_restored):
     pytest.importorskip("ray.serve")
     from tritort.serve import ModelServer, replica_threads, wants_gpu

@@ -72,7 +72,8 @@ class ModelServer:
 
     def __init__(self, model: Any, providers: Sequence[Any] | None,
                  sess_options: SessionOptions | None, provider_options: Sequence[dict] | None,
-                 threads: int, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+                 threads: int, max_batch_size: int, batch_wait_timeout_s: float,
+                 max_ongoing_requests: int = DEFAULT_MAX_ONGOING) -> None:
         options = sess_options if sess_options is not None else SessionOptions()
         if options.intra_op_num_threads == 0:  # 0 would take every core of the machine
             options.intra_op_num_threads = threads
@@ -90,9 +91,16 @@ class ModelServer:
         self._runs: Counter = Counter()
         self._requests = 0
         self._metric = _requests_per_run_metric()
+        # Serve's batcher closes a batch every batch_wait_timeout_s even while the session is
+        # busy; those batches wait here and run as one when it is free (_drain), so batches
+        # fill under load. Every request may be a batch of its own: hence max_ongoing_requests
+        # concurrent batches (Serve logs a warning about it that does not apply here).
+        self._waiting: list[tuple[list[tuple], asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
         if self.max_batch_size > 1:  # a queue per replica, not per class
             self._batched = serve.batch(max_batch_size=self.max_batch_size,
-                                        batch_wait_timeout_s=batch_wait_timeout_s)(
+                                        batch_wait_timeout_s=batch_wait_timeout_s,
+                                        max_concurrent_batches=max(1, max_ongoing_requests))(
                                             self._run_batch)
         self._warm_up(model)
         log.info("replica ready in %.1f s: providers %s, %d threads, batch dim %s, max batch %d",
@@ -138,8 +146,33 @@ class ModelServer:
                 "batches": dict(sorted(self._runs.items()))}
 
     async def _run_batch(self, items: list[tuple]) -> list[tuple[bool, Any]]:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._worker, self._run_groups, items)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._waiting.append((items, done))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        """Runs the waiting batches, as many together as fit in max_batch_size requests,
+        until none waits."""
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            taken, requests = [], 0
+            while self._waiting and (not taken or requests + len(self._waiting[0][0])
+                                     <= self.max_batch_size):
+                taken.append(self._waiting.pop(0))
+                requests += len(taken[-1][0])
+            try:
+                results = await loop.run_in_executor(
+                    self._worker, self._run_groups, [item for items, _ in taken for item in items])
+            except Exception as e:  # noqa: BLE001 - each request of these gets it
+                results = [(False, e)] * requests
+            start = 0
+            for items, done in taken:
+                if not done.done():  # not cancelled meanwhile
+                    done.set_result(results[start:start + len(items)])
+                start += len(items)
 
     # -- runs (on the worker thread) ------------------------------------------------------------
 
@@ -265,7 +298,7 @@ def app(model: Any, *, providers: Sequence[Any] | None = None,
                                     ray_actor_options=actor, **deployment_options)
     return deployment.bind(model, list(providers) if providers else None, sess_options,
                            provider_options, replica_threads(actor), batch,
-                           float(batch_wait_timeout_s))
+                           float(batch_wait_timeout_s), int(max_ongoing_requests))
 
 
 def is_retryable(error: BaseException) -> bool:
