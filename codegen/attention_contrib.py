@@ -36,6 +36,7 @@ import numpy as np
 from tritort import dtypes
 
 from . import attention as flash
+from . import attention_rotary as rope_lines
 from .cache import KERNEL
 from .emit import acc_type, compute_type, helper_source, storage_type, stored
 from .keys import contrib
@@ -99,19 +100,21 @@ def _rotary_args(cos, sin, pids, batch: int) -> tuple:
 
 
 def append_source(name: str, node, dtype: str, per_batch: bool, past: bool, bias: bool,
-                  rotary: str | None, interleaved: bool, shared: bool = False
-                  ) -> tuple[str, str]:
+                  rotary: str | None, interleaved: bool, shared: bool = False,
+                  rope: rope_lines.Rope | None = None) -> tuple[str, str]:
     """One launch over present [B, NK, L, max(HK, HV)] writing both caches: new rows (K/V
     read as [b, s, n, d] through strides, bias added, K rotated) at rows ``P ..`` (``P``
     from seqlens_k per batch entry, with ``shared`` the one value of a device tensor
     (MultiHeadAttention's past_sequence_length), or the past's length), past rows below /
-    around them, zeros elsewhere. ``rotary``: None, "offsets" or "ids"."""
+    around them, zeros elsewhere. ``rotary``: None, "offsets" or "ids" (GroupQueryAttention's
+    do_rotary); ``rope``: a RotaryEmbedding node computed on K here instead."""
     ct = acc_type(dtype)
     start = "seqlens_k[b] + 1 - min(S, seqlens_k[b] + 1)" if per_batch else \
         "past_sequence_length" if shared else "past length"
     ir_text = (f"{name}: KV cache append for '{node.name}' ({node.op_type}) into present "
                f"[B, NK, L, H]: rows P .. P + S from the new K/V"
                f"{' + bias' if bias else ''}{', K rotated' if rotary else ''}"
+               f"{', K rotated as ' + rope.text() if rope else ''}"
                f"{', the past elsewhere' if past else ''}; P = {start}")
     params = ["knew", "vnew", "ko", "vo", "numel", "d0", "d1", "d2", "d3", "S", "BUF", "HK", "HV",
               "ks0", "ks1", "ks2", "ks3", "vs0", "vs1", "vs2", "vs3",
@@ -124,6 +127,8 @@ def append_source(name: str, node, dtype: str, per_batch: bool, past: bool, bias
         params += ["kbias", "vbias"]
     if rotary:
         params += ROTARY_PARAMS + (POSITION_PARAMS if rotary == "ids" else [])
+    if rope:
+        params += rope_lines.params("kr_", rope)
     body = ["kin = mask & (i3 < HK)", "vin = mask & (i3 < HV)"]
     if per_batch:
         body += ["t_b = tl.load(seq + i0, mask=mask, other=0) + 1",
@@ -165,6 +170,8 @@ def append_source(name: str, node, dtype: str, per_batch: bool, past: bool, bias
                      f".to({ct})",
                      "x = tl.where(i3 < ROT, tl.where(r_first, x * c - w * sn, x * c + w * sn), "
                      "x)"]
+        if rope and which == "k":
+            body += rope_lines.append_lines(rope, dtype, at)
         if past:
             ps = "ps" if which == "k" else "qs"
             body += [f"x = tl.where(new, x, tl.load(p{which} + (i0 * {ps}0 + i1 * {ps}1 + "
@@ -212,9 +219,10 @@ class Append:
 
 
 def _append_kernel(node, ctx, name: str, dtype: str, per_batch: bool, past: bool, bias: bool,
-                   rotary: str | None, interleaved: bool, shared: bool = False):
+                   rotary: str | None, interleaved: bool, shared: bool = False,
+                   rope: rope_lines.Rope | None = None):
     source, ir_text = append_source(name, node, dtype, per_batch, past, bias, rotary,
-                                    interleaved, shared)
+                                    interleaved, shared, rope)
     fn, path, _ = load_source(source, name, ctx)
     return Append(fn, per_batch or shared, ctx.torch_device), ir_text, path
 
@@ -295,15 +303,15 @@ class GqaLauncher:
     op = "GroupQueryAttention"
 
     def __init__(self, kernel, append, dtype: str, heads: int, kv_heads: int, scale, rotary,
-                 sink: str | None, ctx):
+                 sink: str | None, ctx, ropes: tuple = (None, None)):
         self.kernel, self.append, self.dtype = kernel, append, torch_dtype(dtype)
         self.heads, self.kv_heads, self.scale = heads, kv_heads, scale
-        self.rotary, self.sink = rotary, sink
+        self.rotary, self.sink, self.ropes = rotary, sink, ropes
         self.device, self.interpreted, self.table = ctx.torch_device, ctx.interpreted, \
             ctx.tuning
 
     def __call__(self, query, key, value, past_k, past_v, seqlens, total, cos=None, sin=None,
-                 pids=None, bias=None, sink=None) -> tuple:
+                 pids=None, bias=None, sink=None, *rope_values) -> tuple:
         import torch
 
         n, nk, op = self.heads, self.kv_heads, self.op
@@ -343,6 +351,9 @@ class GqaLauncher:
                                  f"the head size {h}")
             if pids is not None and tuple(pids.shape) != (b, s):
                 raise ValueError(f"{op}: position_ids must have shape ({b}, {s})")
+        rope_q, rope_k = self.ropes  # RotaryEmbedding nodes on the query and the key
+        if rope_k is not None:
+            rotary = rope_lines.side_args(rope_k, rope_values[3:], b, s, h)
         present_k, present_v = self.append(k4, v4, past, length, seqlens, rotary=rotary)
         out = torch.empty((b, s, n * hv), dtype=self.dtype, device=self.device)
         y = out.view(b, s, n, hv).permute(0, 2, 1, 3)
@@ -352,7 +363,9 @@ class GqaLauncher:
                                  f"got {list(bias.shape)}")
             bias = flash._mask_view(op, bias, (b, n, s, bias.shape[3]))
         scale = self.scale if self.scale is not None else 1 / math.sqrt(h)
-        extra = (seqlens, *rotary) + ((sink.reshape(-1),) if self.sink == "head_sink" else ())
+        extra = (seqlens, *(rotary if self.rotary else ())) + \
+            ((sink.reshape(-1),) if self.sink == "head_sink" else ()) + \
+            rope_lines.side_args(rope_q, rope_values[:3], b, s, h)
         flash.launch(self.kernel, q4.permute(0, 2, 1, 3), present_k, present_v, y, bias,
                      scale, self.interpreted, self.table, extra)
         return out, present_k, present_v
@@ -361,6 +374,14 @@ class GqaLauncher:
 @template(contrib("GroupQueryAttention"))
 class GroupQueryAttention(Template):
     kind = "attention"
+    operand_prologues = True  # RotaryEmbedding nodes on the query and the key
+    operand_inputs = (0, 1)
+
+    def takes_operand(self, producer, ctx, node, index, made_by) -> bool:
+        if node.attrs.get("do_rotary", 0) or not _input(node, 1):
+            return False  # rotated twice, or a packed QKV
+        heads = int(node.attrs["num_heads" if index == 0 else "kv_num_heads"])
+        return rope_lines.takes_rotary(producer, ctx, heads, (3,))
 
     def claim(self, node, ctx) -> str | None:
         a = node.attrs
@@ -437,6 +458,7 @@ class GroupQueryAttention(Template):
             "smooth" if int(a.get("smooth_softmax", -1)) == 1 else None
         bias = _input(node, 10)
         past = bool(_input(node, 3))
+        rope_q, rope_k = rope_lines.ropes(fusion)
         variant = flash.Variant(dt, "additive" if bias else None, causal,
                                 window - 1 if window > 0 else -1, -1, softcap,
                                 empty_rows="zero", precision=ctx.dot_precision(dt) or "ieee")
@@ -450,14 +472,17 @@ class GroupQueryAttention(Template):
                 setup += _first_prompt("seqlens", "NB", "Sq") + ["pid0 = tl.load(pids)"]
             q_lines = _q_rotary_lines(dt, interleaved, pids)
         sink_params, init = _sink_lines(sink, dt)
-        hooks = flash.Hooks(tuple(params + sink_params), tuple(setup), True, tuple(q_lines),
-                            init=tuple(init))
+        if rope_q:
+            params_q = rope_lines.params("qr_", rope_q)
+            q_lines += rope_lines.q_tile_lines(rope_q, dt)
+        hooks = flash.Hooks(tuple(params + sink_params + (params_q if rope_q else [])),
+                            tuple(setup), True, tuple(q_lines), init=tuple(init))
         append, append_ir, append_path = _append_kernel(
             node, ctx, "kv_append", dt, True, past, False,
-            ("ids" if pids else "offsets") if rotary else None, interleaved)
+            ("ids" if pids else "offsets") if rotary else None, interleaved, rope=rope_k)
         scale = _scale(a.get("scale"))
         rope = f"RoPE on Q tiles ({'interleaved' if interleaved else 'halves'})" if rotary \
-            else "no RoPE"
+            else f"Q tiles rotated as {rope_q.text()}" if rope_q else "no RoPE"
         ir_text = (f"kernel {name} GroupQueryAttention node={node.name!r}\n"
                    f"{n} query / {nk} kv heads{', packed QKV' if not _input(node, 1) else ''}"
                    f"{', past cache' if past else ''}; seqlens_k per batch entry; "
@@ -467,8 +492,13 @@ class GroupQueryAttention(Template):
                    f"2. flash attention over present, online softmax in {compute_type(dt)}; "
                    f"scale={'1/sqrt(H)' if scale is None else repr(scale)}; {variant.text()}")
         kernel, source, path, cached = _flash_kernel(node, ctx, variant, hooks, ir_text)
-        launcher = GqaLauncher(kernel, append, dt, n, nk, scale, rotary, sink, ctx)
+        launcher = GqaLauncher(kernel, append, dt, n, nk, scale, rotary, sink, ctx,
+                               (rope_q, rope_k))
         inputs = [_input(node, i) for i in range(12)]
+        if rope_q or rope_k:  # the rotary nodes' inputs in place of their outputs
+            inputs[0] = rope_q.source if rope_q else inputs[0]
+            inputs[1] = rope_k.source if rope_k else inputs[1]
+            inputs += rope_lines.inputs(rope_q) + rope_lines.inputs(rope_k)
         return KernelSpec(name, launcher, inputs, ir_text, source, path, cached,
                           host_inputs=(inputs[6],))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 from . import attention as flash
+from . import attention_rotary as rope_lines
 from .attention_contrib import (FLOATS, MASK_FILTER, _append_kernel, _bias_hook,
                                 _flash_kernel, _heads, _input, _output, _outputs_typed, _scale)
 from .emit import compute_type
@@ -112,16 +113,18 @@ class MhaLauncher:
     op = "MultiHeadAttention"
 
     def __init__(self, kernel, append, dtype: str, heads: int, scale, kv_bias_in_flash: bool,
-                 kv_bias_in_append: bool, causal_past: bool, shared: bool, wants: tuple, ctx):
+                 kv_bias_in_append: bool, causal_past: bool, shared: bool, wants: tuple, ctx,
+                 ropes: tuple = (None, None)):
         self.kernel, self.append, self.dtype = kernel, append, torch_dtype(dtype)
         self.heads, self.scale = heads, scale
         self.kv_bias_in_flash, self.kv_bias_in_append = kv_bias_in_flash, kv_bias_in_append
         self.causal_past, self.shared, self.wants = causal_past, shared, wants
+        self.ropes = ropes
         self.device, self.interpreted, self.table = ctx.torch_device, ctx.interpreted, \
             ctx.tuning
 
     def __call__(self, query, key=None, value=None, bias=None, kpm=None, attn_bias=None,
-                 past_k=None, past_v=None, past_len=None, beams=None) -> tuple:
+                 past_k=None, past_v=None, past_len=None, beams=None, *rope_values) -> tuple:
         import torch
 
         n, op = self.heads, self.op
@@ -162,9 +165,13 @@ class MhaLauncher:
         else:
             p = 0 if past is None else past_k.shape[2]
             t = p + length
+        rope_q, rope_k = self.ropes  # RotaryEmbedding nodes on the query and the key
+        k_rope = rope_lines.side_args(rope_k, rope_values[3:], b, length, h)
         if self.append is not None:
             kf, vf = self.append(k4, v4, past, t, offsets,
-                                 bias=kv_bias if self.kv_bias_in_append else None)
+                                 bias=kv_bias if self.kv_bias_in_append else None,
+                                 rotary=k_rope)
+            k_rope = ()
         else:
             kf, vf = k4.permute(0, 2, 1, 3), v4.permute(0, 2, 1, 3)
         if kpm is not None:
@@ -175,6 +182,7 @@ class MhaLauncher:
                 extra += _beam_args(op, beams, b, s)
         elif self.causal_past:
             extra += (p,)
+        extra += rope_lines.side_args(rope_q, rope_values[:3], b, s, h) + k_rope
         out = torch.empty((b, s, n * hv), dtype=self.dtype, device=self.device)
         y = out.view(b, s, n, hv).permute(0, 2, 1, 3)
         mask = None if attn_bias is None else _bias_mask(op, attn_bias, b, n, s, t,
@@ -215,6 +223,18 @@ def _shape_reason(node, ctx) -> str | None:
 @template(contrib("MultiHeadAttention"))
 class MultiHeadAttention(Template):
     kind = "attention"
+    operand_prologues = True  # RotaryEmbedding nodes on the query and the key
+    operand_inputs = (0, 1)
+
+    def takes_operand(self, producer, ctx, node, index, made_by) -> bool:
+        # a bias is added to the rotated value: it would have to come after the rotation
+        # reads its partner channel, which the tile hooks do not order that way
+        if _input(node, 3) or ctx.rank_of(node.inputs[0]) != 3:
+            return False
+        rank = ctx.rank_of(node.inputs[index])
+        if index == 1 and (rank not in (3, 4) or not _input(node, 2)):
+            return False  # packed KV
+        return rope_lines.takes_rotary(producer, ctx, int(node.attrs["num_heads"]), (rank,))
 
     def claim(self, node, ctx) -> str | None:
         if _output(node, 3):
@@ -295,6 +315,7 @@ class MultiHeadAttention(Template):
             params += kp_params
         causal_past = causal and past
         beams = bool(_input(node, 9))
+        rope_q, rope_k = rope_lines.ropes(fusion)
         if shared:  # the offset on the device; keys past + L of the buffer's M
             params += ["psl", "new_len"]
             setup += ["q_off = tl.load(psl)", "kv_len = tl.minimum(q_off + new_len, Sk)"]
@@ -305,6 +326,12 @@ class MultiHeadAttention(Template):
         elif causal_past:
             params.append("past_len")
             setup += ["q_off = past_len", "kv_len = Sk"]
+        if rope_q:
+            params += rope_lines.params("qr_", rope_q)
+            q_lines += rope_lines.q_tile_lines(rope_q, dt)
+        if rope_k and not cache:  # else the append kernel rotates K
+            params += rope_lines.params("kr_", rope_k)
+            k_lines += rope_lines.k_tile_lines(rope_k, dt)
         hooks = flash.Hooks(tuple(params), tuple(setup), shared or causal_past, tuple(q_lines),
                             tuple(k_lines), tuple(v_lines), scores=tuple(scores))
         variant = flash.Variant(dt, "additive" if attn_bias else None, causal,
@@ -312,7 +339,8 @@ class MultiHeadAttention(Template):
         append, append_line = None, ""
         if cache:
             append, append_ir, append_path = _append_kernel(node, ctx, "kv_append", dt, False,
-                                                            past, kv_bias, None, False, shared)
+                                                            past, kv_bias, None, False, shared,
+                                                            rope_k)
             append_line = f"1. {append_ir} (kernel {append_path.stem})\n2. "
         scale = _scale(a.get("scale"))
         key_form = "in heads" if in_heads else f"rank {ctx.rank_of(key)}" if key else "packed"
@@ -321,12 +349,19 @@ class MultiHeadAttention(Template):
                    f"{'; bias' if bias else ''}"
                    f"{'; key_padding_mask rank ' + str(ctx.rank_of(kpm)) if kpm else ''}"
                    f"{'; shared KV buffer at past_sequence_length' if shared else ''}"
-                   f"{', K/V read through cache_indirection' if beams else ''}\n"
+                   f"{', K/V read through cache_indirection' if beams else ''}"
+                   f"{'; Q rotated as ' + rope_q.text() if rope_q else ''}"
+                   f"{'; K rotated as ' + rope_k.text() if rope_k else ''}\n"
                    f"{append_line}flash attention, online softmax in {compute_type(dt)}; "
                    f"scale={'1/sqrt(H)' if scale is None else repr(scale)}; {variant.text()}")
         kernel, source, path, cached = _flash_kernel(node, ctx, variant, hooks, ir_text)
         launcher = MhaLauncher(kernel, append, dt, heads, scale, kv_bias and not cache,
-                               kv_bias and cache, causal_past, shared, wants, ctx)
-        return KernelSpec(name, launcher, [_input(node, i) for i in range(10)], ir_text, source,
-                          path, cached)
+                               kv_bias and cache, causal_past, shared, wants, ctx,
+                               (rope_q, rope_k))
+        inputs = [_input(node, i) for i in range(10)]
+        if rope_q or rope_k:  # the rotary nodes' inputs in place of their outputs
+            inputs[0] = rope_q.source if rope_q else inputs[0]
+            inputs[1] = rope_k.source if rope_k else inputs[1]
+            inputs += rope_lines.inputs(rope_q) + rope_lines.inputs(rope_k)
+        return KernelSpec(name, launcher, inputs, ir_text, source, path, cached)
 

@@ -170,19 +170,21 @@ def compile_nodes(nodes: Sequence[Node], info: Any,
     per template node with the pointwise nodes fused into it, then one per group of the
     remaining pointwise nodes; and a report of each unit (name, kernel, kind, nodes, cache
     path). ``info``: the compile stage's view of the graph."""
-    from .prologues import operand_prologue
-
     types = Types(info.value)
     ctx = template_context(types, info.initializers, info.opsets[""], device)
-    anchor_groups = AnchorPlanner(nodes, info.position, types.shape, types.dtype, info.escapes,
-                                  lambda n, *where: operand_prologue(n, ctx, *where)
-                                  is not None).plan()
+    anchor_groups = AnchorPlanner(
+        nodes, info.position, types.shape, types.dtype, info.escapes,
+        lambda n, anchor, index, made_by: TEMPLATES[op_key(anchor)].takes_operand(
+            n, ctx, anchor, index, made_by)).plan()
     anchors = {g.anchor.name: g for g in anchor_groups}
+    # template nodes an anchor computes its operands from (RotaryEmbedding into attention)
+    absorbed = {n.name for g in anchor_groups for n in g.prologue}
     units: list[CompiledUnit] = []
     reports: list[dict] = []
     template_groups: list[list[Node]] = []
     fused_names: set[str] = set()
-    for index, node in enumerate(n for n in nodes if op_key(n) in TEMPLATES):
+    for index, node in enumerate(n for n in nodes
+                                 if op_key(n) in TEMPLATES and n.name not in absorbed):
         template = TEMPLATES[op_key(node)]
         group = anchors.get(node.name)
         fusion = _tile_fusion(group, template, info, types) if group else None
@@ -270,7 +272,8 @@ def _tile_fusion(group: AnchorGroup, template: Template, info: Any, types: Types
     operands = {}
     if template.operand_prologues:  # one converting node per operand
         made = {o: n for n in group.prologue for o in n.outputs}
-        operands = {i: made[v] for i, v in enumerate(anchor.inputs[:2]) if v in made}
+        operands = {i: made[anchor.inputs[i]] for i in template.operand_inputs
+                    if i < len(anchor.inputs) and anchor.inputs[i] in made}
     elif group.prologue:
         prologue = build_kernel(f"{anchor.name}_prologue", group.prologue, types.dtype,
                                 types.rank, lambda v: v == data)

@@ -148,7 +148,8 @@ class AnchorPlanner:
     ``nodes``: the nodes this provider runs, in topological order; ``position``: every
     node's index in the whole (partitioned) graph; ``escapes(value, names)``: is value read
     outside the named nodes, or returned by the graph? ``operand_prologue(node, anchor,
-    index, producer)``: can a GEMM convert its operand's tiles by this node's rule?
+    index, producer)``: can the anchor's kernel compute its operand from this node as it
+    loads it (the anchor's template's rule)?
     """
 
     def __init__(self, nodes: Sequence[Node], position: dict[str, int],
@@ -193,8 +194,11 @@ class AnchorPlanner:
 
     def _free(self, node: Node, own_loads: bool = False) -> bool:
         """Pointwise and not yet taken; ``own_loads``: the template loads the node's inputs
-        by a rule of its own (an operand prologue), so per-axis inputs are fine."""
-        return self.is_pointwise(node) and node.name not in self.taken and \
+        by a rule of its own (an operand prologue), so per-axis inputs are fine, and so is a
+        template node that takes no fusion itself (the anchor's rule says which)."""
+        template = template_of(node)
+        kind_ok = template is None or (own_loads and not template.anchors_fusion())
+        return kind_ok and node.name not in self.taken and \
             not node.subgraphs and all(o for o in node.outputs) and \
             (own_loads or not self._aligned(node))
 
@@ -264,17 +268,21 @@ class AnchorPlanner:
         group.score += best_score
 
     def _choose_operand_prologues(self, group: AnchorGroup) -> None:
-        """A GEMM reads an operand's source and converts each tile: the converted operand
-        is never written (no score needed: it only saves memory traffic)."""
+        """A GEMM reads an operand's source and converts each tile (an attention rotates
+        Q and K): the computed operand is never written (no score needed: it only saves
+        memory traffic and a launch)."""
         anchor = group.anchor
-        if not template_of(anchor).operand_prologues:
+        template = template_of(anchor)
+        if not template.operand_prologues:
             return
         chosen = {}
-        for index, value in enumerate(anchor.inputs[:2]):
-            node = self.producer.get(value)
-            if node is None or node in group.prologue or not self._free(node, True) or \
-                    len(node.outputs) != 1 or self.escapes(value, {anchor.name, node.name}) \
-                    or not self.operand_prologue(node, anchor, index, self.producer.get):
+        for index in template.operand_inputs:
+            value = anchor.inputs[index] if index < len(anchor.inputs) else ""
+            node = self.producer.get(value) if value else None
+            if node is None or node in group.prologue or node in chosen.values() or \
+                    not self._free(node, True) or len(node.outputs) != 1 or \
+                    self.escapes(value, {anchor.name, node.name}) or \
+                    not self.operand_prologue(node, anchor, index, self.producer.get):
                 continue
             chosen[index] = node
         # a rule may need its partner operand's (int8 operands come in pairs): re-check

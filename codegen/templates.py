@@ -9,7 +9,8 @@ A template declares what it is (its ``kind``, shown in the kernel reports) and w
 may give it; :mod:`tritort.codegen.fusion` reads only these declarations: the ``passes`` it
 makes over its data input (a fused prologue is recomputed on each), and which pointwise work
 its kernel can take: a ``prologue`` computing its data input on each loaded tile, an
-``epilogue`` on its result, ``operand_prologues`` converting GEMM operands as they load.
+``epilogue`` on its result, ``operand_prologues`` computing operands as they load (a GEMM's
+Cast or scale, an attention's RotaryEmbedding on Q and K), by :meth:`Template.takes_operand`.
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ class Template(abc.ABC):
     epilogue: ClassVar[bool] = False  # computes pointwise consumers of its result
     per_element_epilogue: ClassVar[bool] = False  # ... on each element, not once per row
     operand_prologues: ClassVar[bool] = False  # converts each GEMM operand's tiles as loaded
+    operand_inputs: ClassVar[tuple[int, ...]] = (0, 1)  # the inputs those producers make
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -95,6 +97,15 @@ class Template(abc.ABC):
     def anchors_fusion(cls) -> bool:
         """Can pointwise nodes join this template's kernel?"""
         return cls.prologue or cls.epilogue or cls.operand_prologues
+
+    def takes_operand(self, producer: Node, ctx: TemplateContext, node: Node, index: int,
+                      made_by: Callable[[str], Node | None]) -> bool:
+        """With ``operand_prologues``: can the kernel compute ``node``'s input ``index`` from
+        ``producer`` as it loads it (``made_by(value)``: the node making a value)? The shared
+        rule (codegen.prologues) unless a template has its own."""
+        from .prologues import operand_prologue
+
+        return operand_prologue(producer, ctx, node, index, made_by) is not None
 
     @abc.abstractmethod
     def claim(self, node: Node, ctx: TemplateContext) -> str | None:

@@ -1,0 +1,207 @@
+"""RotaryEmbedding nodes computed inside the attention launch that reads their output.
+
+When a RotaryEmbedding's output is read only by a MultiHeadAttention or GroupQueryAttention
+as its query or key, the attention template takes the node as an operand prologue (the
+fusion planner asks :func:`takes_rotary`): Q is rotated on each tile the flash kernel loads,
+K as the append kernel writes it into present (or on each loaded K tile when there is no
+cache). The node's own semantics are kept, not GroupQueryAttention's do_rotary ones: the
+angle's row is position_ids[b, s] (every token's), com.microsoft's one-element offset + s,
+or, for ai.onnx without position_ids, the caches' own (b, s) row; interleaved or halves;
+the rotated width ``rotary_embedding_dim`` (ai.onnx) or twice the caches' (com.microsoft).
+Positions outside the caches give 0, as :mod:`.rotary`'s kernel.
+
+Each side's runtime parameters carry a prefix (``qr_`` / ``kr_``): Q and K may come from
+different nodes, with caches and positions of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .emit import acc_type, storage_type
+from .keys import op_key
+from .rotary import _Rotary
+from .templates import TEMPLATES
+
+
+def _rule(node) -> _Rotary | None:
+    """The node's RotaryEmbedding template (its inputs' and attributes' meaning), or None."""
+    template = TEMPLATES.get(op_key(node))
+    return template if isinstance(template, _Rotary) else None
+
+
+@dataclass(frozen=True)
+class Rope:
+    """A RotaryEmbedding node as an attention side computes it."""
+
+    node: object
+    source: str  # the node's input X: what the attention reads instead of its output
+    cos: str
+    sin: str
+    positions: str  # '' for ai.onnx's (B, S, R/2) caches
+    interleaved: bool
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.cos, self.sin, self.positions]
+
+    def text(self) -> str:
+        where = "position_ids" if self.positions else "caches per (b, s)"
+        return (f"{self.node.name} ({'interleaved' if self.interleaved else 'halves'}, "
+                f"{where})")
+
+
+def rope_of(node) -> Rope:
+    rule = _rule(node)
+    cos, sin = rule.caches(node)
+    return Rope(node, node.inputs[0], cos, sin, rule.positions(node) or "",
+                bool(node.attrs.get("interleaved", 0)))
+
+
+def takes_rotary(producer, ctx, heads: int, layout_ranks: tuple[int, ...]) -> bool:
+    """Can an attention side whose input has one of ``layout_ranks`` (3: (B, S, heads * H),
+    4: (B, heads, S, H)) rotate it as a RotaryEmbedding ``producer`` would?"""
+    if _rule(producer) is None:
+        return False
+    x, out = producer.inputs[0], producer.outputs[0]
+    rank = ctx.rank_of(x)
+    if rank not in layout_ranks or ctx.dtype_of(x) != ctx.dtype_of(out):
+        return False
+    if rank == 4:
+        shape = ctx.shape_of(x)
+        return shape is not None and shape[1] == heads
+    declared = int(producer.attrs.get("num_heads", 0))
+    if declared:
+        return declared == heads
+    # com.microsoft without num_heads: the head size is the rotated width 2 * caches'
+    x_shape, cos_shape = ctx.shape_of(x), ctx.shape_of(rope_of(producer).cos)
+    return x_shape is not None and cos_shape is not None and isinstance(x_shape[2], int) \
+        and isinstance(cos_shape[-1], int) and 2 * cos_shape[-1] * heads == x_shape[2]
+
+
+def ropes(fusion) -> tuple[Rope | None, Rope | None]:
+    """The RotaryEmbedding nodes fusion gives an attention for its query and key."""
+    operands = fusion.operands if fusion is not None else {}
+    return tuple(rope_of(operands[i]) if i in operands else None for i in (0, 1))
+
+
+def side_args(rope: Rope | None, values: tuple, b: int, s: int, head: int) -> tuple:
+    """:func:`args` for one side, or nothing where that side is not rotated; ``values``: the
+    node's (cos, sin, position_ids) tensors."""
+    return () if rope is None else args(rope, *values, b, s, head)
+
+
+def inputs(rope: Rope | None) -> list[str]:
+    return rope.inputs if rope is not None else ["", "", ""]
+
+
+def params(prefix: str, rope: Rope) -> list[str]:
+    names = ["cos", "sin", "cr", "cb", "cs", "cc", "sr", "sb", "ss", "sc", "max", "rot"]
+    if rope.positions:
+        names += ["pids", "pb", "ps", "add"]
+    return [prefix + n for n in names]
+
+
+def args(rope: Rope, cos, sin, pids, b: int, s: int, head: int) -> tuple:
+    """The runtime values of :func:`params`, for (b, s) tokens of heads of ``head``
+    channels; a clear error where the node itself would fail."""
+    rule = _rule(rope.node)
+    rot = rule.rotated(int(rope.node.attrs.get("rotary_embedding_dim", 0)), head, cos)
+    if rot > head or rot % 2:
+        raise ValueError(f"{rope.node.name}: the rotary width {rot} does not fit the head "
+                         f"size {head}")
+    if rope.positions:
+        pos = rule.position_args(pids, b, s)
+        cache = (cos.stride(0), 0, 0, cos.stride(1), sin.stride(0), 0, 0, sin.stride(1))
+        return (cos, sin, *cache, cos.shape[0], rot, *pos)
+    cache = (0, *cos.stride(), 0, *sin.stride())
+    return (cos, sin, *cache, 1, rot)
+
+
+def _pair(p: str, d: str, interleaved: bool) -> list[str]:
+    """``{p}first`` (the channel takes ``x cos - partner sin``), ``{p}col`` (its cache
+    column), ``{p}partner``, for channel index ``d``."""
+    if interleaved:
+        return [f"{p}first = ({d} % 2) == 0", f"{p}col = {d} // 2",
+                f"{p}partner = tl.where({p}first, {d} + 1, {d} - 1)"]
+    half = f"({p}rot // 2)"
+    return [f"{p}first = {d} < {half}", f"{p}col = tl.where({p}first, {d}, {d} - {half})",
+            f"{p}partner = tl.where({p}first, {d} + {half}, {d} - {half})"]
+
+
+def _position(p: str, rope: Rope, batch: str, token: str, inside: str) -> list[str]:
+    """``{p}pos``: the cache row of token ``token`` of batch entry ``batch``."""
+    if not rope.positions:
+        return [f"{p}pos = {token} * 0"]
+    return [f"{p}pos = tl.load({p}pids + ({batch} * {p}pb + {token} * {p}ps), mask={inside}, "
+            f"other=0).to(tl.int64) + {token} * {p}add"]
+
+
+def _row_ok(p: str, rope: Rope) -> str:
+    if not rope.positions:
+        return f"({p}pos == 0)"
+    return f"(({p}pos >= 0) & ({p}pos < {p}max))"
+
+
+def _cache(p: str, which: str, pos: str, batch: str, token: str, col: str) -> str:
+    c = which[0]
+    return (f"{p}{which} + ({pos} * {p}{c}r + {batch} * {p}{c}b + {token} * {p}{c}s + "
+            f"{col} * {p}{c}c)")
+
+
+def q_tile_lines(rope: Rope, dtype: str) -> list[str]:
+    """Rotate the flash kernel's ``q_tile`` [BLOCK_M, D] of rows ``rows`` as loaded."""
+    p, ct = "qr_", acc_type(dtype)
+    lines = _pair(p, "offs_d", rope.interleaved) + _position(p, rope, "b", "rows", "in_m")
+    lines += [f"{p}in = in_m[:, None] & (offs_d < {p}rot)[None, :]",
+              f"{p}ok = {p}in & {_row_ok(p, rope)}[:, None]",
+              f"{p}w = tl.load(q + (b * sqb + h * sqh + rows[:, None] * sqm + "
+              f"{p}partner[None, :] * sqd), mask={p}in, other=0.0).to({ct})",
+              f"{p}c = tl.load({_cache(p, 'cos', f'{p}pos[:, None]', 'b', 'rows[:, None]', f'{p}col[None, :]')}, "
+              f"mask={p}ok, other=0.0).to({ct})",
+              f"{p}s = tl.load({_cache(p, 'sin', f'{p}pos[:, None]', 'b', 'rows[:, None]', f'{p}col[None, :]')}, "
+              f"mask={p}ok, other=0.0).to({ct})",
+              f"{p}x = q_tile.to({ct})",
+              f"{p}y = tl.where({p}first[None, :], {p}x * {p}c - {p}w * {p}s, "
+              f"{p}x * {p}c + {p}w * {p}s)",
+              f"q_tile = tl.where((offs_d < {p}rot)[None, :], {p}y, {p}x)"
+              f".to({storage_type(dtype)})"]
+    return lines
+
+
+def k_tile_lines(rope: Rope, dtype: str) -> list[str]:
+    """Rotate the flash kernel's ``k_tile`` [D, BLOCK_N] of keys ``keys`` as loaded (no
+    cache: K is read where it is)."""
+    p, ct = "kr_", acc_type(dtype)
+    lines = _pair(p, "offs_d", rope.interleaved) + _position(p, rope, "b", "keys", "in_n")
+    lines += [f"{p}in = (offs_d < {p}rot)[:, None] & in_n[None, :]",
+              f"{p}ok = {p}in & {_row_ok(p, rope)}[None, :]",
+              f"{p}w = tl.load(k_head + (keys[None, :] * skn + {p}partner[:, None] * skd), "
+              f"mask={p}in, other=0.0).to({ct})",
+              f"{p}c = tl.load({_cache(p, 'cos', f'{p}pos[None, :]', 'b', 'keys[None, :]', f'{p}col[:, None]')}, "
+              f"mask={p}ok, other=0.0).to({ct})",
+              f"{p}s = tl.load({_cache(p, 'sin', f'{p}pos[None, :]', 'b', 'keys[None, :]', f'{p}col[:, None]')}, "
+              f"mask={p}ok, other=0.0).to({ct})",
+              f"{p}x = k_tile.to({ct})",
+              f"{p}y = tl.where({p}first[:, None], {p}x * {p}c - {p}w * {p}s, "
+              f"{p}x * {p}c + {p}w * {p}s)",
+              f"k_tile = tl.where((offs_d < {p}rot)[:, None], {p}y, {p}x)"
+              f".to({storage_type(dtype)})"]
+    return lines
+
+
+def append_lines(rope: Rope, dtype: str, at: str) -> list[str]:
+    """Rotate ``x``, the new K row element (batch ``i0``, new row ``rs``, channel ``i3``) the
+    append kernel writes; ``at`` its row's offset in ``knew``."""
+    p, ct = "kr_", acc_type(dtype)
+    lines = _pair(p, "i3", rope.interleaved) + _position(p, rope, "i0", "rs", "mask & new")
+    lines += [f"{p}in = kin & new & (i3 < {p}rot)",
+              f"{p}ok = {p}in & {_row_ok(p, rope)}",
+              f"{p}w = tl.load(knew + ({at} + {p}partner * ks3), mask={p}in, other=0.0)"
+              f".to({ct})",
+              f"{p}c = tl.load({_cache(p, 'cos', f'{p}pos', 'i0', 'rs', f'{p}col')}, "
+              f"mask={p}ok, other=0.0).to({ct})",
+              f"{p}s = tl.load({_cache(p, 'sin', f'{p}pos', 'i0', 'rs', f'{p}col')}, "
+              f"mask={p}ok, other=0.0).to({ct})",
+              f"x = tl.where(i3 < {p}rot, tl.where({p}first, x * {p}c - {p}w * {p}s, "
+              f"x * {p}c + {p}w * {p}s), x)"]
+    return lines
