@@ -154,9 +154,9 @@ def _compare(got, want, dtype: str = "float32") -> None:
 
 
 def _check_placement(sess, rotary: str, record_property) -> None:
-    """Every GroupQueryAttention one attention launch, every MatMulNBits one GEMM launch (the
-    unit's first node: dequantization in its operand prologue); whatever stays on the CPU
-    says why."""
+    """Every GroupQueryAttention one attention launch (with its RotaryEmbedding nodes), every
+    MatMulNBits one GEMM launch (the unit's first node: dequantization in its operand
+    prologue); whatever stays on the CPU says why."""
     assignments = sess._program.partition.assignments
     units = {name: unit for unit in next(ep for ep in sess._program.providers
                                          if ep.name == TRITON).kernels
@@ -172,8 +172,12 @@ def _check_placement(sess, rotary: str, record_property) -> None:
     assert len(nbits) == (5 if rotary == "packed" else 7) * llm.LAYERS + 1
     for name in attention:
         assert name in units, on_cpu[name]
-        assert units[name]["kind"] == "attention" and [
-            ops[n] for n in units[name]["nodes"]].count("GroupQueryAttention") == 1, units[name]
+        fused = [ops[n] for n in units[name]["nodes"]]
+        assert units[name]["kind"] == "attention" and \
+            fused.count("GroupQueryAttention") == 1, units[name]
+        # the RotaryEmbedding nodes on Q and K run inside the attention launch: as many
+        # units as GroupQueryAttention's own do_rotary
+        assert fused.count("RotaryEmbedding") == (2 if rotary == "node" else 0), units[name]
     for name in nbits:
         assert name in units, on_cpu[name]
         assert units[name]["kind"] == "tiled" and units[name]["nodes"][0] == name, units[name]

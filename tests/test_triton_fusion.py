@@ -86,9 +86,12 @@ def test_fusion_takes_what_templates_declare():
         "MatMul", "Gemm", "Float8MatMul", "Conv", "MatMulInteger", "com.microsoft.MatMulNBits",
         "com.microsoft.QGemm", "QLinearMatMul"}
     assert declared("per_element_epilogue") == row_wise_results
-    assert declared("operand_prologues") == {"MatMul", "Gemm", "Conv"}
+    # attention: RotaryEmbedding nodes on the query and key (tests/test_triton_rotary_fusion.py)
+    assert declared("operand_prologues") == {"MatMul", "Gemm", "Conv",
+                                             "com.microsoft.MultiHeadAttention",
+                                             "com.microsoft.GroupQueryAttention"}
     assert {op for op, t in TEMPLATES.items() if t.anchors_fusion()} == \
-        declared("prologue") | declared("epilogue")
+        declared("prologue") | declared("epilogue") | declared("operand_prologues")
     assert {TEMPLATES[op].kind for op in ("MatMul", "Conv", "Softmax", "MaxPool", "Attention",
                                           "Gather")} == set(KINDS)
     with pytest.raises(TypeError, match="declares kind None"):
