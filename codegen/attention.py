@@ -327,12 +327,12 @@ class SdpaLauncher:
 
     op = "ScaledDotProductAttention"
 
-    def __init__(self, kernel: Kernel, dtype: str, scale: float, ctx):
-        self.kernel, self.dtype, self.scale = kernel, torch_dtype(dtype), scale
+    def __init__(self, kernel: Kernel, dtype: str, scale: float, ctx, rope=None):
+        self.kernel, self.dtype, self.scale, self.rope = kernel, torch_dtype(dtype), scale, rope
         self.device, self.interpreted, self.table = ctx.torch_device, ctx.interpreted, \
             ctx.tuning
 
-    def __call__(self, q, kt, v, mask=None) -> tuple:
+    def __call__(self, q, kt, v, mask=None, *rope_values) -> tuple:
         import torch
 
         if q.dim() != 4 or kt.dim() != 4 or v.dim() != 4:
@@ -348,6 +348,12 @@ class SdpaLauncher:
         sq, d, sk, dv = q.shape[2], q.shape[3], kt.shape[3], v.shape[3]
         if sk == 0 or hk == 0:  # empty rows times an empty V: zeros, as the unfused graph
             return (torch.zeros((b, h, sq, dv), dtype=self.dtype, device=self.device),)
+        extra = ()
+        if self.rope is not None:  # a RotaryEmbedding's (B or 1, H or 1, Sq, D) on Q tiles
+            from .attention_rotary import side_args
+
+            extra = side_args(self.rope, rope_values, q.shape[0], sq, d,
+                              batch_broadcast=q.shape[0] != b)
         # views only: KT read through swapped strides, size-1 dims through zero strides
         q = q.expand(b, h, sq, d)
         k = kt.transpose(2, 3).expand(b, hk, sk, d)
@@ -357,7 +363,7 @@ class SdpaLauncher:
         y = torch.empty((b, sq, h, dv), dtype=self.dtype, device=self.device).transpose(1, 2)
         if mask is not None:
             mask = _mask_view(self.op, mask, (b, h, sq, sk))
-        launch(self.kernel, q, k, v, y, mask, self.scale, self.interpreted, self.table)
+        launch(self.kernel, q, k, v, y, mask, self.scale, self.interpreted, self.table, extra)
         return (y,)
 
 
@@ -432,9 +438,9 @@ def _mask_rank_reason(ctx, mask: str) -> str | None:
 
 
 def _built(name, node, ctx, variant: Variant, ir_text: str, launcher_for,
-           inputs) -> KernelSpec:
+           inputs, hooks: Hooks | None = None) -> KernelSpec:
     header = [f"ONNX node: {node.name} ({node.op_type})", *ir_text.splitlines()[1:]]
-    source = attention_source(KERNEL, header, variant, ctx.interpreted)
+    source = attention_source(KERNEL, header, variant, ctx.interpreted, hooks)
     fn, path, cached = load_source(source, KERNEL, ctx)
     return KernelSpec(name, launcher_for(Kernel(fn, variant)), inputs, ir_text, source, path,
                       cached)
@@ -447,6 +453,14 @@ def _optional(values: Sequence[str], index: int) -> str:
 @template("ScaledDotProductAttention")
 class ScaledDotProductAttention(Template):
     kind = "attention"
+    operand_prologues = True  # a RotaryEmbedding on Q (KT reaches it through a Transpose)
+    operand_inputs = (0,)
+
+    def takes_operand(self, producer, ctx, node, index, made_by) -> bool:
+        from .attention_rotary import takes_rotary
+
+        shape = ctx.shape_of(node.inputs[0])
+        return shape is not None and takes_rotary(producer, ctx, shape[1], (4,))
 
     def claim(self, node, ctx) -> str | None:
         if node.domain != INTERNAL_DOMAIN:
@@ -473,14 +487,23 @@ class ScaledDotProductAttention(Template):
         variant = Variant(dt, "additive" if mask else None,
                           bool(node.attrs.get("is_causal", 0)), empty_rows="nan",
                           precision=ctx.dot_precision(dt) or "ieee")
+        from . import attention_rotary
+
+        rope, _ = attention_rotary.ropes(fusion)
+        hooks = None if rope is None else Hooks(
+            tuple(attention_rotary.params("qr_", rope)),
+            q_tile=tuple(attention_rotary.q_tile_lines(rope, dt)))
         ir_text = (f"kernel {name} ScaledDotProductAttention node={node.name!r}\n"
-                   f"Q: {q} x KT: {kt} (read as K through swapped strides) x V: {v}"
+                   f"Q: {q}{f' (rotated on its tiles as {rope.text()})' if rope else ''} x "
+                   f"KT: {kt} (read as K through swapped strides) x V: {v}"
                    f"{f' + mask: {mask}' if mask else ''} -> {node.outputs[0]}\n"
                    f"flash attention, online softmax in {compute_type(dt)}; scale={scale!r}; "
                    f"{variant.text()}")
+        inputs = [q, kt, v] + ([mask] if mask else [])
+        if rope is not None:  # the rotary node's input and tensors in place of its output
+            inputs = [rope.source, kt, v, mask] + rope.inputs
         return _built(name, node, ctx, variant, ir_text,
-                      lambda kernel: SdpaLauncher(kernel, dt, scale, ctx),
-                      [q, kt, v] + ([mask] if mask else []))
+                      lambda kernel: SdpaLauncher(kernel, dt, scale, ctx, rope), inputs, hooks)
 
 
 @template("Attention")

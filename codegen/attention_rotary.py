@@ -1,7 +1,8 @@
 """RotaryEmbedding nodes computed inside the attention launch that reads their output.
 
 When a RotaryEmbedding's output is read only by a MultiHeadAttention or GroupQueryAttention
-as its query or key, the attention template takes the node as an operand prologue (the
+as its query or key (or by tritort's ScaledDotProductAttention as its Q: its KT reaches it
+through a Transpose), the attention template takes the node as an operand prologue (the
 fusion planner asks :func:`takes_rotary`): Q is rotated on each tile the flash kernel loads,
 K as the append kernel writes it into present (or on each loaded K tile when there is no
 cache). The node's own semantics are kept, not GroupQueryAttention's do_rotary ones: the
@@ -84,10 +85,11 @@ def ropes(fusion) -> tuple[Rope | None, Rope | None]:
     return tuple(rope_of(operands[i]) if i in operands else None for i in (0, 1))
 
 
-def side_args(rope: Rope | None, values: tuple, b: int, s: int, head: int) -> tuple:
+def side_args(rope: Rope | None, values: tuple, b: int, s: int, head: int,
+              batch_broadcast: bool = False) -> tuple:
     """:func:`args` for one side, or nothing where that side is not rotated; ``values``: the
     node's (cos, sin, position_ids) tensors."""
-    return () if rope is None else args(rope, *values, b, s, head)
+    return () if rope is None else args(rope, *values, b, s, head, batch_broadcast)
 
 
 def inputs(rope: Rope | None) -> list[str]:
@@ -101,9 +103,11 @@ def params(prefix: str, rope: Rope) -> list[str]:
     return [prefix + n for n in names]
 
 
-def args(rope: Rope, cos, sin, pids, b: int, s: int, head: int) -> tuple:
+def args(rope: Rope, cos, sin, pids, b: int, s: int, head: int,
+         batch_broadcast: bool = False) -> tuple:
     """The runtime values of :func:`params`, for (b, s) tokens of heads of ``head``
-    channels; a clear error where the node itself would fail."""
+    channels; a clear error where the node itself would fail. ``batch_broadcast``: the
+    node's output (batch 1) is read for every batch entry, so every entry reads row 0."""
     rule = _rule(rope.node)
     rot = rule.rotated(int(rope.node.attrs.get("rotary_embedding_dim", 0)), head, cos)
     if rot > head or rot % 2:
@@ -111,9 +115,13 @@ def args(rope: Rope, cos, sin, pids, b: int, s: int, head: int) -> tuple:
                          f"size {head}")
     if rope.positions:
         pos = rule.position_args(pids, b, s)
+        if batch_broadcast:
+            pos[1] = 0
         cache = (cos.stride(0), 0, 0, cos.stride(1), sin.stride(0), 0, 0, sin.stride(1))
         return (cos, sin, *cache, cos.shape[0], rot, *pos)
-    cache = (0, *cos.stride(), 0, *sin.stride())
+    batch = 0 if batch_broadcast else 1
+    cache = (0, cos.stride(0) * batch, *cos.stride()[1:], 0, sin.stride(0) * batch,
+             *sin.stride()[1:])
     return (cos, sin, *cache, 1, rot)
 
 

@@ -46,9 +46,9 @@ def launches(monkeypatch):
     seen = []
     real = attention.launch
 
-    def spy(fn, q, k, v, y, mask, scale, interpreted, table):
+    def spy(fn, q, k, v, y, mask, scale, interpreted, table, extra=()):
         seen.append((q, k, v, y, mask))
-        return real(fn, q, k, v, y, mask, scale, interpreted, table)
+        return real(fn, q, k, v, y, mask, scale, interpreted, table, extra)
 
     monkeypatch.setattr(attention, "launch", spy)
     return seen

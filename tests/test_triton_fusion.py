@@ -88,6 +88,7 @@ def test_fusion_takes_what_templates_declare():
     assert declared("per_element_epilogue") == row_wise_results
     # attention: RotaryEmbedding nodes on the query and key (tests/test_triton_rotary_fusion.py)
     assert declared("operand_prologues") == {"MatMul", "Gemm", "Conv",
+                                             "ScaledDotProductAttention",
                                              "com.microsoft.MultiHeadAttention",
                                              "com.microsoft.GroupQueryAttention"}
     assert {op for op, t in TEMPLATES.items() if t.anchors_fusion()} == \

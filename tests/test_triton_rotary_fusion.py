@@ -210,3 +210,45 @@ def test_gqa_rotary_nodes_decode_on_a_shared_buffer():
 
     _check(_gqa_nodes("ids", True), feeds, ["y", "present_k", "present_v"],
            {"rot_q", "rot_k"}, launches=2, compare=compare)
+
+
+# ------------------------------------------------------------------ tritort's attention op
+
+
+@pytest.mark.parametrize("form,q_batch", [("onnx_ids", B), ("onnx_direct", B), ("onnx_ids", 1)])
+def test_exported_attention_takes_the_query_rotary(form, q_batch):
+    """MatMul / Softmax / MatMul as exporters write it becomes tritort's attention op, whose
+    Q (B, H, S, D) is the rotary node's output: rotated on the flash kernel's tiles (a Q of
+    batch 1 broadcast over the keys' batch too). K reaches it through a Transpose: that
+    rotary node keeps a launch of its own."""
+    from tritort.contracts import ATTENTION_OP
+
+    feeds = {"q": randn(q_batch, N, S, H), "k": randn(B, N, S, H), "v": randn(B, N, S, H),
+             **_position_feeds(H, S)}
+    if q_batch == 1:
+        feeds["ids"] = feeds["ids"][:1]
+    nodes = [helper.make_node("RotaryEmbedding", ["q"] + (["cos", "sin", "ids"] if
+                              form == "onnx_ids" else ["cos_bs", "sin_bs"]), ["qr"],
+                              name="rot_q"),
+             helper.make_node("RotaryEmbedding", ["k", "cos", "sin", "ids_k"], ["kr"],
+                              name="rot_k"),
+             helper.make_node("Transpose", ["kr"], ["kt"], perm=[0, 1, 3, 2], name="kt"),
+             helper.make_node("MatMul", ["qr", "kt"], ["scores"], name="qk"),
+             helper.make_node("Mul", ["scores", "scale"], ["scaled"], name="scale"),
+             helper.make_node("Softmax", ["scaled"], ["p"], axis=-1, name="softmax"),
+             helper.make_node("MatMul", ["p", "v"], ["y"], name="pv")]
+    feeds["ids_k"] = randint(0, MAX_POS, B, S, dtype=np.int64)
+    if form == "onnx_direct" and q_batch == 1:
+        feeds["cos_bs"], feeds["sin_bs"] = feeds["cos_bs"][:1], feeds["sin_bs"][:1]
+    used = {i for n in nodes for i in n.input}
+    feeds = {k: v for k, v in feeds.items() if k in used}
+    model = build(nodes, feeds, ["y"], {"scale": np.array(H ** -0.5, np.float32)}, opset=23,
+                  out_types={"y": TensorProto.FLOAT})
+    want = run_ort(model, feeds)
+    sess = _session(model)
+    got = sess.run(None, feeds)
+    np.testing.assert_allclose(got[0], want[0], **TOL)
+    ops = {a.node.name: a.node.op_type for a in sess._program.partition.assignments.values()}
+    attention = [u for u in _units(sess) if u["kind"] == "attention"]
+    assert len(attention) == 1 and ATTENTION_OP in {ops[n] for n in attention[0]["nodes"]}
+    assert "rot_q" in attention[0]["nodes"] and "rot_k" not in attention[0]["nodes"], attention
