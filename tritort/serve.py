@@ -18,6 +18,10 @@ whose inputs and outputs all lead with one symbolic dim is batched with ``@serve
 requests that agree on every other dim run as one (``serve_batching``). ``stats()`` on the
 handle returns the replica's histogram of requests per run; Serve's own ``serve_batch_size``
 metric and this module's ``tritort_serve_requests_per_run`` reach Prometheus.
+
+Serve's HTTP proxy costs a small request several times the model's run in CPU; Ray processes
+started with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` let each replica answer HTTP on a port of its
+own instead (perf/results/2026-12-05-serve-2.md; README, Serving with Ray Serve).
 """
 from __future__ import annotations
 
