@@ -279,7 +279,8 @@ class AnchorPlanner:
         for index in template.operand_inputs:
             value = anchor.inputs[index] if index < len(anchor.inputs) else ""
             node = self.producer.get(value) if value else None
-            if node is None or node in group.prologue or node in chosen.values() or \
+            # a value read at two operands would need both rules: neither takes it
+            if node is None or node in group.prologue or anchor.inputs.count(value) != 1 or \
                     not self._free(node, True) or len(node.outputs) != 1 or \
                     self.escapes(value, {anchor.name, node.name}) or \
                     not self.operand_prologue(node, anchor, index, self.producer.get):

@@ -48,13 +48,13 @@ def _position_feeds(rot: int, s: int, offset: int = 2) -> dict:
 
 
 def _check(nodes, feeds, outputs, fused: set[str], launches: int, unfused: set[str] = frozenset(),
-           opset: int = 23, compare=None):
+           opset: int = 23, compare=None, elem=TensorProto.FLOAT, tol=TOL):
     """Both providers' outputs agree; the attention unit lists ``fused`` (rotary nodes), each
     of ``unfused`` is a unit of its own; one run makes ``launches`` launches."""
     used = {i for n in nodes for i in n.input}
     feeds = {k: v for k, v in feeds.items() if k in used}
     model = build(nodes, feeds, outputs, opset=opset,
-                  out_types={o: TensorProto.FLOAT for o in outputs})
+                  out_types={o: elem for o in outputs})
     want = run_ort(model, feeds)
     sess = _session(model)
     got, kernels = _launches(sess, feeds)
@@ -62,7 +62,8 @@ def _check(nodes, feeds, outputs, fused: set[str], launches: int, unfused: set[s
         assert g.shape == w.shape, (name, g.shape, w.shape)
         if compare is not None:
             g, w = compare(i, g, w)
-        np.testing.assert_allclose(g, w, **TOL, err_msg=name)
+        np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), **tol,
+                                   err_msg=name)
     units = _units(sess)
     attention = [u for u in units if u["kind"] == "attention"]
     assert len(attention) == 1, units
@@ -252,3 +253,24 @@ def test_exported_attention_takes_the_query_rotary(form, q_batch):
     attention = [u for u in _units(sess) if u["kind"] == "attention"]
     assert len(attention) == 1 and ATTENTION_OP in {ops[n] for n in attention[0]["nodes"]}
     assert "rot_q" in attention[0]["nodes"] and "rot_k" not in attention[0]["nodes"], attention
+
+
+def test_one_rotary_output_as_query_and_key_is_not_fused():
+    """The same rotated value is the query and the key: the node keeps its own launch."""
+    feeds = {"q": randn(B, S, N * H), "v": randn(B, S, N * H), **_position_feeds(H, S)}
+    nodes = [_rotary("q", "qr", "rot_q", "ids", N), _mha("qr", "qr")]
+    _check(nodes, feeds, ["y"], set(), launches=2, unfused={"rot_q"})
+
+
+def test_mha_rotary_float16():
+    """float16: the rotated Q / K are rounded to float16 once, as the rotary node stores them."""
+    f16 = np.float16
+    feeds = {"q": randn(B, S, N * H, dtype=f16), "k": randn(B, S, N * H, dtype=f16),
+             "v": randn(B, S, N * H, dtype=f16), "pk": randn(B, N, 2, H, dtype=f16),
+             "pv": randn(B, N, 2, H, dtype=f16), **_position_feeds(H, S)}
+    feeds["cos"], feeds["sin"] = feeds["cos"].astype(f16), feeds["sin"].astype(f16)
+    nodes = [_rotary("q", "qr", "rot_q", "ids", N, interleaved=1),
+             _rotary("k", "kr", "rot_k", "ids", N, interleaved=1),
+             _mha("qr", "kr", ("y", "present_k", "present_v"), past=True, unidirectional=1)]
+    _check(nodes, feeds, ["y", "present_k", "present_v"], {"rot_q", "rot_k"}, launches=2,
+           elem=TensorProto.FLOAT16, tol={"rtol": 2e-3, "atol": 2e-3})
