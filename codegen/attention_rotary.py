@@ -150,66 +150,53 @@ def _row_ok(p: str, rope: Rope) -> str:
     return f"(({p}pos >= 0) & ({p}pos < {p}max))"
 
 
-def _cache(p: str, which: str, pos: str, batch: str, token: str, col: str) -> str:
-    c = which[0]
-    return (f"{p}{which} + ({pos} * {p}{c}r + {batch} * {p}{c}b + {token} * {p}{c}s + "
-            f"{col} * {p}{c}c)")
+def _rotate(p: str, rope: Rope, dtype: str, value: str, partner: str, batch: str,
+            token: str, inside: str, rows: str, cols: str) -> list[str]:
+    """Lines rotating ``value`` in place: elements of tokens ``token`` (inside: ``inside``)
+    by channels ``offs_d`` (or ``i3``); ``partner``: the load of the partner channel given
+    its index ``{p}partner`` (indexed by ``cols``); ``rows`` / ``cols`` index a token / a
+    channel vector into the value's shape ('' for an element)."""
+    channel = "i3" if not cols else "offs_d"
+    ct = acc_type(dtype)
+    pos, col, first = f"{p}pos{rows}", f"{p}col{cols}", f"{p}first{cols}"
+    rotated = f"({channel} < {p}rot){cols}"
+
+    def cache(which: str) -> str:
+        c = which[0]
+        at = f"{pos} * {p}{c}r + {batch} * {p}{c}b + {token}{rows} * {p}{c}s + {col} * {p}{c}c"
+        return f"tl.load({p}{which} + ({at}), mask={p}ok, other=0.0).to({ct})"
+
+    return [*_pair(p, channel, rope.interleaved),
+            *_position(p, rope, batch, token, inside),
+            f"{p}in = ({inside}){rows} & {rotated}",
+            f"{p}ok = {p}in & {_row_ok(p, rope)}{rows}",
+            f"{p}w = tl.load({partner}, mask={p}in, other=0.0).to({ct})",
+            f"{p}c = {cache('cos')}",
+            f"{p}s = {cache('sin')}",
+            f"{p}x = {value}.to({ct})",
+            f"{p}y = tl.where({first}, {p}x * {p}c - {p}w * {p}s, {p}x * {p}c + {p}w * {p}s)",
+            f"{value} = tl.where({rotated}, {p}y, {p}x).to({storage_type(dtype)})"]
 
 
 def q_tile_lines(rope: Rope, dtype: str) -> list[str]:
     """Rotate the flash kernel's ``q_tile`` [BLOCK_M, D] of rows ``rows`` as loaded."""
-    p, ct = "qr_", acc_type(dtype)
-    lines = _pair(p, "offs_d", rope.interleaved) + _position(p, rope, "b", "rows", "in_m")
-    lines += [f"{p}in = in_m[:, None] & (offs_d < {p}rot)[None, :]",
-              f"{p}ok = {p}in & {_row_ok(p, rope)}[:, None]",
-              f"{p}w = tl.load(q + (b * sqb + h * sqh + rows[:, None] * sqm + "
-              f"{p}partner[None, :] * sqd), mask={p}in, other=0.0).to({ct})",
-              f"{p}c = tl.load({_cache(p, 'cos', f'{p}pos[:, None]', 'b', 'rows[:, None]', f'{p}col[None, :]')}, "
-              f"mask={p}ok, other=0.0).to({ct})",
-              f"{p}s = tl.load({_cache(p, 'sin', f'{p}pos[:, None]', 'b', 'rows[:, None]', f'{p}col[None, :]')}, "
-              f"mask={p}ok, other=0.0).to({ct})",
-              f"{p}x = q_tile.to({ct})",
-              f"{p}y = tl.where({p}first[None, :], {p}x * {p}c - {p}w * {p}s, "
-              f"{p}x * {p}c + {p}w * {p}s)",
-              f"q_tile = tl.where((offs_d < {p}rot)[None, :], {p}y, {p}x)"
-              f".to({storage_type(dtype)})"]
-    return lines
+    partner = ("q + (b * sqb + h * sqh + rows[:, None] * sqm + "
+               "qr_partner[None, :] * sqd)")
+    return _rotate("qr_", rope, dtype, "q_tile", partner, "b", "rows", "in_m", "[:, None]",
+                   "[None, :]")
 
 
 def k_tile_lines(rope: Rope, dtype: str) -> list[str]:
     """Rotate the flash kernel's ``k_tile`` [D, BLOCK_N] of keys ``keys`` as loaded (no
     cache: K is read where it is)."""
-    p, ct = "kr_", acc_type(dtype)
-    lines = _pair(p, "offs_d", rope.interleaved) + _position(p, rope, "b", "keys", "in_n")
-    lines += [f"{p}in = (offs_d < {p}rot)[:, None] & in_n[None, :]",
-              f"{p}ok = {p}in & {_row_ok(p, rope)}[None, :]",
-              f"{p}w = tl.load(k_head + (keys[None, :] * skn + {p}partner[:, None] * skd), "
-              f"mask={p}in, other=0.0).to({ct})",
-              f"{p}c = tl.load({_cache(p, 'cos', f'{p}pos[None, :]', 'b', 'keys[None, :]', f'{p}col[:, None]')}, "
-              f"mask={p}ok, other=0.0).to({ct})",
-              f"{p}s = tl.load({_cache(p, 'sin', f'{p}pos[None, :]', 'b', 'keys[None, :]', f'{p}col[:, None]')}, "
-              f"mask={p}ok, other=0.0).to({ct})",
-              f"{p}x = k_tile.to({ct})",
-              f"{p}y = tl.where({p}first[:, None], {p}x * {p}c - {p}w * {p}s, "
-              f"{p}x * {p}c + {p}w * {p}s)",
-              f"k_tile = tl.where((offs_d < {p}rot)[:, None], {p}y, {p}x)"
-              f".to({storage_type(dtype)})"]
-    return lines
+    partner = "k_head + (keys[None, :] * skn + kr_partner[:, None] * skd)"
+    return _rotate("kr_", rope, dtype, "k_tile", partner, "b", "keys", "in_n", "[None, :]",
+                   "[:, None]")
 
 
 def append_lines(rope: Rope, dtype: str, at: str) -> list[str]:
     """Rotate ``x``, the new K row element (batch ``i0``, new row ``rs``, channel ``i3``) the
-    append kernel writes; ``at`` its row's offset in ``knew``."""
-    p, ct = "kr_", acc_type(dtype)
-    lines = _pair(p, "i3", rope.interleaved) + _position(p, rope, "i0", "rs", "mask & new")
-    lines += [f"{p}in = kin & new & (i3 < {p}rot)",
-              f"{p}ok = {p}in & {_row_ok(p, rope)}",
-              f"{p}w = tl.load(knew + ({at} + {p}partner * ks3), mask={p}in, other=0.0)"
-              f".to({ct})",
-              f"{p}c = tl.load({_cache(p, 'cos', f'{p}pos', 'i0', 'rs', f'{p}col')}, "
-              f"mask={p}ok, other=0.0).to({ct})",
-              f"{p}s = tl.load({_cache(p, 'sin', f'{p}pos', 'i0', 'rs', f'{p}col')}, "
-              f"mask={p}ok, other=0.0).to({ct})",
-              f"x = tl.where(i3 < {p}rot, tl.where({p}first, x * {p}c - {p}w * {p}s, "
-              f"x * {p}c + {p}w * {p}s), x)"]
-    return lines
+    append kernel writes (rounded as the node stores it); ``at`` its row's offset in
+    ``knew``."""
+    return _rotate("kr_", rope, dtype, "x", f"knew + ({at} + kr_partner * ks3)", "i0", "rs",
+                   "kin & new", "", "")
