@@ -22,6 +22,9 @@ follow the NumPy kernels (fallback_cpu/contrib_attention.py, contrib_gqa.py):
   ``past_sequence_length``, read on the device like GQA's seqlens_k; cache_indirection
   (beam search) on it, the flash launch's K/V tiles loaded from each key's source beam.
 
+A RotaryEmbedding node whose output only the attention reads as its query or key runs inside
+the same launches, with the node's own semantics (:mod:`.attention_rotary`).
+
 Refused with the attribute or input named (the node then runs on the CPU): quantized caches,
 sliding_window_cache, qk outputs, q/k norm weights, query_seqlens, MHA's attention_bias with
 cache_indirection, the (B, 1, M, M) key_padding_mask.

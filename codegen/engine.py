@@ -167,7 +167,8 @@ def claim(node: Node, graph: Graph, device: Device) -> str | None:
 def compile_nodes(nodes: Sequence[Node], info: Any,
                   device: Device) -> tuple[list[CompiledUnit], list[dict]]:
     """Units covering exactly ``nodes`` (claimed by :func:`claim`, in topological order): one
-    per template node with the pointwise nodes fused into it, then one per group of the
+    per template node with the nodes fused into it (pointwise ones; a template node an anchor
+    computes an operand from, as attention a RotaryEmbedding), then one per group of the
     remaining pointwise nodes; and a report of each unit (name, kernel, kind, nodes, cache
     path). ``info``: the compile stage's view of the graph."""
     types = Types(info.value)

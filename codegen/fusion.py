@@ -62,7 +62,8 @@ def check_partition(nodes: Sequence[Node], groups: list[list[Node]]) -> None:
 # epilogue on the rows it reduced to, so neither the data it reduces nor its raw result has
 # to be written to memory and read back. A tiled one (MatMul, Gemm, Conv) takes an epilogue
 # on its output tile (bias, activation, residual, cast) and a GEMM a converting prologue per
-# operand.
+# operand; an attention takes a RotaryEmbedding (a template node that takes no fusion itself)
+# on its query and key the same way, by its template's own rule.
 #
 # Why the groups stay cycle-free (and so can run as one kernel each):
 # - prologue values are read only by the prologue and the anchor, so the only values leaving

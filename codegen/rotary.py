@@ -1,4 +1,6 @@
-"""RotaryEmbedding (ai.onnx since 23, and com.microsoft's) as one Triton kernel per node.
+"""RotaryEmbedding (ai.onnx since 23, and com.microsoft's) as one Triton kernel per node,
+unless an attention reads its output alone as Q or K: that attention's launch then rotates
+them (:mod:`.attention_rotary`, reading this module's rules for the node's inputs).
 
 The input is viewed as (B, S, N, H) through strides: a (B, N, S, H) input permuted, a
 (B, S, N*H) one split into heads. Each output element reads its own input element, its
