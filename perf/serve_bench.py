@@ -5,11 +5,11 @@ instance.
     python perf/serve_bench.py [--models bert,mlp:full] [--requests 2000] [--concurrency 1,8,32]
                                [--modes unbatched,batched,serve-default] [--paths http,handle]
                                [--ingress direct|proxy] [--max-batch 32] [--batch-wait-ms 5]
-                               [--num-cpus 1] [--full] [--quick] [--out FILE.md]
+                               [--num-cpus 1] [--replicas 1] [--full] [--quick] [--out FILE.md]
 
 Models are the benchmark harness's (perf/models.py), at its small (--quick) shapes unless
 ``--full`` or ``NAME:full``; every request is one item (batch 1). For each model: a plain
-``sess.run`` loop in this process, then one replica per mode; on it, for each path and
+``sess.run`` loop in this process, then one replica (``--replicas``) per mode; on it, for each path and
 concurrency ``C``, ``C`` clients each send their next request when the previous answer
 arrives, until ``--requests`` are answered. Modes: ``unbatched`` (max_batch_size=1) and
 ``batched`` are the same deployment with the same ``max_ongoing_requests`` (2 x --max-batch);
@@ -24,9 +24,9 @@ sends there, no proxy hop), handles talk to replicas over gRPC, and user code an
 on the process's main event loop. ``--ingress proxy`` keeps Serve's defaults (HTTP through the
 proxy actor on ``serve.start``'s port).
 
-Reported: requests/s, p50 and p99 latency, the mean requests per session run (the replica's
+Reported: requests/s, p50 and p99 latency, the mean requests per session run (the replicas'
 ``stats()``) and the CPU time per request of the client (this process), Serve's proxy and the
-replica (from /proc). Every HTTP answer's status, outputs and shapes are checked (the .npz
+replicas (from /proc). Every HTTP answer's status, outputs and shapes are checked (the .npz
 headers), every handle answer's shapes, and one answer per mode and path is compared with the
 plain session's output. ``--quick`` sends 200 requests per point.
 """
@@ -81,7 +81,10 @@ def parse_args(argv):
     p.add_argument("--max-ongoing", type=int, default=None,
                    help="max_ongoing_requests of the replica, both modes (default: 2 x "
                         "--max-batch, so both queue in the replica, not in the router)")
-    p.add_argument("--num-cpus", type=float, default=1, help="CPUs (and threads) of the replica")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs (and threads) of a replica")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="replicas per mode (direct ingress: the HTTP clients take their "
+                        "ports in turn)")
     p.add_argument("--access-log", action="store_true",
                    help="keep Serve's per-request access log (default: off, as a loaded "
                         "server runs; it costs the proxy and the replica CPU per request)")
@@ -212,8 +215,8 @@ async def closed_loop(call, concurrency: int, requests: int) -> dict:
             "client_cpu": client_cpu}
 
 
-def http_call(url: str, body: bytes, concurrency: int, expect: bytes):
-    clients = [HttpClient(url, body) for _ in range(concurrency)]
+def http_call(urls: list[str], body: bytes, concurrency: int, expect: bytes):
+    clients = [HttpClient(urls[i % len(urls)], body) for i in range(concurrency)]
     marks = npz_marks(dict(np.load(io.BytesIO(expect))))
 
     async def call(i):
@@ -265,29 +268,30 @@ def process_cpu_s(pids) -> float:
     return total
 
 
-def proxy_pids() -> list[int]:
+def pids_named(name: bytes) -> list[int]:
+    """The processes whose command line holds ``name`` (Ray names its actors' processes)."""
     pids = []
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if entry.name.isdigit():
             try:
-                if b"ProxyActor" in (entry / "cmdline").read_bytes():
+                if name in (entry / "cmdline").read_bytes():
                     pids.append(int(entry.name))
             except OSError:
                 pass
     return pids
 
 
-def direct_url(ray, app_name: str, fallback: str) -> str:
-    """The replica's own HTTP address under direct ingress (Serve's controller knows it; no
-    public API names it yet), or the proxy's."""
+def direct_urls(ray, app_name: str, fallback: str, replicas: int) -> list[str]:
+    """The replicas' own HTTP addresses under direct ingress (Serve's controller knows them;
+    no public API names them yet)."""
     from ray.serve.context import _get_global_client
 
     controller = _get_global_client()._controller
     for _ in range(100):
         groups = ray.get(controller.get_target_groups.remote(app_name))
         ports = [t.port for g in groups if g.protocol.value == "HTTP" for t in g.targets]
-        if ports and f":{ports[0]}/" not in fallback:
-            return f"http://127.0.0.1:{ports[0]}{ROUTE}"
+        if len(ports) == replicas and f":{ports[0]}/" not in fallback:
+            return [f"http://127.0.0.1:{port}{ROUTE}" for port in ports]
         time.sleep(0.1)
     raise RuntimeError(f"no direct-ingress port for {app_name}: {groups}")
 
@@ -318,7 +322,8 @@ def main(argv=None) -> int:
              f"Machine: {info.get('cpu')}, {info.get('cores')} cores, "
              f"{info.get('ram_gib')} GiB, {info.get('os')}, Python {info.get('python')}; "
              f"ray {ray.__version__}; no GPU (CPU provider)", "",
-             f"One replica with num_cpus={args.num_cpus:g} (intra-op and BLAS threads "
+             f"{args.replicas} replica(s) with num_cpus={args.num_cpus:g} (intra-op and BLAS "
+             f"threads "
              f"{tserve.replica_threads({'num_cpus': args.num_cpus})}); batched: "
              f"max_batch_size={args.max_batch}, batch_wait_timeout_s={args.batch_wait_ms / 1e3:g}; "
              f"max_ongoing_requests={max_ongoing} in both modes; {ingress}; Serve's access log "
@@ -339,7 +344,8 @@ def main(argv=None) -> int:
 
     for line in lines:
         print(line, flush=True)
-    ray.init(address="local", num_cpus=max(2, int(args.num_cpus) + 1), include_dashboard=False,
+    ray.init(address="local", num_cpus=max(2, int(args.replicas * args.num_cpus) + 1),
+             include_dashboard=False,
              log_to_driver=False)
     port = free_port()
     logging_config = None if args.access_log else {"enable_access_log": False}
@@ -349,7 +355,15 @@ def main(argv=None) -> int:
     speedups = []
 
     async def stats():
-        return await serve.get_app_handle("bench").stats.remote()
+        """Every replica's stats summed (a handle call reaches one replica at random)."""
+        handle, seen = serve.get_app_handle("bench"), {}
+        for _ in range(50 * args.replicas):
+            one = await handle.stats.remote()
+            seen[one["pid"]] = one
+            if len(seen) == args.replicas:
+                break
+        return {"pids": sorted(seen), "requests": sum(s["requests"] for s in seen.values()),
+                "runs": sum(s["runs"] for s in seen.values())}
 
     try:
         for spec in args.models.split(","):
@@ -374,13 +388,13 @@ def main(argv=None) -> int:
                 serve.run(tserve.app(
                     str(built.path), max_batch_size=max_batch,
                     batch_wait_timeout_s=args.batch_wait_ms / 1e3,
-                    ray_actor_options={"num_cpus": args.num_cpus},
+                    ray_actor_options={"num_cpus": args.num_cpus}, num_replicas=args.replicas,
                     max_ongoing_requests=ongoing, name="bench",
                     **({"logging_config": logging_config} if logging_config else {})),
                     name="bench", route_prefix=ROUTE)
-                url = direct_url(ray, "bench", proxy_url) if args.ingress == "direct" \
-                    else proxy_url
-                first = post_once(url, body)
+                urls = direct_urls(ray, "bench", proxy_url, args.replicas) \
+                    if args.ingress == "direct" else [proxy_url]
+                first = post_once(urls[0], body)
                 out = dict(np.load(io.BytesIO(first)))
                 for got, want in zip(out.values(), reference):
                     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -389,29 +403,33 @@ def main(argv=None) -> int:
                 for got, want in zip(out.values(), reference):
                     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
                 expect = {k: v.shape for k, v in out.items()}
-                replica_pid = loop.run(stats())["pid"]
+                replica_pids = pids_named(b"ServeReplica:bench")
+                if len(replica_pids) != args.replicas:
+                    print(f"  replica processes {replica_pids}, not {args.replicas}", flush=True)
                 for path in paths:
                     for c in concurrencies:
                         clients = []
                         if path == "http":
-                            call, clients = http_call(url, body, c, first)
+                            call, clients = http_call(urls, body, c, first)
                         else:
                             call = handle_call(handle, feeds, expect)
-                        servers = proxy_pids()
+                        servers = pids_named(b"ProxyActor")
                         before = loop.run(stats())
-                        cpu0 = [process_cpu_s(servers), process_cpu_s([replica_pid])]
+                        cpu0 = [process_cpu_s(servers), process_cpu_s(replica_pids)]
                         r = loop.run(closed_loop(call, c, requests))
-                        cpu1 = [process_cpu_s(servers), process_cpu_s([replica_pid])]
+                        cpu1 = [process_cpu_s(servers), process_cpu_s(replica_pids)]
                         after = loop.run(stats())
                         for client in clients:
                             client.close()
                         runs = after["runs"] - before["runs"]
-                        per_run = (after["requests"] - before["requests"]) / max(runs, 1)
+                        per_run = (f"{(after['requests'] - before['requests']) / max(runs, 1):.1f}"
+                                   if before["pids"] == after["pids"] == sorted(replica_pids)
+                                   else "?")
                         rps[path, mode, c] = r["rps"]
                         cpu = " / ".join(f"{s * 1e3 / requests:.2f}" for s in (
                             r["client_cpu"], cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]))
                         emit(f"| {label} | {path} | {mode} | {c} | {requests} | {r['rps']:.0f} "
-                             f"| {r['p50']:.2f} | {r['p99']:.2f} | {per_run:.1f} | {cpu} | "
+                             f"| {r['p50']:.2f} | {r['p99']:.2f} | {per_run} | {cpu} | "
                              f"{len(r['errors'])} | {os.getloadavg()[0]:.1f} |")
                         if r["errors"]:
                             print("  first errors:", r["errors"][:3], flush=True)
