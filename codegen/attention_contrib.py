@@ -148,6 +148,8 @@ def append_source(name: str, node, dtype: str, per_batch: bool, past: bool, bias
         at = f"i0 * {strides}0 + rs * {strides}1 + i1 * {strides}2"
         body += [f"x = tl.load({src} + ({at} + i3 * {strides}3), mask={inside} & new, "
                  f"other=0.0).to({ct})"]
+        if rope and which == "k":  # the node's output, to which the attention adds its bias
+            body += rope_lines.append_lines(rope, dtype, at)
         if bias:
             body += [f"x = x + tl.load({bias_ptr} + (i1 * {width} + i3), mask={inside} & new, "
                      f"other=0.0).to({ct})"]
@@ -173,8 +175,6 @@ def append_source(name: str, node, dtype: str, per_batch: bool, past: bool, bias
                      f".to({ct})",
                      "x = tl.where(i3 < ROT, tl.where(r_first, x * c - w * sn, x * c + w * sn), "
                      "x)"]
-        if rope and which == "k":
-            body += rope_lines.append_lines(rope, dtype, at)
         if past:
             ps = "ps" if which == "k" else "qs"
             body += [f"x = tl.where(new, x, tl.load(p{which} + (i0 * {ps}0 + i1 * {ps}1 + "

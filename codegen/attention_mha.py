@@ -227,9 +227,7 @@ class MultiHeadAttention(Template):
     operand_inputs = (0, 1)
 
     def takes_operand(self, producer, ctx, node, index, made_by) -> bool:
-        # a bias is added to the rotated value: it would have to come after the rotation
-        # reads its partner channel, which the tile hooks do not order that way
-        if _input(node, 3) or ctx.rank_of(node.inputs[0]) != 3:
+        if ctx.rank_of(node.inputs[0]) != 3:
             return False
         rank = ctx.rank_of(node.inputs[index])
         if index == 1 and (rank not in (3, 4) or not _input(node, 2)):
@@ -326,12 +324,13 @@ class MultiHeadAttention(Template):
         elif causal_past:
             params.append("past_len")
             setup += ["q_off = past_len", "kv_len = Sk"]
+        # rotated before the bias is added: the rotary node's output is the attention's input
         if rope_q:
             params += rope_lines.params("qr_", rope_q)
-            q_lines += rope_lines.q_tile_lines(rope_q, dt)
+            q_lines[:0] = rope_lines.q_tile_lines(rope_q, dt)
         if rope_k and not cache:  # else the append kernel rotates K
             params += rope_lines.params("kr_", rope_k)
-            k_lines += rope_lines.k_tile_lines(rope_k, dt)
+            k_lines[:0] = rope_lines.k_tile_lines(rope_k, dt)
         hooks = flash.Hooks(tuple(params), tuple(setup), shared or causal_past, tuple(q_lines),
                             tuple(k_lines), tuple(v_lines), scores=tuple(scores))
         variant = flash.Variant(dt, "additive" if attn_bias else None, causal,

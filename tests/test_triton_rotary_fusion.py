@@ -156,14 +156,19 @@ def test_rotary_read_elsewhere_is_not_fused():
     _check(nodes, feeds, ["y", "qr"], {"rot_k"}, launches=2, unfused={"rot_q"})
 
 
-def test_mha_with_bias_keeps_its_rotary_nodes():
-    """A bias is added after the rotation: those rotary nodes run on their own."""
+@pytest.mark.parametrize("past", [False, True])
+def test_mha_bias_is_added_after_the_rotation(past):
+    """MultiHeadAttention's bias is added to the rotary nodes' outputs: on the tiles (or in
+    the append) the rotation comes first."""
     feeds = {"q": randn(B, S, N * H), "k": randn(B, S, N * H), "v": randn(B, S, N * H),
-             "bias": randn(3 * N * H), **_position_feeds(H, S)}
-    nodes = [_rotary("q", "qr", "rot_q", "ids", N), _rotary("k", "kr", "rot_k", "ids", N),
-             ms("MultiHeadAttention", ["qr", "kr", "v", "bias"], ["y"], name="mha",
-                num_heads=N)]
-    _check(nodes, feeds, ["y"], set(), launches=3, unfused={"rot_q", "rot_k"})
+             "bias": randn(3 * N * H), "pk": randn(B, N, 2, H), "pv": randn(B, N, 2, H),
+             **_position_feeds(H, S)}
+    outputs = ["y", "present_k", "present_v"] if past else ["y"]
+    nodes = [_rotary("q", "qr", "rot_q", "ids", N, interleaved=1),
+             _rotary("k", "kr", "rot_k", "ids", N, interleaved=1),
+             ms("MultiHeadAttention", ["qr", "kr", "v", "bias", "", ""] +
+                (["pk", "pv"] if past else []), outputs, name="mha", num_heads=N)]
+    _check(nodes, feeds, outputs, {"rot_q", "rot_k"}, launches=1 + past)
 
 
 # ------------------------------------------------------------------ GroupQueryAttention
