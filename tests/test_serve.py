@@ -150,6 +150,17 @@ def test_cli_serve_refuses_a_missing_model(capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_cli_throughput_mode_environment():
+    """--throughput: Serve's throughput mode, with HAProxy only where its binary is."""
+    from tritort.cli import throughput_environment
+
+    env, note = throughput_environment("/usr/sbin/haproxy")
+    assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    assert "HAProxy answers" in note
+    env, note = throughput_environment(None)
+    assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"} and "slow path" in note
+
+
 # -- one replica's logic, without a cluster ------------------------------------------------------
 
 @pytest.fixture

@@ -183,6 +183,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", "--providers", dest="providers", nargs="*", default=None,
                         help="e.g. TritonExecutionProvider CPUExecutionProvider (Triton: one "
                              "GPU per replica)")
+    parser.add_argument("--throughput", action="store_true",
+                        help="Ray Serve's throughput mode for the Ray instance this command "
+                             "starts: replicas answer HTTP on ports of their own, HAProxy "
+                             "on --port when the haproxy binary is on PATH")
+
+
+def throughput_environment(haproxy: str | None) -> tuple[dict[str, str], str]:
+    """The environment of Ray Serve's throughput mode, and what a user should know of it;
+    ``haproxy``: the haproxy binary's path, if any."""
+    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    if haproxy:
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        return env, "throughput mode: HAProxy answers on the port, straight to the replicas"
+    return env, ("throughput mode without a haproxy binary: replicas answer HTTP on ports of "
+                 "their own (from 30000); the port given is Serve's Python proxy, the slow path")
 
 
 def cmd_serve(args) -> int:
@@ -197,6 +212,16 @@ def cmd_serve(args) -> int:
         return 1
     if not Path(args.model).is_file():
         raise NoSuchFile(f"{args.model} does not exist")
+    if args.throughput:
+        import os
+        import shutil
+
+        env, note = throughput_environment(shutil.which("haproxy"))
+        if args.address is not None:
+            note += ("; a cluster joined with --address runs in the mode its processes were "
+                     "started with (set the variables before `ray start`)")
+        os.environ.update(env)  # the local Ray instance inherits them
+        print(note, flush=True)
     ray.init(address=args.address, include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     application = tritort_serve.app(
