@@ -17,7 +17,10 @@ registers, spilled bytes (stores + loads), shared memory, and what its dots beca
 mma = mma.sync, fma = scalar FFMA, none = no dot). The layer table divides the run's launches
 between the model's layers, read from node names (``/encoder/layer.3/...``, ``/h.3/...``) or
 torch.onnx's name scopes (``layers.3``). ``--fp16`` compiles a float16 copy of the model
-(perf/compile_check_fp16.py); ``--json OUT`` writes it all.
+(perf/compile_check_fp16.py); ``--use-tf32 0`` sets the Triton provider's option (float32 dots
+as FFMA instead of TF32 tensor cores); ``--record-only`` records the launches without running
+them (many times faster; right for models whose launches depend on shapes alone, as the
+benchmark models'); ``--json OUT`` writes it all.
 """
 from __future__ import annotations
 
@@ -83,9 +86,10 @@ def _launching_unit() -> str | None:
 class _Recorder:
     """Wraps a loaded kernel: ``fn[grid](*args, **kw)`` is recorded, then run."""
 
-    def __init__(self, fn: Any, path: Path, jobs: dict, launches: list) -> None:
+    def __init__(self, fn: Any, path: Path, jobs: dict, launches: list,
+                 execute: bool = True) -> None:
         self.fn, self.path, self.name = fn, path, path.stem
-        self.jobs, self.launches = jobs, launches
+        self.jobs, self.launches, self.execute = jobs, launches, execute
 
     def __getattr__(self, item):
         return getattr(self.fn, item)
@@ -122,7 +126,7 @@ class _Recorder:
                                        "aligned": aligned,
                                        "options": options, "config": config})
             self.launches.append((key, _launching_unit()))
-            return launch(*args, **kwargs)
+            return launch(*args, **kwargs) if self.execute else None
 
         return run
 
@@ -155,8 +159,12 @@ def unit_layers(units: list[tuple[str, list]]) -> dict[str, int | None]:
     return {name: layer for (name, _), layer in zip(units, layers)}
 
 
-def record(model_path: str, feeds: dict | None, shapes: list[str] = ()) -> dict:
-    """Run the model once on the Triton provider (interpreter, GPU sources). Returns the
+def record(model_path: str, feeds: dict | None, shapes: list[str] = (),
+           provider_options: dict | None = None, execute: bool = True) -> dict:
+    """Run the model once on the Triton provider (interpreter, GPU sources), with
+    ``provider_options`` (``{"use_tf32": "0"}``, say); ``execute=False`` records each launch
+    without running it (outputs are garbage: right only for models whose launches depend on
+    shapes alone, as the benchmark models'; many times faster at full size). Returns the
     distinct launches (``jobs``, each with the units that made it and its launches per run),
     every launch of the run in order (``launches``: job index, unit), the Triton units
     (``units``: name -> nodes, kind, layer) and how many nodes ran on the CPU."""
@@ -174,12 +182,12 @@ def record(model_path: str, feeds: dict | None, shapes: list[str] = ()) -> dict:
 
     def load(source, name, device):
         loaded = real_load(source, name, device)
-        return loaded._replace(fn=_Recorder(loaded.fn, loaded.path, jobs, launches))
+        return loaded._replace(fn=_Recorder(loaded.fn, loaded.path, jobs, launches, execute))
 
     cache.load = load
     try:
-        sess = ort.InferenceSession(model_path, providers=["TritonExecutionProvider",
-                                                           "CPUExecutionProvider"])
+        sess = ort.InferenceSession(model_path, providers=[
+            ("TritonExecutionProvider", dict(provider_options or {})), "CPUExecutionProvider"])
         if feeds is None:
             from tritort.tools import parse_shapes, random_inputs
 
@@ -350,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", nargs="*", default=[], help="name=d0,d1,... per input")
     parser.add_argument("--arch", type=int, default=90, help="compute capability (90: H100)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="compiler processes")
+    parser.add_argument("--use-tf32", choices=("0", "1"),
+                        help="the Triton provider's use_tf32 option (default: the provider's, 1)")
+    parser.add_argument("--record-only", action="store_true",
+                        help="record the launches without running them (garbage outputs; "
+                             "for models whose launches depend on shapes alone)")
     parser.add_argument("--json", metavar="OUT", help="write the report as JSON to OUT")
     args = parser.parse_args(argv)
     if not args.path and not args.model:
@@ -358,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--layers and --batch set a benchmark model's: give --model NAME")
     path, feeds = _model(args)
     start = time.perf_counter()
-    recording = record(path, feeds, args.shapes)
+    options = {} if args.use_tf32 is None else {"use_tf32": args.use_tf32}
+    recording = record(path, feeds, args.shapes, options, execute=not args.record_only)
     recorded = time.perf_counter() - start
     jobs = recording["jobs"]
     start = time.perf_counter()
@@ -380,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         doc = report(recording, results, model=args.model or args.path, path=path,
                      arch=args.arch, fp16=args.fp16, full=args.full, batch=args.batch,
+                     provider_options=options, record_only=args.record_only,
                      record_s=round(recorded, 1), compile_s=round(compiled, 1))
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
     return 1 if failed else 0

@@ -37,12 +37,12 @@ def _fp16_block():
                        [models.vi("Y", TP.FLOAT16, None)], [w, b, g], opset=21)
 
 
-def _run(tmp_path, model, shapes: str) -> tuple[subprocess.CompletedProcess, dict]:
+def _run(tmp_path, model, shapes: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     path = tmp_path / "model.onnx"
     path.write_bytes(model.SerializeToString())
     out = tmp_path / "report.json"
     run = subprocess.run([sys.executable, str(ROOT / "perf" / "compile_check.py"), str(path),
-                          "--shapes", shapes, "--arch", "90", "--json", str(out)],
+                          "--shapes", shapes, "--arch", "90", "--json", str(out), *extra],
                          capture_output=True, text=True, timeout=900,
                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
                               "TRITORT_CACHE_DIR": str(tmp_path / "cache"),
@@ -98,6 +98,17 @@ def test_skinny_fp16_and_fp32_gemms(tmp_path):
     _, doc = _run(tmp_path, _matmul(TP.FLOAT), "X=64,128")
     gemm = _kernel(doc, "/layers.0/mm")
     assert gemm["mma"] == "wgmma" and gemm["sass"].get("HGMMA", 0) > 0, gemm
+
+
+@pytest.mark.skipif(not triton_runs(), reason="needs Triton")
+def test_use_tf32_off_and_launches_recorded_without_running(tmp_path):
+    """--use-tf32 0 reaches the provider (float32 dots as FFMA); --record-only records the
+    same launch without running it."""
+    _, doc = _run(tmp_path, _matmul(TP.FLOAT), "X=64,128", "--use-tf32", "0", "--record-only")
+    gemm = _kernel(doc, "/layers.0/mm")
+    assert gemm["mma"] == "fma" and gemm["sass"].get("FFMA", 0) > 0, gemm
+    assert doc["provider_options"] == {"use_tf32": "0"} and doc["record_only"]
+    assert doc["launches_per_run"] == 1 and gemm["launches_per_run"] == 1
     assert gemm["registers"] > 0 and gemm["spills"] >= 0
 
 

@@ -82,3 +82,24 @@ def test_bottleneck_convs_compile_to_wgmma_without_spills(kind, tmp_path, monkey
     compiled = [_at(job, cfg) for job in jobs for cfg in tiles]
     for job, result in zip(compiled, _compile_sm90(compiled, tmp_path)):
         assert result["mma"] == "wgmma" and result["spills"] == 0, (job["options"], result)
+
+
+@needs_ptxas
+def test_float32_fma_bottleneck_convs_compile_without_spills(tmp_path, monkeypatch):
+    """use_tf32=0: float32 dots run as FFMA; every 64-row-or-more tile of the float32 table
+    compiles the bottleneck's convs (the residual epilogue included) without spills."""
+    monkeypatch.setenv("TRITORT_GPU_SOURCES", "1")
+    monkeypatch.setenv("TRITORT_CACHE_DIR", str(tmp_path / "kernels"))
+    model = _bottleneck(TP.FLOAT, np.float32)
+    feeds = {"X": np.random.default_rng(9).standard_normal((1, 64, 8, 8)).astype(np.float32)}
+    launches = _record(monkeypatch, conv)
+    sess = _session(model, {"use_tf32": "0"})
+    assert set(sess.placement().values()) == {"TritonExecutionProvider"}
+    np.testing.assert_allclose(sess.run(None, feeds)[0], _reference(model, feeds)[0],
+                               rtol=1e-4, atol=1e-4)
+    jobs = _distinct(launches)
+    assert len(jobs) == 3
+    tiles = [c for c in CONFIGS[4] if c.block_m >= 64]
+    compiled = [_at(job, cfg) for job in jobs for cfg in tiles]
+    for job, result in zip(compiled, _compile_sm90(compiled, tmp_path)):
+        assert result["mma"] == "fma" and result["spills"] == 0, (job["options"], result)
