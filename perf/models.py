@@ -15,7 +15,8 @@ Three families:
   initializer of seeded random values scaled by the consumer (He-scaled Conv/Gemm weights,
   BatchNormalization scale near 1 and variance in [0.5, 1.5], small biases and means), drops the
   shape inputs, and adds the Softmax input (the logits) as a second output. Compute is unchanged:
-  the same nodes, shapes and input 1x3x224x224.
+  the same nodes and shapes, input 1x3x224x224; ``batch`` N makes the input Nx3x224x224 (graph
+  inputs and outputs and the activations' constant Reshape shapes say N, weights unchanged).
 
 Built models are cached under ``perf/.models/`` (``TRITORT_BENCH_MODELS`` or ``cache_dir``
 overrides), keyed by the model's configuration and the builder version, and written
@@ -144,7 +145,7 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 def resolve_config(name: str, quick: bool, batch: int | None = None,
                    seq: int | None = None, layers: int | None = None) -> dict[str, Any]:
     if name in LIGHT_MODELS:
-        return {"batch": 1, "image": 224}  # fixed batch of 1 (their Reshapes say so)
+        return {"batch": batch or 1, "image": 224}  # fixed in the file: rewritten per batch
     cfg = dict(TORCH_CONFIGS[name]["quick" if quick else "full"])
     if batch is not None:
         cfg["batch"] = batch
@@ -168,7 +169,7 @@ def get_model(name: str, quick: bool = False, batch: int | None = None, seq: int
     folder = cache_dir(cache)
     t0 = time.perf_counter()
     if name in LIGHT_MODELS:
-        path, cached = _light_model(name, folder, log)
+        path, cached = _light_model(name, folder, log, cfg["batch"])
     else:
         path, cached = _torch_model(name, cfg, folder, log)
     build_s = time.perf_counter() - t0
@@ -179,8 +180,6 @@ def get_model(name: str, quick: bool = False, batch: int | None = None, seq: int
                                             for k, v in feeds.items()),
                        config=cfg, description=DESCRIPTIONS[name], cached=cached,
                        build_s=build_s, has_torch=name not in LIGHT_MODELS)
-    if name in LIGHT_MODELS and batch not in (None, 1):
-        built.notes.append(f"fixed batch of 1: batch {batch} ignored")
     if name in LIGHT_MODELS:
         built.notes.append("weights: seeded random initializers in place of the shipped "
                            "ConstantOfShape(0.02) fills; logits added as a second output")
@@ -215,7 +214,7 @@ def make_feeds(name: str, cfg: dict[str, Any], seed: int = SEED) -> dict[str, np
     if name == "cnn":
         return {"x": rng.standard_normal((b, 3, cfg["image"], cfg["image"])).astype(np.float32)}
     # light models: their input name is read from the cached file by light_input_name
-    return {light_input_name(name): rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    return {light_input_name(name): rng.standard_normal((b, 3, 224, 224)).astype(np.float32)}
 
 
 def _key(payload: dict[str, Any]) -> str:
@@ -473,13 +472,15 @@ def light_source(name: str) -> Path:
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / LIGHT_MODELS[name]
 
 
-def _light_path(name: str, folder: Path) -> Path:
+def _light_path(name: str, folder: Path, batch: int = 1) -> Path:
     import onnx
 
     src = light_source(name)
-    key = _key({"name": name, "onnx": onnx.__version__, "size": src.stat().st_size,
-                "seed": SEED, "builder": BUILDER_VERSION})
-    return folder / f"{name}-{key}.onnx"
+    payload = {"name": name, "onnx": onnx.__version__, "size": src.stat().st_size,
+               "seed": SEED, "builder": BUILDER_VERSION}
+    if batch != 1:  # batch 1 keeps the key it had before batches existed (cached files stay)
+        payload["batch"] = batch
+    return folder / f"{name}-{_key(payload)}.onnx"
 
 
 def light_input_name(name: str) -> str:
@@ -490,14 +491,41 @@ def light_input_name(name: str) -> str:
     return next(i.name for i in m.graph.input if i.name not in inits)
 
 
-def _light_model(name: str, folder: Path, log) -> tuple[Path, bool]:
-    path = _light_path(name, folder)
+def _light_model(name: str, folder: Path, log, batch: int = 1) -> tuple[Path, bool]:
+    path = _light_path(name, folder, batch)
     if path.exists():
         return path, True
     if log:
-        log(f"preparing {name} from {light_source(name).name} -> {path}")
-    _atomic_save(materialize_light(light_source(name)), path)
+        log(f"preparing {name} (batch {batch}) from {light_source(name).name} -> {path}")
+    _atomic_save(with_batch(materialize_light(light_source(name)), batch), path)
     return path, False
+
+
+def with_batch(model, batch: int):
+    """The light model at batch ``batch``: its files say batch 1 in the graph inputs and
+    outputs and in the constant shapes of Reshapes of activations ([1, 2048] before the
+    classifier; ShuffleNet's channel shuffles); weights' Reshapes are left alone."""
+    import onnx
+    from onnx import numpy_helper
+
+    if batch == 1:
+        return model
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type != "Reshape" or node.input[0] in inits:
+            continue
+        shape = numpy_helper.to_array(inits[node.input[1]])
+        if shape[0] != 1:
+            raise ValueError(f"{node.name}: Reshape to {shape.tolist()} has no batch dim")
+        shape = shape.copy()
+        shape[0] = batch
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
+    for value in list(g.input) + list(g.output):
+        if value.name not in inits:
+            value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.checker.check_model(model)
+    return model
 
 
 def materialize_light(src: Path, seed: int = SEED):
