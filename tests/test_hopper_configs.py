@@ -359,6 +359,35 @@ def test_float32_gemm_uses_tensor_cores_only_with_tf32(tmp_path, monkeypatch):
     assert ieee["mma"] == "fma", ieee
 
 
+@needs_ptxas
+def test_float32_fma_gemm_tiles_compile_without_spills(tmp_path, monkeypatch):
+    """use_tf32=0: a projection of 3-D activations (BERT's out-projection at batch 8 spilled
+    16 B at 64x64 with 4 warps) compiles as FFMA without spills at every 64-row-or-more
+    tile."""
+    monkeypatch.setenv("TRITORT_GPU_SOURCES", "1")
+    monkeypatch.setenv("TRITORT_CACHE_DIR", str(tmp_path / "kernels"))
+    rng = np.random.default_rng(11)
+    w = numpy_helper.from_array((rng.standard_normal((128, 128)) / 8).astype(np.float32), "W")
+    model = models.make([helper.make_node("MatMul", ["X", "W"], ["Y"], name="proj")],
+                        [models.vi("X", TP.FLOAT, ["B", "S", 128])],
+                        [models.vi("Y", TP.FLOAT, None)], [w], opset=21)
+    x = rng.standard_normal((2, 32, 128)).astype(np.float32)
+    seen = _record(monkeypatch, gemm)
+    sess = _session(model, {"use_tf32": "0"})
+    np.testing.assert_allclose(sess.run(None, {"X": x})[0], _reference(model, {"X": x})[0],
+                               rtol=1e-4, atol=1e-4)
+    (job,) = _distinct(seen)
+    names = list(job["signature"])
+    jobs = []
+    for cfg in (c for c in gemm_configs.CONFIGS[4] if c.block_m >= 64):
+        blocks = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
+        jobs.append(dict(job, constexprs=[(i, blocks.get(names[i], v))
+                                          for i, v in job["constexprs"]],
+                         options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}))
+    for job, result in zip(jobs, _compile_sm90(jobs, tmp_path)):
+        assert result["mma"] == "fma" and result["spills"] == 0, (job["options"], result)
+
+
 def test_row_tiles_give_every_sm_a_program_and_few_elements_per_thread():
     sms = gemm_configs.DEFAULT_SMS
     for rows, cols in [(1536, 128), (128, 768), (1024, 768), (128, 50257), (1576, 197), (7, 30)]:
