@@ -261,6 +261,13 @@ class AnchorPlanner:
             score = prologue_score(data_bytes, sum(size.values()), passes) - stops
             if self.escapes(data, members | {n.name for n in chosen}):
                 score -= data_bytes  # still written, by the fused kernel
+                # nodes after the prologue read the stored data: the anchor's other inputs
+                # must not come from them (a cycle between kernels); earlier nodes only
+                # make that stricter
+                first = min(self.position[n.name] for n in chosen)
+                if not all(self._ready_before(v, first, self.position[anchor.name])
+                           for v in anchor.inputs[1:] if v):
+                    break
             # on a tie the bigger prologue wins: its own inputs would otherwise be written
             # by another kernel and read back
             if score > 0 and score >= best_score:
@@ -304,6 +311,11 @@ class AnchorPlanner:
         values = {result}
         # computed inside the kernel by the prologue: never a loaded input
         made_before = {o for n in group.prologue for o in n.outputs}
+        # a stored prologue result is read by nodes after it: an epilogue input made after
+        # the prologue could depend on it (a cycle between kernels)
+        stored_data = group.prologue and self.escapes(
+            anchor.inputs[0], {n.name for n in group.nodes})
+        since = min(self.position[n.name] for n in group.prologue) if stored_data else start
         chosen: list[Node] = []
         for node in self.nodes:
             here = self.position[node.name]
@@ -311,7 +323,7 @@ class AnchorPlanner:
                     not any(v in values for v in node.inputs):
                 continue
             outs_ok = all(self._known(o) == target for o in node.outputs)
-            if outs_ok and all(self._epilogue_input_ok(v, target, start, here) and
+            if outs_ok and all(self._epilogue_input_ok(v, target, since, here) and
                                v not in made_before for v in node.inputs
                                if v and v not in values) and \
                     len(_external_inputs(chosen + [node])) <= MAX_INPUTS:
@@ -328,15 +340,21 @@ class AnchorPlanner:
 
     def _epilogue_input_ok(self, value: str, target: Shape, anchor_at: int,
                            node_at: int) -> bool:
-        """Broadcasts to the per-row result and cannot depend on the anchor."""
+        """Broadcasts to the per-row result and cannot depend on the anchor (or on what the
+        group writes before it: ``anchor_at`` is then the group's first position)."""
         shape = self._known(value)
         if shape is None or not broadcasts_to(shape, target):
             return False
+        return self._ready_before(value, anchor_at, node_at)
+
+    def _ready_before(self, value: str, start: int, end: int) -> bool:
+        """Is value made before position ``start``, so that nothing from ``start`` on (up to
+        the reader at ``end``) can feed it?"""
         made_by = self.producer.get(value)
         if made_by is not None:
-            return self.position[made_by.name] < anchor_at
+            return self.position[made_by.name] < start
         # made by another provider's node (or a graph input): none may sit in between
-        return not any(anchor_at < p < node_at for p in self.foreign)
+        return not any(start < p < end for p in self.foreign)
 
 
 def _external_inputs(group: Sequence[Node]) -> list[str]:

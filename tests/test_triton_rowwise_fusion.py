@@ -83,7 +83,7 @@ def test_residual_and_bias_prologue_stores_the_stream_and_epilogue_scales(norm, 
 
 def test_norm_result_read_elsewhere_is_stored_beside_the_epilogue():
     nodes = [helper.make_node("Add", ["X", "R"], ["h"], name="residual"),
-             helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], name="norm"),
+             helper.make_node("LayerNormalization", ["h", "scale", "b"], ["y"], name="norm"),
              helper.make_node("Mul", ["y", "g"], ["z"], name="scale")]
     model = models.make(nodes, [models.vi("X", shape=[2, 3, D]), models.vi("R", shape=[2, 3, D])],
                         [models.vi("z", shape=[2, 3, D]), models.vi("y", shape=[2, 3, D]),
@@ -175,4 +175,22 @@ def test_simplified_norm_prologue_and_epilogue():
                         opset=18)
     sess, groups = _groups(model)
     assert (T, ["residual", "norm", "scale"]) in groups, groups
+    _check(model, sess, _feeds(np.float32, "X", "R"), 2e-5)
+
+
+def test_stored_data_never_feeds_the_kernel_back():
+    """The stored sum is read by nodes that also make the norm's scale and a value its
+    epilogue reads: fusing the Add would make the two kernels wait on each other."""
+    nodes = [helper.make_node("Add", ["X", "R"], ["h"], name="residual"),
+             helper.make_node("Sigmoid", ["h"], ["s"], name="gate"),
+             helper.make_node("ReduceMean", ["s", "axes"], ["scale"], name="scale_of_h",
+                              keepdims=0),
+             helper.make_node("LayerNormalization", ["h", "scale", "b"], ["y"], name="norm"),
+             helper.make_node("Mul", ["y", "s"], ["z"], name="gated")]
+    axes = helper.make_tensor("axes", TP.INT64, [2], [0, 1])
+    model = models.make(nodes, [models.vi("X", shape=[2, 3, D]), models.vi("R", shape=[2, 3, D])],
+                        [models.vi("z", shape=[2, 3, D]), models.vi("scale", shape=[D])],
+                        _params(np.float32, "b") + [axes], opset=18)
+    sess, groups = _groups(model)
+    assert (T, ["residual", "gate"]) in groups and (T, ["norm", "gated"]) in groups, groups
     _check(model, sess, _feeds(np.float32, "X", "R"), 2e-5)
