@@ -278,7 +278,8 @@ def launch(kernel: Kernel, q: Any, k: Any, v: Any, y: Any, mask: Any, scale: flo
                      var.left >= 0 or var.right >= 0, var.mask)
     args = (q, k, v, y) + (() if mask is None else (mask,))
     cfg = choose(table, TUNING, key, problem,
-                 lambda: pick_config(sq, sk, b * h, head_block, itemsize, interpreted),
+                 lambda: pick_config(sq, sk, b * h, head_block, itemsize, interpreted,
+                                     itemsize == 4 and var.precision == "ieee"),
                  args, functools.partial(_run, kernel.fn, scale=scale, extra=extra))
     _run(kernel.fn, cfg, *args, scale=scale, extra=extra)
 

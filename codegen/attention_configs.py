@@ -43,16 +43,21 @@ def _fit(n: int, cap: int) -> int:
     return min(max(_MIN_BLOCK, 1 << max(n - 1, 0).bit_length()), cap)
 
 
-def _gpu_config(itemsize: int, head_block: int) -> AttentionConfig:
+def _gpu_config(itemsize: int, head_block: int, fma: bool) -> AttentionConfig:
     """Hopper-sized tiles: fp16/bf16 run on tensor cores, so a 128-row block with 64 keys
     keeps the MMA units busy; wide heads halve the tiles (registers hold the [M, D]
-    accumulator). fp32 (input_precision='ieee', FMA) and fp64 take smaller tiles."""
+    accumulator). fp32 on TF32 tensor cores and fp32 on FMA (``fma``: input_precision
+    'ieee', whose dot operands also sit in registers: 64-row tiles spilled on sm_90) and
+    fp64 take smaller tiles."""
     if itemsize == 2:
         if head_block <= 64:
             return AttentionConfig(128, 64, 4, 3)
         if head_block <= 128:
             return AttentionConfig(128, 64, 8, 3)
         return AttentionConfig(64, 32, 4, 2)
+    if itemsize == 4 and fma:
+        return AttentionConfig(32, 32, 4, 2) if head_block <= 64 else \
+            AttentionConfig(16, 32, 4, 2)
     if itemsize == 4:
         return AttentionConfig(64, 32, 4, 2) if head_block <= 64 else \
             AttentionConfig(32, 32, 4, 2)
@@ -61,14 +66,14 @@ def _gpu_config(itemsize: int, head_block: int) -> AttentionConfig:
 
 @functools.lru_cache(maxsize=4096)  # launches repeat their problems
 def pick_config(q_len: int, kv_len: int, heads: int, head_block: int, itemsize: int,
-                interpreted: bool) -> AttentionConfig:
+                interpreted: bool, fma: bool = False) -> AttentionConfig:
     """The block sizes of one launch when the tuning database has no entry: ``heads``
     (batch x query heads) programs per row block; ``head_block``: the padded head dim (max
-    of D, Dv)."""
+    of D, Dv); ``fma``: float32 dots in full precision (no TF32)."""
     if interpreted:  # numpy underneath: small blocks keep ragged edges and key loops exercised
         return AttentionConfig(_fit(q_len, _INTERPRETER_BLOCK), _fit(kv_len, _INTERPRETER_BLOCK),
                                4, 1)
-    cfg = _gpu_config(itemsize, head_block)
+    cfg = _gpu_config(itemsize, head_block, fma)
     block_m = min(cfg.block_m, _fit(q_len, 256))
     if block_m > 64 and heads * math.ceil(q_len / block_m) < _ENOUGH_PROGRAMS:
         block_m = 64  # too few programs to fill the GPU: halve the rows per program

@@ -397,3 +397,13 @@ def test_row_tiles_give_every_sm_a_program_and_few_elements_per_thread():
         assert block_m * block_n <= 8 * 32 * warps and warps <= 8, (rows, cols, warps)
     assert rowwise_launch.block_sizes(128, 768, False) == (1, 1024, 4)  # LayerNorm, 128 tokens
     assert rowwise_launch.block_sizes(12 * 128, 128, False) == (8, 128, 4)  # attention Softmax
+
+
+def test_float32_fma_attention_takes_tiles_that_do_not_spill():
+    """With use_tf32=0 a float32 dot is FMA with its operands in registers: 64-row tiles
+    spilled on sm_90 (ViT's kernel 1124 B), 32x32 does not; TF32 keeps 64-row tiles."""
+    from tritort.codegen.attention_configs import AttentionConfig, pick_config
+
+    assert pick_config(197, 197, 12, 64, 4, False, fma=True) == AttentionConfig(32, 32, 4, 2)
+    assert pick_config(128, 128, 12, 128, 4, False, fma=True).block_m == 16
+    assert pick_config(197, 197, 12, 64, 4, False) == AttentionConfig(64, 32, 4, 2)

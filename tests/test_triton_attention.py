@@ -367,7 +367,7 @@ for variant, head in [(Variant("float16", "additive", True), 64),
     signature = {p: POINTERS[variant.dtype] if p in ("q", "k", "vals", "y") else
                  mask if p == "mask" else "fp32" if p.startswith("scale") else
                  "constexpr" if p.startswith("BLOCK") else "i32" for p in fn.arg_names}
-    cfg = _gpu_config(2 if variant.dtype != "float" else 4, head)
+    cfg = _gpu_config(2 if variant.dtype != "float" else 4, head, variant.precision == "ieee")
     blocks = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_D": head, "BLOCK_DV": head}
     compiled = triton.compile(
         ASTSource(fn, signature, {(fn.arg_names.index(k),): b for k, b in blocks.items()}),
