@@ -58,20 +58,23 @@ def check_partition(nodes: Sequence[Node], groups: list[list[Node]]) -> None:
 # ------------------------------------------------- pointwise work fused into template kernels
 #
 # A template declares what it takes (codegen.templates.Template): a row-wise one (a Reduce*,
-# Softmax, LogSoftmax) computes a pointwise prologue on the tiles it loads and a pointwise
-# epilogue on the rows it reduced to, so neither the data it reduces nor its raw result has
-# to be written to memory and read back. A tiled one (MatMul, Gemm, Conv) takes an epilogue
+# Softmax, the normalizations) computes a pointwise prologue on the tiles it loads and a
+# pointwise epilogue on the rows it reduced to (or, for Softmax and the normalizations, on
+# each element of its result), so neither the data it reduces nor its raw result has to be
+# written to memory and read back. A tiled one (MatMul, Gemm, Conv) takes an epilogue
 # on its output tile (bias, activation, residual, cast) and a GEMM a converting prologue per
 # operand; an attention takes a RotaryEmbedding (a template node that takes no fusion itself)
 # on its query and key the same way, by its template's own rule.
 #
 # Why the groups stay cycle-free (and so can run as one kernel each):
-# - prologue values are read only by the prologue and the anchor, so the only values leaving
-#   the group are the anchor's outputs and the epilogue's, which all depend on the anchor. A
-#   path from them back into a prologue input would be a cycle in the graph itself.
+# - prologue values are read only by the prologue and the anchor, except the data itself (a
+#   residual stream the kernel stores), so the values leaving the group all depend on the
+#   anchor or on that data. A path from them back into a prologue input would be a cycle in
+#   the graph itself.
 # - every epilogue node reads a group value, and its other inputs are produced before the
 #   anchor in topological order (or, when a node this provider does not run produces them,
-#   no such node sits between the anchor and the epilogue node), so they cannot depend on it.
+#   no such node sits between the anchor and the epilogue node), so they cannot depend on it;
+#   with the data stored, before the prologue, and so are the anchor's other inputs.
 # check_acyclic re-checks the result over the nodes this provider runs.
 
 # A symbolic dimension counts as this many elements when estimating bytes.
