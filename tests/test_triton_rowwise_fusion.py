@@ -83,7 +83,7 @@ def test_residual_and_bias_prologue_stores_the_stream_and_epilogue_scales(norm, 
 
 def test_norm_result_read_elsewhere_is_stored_beside_the_epilogue():
     nodes = [helper.make_node("Add", ["X", "R"], ["h"], name="residual"),
-             helper.make_node("LayerNormalization", ["h", "scale", "b"], ["y"], name="norm"),
+             helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], name="norm"),
              helper.make_node("Mul", ["y", "g"], ["z"], name="scale")]
     model = models.make(nodes, [models.vi("X", shape=[2, 3, D]), models.vi("R", shape=[2, 3, D])],
                         [models.vi("z", shape=[2, 3, D]), models.vi("y", shape=[2, 3, D]),
