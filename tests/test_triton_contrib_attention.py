@@ -25,6 +25,25 @@ TRITON = "TritonExecutionProvider"
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
+def shared_cache_step(sess, feeds: dict, cache: list, output: str, through: str):
+    """One step of a model whose past key/value (inputs pk, pv) and presents (pko, pvo)
+    share buffers: through ``run()`` the presents come back as the next cache, through an
+    IOBinding they are written into the bound past buffers. Returns (output, cache)."""
+    if through == "run":
+        y, pk, pv = sess.run(None, {**feeds, "pk": cache[0].numpy(), "pv": cache[1].numpy()})
+        return y, [ort.OrtValue.ortvalue_from_numpy(pk), ort.OrtValue.ortvalue_from_numpy(pv)]
+    io = sess.io_binding()
+    for name, value in feeds.items():
+        io.bind_cpu_input(name, value)
+    io.bind_ortvalue_input("pk", cache[0])
+    io.bind_ortvalue_input("pv", cache[1])
+    io.bind_output(output)
+    io.bind_ortvalue_output("pko", cache[0])
+    io.bind_ortvalue_output("pvo", cache[1])
+    sess.run_with_iobinding(io)
+    return io.copy_outputs_to_cpu()[0], cache
+
+
 def _session(model):
     return ort.InferenceSession(model.SerializeToString(),
                                 providers=[TRITON, "CPUExecutionProvider"])
@@ -311,21 +330,7 @@ def test_gqa_decode_loop_on_a_shared_buffer(through):
         want = oracle.run(None, {**feeds, "pk": want_cache[0], "pv": want_cache[1]})
         want_cache = want[1:]
         with launch.recording() as launches:
-            if through == "run":
-                y, pk, pv = sess.run(None, {**feeds, "pk": cache[0].numpy(),
-                                            "pv": cache[1].numpy()})
-                cache = [ort.OrtValue.ortvalue_from_numpy(pk), ort.OrtValue.ortvalue_from_numpy(pv)]
-            else:
-                io = sess.io_binding()
-                for name, value in feeds.items():
-                    io.bind_cpu_input(name, value)
-                io.bind_ortvalue_input("pk", cache[0])
-                io.bind_ortvalue_input("pv", cache[1])
-                io.bind_output("y")
-                io.bind_ortvalue_output("pko", cache[0])
-                io.bind_ortvalue_output("pvo", cache[1])
-                sess.run_with_iobinding(io)
-                y = io.copy_outputs_to_cpu()[0]
+            y, cache = shared_cache_step(sess, feeds, cache, "y", through)
         assert len(launches) == 2, (step, len(launches))
         np.testing.assert_allclose(y, want[0], **TOL, err_msg=f"step {step}")
         for j in (0, 1):

@@ -20,7 +20,7 @@ import tritort as ort
 from tests.test_contrib_ops import (  # noqa: F401  (_seeded: the autouse seeding fixture)
     _seeded, build, ms, randn, run_ort,
 )
-from tests.test_triton_contrib_attention import _launches, _session
+from tests.test_triton_contrib_attention import _launches, _session, shared_cache_step
 from tests.triton_env import requires_triton
 
 pytestmark = requires_triton
@@ -200,21 +200,7 @@ def test_greedy_decode_loop_on_the_shared_buffer(through):
         feeds = {"ids": np.array([ids], np.int64), "psl": np.array([past], np.int32)}
         want = oracle.run(None, {**feeds, "pk": want_cache[0], "pv": want_cache[1]})
         want_cache = want[1:]
-        if through == "run":
-            logits, pk, pv = sess.run(None, {**feeds, "pk": cache[0].numpy(),
-                                             "pv": cache[1].numpy()})
-            cache = [ort.OrtValue.ortvalue_from_numpy(pk), ort.OrtValue.ortvalue_from_numpy(pv)]
-        else:
-            io = sess.io_binding()
-            for name, value in feeds.items():
-                io.bind_cpu_input(name, value)
-            io.bind_ortvalue_input("pk", cache[0])
-            io.bind_ortvalue_input("pv", cache[1])
-            io.bind_output("logits")
-            io.bind_ortvalue_output("pko", cache[0])
-            io.bind_ortvalue_output("pvo", cache[1])
-            sess.run_with_iobinding(io)
-            logits = io.copy_outputs_to_cpu()[0]
+        logits, cache = shared_cache_step(sess, feeds, cache, "logits", through)
         np.testing.assert_allclose(logits, want[0], **TOL, err_msg=f"step {step}")
         for j in (0, 1):
             np.testing.assert_allclose(cache[j].numpy(), want_cache[j], **TOL,
