@@ -497,11 +497,7 @@ class GroupQueryAttention(Template):
         kernel, source, path, cached = _flash_kernel(node, ctx, variant, hooks, ir_text)
         launcher = GqaLauncher(kernel, append, dt, n, nk, scale, rotary, sink, ctx,
                                (rope_q, rope_k))
-        inputs = [_input(node, i) for i in range(12)]
-        if rope_q or rope_k:  # the rotary nodes' inputs in place of their outputs
-            inputs[0] = rope_q.source if rope_q else inputs[0]
-            inputs[1] = rope_k.source if rope_k else inputs[1]
-            inputs += rope_lines.inputs(rope_q) + rope_lines.inputs(rope_k)
+        inputs = rope_lines.node_inputs([_input(node, i) for i in range(12)], rope_q, rope_k)
         return KernelSpec(name, launcher, inputs, ir_text, source, path, cached,
                           host_inputs=(inputs[6],))
 

@@ -357,10 +357,6 @@ class MultiHeadAttention(Template):
         launcher = MhaLauncher(kernel, append, dt, heads, scale, kv_bias and not cache,
                                kv_bias and cache, causal_past, shared, wants, ctx,
                                (rope_q, rope_k))
-        inputs = [_input(node, i) for i in range(10)]
-        if rope_q or rope_k:  # the rotary nodes' inputs in place of their outputs
-            inputs[0] = rope_q.source if rope_q else inputs[0]
-            inputs[1] = rope_k.source if rope_k else inputs[1]
-            inputs += rope_lines.inputs(rope_q) + rope_lines.inputs(rope_k)
+        inputs = rope_lines.node_inputs([_input(node, i) for i in range(10)], rope_q, rope_k)
         return KernelSpec(name, launcher, inputs, ir_text, source, path, cached)
 

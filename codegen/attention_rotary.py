@@ -92,8 +92,17 @@ def side_args(rope: Rope | None, values: tuple, b: int, s: int, head: int,
     return () if rope is None else args(rope, *values, b, s, head, batch_broadcast)
 
 
-def inputs(rope: Rope | None) -> list[str]:
-    return rope.inputs if rope is not None else ["", "", ""]
+def node_inputs(inputs: list[str], rope_q: Rope | None, rope_k: Rope | None) -> list[str]:
+    """An attention node's launcher inputs with its fused rotary sides: each rotary node's
+    input in place of its output (query, key), then both nodes' caches and positions."""
+    if rope_q is None and rope_k is None:
+        return inputs
+    inputs = list(inputs)
+    for index, rope in enumerate((rope_q, rope_k)):
+        if rope is not None:
+            inputs[index] = rope.source
+    return inputs + [v for rope in (rope_q, rope_k)
+                     for v in (rope.inputs if rope is not None else ["", "", ""])]
 
 
 def params(prefix: str, rope: Rope) -> list[str]:
