@@ -39,8 +39,13 @@ def run_triton_session(model, feeds):
 # ------------------------------------------------------------------ MultiHeadAttention
 
 
-def _mha_shared(b, s, past_len, cap, beams=1, mask=False, bias=False, causal=0, qk=False):
-    rows = b * beams
+def mha_shared_case(b, s, past_len, cap, beams=1, mask=None, bias=False, causal=0, qk=False,
+                    attention_bias=False):
+    """(node, feeds, outputs, inits) of MultiHeadAttention over (b * beams, N, cap, H) buffers
+    whose first ``past_len`` rows hold the cache (the rows after them hold stale values the
+    node must keep); ``mask``: None, "lengths" (B) or "2d" (B, T) 0/1 with both ends kept;
+    ``beams`` > 1 adds a cache_indirection."""
+    rows, t = b * beams, past_len + s
     feeds = {"q": randn(rows, s, D), "k": randn(rows, s, D), "v": randn(rows, s, D),
              "pk": randn(rows, N, cap, H), "pv": randn(rows, N, cap, H),
              "psl": np.array([past_len], np.int32)}
@@ -49,16 +54,23 @@ def _mha_shared(b, s, past_len, cap, beams=1, mask=False, bias=False, causal=0, 
     if bias:
         inits["bias"] = randn(3 * D)
         inputs[3] = "bias"
-    if mask:
-        m = (randn(rows, past_len + s) > -0.7).astype(np.int32)
-        m[:, -1] = 1
+    if mask == "lengths":
+        feeds["m"] = np.array([t, max(t - 2, 1)][:rows], np.int32)
+        inputs[4] = "m"
+    elif mask == "2d":
+        m = (randn(rows, t) > -0.7).astype(np.int32)
+        m[:, 0] = m[:, -1] = 1
         feeds["m"] = m
         inputs[4] = "m"
+    if attention_bias:
+        feeds["ab"] = randn(rows, N, s, t)
+        inputs[5] = "ab"
     if beams > 1:
         feeds["ci"] = randint(0, beams, b, beams, cap)
         inputs.append("ci")
     outputs = ["y", "present_k", "present_v"] + (["qk"] if qk else [])
-    node = ms("MultiHeadAttention", inputs, outputs, num_heads=N, unidirectional=causal)
+    node = ms("MultiHeadAttention", inputs, outputs, name="mha", num_heads=N,
+              unidirectional=int(causal))
     return node, feeds, outputs, inits
 
 
@@ -68,35 +80,35 @@ def _mha_shared(b, s, past_len, cap, beams=1, mask=False, bias=False, causal=0, 
 ])
 @pytest.mark.parametrize("bias", [False, True])
 def test_mha_shared_buffer(b, s, past_len, cap, causal, bias):
-    node, feeds, outputs, inits = _mha_shared(b, s, past_len, cap, bias=bias, causal=causal)
+    node, feeds, outputs, inits = mha_shared_case(b, s, past_len, cap, bias=bias, causal=causal)
     check(node, feeds, outputs, inits=inits, **TOL)
 
 
 def test_mha_shared_buffer_with_key_padding_mask_and_scores():
-    node, feeds, outputs, inits = _mha_shared(2, 1, 3, 8, mask=True, qk=True)
+    node, feeds, outputs, inits = mha_shared_case(2, 1, 3, 8, mask="2d", qk=True)
     # the scores keep -10000 at masked keys: float32 rounds those to about 1e-3
     check(node, feeds, outputs, inits=inits, **TOL, tol={"qk": (1e-5, 2e-3)}, types={})
 
 
 @pytest.mark.parametrize("b,beams,past_len,cap", [(1, 2, 3, 8), (2, 2, 4, 6), (1, 3, 5, 8),
                                                   (2, 3, 0, 4)])
-@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("mask", [None, "2d"])
 def test_mha_beam_search_cache_indirection(b, beams, past_len, cap, mask):
-    node, feeds, outputs, inits = _mha_shared(b, 1, past_len, cap, beams=beams, mask=mask,
+    node, feeds, outputs, inits = mha_shared_case(b, 1, past_len, cap, beams=beams, mask=mask,
                                               bias=True, qk=True)
     check(node, feeds, outputs, inits=inits, **TOL, tol={"qk": (1e-5, 2e-3)}, types={})
 
 
 def test_mha_cache_indirection_is_not_read_by_a_prompt():
     """With S > 1 onnxruntime's CPU kernel attends each row's own cache: so does tritort."""
-    node, feeds, outputs, inits = _mha_shared(1, 2, 3, 8, beams=2)
+    node, feeds, outputs, inits = mha_shared_case(1, 2, 3, 8, beams=2)
     check(node, feeds, outputs, inits=inits, **TOL)
 
 
 def test_mha_beam_search_reads_other_beams():
     """The indirection changes the result (the test above is not vacuous): float64 check of
     row 1 reading beam 0's cached keys and values."""
-    node, feeds, outputs, inits = _mha_shared(1, 1, 3, 8, beams=2)
+    node, feeds, outputs, inits = mha_shared_case(1, 1, 3, 8, beams=2)
     feeds["ci"][:] = 0
     model = build([node], feeds, outputs, out_types={o: TensorProto.FLOAT for o in outputs})
     y = run_tritort(model, feeds)[0]
@@ -115,7 +127,7 @@ def test_mha_beam_search_reads_other_beams():
     ("no_past", "need past_key"),
 ])
 def test_mha_shared_buffer_refusals(case, match):
-    node, feeds, outputs, _ = _mha_shared(1, 1, 3, 8, beams=2)
+    node, feeds, outputs, _ = mha_shared_case(1, 1, 3, 8, beams=2)
     if case == "bias_with_beams":
         feeds["ab"] = randn(2, N, 1, 4)
         node.input[5] = "ab"
@@ -145,7 +157,7 @@ def loaded_type(node, feeds, outputs, name, cache=TensorProto.FLOAT):
 
 
 def test_mha_shared_buffer_presents_typed_at_load():
-    node, feeds, outputs, _ = _mha_shared(1, 1, 3, 8)
+    node, feeds, outputs, _ = mha_shared_case(1, 1, 3, 8)
     for name in ("present_k", "present_v"):
         assert loaded_type(node, feeds, outputs, name) == (TensorProto.FLOAT, [1, N, 8, H])
 
@@ -153,7 +165,7 @@ def test_mha_shared_buffer_presents_typed_at_load():
 @requires_triton
 @pytest.mark.parametrize("beams", [1, 2])
 def test_mha_shared_buffer_in_a_triton_session(beams):
-    node, feeds, outputs, inits = _mha_shared(1, 1, 3, 8, beams=beams, bias=True)
+    node, feeds, outputs, inits = mha_shared_case(1, 1, 3, 8, beams=beams, bias=True)
     model = build([node], feeds, outputs, inits,
                   out_types={o: TensorProto.FLOAT for o in outputs})
     for got, want in zip(run_triton_session(model, feeds), run_ort(model, feeds)):
@@ -298,7 +310,7 @@ def test_forms_in_a_triton_session(form, reason):
 
     skip = ()
     if form.startswith("mha_") and form != "mha_3b2":
-        node, feeds, outputs, inits = _mha_shared(2, 1, 3, 8, beams=2 if "beams" in form else 1,
+        node, feeds, outputs, inits = mha_shared_case(2, 1, 3, 8, beams=2 if "beams" in form else 1,
                                                   bias=True)
     elif form == "mha_3b2":
         feeds = {"q": randn(2, 3, D), "k": randn(2, 4, D), "v": randn(2, 4, D),

@@ -20,6 +20,7 @@ import tritort as ort
 from tests.test_contrib_ops import (  # noqa: F401  (_seeded: the autouse seeding fixture)
     _seeded, build, ms, randn, run_ort,
 )
+from tests.test_contrib_ops_forms import mha_shared_case
 from tests.test_triton_contrib_attention import _launches, _session, shared_cache_step
 from tests.triton_env import requires_triton
 
@@ -32,30 +33,9 @@ NO_HOST_READS = "host synchronizations during a run (device values read on the h
 
 
 def _case(b, s, past, causal, mask=None, attention_bias=False, bias=True):
-    """(node, feeds, inits) of MultiHeadAttention over (b, N, CAP, H) buffers whose first
-    ``past`` rows hold the cache; the rows after them hold stale values the node must keep."""
-    t = past + s
-    feeds = {"q": randn(b, s, D), "k": randn(b, s, D), "v": randn(b, s, D),
-             "pk": randn(b, N, CAP, H), "pv": randn(b, N, CAP, H),
-             "psl": np.array([past], np.int32)}
-    inputs = ["q", "k", "v", "", "", "", "pk", "pv", "psl"]
-    inits = {}
-    if bias:
-        inits["bias"] = randn(3 * D)
-        inputs[3] = "bias"
-    if mask == "lengths":
-        feeds["m"] = np.array([t, max(t - 2, 1)][:b], np.int32)
-        inputs[4] = "m"
-    elif mask == "2d":
-        m = (randn(b, t) > -0.7).astype(np.int32)
-        m[:, 0] = m[:, -1] = 1
-        feeds["m"] = m
-        inputs[4] = "m"
-    if attention_bias:
-        feeds["ab"] = randn(b, N, s, t)
-        inputs[5] = "ab"
-    node = ms("MultiHeadAttention", inputs, ["y", "present_k", "present_v"], name="mha",
-              num_heads=N, unidirectional=int(causal))
+    """(node, feeds, inits) of MultiHeadAttention over (b, N, CAP, H) shared buffers."""
+    node, feeds, _, inits = mha_shared_case(b, s, past, CAP, mask=mask, bias=bias,
+                                            causal=causal, attention_bias=attention_bias)
     return node, feeds, inits
 
 
